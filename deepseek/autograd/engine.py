@@ -1,0 +1,193 @@
+"""The backward engine: an iterative walk of the graph in reverse creation order.
+
+Nodes run when every gradient flowing into them has arrived (dependency counting),
+and among ready nodes the most recently created runs first. Leaf gradients are
+accumulated as soon as they are complete, and post-accumulate-grad hooks fire right
+then, so distributed training can start communicating while backward still runs.
+"""
+import heapq
+
+from .function import AccumulateGrad
+from .grad_mode import no_grad
+
+
+def _add(buf, g):
+    if buf is None:
+        return g
+    if g is None:
+        return buf
+    return buf + g  # out of place: buf may alias another node's gradient
+
+
+def _collect(roots):
+    """Dependency counts of every node reachable from ``roots`` (iteratively)."""
+    deps = {}
+    seen = set()
+    stack = [n for n in roots]
+    for n in roots:
+        seen.add(n)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, AccumulateGrad):
+            continue
+        for edge in node.next_edges:
+            if edge is None:
+                continue
+            nxt = edge[0]
+            deps[nxt] = deps.get(nxt, 0) + 1
+            if nxt not in seen:
+                seen.add(nxt)
+                stack.append(nxt)
+    return deps
+
+
+def run_backward(tensors, grad_tensors, retain_graph=False, inputs=None, accumulate=True):
+    """Backpropagate from ``tensors`` seeded with ``grad_tensors`` (raw arrays).
+
+    With ``inputs`` (a list of tensors) and ``accumulate=False`` the gradients of
+    those inputs are returned instead of being accumulated into ``.grad``.
+    """
+    from ..tensor import Tensor  # noqa: F401  (import cycle)
+    roots = []
+    buffers = {}
+    for t, g in zip(tensors, grad_tensors):
+        if t.grad_fn is None:
+            if not t.requires_grad:
+                raise RuntimeError("element 0 of tensors does not require grad and does not "
+                                   "have a grad_fn: nothing to backpropagate through")
+            node, nr = (t._acc or _make_acc(t)), 0
+        else:
+            node, nr = t.grad_fn, t._out_nr
+        if node not in buffers:
+            roots.append(node)
+            buffers[node] = [None] * (1 if isinstance(node, AccumulateGrad) else node.n_outputs)
+        buffers[node][nr] = _add(buffers[node][nr], g)
+
+    capture = None
+    if inputs is not None:
+        capture = {}
+        for i, t in enumerate(inputs):
+            if t.grad_fn is not None:
+                key = (t.grad_fn, t._out_nr)
+            else:
+                if not t.requires_grad:
+                    raise RuntimeError(f"input {i} of autograd.grad does not require grad")
+                key = (t._acc or _make_acc(t), 0)
+            capture.setdefault(key, []).append(i)
+        results = [None] * len(inputs)
+
+    deps = _collect(roots)
+    ready = []
+    for n in roots:
+        if deps.get(n, 0) == 0:
+            heapq.heappush(ready, (-n.seq, id(n), n))
+    executed = []
+    with no_grad():
+        while ready:
+            _, _, node = heapq.heappop(ready)
+            grads = buffers.pop(node)
+            if isinstance(node, AccumulateGrad):
+                _accumulate(node, grads[0], capture, results if capture is not None else None,
+                            accumulate)
+                continue
+            if node.out_hooks:
+                for nr, hooks in node.out_hooks.items():
+                    for hook in hooks:
+                        grads[nr] = _run_hook(hook, grads[nr])
+            if capture is not None:
+                for nr in range(len(grads)):
+                    for i in capture.get((node, nr), ()):
+                        results[i] = grads[nr]
+            if all(g is None for g in grads):
+                in_grads = (None,) * len(node.next_edges)
+            else:
+                if len(grads) > 1 and any(g is None for g in grads):
+                    grads = _materialize(node, grads)
+                in_grads = node.run_backward(grads)
+                if not isinstance(in_grads, tuple):
+                    in_grads = (in_grads,)
+                if len(in_grads) < len(node.next_edges):
+                    in_grads = tuple(in_grads) + (None,) * (len(node.next_edges) - len(in_grads))
+            executed.append(node)
+            for edge, g in zip(node.next_edges, in_grads):
+                if edge is None:
+                    continue
+                nxt, nr = edge
+                buf = buffers.get(nxt)
+                if buf is None:
+                    buf = buffers[nxt] = [None] * (1 if isinstance(nxt, AccumulateGrad) else nxt.n_outputs)
+                if g is not None:
+                    g = _as_array(g)
+                    buf[nr] = _add(buf[nr], g)
+                left = deps[nxt] - 1
+                deps[nxt] = left
+                if left == 0:
+                    heapq.heappush(ready, (-nxt.seq, id(nxt), nxt))
+    if not retain_graph:
+        for node in executed:
+            node.release()
+    return results if capture is not None else None
+
+
+def _make_acc(t):
+    t._acc = AccumulateGrad(t)
+    return t._acc
+
+
+def _as_array(g):
+    from ..tensor import Tensor
+    return g._data if isinstance(g, Tensor) else g
+
+
+def _run_hook(hook, g):
+    """Tensor hooks see and may replace the gradient (as a Tensor)."""
+    from ..tensor import Tensor
+    if g is None:
+        return None
+    out = hook(Tensor._make(g))
+    return g if out is None else _as_array(out)
+
+
+def _materialize(node, grads):
+    """Missing gradients of a multi-output op become zeros of the output's shape."""
+    shapes = getattr(node, "out_shapes", None)
+    ref = next(g for g in grads if g is not None)
+    import numpy as np  # backend-agnostic zeros via the reference grad's module
+    from ..backend import get_array_module
+    xp = get_array_module(ref)
+    out = []
+    for i, g in enumerate(grads):
+        if g is None:
+            if shapes is None:
+                raise RuntimeError(f"{node.name()} has several outputs but did not record "
+                                   "out_shapes to build zero gradients")
+            g = xp.zeros(shapes[i], dtype=ref.dtype)
+        out.append(g)
+    del np
+    return out
+
+
+def _accumulate(node, g, capture, results, accumulate):
+    t = node.tensor
+    if g is None:
+        return
+    if t._hooks:
+        for hook in t._hooks:
+            g = _run_hook(hook, g)
+    if capture is not None:
+        idx = capture.get((node, 0))
+        if idx:
+            for i in idx:
+                results[i] = g
+        return
+    if not accumulate:
+        return
+    if g.dtype != t._data.dtype:
+        g = g.astype(t._data.dtype)
+    if g.shape != t._data.shape:
+        raise RuntimeError(f"gradient of shape {g.shape} does not match parameter of shape "
+                           f"{t._data.shape} in AccumulateGrad")
+    t._accumulate_grad(g)
+    if t._post_hooks:
+        for hook in t._post_hooks:
+            hook(t)

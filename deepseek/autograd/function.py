@@ -1,0 +1,225 @@
+"""Function: one op = one forward/backward pair on raw backend arrays.
+
+``Function.apply`` is the single dispatch point of the engine: autograd records the
+graph here, and dispatch hooks (AMP casting, JIT tracing, the profiler) are called
+here, so a new op works with all of them at once.
+
+The context object ``ctx`` passed to forward/backward is also the graph node.
+"""
+import itertools
+
+from .grad_mode import _state
+
+_seq = itertools.count()
+
+# Callables hook(fn_cls, args, kwargs) -> (args, kwargs) run before every op; see
+# register_dispatch_hook. An empty list costs one truth test per op.
+_dispatch_hooks = []
+# Callables hook(fn_cls, args, kwargs, outputs) run after every op.
+_post_dispatch_hooks = []
+
+
+def register_dispatch_hook(pre=None, post=None):
+    """Install hooks around every op; returns a handle with ``remove()``."""
+    if pre is not None:
+        _dispatch_hooks.append(pre)
+    if post is not None:
+        _post_dispatch_hooks.append(post)
+
+    class _Handle:
+        def remove(self_inner):
+            if pre is not None and pre in _dispatch_hooks:
+                _dispatch_hooks.remove(pre)
+            if post is not None and post in _post_dispatch_hooks:
+                _post_dispatch_hooks.remove(post)
+    return _Handle()
+
+
+class Context:
+    """Per-call state of an op, and the node of the autograd graph.
+
+    Graph fields live in slots; whatever forward stores on ``ctx`` lives in
+    ``__dict__`` and is dropped after backward unless ``retain_graph``.
+    """
+
+    __slots__ = ("fn", "next_edges", "needs_input_grad", "seq", "saved", "saved_checks",
+                 "n_outputs", "out_hooks", "freed", "non_differentiable", "__dict__",
+                 "__weakref__")
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.saved = ()
+        self.saved_checks = None
+        self.out_hooks = None
+        self.freed = False
+        self.non_differentiable = None
+        self.needs_input_grad = ()
+
+    def save_for_backward(self, *arrays):
+        """Keep arrays for backward; in-place changes to them are detected."""
+        self.saved = arrays
+
+    @property
+    def saved_tensors(self):
+        if self.freed:
+            raise RuntimeError(_FREED_MSG.format(name=self.name()))
+        return self.saved
+
+    saved_arrays = saved_tensors
+
+    def mark_non_differentiable(self, *arrays):
+        """Outputs (by identity) that never carry gradient (indices, masks)."""
+        self.non_differentiable = {id(a) for a in arrays}
+
+    def name(self):
+        return getattr(self.fn, "__name__", str(self.fn)) + "Backward"
+
+    def release(self):
+        """Free what backward needed (called after a backward without retain_graph)."""
+        self.saved = ()
+        self.saved_checks = None
+        self.__dict__.clear()
+        self.freed = True
+
+    def run_backward(self, grads):
+        """Check versions of saved arrays, then call the op's backward."""
+        if self.freed:
+            raise RuntimeError(_FREED_MSG.format(name=self.name()))
+        if self.saved_checks:
+            for vc, version, idx, shape in self.saved_checks:
+                if vc[0] != version:
+                    raise RuntimeError(
+                        f"one of the variables needed for gradient computation has been "
+                        f"modified by an inplace operation: tensor of shape {shape} "
+                        f"(saved array {idx} of {self.name()}) is at version {vc[0]}; "
+                        f"expected version {version} instead. Hint: avoid the in-place "
+                        f"operation or clone() the tensor before modifying it.")
+        return self.fn.backward(self, *grads)
+
+    def __repr__(self):
+        return f"<{self.name()} object>"
+
+
+_FREED_MSG = ("Trying to backward through the graph a second time (or to read saved "
+              "arrays after they were freed) in {name}: the saved intermediate values "
+              "were freed after the first backward. Pass retain_graph=True to the first "
+              "backward() if you need to backward through the graph again.")
+
+
+class AccumulateGrad:
+    """Graph node for a leaf tensor: adds incoming gradient into ``tensor.grad``."""
+
+    __slots__ = ("tensor", "seq", "__weakref__")
+    freed = False
+
+    def __init__(self, tensor):
+        self.tensor = tensor
+        # Leaves sort after every op that feeds them, so they are accumulated as soon
+        # as all their contributions are in.
+        self.seq = -1
+
+    def name(self):
+        return "AccumulateGrad"
+
+    def __repr__(self):
+        return "<AccumulateGrad object>"
+
+
+class Function:
+    """Base class of every op (and of user-defined ops).
+
+    Subclasses define ``forward(ctx, *args, **kwargs)`` on raw arrays (numpy/cupy)
+    returning an array or a tuple of arrays, and ``backward(ctx, *grad_outputs)``
+    returning one gradient array (or None) per positional input of forward.
+    Call an op with ``MyFn.apply(*tensors_or_values, **kwargs)``.
+    """
+
+    # Ops whose output may alias an input's memory (reshape, transpose, indexing)
+    # share the input's version counter so in-place writes are seen through views.
+    is_view = False
+
+    @staticmethod
+    def forward(ctx, *args, **kwargs):
+        raise NotImplementedError
+
+    @staticmethod
+    def backward(ctx, *grad_outputs):
+        raise NotImplementedError
+
+    @classmethod
+    def apply(cls, *args, **kwargs):
+        if _dispatch_hooks:
+            for hook in _dispatch_hooks:
+                args, kwargs = hook(cls, args, kwargs)
+        arrays = []
+        needs = False
+        for a in args:
+            if isinstance(a, Tensor):
+                arrays.append(a._data)
+                if a.requires_grad:
+                    needs = True
+            else:
+                arrays.append(a)
+        needs = needs and _state.enabled
+        ctx = Context(cls)
+        if needs:
+            ctx.needs_input_grad = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
+        raw = cls.forward(ctx, *arrays, **kwargs)
+        multi = isinstance(raw, tuple)
+        outs_raw = raw if multi else (raw,)
+        outs = [Tensor._make(o) for o in outs_raw]
+        if cls.is_view:
+            xp_src = args[0]
+            if isinstance(xp_src, Tensor):
+                for o in outs:
+                    if _may_share(o._data, xp_src._data):
+                        o._vc = xp_src._vc
+        if needs:
+            ctx.seq = next(_seq)
+            ctx.n_outputs = len(outs)
+            ctx.next_edges = tuple(_edge(a) if isinstance(a, Tensor) and a.requires_grad else None
+                                   for a in args)
+            nd = ctx.non_differentiable
+            for i, o in enumerate(outs):
+                if o._data.dtype.kind == "f" or o._data.dtype.name == "bfloat16":
+                    if nd is None or id(o._data) not in nd:
+                        o.requires_grad = True
+                        o.grad_fn = ctx
+                        o._out_nr = i
+            if ctx.saved:
+                checks = []
+                for idx, s in enumerate(ctx.saved):
+                    for t in itertools.chain(args, outs):
+                        if isinstance(t, Tensor) and t._data is s:
+                            checks.append((t._vc, t._vc[0], idx, tuple(s.shape)))
+                            break
+                ctx.saved_checks = checks
+        result = tuple(outs) if multi else outs[0]
+        if _post_dispatch_hooks:
+            for hook in _post_dispatch_hooks:
+                hook(cls, args, kwargs, result)
+        return result
+
+
+def _may_share(a, b):
+    try:
+        return a is b or a.base is b or b.base is a or (a.base is not None and a.base is b.base) \
+            or _np.may_share_memory(a, b)
+    except TypeError:
+        return False
+
+
+def _edge(t):
+    """(node, output index) that gradient for tensor ``t`` flows into."""
+    if t.grad_fn is not None:
+        return (t.grad_fn, t._out_nr)
+    acc = t._acc
+    if acc is None:
+        acc = t._acc = AccumulateGrad(t)
+    return (acc, 0)
+
+
+import numpy as _np  # noqa: E402
+
+# Set by deepseek.tensor once the class exists (tensor.py imports this module first).
+Tensor = None

@@ -1,0 +1,99 @@
+"""Helpers shared by op implementations: broadcasting reduction, operand preparation."""
+import numpy as np
+
+from .. import dtypes as _dt
+from ..backend import get_array_module
+from ..tensor import Tensor, tensor as _tensor
+
+
+def unbroadcast(g, shape):
+    """Sum ``g`` down to ``shape`` (undo numpy broadcasting) for a backward pass."""
+    if g.shape == shape:
+        return g
+    ndiff = g.ndim - len(shape)
+    axes = tuple(range(ndiff)) + tuple(i + ndiff for i, s in enumerate(shape)
+                                       if s == 1 and g.shape[i + ndiff] != 1)
+    if axes:
+        g = g.sum(axis=axes, keepdims=True)
+    if ndiff:
+        g = g.reshape(shape)
+    return g
+
+
+def shape_of(x):
+    return x.shape if hasattr(x, "shape") else ()
+
+
+def as_tensor_operand(x):
+    """Tensors pass through; numpy arrays become tensors; Python scalars stay scalars."""
+    if isinstance(x, Tensor) or isinstance(x, (bool, int, float)):
+        return x
+    if isinstance(x, np.generic):
+        return x.item()
+    if hasattr(x, "__array_interface__") or hasattr(x, "__cuda_array_interface__"):
+        return Tensor._make(x)
+    if isinstance(x, (list, tuple)):
+        return _tensor(x)
+    raise TypeError(f"unsupported operand of type {type(x).__name__}; expected a Tensor, "
+                    "a number or an array")
+
+
+def prepare_binary(a, b, op):
+    """Apply PyTorch type promotion and device checks to a binary op's operands."""
+    from . import cast
+    a = as_tensor_operand(a)
+    b = as_tensor_operand(b)
+    ta, tb = isinstance(a, Tensor), isinstance(b, Tensor)
+    if ta and tb:
+        da, db = a._data.dtype, b._data.dtype
+        if da != db:
+            # 0-d tensors are weak within their category, like Python scalars
+            if a._data.ndim == 0 and b._data.ndim != 0 and _dt._category(da) <= _dt._category(db):
+                rt = db
+            elif b._data.ndim == 0 and a._data.ndim != 0 and _dt._category(db) <= _dt._category(da):
+                rt = da
+            else:
+                rt = _dt.promote_types(da, db)
+            if da != rt:
+                a = cast(a, rt)
+            if db != rt:
+                b = cast(b, rt)
+        if type(a._data) is not type(b._data):
+            raise RuntimeError(f"{op}: expected all tensors to be on the same device, but found "
+                               f"at least two devices, {a.device} and {b.device}")
+    elif ta:
+        rt = _dt.scalar_result_type(a._data.dtype, b)
+        if rt != a._data.dtype:
+            a = cast(a, rt)
+    elif tb:
+        rt = _dt.scalar_result_type(b._data.dtype, a)
+        if rt != b._data.dtype:
+            b = cast(b, rt)
+    else:
+        raise TypeError(f"{op}: at least one operand must be a Tensor")
+    return a, b
+
+
+def xp_of(*arrays):
+    return get_array_module(*arrays)
+
+
+def normalize_dims(dim, ndim, op):
+    """dim argument (None, int, tuple) to a tuple of non-negative axes, or None."""
+    if dim is None:
+        return None
+    if isinstance(dim, (list, tuple)):
+        dims = tuple(dim)
+    else:
+        dims = (dim,)
+    out = []
+    n = max(ndim, 1)
+    for d in dims:
+        d = int(d)
+        if not -n <= d < n:
+            raise IndexError(f"{op}: dimension out of range (expected to be in range of "
+                             f"[{-n}, {n - 1}], but got {d})")
+        out.append(d % n if ndim else 0)
+    if ndim == 0:
+        return ()
+    return tuple(sorted(set(out)))

@@ -1,0 +1,503 @@
+"""Elementwise ops with broadcasting: arithmetic, math functions, activations."""
+import math
+
+import numpy as np
+
+from ..autograd.function import Function
+from ..tensor import Tensor
+from ._util import unbroadcast, shape_of, prepare_binary, xp_of
+
+
+# ---- binary arithmetic -------------------------------------------------------------
+class Add(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.sa, ctx.sb = shape_of(a), shape_of(b)
+        return a + b
+
+    @staticmethod
+    def backward(ctx, g):
+        na = ctx.needs_input_grad
+        return (unbroadcast(g, ctx.sa) if na[0] else None,
+                unbroadcast(g, ctx.sb) if na[1] else None)
+
+
+class Sub(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.sa, ctx.sb = shape_of(a), shape_of(b)
+        return a - b
+
+    @staticmethod
+    def backward(ctx, g):
+        na = ctx.needs_input_grad
+        return (unbroadcast(g, ctx.sa) if na[0] else None,
+                unbroadcast(-g, ctx.sb) if na[1] else None)
+
+
+class Mul(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return a * b
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved_tensors
+        na = ctx.needs_input_grad
+        return (unbroadcast(g * b, shape_of(a)) if na[0] else None,
+                unbroadcast(g * a, shape_of(b)) if na[1] else None)
+
+
+class Div(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return a / b
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved_tensors
+        na = ctx.needs_input_grad
+        ga = unbroadcast(g / b, shape_of(a)) if na[0] else None
+        gb = unbroadcast(-g * a / (b * b), shape_of(b)) if na[1] else None
+        return ga, gb
+
+
+class Pow(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        out = a ** b
+        ctx.save_for_backward(a, b, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b, out = ctx.saved_tensors
+        na = ctx.needs_input_grad
+        xp = xp_of(g)
+        ga = gb = None
+        if na[0]:
+            if isinstance(b, (int, float)):
+                ga = g * (b * a ** (b - 1)) if b != 0 else g * 0
+            else:
+                ga = unbroadcast(g * b * a ** (b - 1), shape_of(a))
+        if na[1]:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                loga = xp.where(a > 0, xp.log(xp.where(a > 0, a, 1)), 0) if not isinstance(a, (int, float)) \
+                    else (math.log(a) if a > 0 else 0.0)
+            gb = unbroadcast(g * out * loga, shape_of(b))
+        return ga, gb
+
+
+class Maximum(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        xp = xp_of(a, b)
+        ctx.save_for_backward(a, b)
+        return xp.maximum(a, b)
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved_tensors
+        return _minmax_grads(ctx, g, a, b, a > b)
+
+
+class Minimum(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        xp = xp_of(a, b)
+        ctx.save_for_backward(a, b)
+        return xp.minimum(a, b)
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved_tensors
+        return _minmax_grads(ctx, g, a, b, a < b)
+
+
+def _minmax_grads(ctx, g, a, b, a_wins):
+    # ties split the gradient evenly, as PyTorch does
+    tie = a == b
+    wa = a_wins + 0.5 * tie
+    na = ctx.needs_input_grad
+    return (unbroadcast((g * wa).astype(g.dtype, copy=False), shape_of(a)) if na[0] else None,
+            unbroadcast((g * (1 - wa)).astype(g.dtype, copy=False), shape_of(b)) if na[1] else None)
+
+
+class Where(Function):
+    @staticmethod
+    def forward(ctx, cond, a, b):
+        xp = xp_of(cond, a, b)
+        ctx.cond = cond
+        ctx.sa, ctx.sb = shape_of(a), shape_of(b)
+        return xp.where(cond, a, b)
+
+    @staticmethod
+    def backward(ctx, g):
+        na = ctx.needs_input_grad
+        zero = g.dtype.type(0)
+        return (None,
+                unbroadcast(g * ctx.cond, ctx.sa).astype(g.dtype, copy=False) if na[1] else None,
+                unbroadcast(xp_of(g).where(ctx.cond, zero, g), ctx.sb) if na[2] else None)
+
+
+# ---- unary math ----------------------------------------------------------------------
+class Neg(Function):
+    @staticmethod
+    def forward(ctx, a):
+        return -a
+
+    @staticmethod
+    def backward(ctx, g):
+        return -g
+
+
+class Abs(Function):
+    @staticmethod
+    def forward(ctx, a):
+        ctx.save_for_backward(a)
+        return abs(a)
+
+    @staticmethod
+    def backward(ctx, g):
+        a, = ctx.saved_tensors
+        return g * xp_of(a).sign(a)
+
+
+class Exp(Function):
+    @staticmethod
+    def forward(ctx, a):
+        out = xp_of(a).exp(a)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        out, = ctx.saved_tensors
+        return g * out
+
+
+class Log(Function):
+    @staticmethod
+    def forward(ctx, a):
+        ctx.save_for_backward(a)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return xp_of(a).log(a)
+
+    @staticmethod
+    def backward(ctx, g):
+        a, = ctx.saved_tensors
+        return g / a
+
+
+class Sqrt(Function):
+    @staticmethod
+    def forward(ctx, a):
+        with np.errstate(invalid="ignore"):
+            out = xp_of(a).sqrt(a)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        out, = ctx.saved_tensors
+        with np.errstate(divide="ignore"):
+            return g / (2 * out)
+
+
+class Rsqrt(Function):
+    @staticmethod
+    def forward(ctx, a):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out = 1 / xp_of(a).sqrt(a)
+        ctx.save_for_backward(out)
+        return out.astype(a.dtype, copy=False)
+
+    @staticmethod
+    def backward(ctx, g):
+        out, = ctx.saved_tensors
+        return g * (-0.5 * out * out * out)
+
+
+class Sin(Function):
+    @staticmethod
+    def forward(ctx, a):
+        ctx.save_for_backward(a)
+        return xp_of(a).sin(a)
+
+    @staticmethod
+    def backward(ctx, g):
+        a, = ctx.saved_tensors
+        return g * xp_of(a).cos(a)
+
+
+class Cos(Function):
+    @staticmethod
+    def forward(ctx, a):
+        ctx.save_for_backward(a)
+        return xp_of(a).cos(a)
+
+    @staticmethod
+    def backward(ctx, g):
+        a, = ctx.saved_tensors
+        return -g * xp_of(a).sin(a)
+
+
+class Tanh(Function):
+    @staticmethod
+    def forward(ctx, a):
+        out = xp_of(a).tanh(a)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        out, = ctx.saved_tensors
+        return g * (1 - out * out)
+
+
+def _sigmoid(xp, a):
+    # numerically stable on both tails; keeps the input dtype
+    with np.errstate(over="ignore"):
+        e = xp.exp(-xp.abs(a))
+    return xp.where(a >= 0, 1 / (1 + e), e / (1 + e)).astype(a.dtype, copy=False)
+
+
+class Sigmoid(Function):
+    @staticmethod
+    def forward(ctx, a):
+        out = _sigmoid(xp_of(a), a)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        out, = ctx.saved_tensors
+        return g * out * (1 - out)
+
+
+class Relu(Function):
+    @staticmethod
+    def forward(ctx, a):
+        out = xp_of(a).maximum(a, 0)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        out, = ctx.saved_tensors
+        return g * (out > 0)
+
+
+def erf(xp, x):
+    """erf with fractional error < 1.2e-7 (Numerical Recipes' erfc; numpy has none)."""
+    z = xp.abs(x)
+    t = 1.0 / (1.0 + 0.5 * z)
+    poly = -z * z - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (
+        -0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (
+            -0.82215223 + t * 0.17087277))))))))
+    r = 1.0 - t * xp.exp(poly)
+    return xp.where(x >= 0, r, -r)
+
+
+_SQRT1_2 = 1.0 / math.sqrt(2.0)
+_SQRT2PI_INV = 1.0 / math.sqrt(2.0 * math.pi)
+_TANH_C = math.sqrt(2.0 / math.pi)
+
+
+class Gelu(Function):
+    @staticmethod
+    def forward(ctx, a, approximate="none"):
+        xp = xp_of(a)
+        ctx.save_for_backward(a)
+        ctx.approximate = approximate
+        if approximate == "tanh":
+            inner = _TANH_C * (a + 0.044715 * a * a * a)
+            th = xp.tanh(inner)
+            ctx.th = th
+            return (0.5 * a * (1 + th)).astype(a.dtype, copy=False)
+        if approximate != "none":
+            raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+        cdf = 0.5 * (1.0 + erf(xp, a * _SQRT1_2))
+        ctx.cdf = cdf
+        return (a * cdf).astype(a.dtype, copy=False)
+
+    @staticmethod
+    def backward(ctx, g):
+        a, = ctx.saved_tensors
+        xp = xp_of(a)
+        if ctx.approximate == "tanh":
+            th = ctx.th
+            d_inner = _TANH_C * (1 + 3 * 0.044715 * a * a)
+            d = 0.5 * (1 + th) + 0.5 * a * (1 - th * th) * d_inner
+        else:
+            d = ctx.cdf + a * _SQRT2PI_INV * xp.exp(-0.5 * a * a)
+        return (g * d).astype(g.dtype, copy=False)
+
+
+class Silu(Function):
+    @staticmethod
+    def forward(ctx, a):
+        s = _sigmoid(xp_of(a), a)
+        ctx.save_for_backward(a, s)
+        return a * s
+
+    @staticmethod
+    def backward(ctx, g):
+        a, s = ctx.saved_tensors
+        return g * (s * (1 + a * (1 - s)))
+
+
+class Clamp(Function):
+    @staticmethod
+    def forward(ctx, a, lo=None, hi=None):
+        xp = xp_of(a)
+        ctx.save_for_backward(a)
+        ctx.lo, ctx.hi = lo, hi
+        out = a
+        if lo is not None:
+            out = xp.maximum(out, lo)
+        if hi is not None:
+            out = xp.minimum(out, hi)
+        return out.astype(a.dtype, copy=False) if out is not a else a.copy()
+
+    @staticmethod
+    def backward(ctx, g):
+        a, = ctx.saved_tensors
+        mask = True
+        if ctx.lo is not None:
+            mask = mask & (a >= ctx.lo)
+        if ctx.hi is not None:
+            mask = mask & (a <= ctx.hi)
+        return g * mask
+
+
+class Sign(Function):
+    @staticmethod
+    def forward(ctx, a):
+        return xp_of(a).sign(a)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * 0
+
+
+# ---- functional wrappers -------------------------------------------------------------
+def add(a, b, alpha=1):
+    """a + alpha * b."""
+    if alpha != 1:
+        b = mul(b, alpha)
+    a, b = prepare_binary(a, b, "add")
+    return Add.apply(a, b)
+
+
+def sub(a, b, alpha=1):
+    """a - alpha * b."""
+    if alpha != 1:
+        b = mul(b, alpha)
+    a, b = prepare_binary(a, b, "sub")
+    return Sub.apply(a, b)
+
+
+def mul(a, b):
+    a, b = prepare_binary(a, b, "mul")
+    return Mul.apply(a, b)
+
+
+def div(a, b, rounding_mode=None):
+    """True division (integer inputs give floats), or floor/trunc division."""
+    from . import cast
+    from .. import dtypes
+    a, b = prepare_binary(a, b, "div")
+    if rounding_mode is not None:
+        return _rounded_div(a, b, rounding_mode)
+    for x in (a, b):
+        if isinstance(x, Tensor) and not dtypes.is_floating(x.dtype):
+            a = cast(a, dtypes.get_default_dtype()) if isinstance(a, Tensor) else float(a)
+            b = cast(b, dtypes.get_default_dtype()) if isinstance(b, Tensor) else float(b)
+            break
+    return Div.apply(a, b)
+
+
+def _rounded_div(a, b, mode):
+    from ..autograd.grad_mode import no_grad
+    aa = a._data if isinstance(a, Tensor) else a
+    bb = b._data if isinstance(b, Tensor) else b
+    xp = xp_of(aa, bb)
+    with no_grad():
+        if mode == "floor":
+            return Tensor._make(xp.asarray(xp.floor_divide(aa, bb)))
+        if mode == "trunc":
+            q = aa / bb
+            return Tensor._make(xp.asarray(xp.trunc(q).astype(xp.result_type(aa, bb))))
+    raise ValueError(f"div: rounding_mode must be None, 'floor' or 'trunc', got {mode!r}")
+
+
+def pow(a, b):
+    a, b = prepare_binary(a, b, "pow")
+    return Pow.apply(a, b)
+
+
+def maximum(a, b):
+    a, b = prepare_binary(a, b, "maximum")
+    return Maximum.apply(a, b)
+
+
+def minimum(a, b):
+    a, b = prepare_binary(a, b, "minimum")
+    return Minimum.apply(a, b)
+
+
+def where(cond, a, b):
+    """Elements of ``a`` where ``cond`` else of ``b`` (broadcast)."""
+    c = cond._data if isinstance(cond, Tensor) else np.asarray(cond)
+    if c.dtype != np.bool_:
+        raise TypeError(f"where: condition must be a bool tensor, got dtype {c.dtype}")
+    a, b = prepare_binary(a, b, "where")
+    return Where.apply(c, a, b)
+
+
+def clamp(a, min=None, max=None):
+    """Limit values to [min, max]; either bound may be None."""
+    if min is None and max is None:
+        raise ValueError("clamp: at least one of min and max must be given")
+    if isinstance(min, Tensor) or isinstance(max, Tensor):
+        out = a
+        if min is not None:
+            out = maximum(out, min)
+        if max is not None:
+            out = minimum(out, max)
+        return out
+    return Clamp.apply(a, min, max)
+
+
+def gelu(a, approximate="none"):
+    return Gelu.apply(a, approximate=approximate)
+
+
+def neg(a): return Neg.apply(a)
+def abs_(a): return Abs.apply(a)
+def exp(a): return Exp.apply(_floating(a))
+def log(a): return Log.apply(_floating(a))
+def sqrt(a): return Sqrt.apply(_floating(a))
+def rsqrt(a): return Rsqrt.apply(_floating(a))
+def sin(a): return Sin.apply(_floating(a))
+def cos(a): return Cos.apply(_floating(a))
+def tanh(a): return Tanh.apply(_floating(a))
+def sigmoid(a): return Sigmoid.apply(_floating(a))
+def relu(a): return Relu.apply(a)
+def silu(a): return Silu.apply(_floating(a))
+def sign(a): return Sign.apply(a)
+def square(a): return mul(a, a)
+
+
+def _floating(a):
+    """Integer inputs of transcendental ops are promoted to the default float dtype."""
+    from . import cast
+    from .. import dtypes
+    if not isinstance(a, Tensor):
+        raise TypeError(f"expected a Tensor, got {type(a).__name__}")
+    if not dtypes.is_floating(a._data.dtype):
+        return cast(a, dtypes.get_default_dtype())
+    return a

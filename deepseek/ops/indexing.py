@@ -1,0 +1,181 @@
+"""Indexing: basic and advanced __getitem__ (gradient by scatter-add), index_put,
+gather, masked_fill, tril/triu."""
+import numpy as np
+
+from ..autograd.function import Function
+from ..tensor import Tensor
+from ._util import xp_of, unbroadcast
+
+
+def _is_advanced(index):
+    items = index if isinstance(index, tuple) else (index,)
+    for it in items:
+        if hasattr(it, "shape") and not isinstance(it, slice) or isinstance(it, (list,)):
+            return True
+    return False
+
+
+def normalize_index(index):
+    """Turn tensors inside an index into arrays and check index dtypes."""
+    if isinstance(index, tuple):
+        return tuple(_norm_item(i) for i in index)
+    return _norm_item(index)
+
+
+def _norm_item(it):
+    if isinstance(it, Tensor):
+        it = it._data
+    elif isinstance(it, list):
+        it = np.asarray(it)
+        if it.dtype.kind == "f":
+            raise IndexError("tensors used as indices must be long, int, byte or bool tensors; "
+                             f"got a list of floats")
+    if hasattr(it, "dtype") and hasattr(it, "shape"):
+        if it.dtype.kind not in "biu":
+            raise IndexError(f"tensors used as indices must be long, int, byte or bool tensors, "
+                             f"got dtype {it.dtype}")
+        if it.ndim == 0 and it.dtype.kind in "iu":
+            return int(it)
+    return it
+
+
+class Getitem(Function):
+    is_view = True
+
+    @staticmethod
+    def forward(ctx, a, index):
+        ctx.shape, ctx.dtype, ctx.index = a.shape, a.dtype, index
+        ctx.advanced = _is_advanced(index)
+        try:
+            out = a[index]
+        except IndexError as e:
+            raise IndexError(f"index {_describe(index)} is out of bounds for tensor of shape "
+                             f"{tuple(a.shape)}: {e}") from None
+        return xp_of(a).asarray(out) if not hasattr(out, "shape") or out.ndim == 0 else out
+
+    @staticmethod
+    def backward(ctx, g):
+        xp = xp_of(g)
+        out = xp.zeros(ctx.shape, dtype=g.dtype)
+        if ctx.advanced:
+            # repeated indices must add up: scatter-add
+            if xp is np:
+                np.add.at(out, ctx.index, g)
+            else:  # pragma: no cover
+                xp.add.at(out, ctx.index, g)
+        else:
+            out[ctx.index] = g
+        return out
+
+
+def _describe(index):
+    items = index if isinstance(index, tuple) else (index,)
+    return "[" + ", ".join(f"array{tuple(i.shape)}" if hasattr(i, "shape") else repr(i)
+                           for i in items) + "]"
+
+
+class IndexPut(Function):
+    """out = a with a[index] = v (out of place; used by __setitem__ inside the graph)."""
+
+    @staticmethod
+    def forward(ctx, a, v, index):
+        out = a.copy()
+        out[index] = v
+        ctx.index = index
+        ctx.vshape = v.shape if hasattr(v, "shape") else ()
+        ctx.vshape_indexed = out[index].shape
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        na = ctx.needs_input_grad
+        ga = gv = None
+        if na[0]:
+            ga = g.copy()
+            ga[ctx.index] = 0
+        if na[1]:
+            gv = unbroadcast(g[ctx.index], ctx.vshape)
+        return ga, gv
+
+
+class Gather(Function):
+    @staticmethod
+    def forward(ctx, a, axis, idx):
+        ctx.shape, ctx.axis, ctx.idx = a.shape, axis, idx
+        return xp_of(a).take_along_axis(a, idx, axis=axis)
+
+    @staticmethod
+    def backward(ctx, g):
+        xp = xp_of(g)
+        out = xp.zeros(ctx.shape, dtype=g.dtype)
+        # scatter-add along the axis (indices may repeat)
+        grid = list(np.ix_(*[np.arange(s) for s in ctx.idx.shape]))
+        grid[ctx.axis] = ctx.idx
+        np.add.at(out, tuple(grid), g)
+        return out, None, None
+
+
+class MaskedFill(Function):
+    @staticmethod
+    def forward(ctx, a, mask, value):
+        ctx.mask, ctx.shape = mask, a.shape
+        return xp_of(a).where(mask, a.dtype.type(value), a)
+
+    @staticmethod
+    def backward(ctx, g):
+        return unbroadcast(xp_of(g).where(ctx.mask, g.dtype.type(0), g), ctx.shape), None, None
+
+
+class Tri(Function):
+    @staticmethod
+    def forward(ctx, a, k, upper):
+        xp = xp_of(a)
+        ctx.k, ctx.upper = k, upper
+        return xp.triu(a, k) if upper else xp.tril(a, k)
+
+    @staticmethod
+    def backward(ctx, g):
+        xp = xp_of(g)
+        return xp.triu(g, ctx.k) if ctx.upper else xp.tril(g, ctx.k)
+
+
+def getitem(a, index):
+    return Getitem.apply(a, index=normalize_index(index))
+
+
+def index_put(a, index, value):
+    if not isinstance(value, Tensor):
+        value = Tensor._make(xp_of(a._data).asarray(value, dtype=a.dtype))
+    elif value.dtype != a.dtype:
+        from .shape import cast
+        value = cast(value, a.dtype)
+    return IndexPut.apply(a, value, index=index)
+
+
+def gather(a, dim, index):
+    """out[i][j] = a[i][index[i][j]] along ``dim`` (PyTorch's gather)."""
+    idx = index._data if isinstance(index, Tensor) else np.asarray(index)
+    if idx.dtype.kind not in "iu":
+        raise RuntimeError(f"gather(): expected dtype int64 for index, got {idx.dtype}")
+    if idx.ndim != a.ndim:
+        raise RuntimeError(f"gather(): index tensor must have the same number of dimensions as "
+                           f"input tensor ({idx.ndim} vs {a.ndim})")
+    axis = dim % a.ndim
+    return Gather.apply(a, axis, idx)
+
+
+def masked_fill(a, mask, value):
+    m = mask._data if isinstance(mask, Tensor) else np.asarray(mask)
+    if m.dtype != np.bool_:
+        raise RuntimeError(f"masked_fill only supports boolean masks, but got mask with dtype {m.dtype}")
+    if isinstance(value, Tensor):
+        value = value.item()
+    return MaskedFill.apply(a, m, value)
+
+
+def tril(a, diagonal=0):
+    return Tri.apply(a, diagonal, False)
+
+
+def triu(a, diagonal=0):
+    return Tri.apply(a, diagonal, True)

@@ -1,0 +1,93 @@
+"""matmul (batched, broadcast) and the fused linear op."""
+from ..autograd.function import Function
+from ._util import unbroadcast, xp_of, prepare_binary
+
+
+class Matmul(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        if a.ndim == 0 or b.ndim == 0:
+            raise RuntimeError(f"matmul: both arguments need at least 1 dimension, got shapes "
+                               f"{a.shape} and {b.shape}")
+        ka = a.shape[-1]
+        kb = b.shape[-2] if b.ndim > 1 else b.shape[0]
+        if ka != kb:
+            raise RuntimeError(f"matmul: shapes {tuple(a.shape)} and {tuple(b.shape)} cannot be "
+                               f"multiplied ({ka} != {kb})")
+        ctx.save_for_backward(a, b)
+        return a @ b
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved_tensors
+        xp = xp_of(g)
+        na = ctx.needs_input_grad
+        a2 = a[None, :] if a.ndim == 1 else a          # (.., n, k)
+        b2 = b[:, None] if b.ndim == 1 else b          # (.., k, m)
+        g2 = g
+        if a.ndim == 1:
+            g2 = xp.expand_dims(g2, -2)
+        if b.ndim == 1:
+            g2 = xp.expand_dims(g2, -1)
+        ga = gb = None
+        if na[0]:
+            ga = g2 @ xp.swapaxes(b2, -1, -2)
+            if a.ndim == 1:
+                ga = ga.reshape(ga.shape[:-2] + (ga.shape[-1],))
+                ga = unbroadcast(ga, a.shape)
+            else:
+                ga = unbroadcast(ga, a.shape)
+        if na[1]:
+            if b2.ndim == 2 and g2.ndim > 2:
+                # fold batch dims into the contraction: one big GEMM instead of many
+                a_full = xp.broadcast_to(a2, g2.shape[:-2] + a2.shape[-2:])
+                gb = a_full.reshape(-1, a2.shape[-1]).T @ g2.reshape(-1, g2.shape[-1])
+            else:
+                gb = xp.swapaxes(a2, -1, -2) @ g2
+                gb = unbroadcast(gb, b2.shape)
+            if b.ndim == 1:
+                gb = gb.reshape(b.shape)
+        return ga, gb
+
+
+class Linear(Function):
+    """y = x @ W.T + b with x (..., in), W (out, in); one GEMM per pass."""
+
+    @staticmethod
+    def forward(ctx, x, w, b=None):
+        if x.shape[-1] != w.shape[1]:
+            raise RuntimeError(f"linear: input has {x.shape[-1]} features in its last dim "
+                               f"(shape {tuple(x.shape)}) but the weight expects {w.shape[1]} "
+                               f"(weight shape {tuple(w.shape)})")
+        ctx.save_for_backward(x, w)
+        ctx.has_bias = b is not None
+        out = x @ w.T
+        if b is not None:
+            out += b
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        na = ctx.needs_input_grad
+        g2 = g.reshape(-1, g.shape[-1])
+        gx = (g @ w) if na[0] else None
+        gw = (g2.T @ x.reshape(-1, x.shape[-1])) if na[1] else None
+        gb = g2.sum(axis=0) if ctx.has_bias and na[2] else None
+        return gx, gw, gb
+
+
+def matmul(a, b):
+    """Matrix product with numpy/PyTorch broadcasting rules."""
+    a, b = prepare_binary(a, b, "matmul")
+    return Matmul.apply(a, b)
+
+
+def linear(x, weight, bias=None):
+    """x @ weight.T + bias."""
+    from ..tensor import Tensor
+    if bias is not None:
+        return Linear.apply(x, weight, bias)
+    if not isinstance(x, Tensor):
+        raise TypeError(f"linear: expected a Tensor input, got {type(x).__name__}")
+    return Linear.apply(x, weight)
