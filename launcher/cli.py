@@ -1,0 +1,261 @@
+"""Command line of ``deepseek-run``: parsing, validation, and the job's configuration.
+
+Everything that can be refused is refused here, with one line on stderr and exit code
+2, before any process or socket exists (except the store port on node 0, which is
+bound here precisely so that a busy port is refused up front).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass, field
+
+PROG = "deepseek-run"
+
+DESCRIPTION = """\
+Start one worker process per device for a distributed deepseek job, watch them, and
+clean up. Works like torchrun: every worker gets RANK, LOCAL_RANK, WORLD_SIZE,
+LOCAL_WORLD_SIZE, NODE_RANK, MASTER_ADDR and MASTER_PORT, and
+deepseek.distributed.init_process_group() needs no arguments."""
+
+EPILOG = """\
+examples:
+  deepseek-run --nproc 4 train.py --lr 3e-4
+  deepseek-run --nproc auto -m mypkg.train --epochs 2
+  deepseek-run --nproc 2 --log-dir logs/ --timeout 60 train.py
+  # two nodes (run one line on each; the same secret on both):
+  export DEEPSEEK_TOKEN=$(python -c "import secrets; print(secrets.token_hex(16))")
+  deepseek-run --nnodes 2 --node-rank 0 --master-addr node0 --master-port 29500 --nproc 8 train.py
+  deepseek-run --nnodes 2 --node-rank 1 --master-addr node0 --master-port 29500 --nproc 8 train.py
+
+worker environment:
+  RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, NODE_RANK (=GROUP_RANK),
+  MASTER_ADDR, MASTER_PORT    as torchrun sets them; the store listens on MASTER_PORT
+  DEEPSEEK_STORE_ADDR         host:port of the job's rendezvous store (node 0 hosts it)
+  DEEPSEEK_TOKEN              the job's secret; clients prove it to the store
+  DEEPSEEK_LAUNCHER, DEEPSEEK_RUN_ID, DEEPSEEK_NNODES, DEEPSEEK_RDZV_TIMEOUT
+  OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, MKL_NUM_THREADS   see --omp-threads
+  PYTHONUNBUFFERED=1          so lines show up as they are printed
+  CUDA_VISIBLE_DEVICES is left as it is: every worker sees all of the node's devices
+  and uses device number LOCAL_RANK among them (init_process_group does that).
+
+output and failures:
+  Each line a worker prints is shown whole, once, prefixed [rankN]: (stdout to stdout,
+  stderr to stderr). When a worker exits non-zero or is killed, the others get SIGTERM
+  (SIGKILL after --grace seconds); deepseek-run names the rank that failed first, its
+  exit code or signal and the end of its stderr, and exits with that code (128+N for
+  signal N). SIGINT/SIGTERM/SIGHUP to deepseek-run are forwarded to every worker; a
+  second Ctrl-C kills them. No worker or process they started outlives deepseek-run.
+
+multi-node:
+  Node 0 hosts the store on --master-port; the other nodes connect to it within
+  --timeout. The token must reach every node: export the same DEEPSEEK_TOKEN on each
+  (deepseek-run refuses --nnodes > 1 without it). On one node a fresh random token is
+  made for every run."""
+
+
+class UsageError(Exception):
+    """A bad command line: reported in one line, exit code 2."""
+
+
+@dataclass
+class Config:
+    nproc: int
+    nnodes: int
+    node_rank: int
+    master_addr: str
+    master_port: int
+    log_dir: str | None
+    prefix: bool
+    timeout: float
+    omp_threads: int | None
+    omp_default: bool
+    bind: str
+    grace: float
+    command: list[str]
+    target: str                      # script path or "-m module", for messages
+    token: str | None = None
+    env_token: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+# Options that take a value: needed to find where deepseek-run's own options end.
+_VALUED = {"--nproc", "--nproc-per-node", "--nproc_per_node", "--nnodes", "--node-rank",
+           "--node_rank", "--master-addr", "--master_addr", "--master-port",
+           "--master_port", "--log-dir", "--timeout", "--omp-threads", "--bind", "--grace"}
+
+
+def _split(argv: list[str]):
+    """Split argv into (launcher options, module or None, script or None, script args).
+
+    Everything after the script (or after ``-m module``) belongs to the script, even
+    things that look like our options.
+    """
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--":
+            return argv[:i], None, (argv[i + 1] if i + 1 < len(argv) else None), argv[i + 2:]
+        if a == "-m":
+            if i + 1 >= len(argv):
+                raise UsageError("-m needs a module name")
+            return argv[:i], argv[i + 1], None, argv[i + 2:]
+        if a.startswith("-m") and len(a) > 2 and not a.startswith("--"):
+            return argv[:i], a[2:], None, argv[i + 1:]
+        if a.startswith("-"):
+            i += 2 if (a in _VALUED) else 1
+            continue
+        return argv[:i], None, a, argv[i + 1:]
+    return argv, None, None, []
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description=DESCRIPTION, epilog=EPILOG,
+                usage="%(prog)s [options] script.py [args...]\n"
+                      "       %(prog)s [options] -m module [args...]",
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--nproc", "--nproc-per-node", "--nproc_per_node", default="1",
+                   metavar="N|auto",
+                   help="workers on this node (default 1); auto: one per GPU CuPy sees, "
+                        "else one per CPU core")
+    p.add_argument("--nnodes", type=int, default=1, metavar="N",
+                   help="number of nodes (default 1)")
+    p.add_argument("--node-rank", "--node_rank", type=int, default=0, metavar="R",
+                   help="this node's index, 0..nnodes-1 (default 0)")
+    p.add_argument("--master-addr", "--master_addr", default="127.0.0.1", metavar="A",
+                   help="address of node 0, where the store runs (default 127.0.0.1)")
+    p.add_argument("--master-port", "--master_port", type=int, default=0, metavar="P",
+                   help="port of the store on node 0; 0 or absent on one node: a free "
+                        "port (required with --nnodes > 1)")
+    p.add_argument("--log-dir", metavar="D",
+                   help="also write each rank's output to D/rank<N>.log")
+    p.add_argument("--no-prefix", action="store_true",
+                   help="do not prefix output lines with [rankN]:")
+    p.add_argument("--timeout", type=float, default=300.0, metavar="S",
+                   help="rendezvous timeout in seconds: how long ranks (and nodes) wait "
+                        "for each other (default 300)")
+    p.add_argument("--omp-threads", type=int, metavar="K",
+                   help="OMP/OpenBLAS/MKL threads per worker (default: cores // nproc, "
+                        "at least 1, unless OMP_NUM_THREADS is already set)")
+    p.add_argument("--bind", choices=("none", "core"), default="none",
+                   help="core: pin each worker to its own share of this node's cores")
+    p.add_argument("--grace", type=float, default=5.0, metavar="S",
+                   help="seconds between SIGTERM and SIGKILL when stopping workers "
+                        "(default 5)")
+    return p
+
+
+def available_cores() -> list[int]:
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:      # not Linux
+        return list(range(os.cpu_count() or 1))
+
+
+def count_gpus() -> int:
+    """GPUs CuPy sees; 0 without CuPy. Avoids importing CuPy when no driver is there."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return 0
+    if visible is None and not os.path.exists("/dev/nvidiactl") \
+            and not os.path.exists("/dev/dxg"):
+        return 0
+    try:
+        import cupy  # noqa: PLC0415  (slow import: only when a driver is present)
+        return int(cupy.cuda.runtime.getDeviceCount())
+    except Exception:
+        return 0
+
+
+def parse_args(argv: list[str]) -> Config:
+    own, module, script, script_args = _split(argv)
+    parser = build_parser()
+    ns = parser.parse_args(own)
+
+    if ns.nproc == "auto":
+        nproc = count_gpus() or len(available_cores())
+    else:
+        try:
+            nproc = int(ns.nproc)
+        except ValueError:
+            raise UsageError(f"--nproc must be a number or 'auto', not {ns.nproc!r}") from None
+    if nproc < 1:
+        raise UsageError(f"--nproc must be at least 1 (got {nproc})")
+    if ns.nnodes < 1:
+        raise UsageError(f"--nnodes must be at least 1 (got {ns.nnodes})")
+    if not 0 <= ns.node_rank < ns.nnodes:
+        raise UsageError(f"--node-rank must be in 0..{ns.nnodes - 1} for --nnodes "
+                         f"{ns.nnodes} (got {ns.node_rank})")
+    if not 0 <= ns.master_port <= 65535:
+        raise UsageError(f"--master-port must be in 0..65535 (got {ns.master_port})")
+    if ns.nnodes > 1 and ns.master_port == 0:
+        raise UsageError("--master-port is required with --nnodes > 1 "
+                         "(every node must know where node 0's store is)")
+    if ns.timeout <= 0:
+        raise UsageError(f"--timeout must be positive (got {ns.timeout:g})")
+    if ns.grace < 0:
+        raise UsageError(f"--grace must be >= 0 (got {ns.grace:g})")
+    if ns.omp_threads is not None and ns.omp_threads < 1:
+        raise UsageError(f"--omp-threads must be at least 1 (got {ns.omp_threads})")
+
+    if module is not None:
+        if not module or module.startswith("-"):
+            raise UsageError(f"-m needs a module name (got {module!r})")
+        command = [sys.executable, "-m", module, *script_args]
+        target = f"-m {module}"
+    elif script is not None:
+        if not os.path.isfile(script):
+            raise UsageError(f"script {script!r} not found")
+        command = [sys.executable, script, *script_args]
+        target = script
+    else:
+        raise UsageError("no script given: deepseek-run [options] script.py [args] "
+                         "(or -m module)")
+
+    token = os.environ.get("DEEPSEEK_TOKEN") or None
+    if ns.nnodes > 1 and not token:
+        raise UsageError("--nnodes > 1 needs the job's secret in DEEPSEEK_TOKEN on every "
+                         "node, e.g. export DEEPSEEK_TOKEN=$(python -c \"import secrets; "
+                         "print(secrets.token_hex(16))\")")
+
+    omp, omp_default = ns.omp_threads, False
+    if omp is None and "OMP_NUM_THREADS" not in os.environ:
+        omp, omp_default = max(1, len(available_cores()) // nproc), True
+
+    if ns.log_dir:
+        try:
+            os.makedirs(ns.log_dir, exist_ok=True)
+        except OSError as e:
+            raise UsageError(f"cannot create --log-dir {ns.log_dir!r}: {e.strerror}") from None
+
+    return Config(nproc=nproc, nnodes=ns.nnodes, node_rank=ns.node_rank,
+                  master_addr=ns.master_addr, master_port=ns.master_port,
+                  log_dir=ns.log_dir, prefix=not ns.no_prefix, timeout=ns.timeout,
+                  omp_threads=omp, omp_default=omp_default, bind=ns.bind, grace=ns.grace,
+                  command=command, target=target, token=token, env_token=bool(token))
+
+
+def usage_error(message: str) -> int:
+    sys.stderr.write(f"{PROG}: error: {message} (see {PROG} --help)\n")
+    sys.stderr.flush()
+    return 2
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        config = parse_args(argv)
+    except UsageError as e:
+        return usage_error(str(e))
+    from .agent import Agent, StartupError
+    try:
+        agent = Agent(config)
+    except StartupError as e:
+        return usage_error(str(e))
+    return agent.run()
