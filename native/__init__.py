@@ -1,0 +1,380 @@
+"""deepseek.native: C kernels for the hot paths of mixed precision, collectives and optimizers.
+
+Every kernel runs in the C extension ``deepseek._native`` when it is built (one pass
+over memory, GIL released, instruction set picked at run time: AVX-512F, AVX2+F16C+FMA
+or portable scalar), and otherwise in numpy with the same results. The numpy path is
+used when the extension is missing, when ``DEEPSEEK_NATIVE=0`` is set in the
+environment, or inside ``with use_native(False):``.
+
+Arrays are numpy arrays, C-contiguous, of any shape; sizes are compared as element
+counts. Wrong types/dtypes raise TypeError; wrong sizes, strided views, read-only
+outputs and overlapping arguments raise ValueError. Both paths check identically.
+
+Status
+    available() -> bool
+        True when the kernels run in C now (built, not disabled by env or use_native).
+    isa() -> str
+        "avx512", "avx2", "scalar" (C kernels) or "numpy" (fallback in use).
+    isa_list() -> list[str]
+        Instruction sets this CPU and build support, best first ([] without the extension).
+    use_native(enabled: bool = True)   context manager, process-wide (tests, benchmarks)
+    use_isa(name: str)                 context manager forcing "avx512"/"avx2"/"scalar"
+
+Conversions (round to nearest even; NaN/Inf/subnormals exactly as numpy's
+astype(float16) and ml_dtypes.bfloat16; the fp16 NaN payload is kept like numpy does)
+    f32_to_f16(src, out=None) -> ndarray[float16]
+    f16_to_f32(src, out=None) -> ndarray[float32]
+    f32_to_bf16(src, out=None) -> ndarray[bfloat16]
+    bf16_to_f32(src, out=None) -> ndarray[float32]
+    cast(src, dtype, out=None) -> ndarray
+        any dtype pair; the four pairs above use the kernels, others numpy astype.
+
+Reductions (what the collectives call on every reduce step)
+    reduce(op: str, inputs: Sequence[ndarray], out: ndarray) -> out
+        out = inputs[0] op inputs[1] op ... elementwise, left to right, in one pass.
+        op: "sum", "avg" (sum / len(inputs)), "max", "min", "prod".
+        dtypes: float32, float64, float16, bfloat16 (both accumulate in float32 and round
+        once), int32, int64 (wrap around on overflow; "avg" is refused with TypeError).
+        All inputs and out share one dtype and size; out may be one of the inputs
+        (the very same array), never a partial overlap. max/min propagate NaN.
+    reduce_inplace(op: str, acc: ndarray, other: ndarray) -> acc
+        acc = acc op other; exactly reduce(op, [acc, other], out=acc)
+        ("avg" therefore gives (acc + other) / 2).
+
+Mixed precision
+    unscale_(grads, inv_scale: float) -> bool
+        grads: one array or a sequence of arrays (float32, float16, bfloat16).
+        g *= float32(inv_scale) in place (fp16/bf16 via float32, rounded once); returns
+        True if any element was inf or NaN before scaling (torch's found_inf).
+
+Fused optimizer steps over flat float32 buffers (torch.optim semantics, one pass)
+    sgd_step(param, grad, momentum_buffer=None, *, lr, momentum=0.0, dampening=0.0,
+             weight_decay=0.0, nesterov=False, maximize=False, first_step=False,
+             param_half=None) -> None
+        torch.optim.SGD. momentum != 0 needs momentum_buffer; first_step=True
+        initialises it to the gradient (torch's "buffer is None" step).
+    adam_step(param, grad, exp_avg, exp_avg_sq, *, lr, step, beta1=0.9, beta2=0.999,
+              eps=1e-8, weight_decay=0.0, amsgrad=False, max_exp_avg_sq=None,
+              maximize=False, param_half=None) -> None
+        torch.optim.Adam (L2 weight decay added to the gradient). step >= 1 is the step
+        number after incrementing, used for bias correction.
+    adamw_step(...same as adam_step..., weight_decay=1e-2) -> None
+        torch.optim.AdamW (decoupled weight decay: param *= 1 - lr * weight_decay).
+    param, grad and the state arrays are float32 of one size and must not overlap;
+    param_half (float16 or bfloat16, same size) receives the updated weights rounded
+    to nearest even, written in the same pass.
+
+Integer results and conversions are bit-exact between the C and numpy paths; float
+kernels perform the same fp32 operations in the same order (no FMA contraction), so
+they agree to the last bit in practice and are tested to tight tolerances.
+"""
+import contextlib
+import importlib
+import os
+
+import numpy as np
+
+from . import _checks as _c
+from . import _fallback
+
+try:
+    _ext = importlib.import_module("deepseek._native")
+except ImportError:  # not built (no compiler) or importing from a bare source tree
+    _ext = None
+
+__all__ = [
+    "available", "isa", "isa_list", "use_native", "use_isa",
+    "f32_to_f16", "f16_to_f32", "f32_to_bf16", "bf16_to_f32", "cast",
+    "reduce", "reduce_inplace", "unscale_", "sgd_step", "adam_step", "adamw_step",
+    "REDUCE_OPS",
+]
+
+REDUCE_OPS = ("sum", "avg", "max", "min", "prod")
+_OP_CODES = {name: i for i, name in enumerate(REDUCE_OPS)}        # dsn_common.h
+_DTYPE_CODES = {_c.F32: 0, _c.F16: 1, _c.BF16: 2, _c.I32: 3, _c.I64: 4, _c.F64: 5}
+_REDUCE_DTYPES = (_c.F32, _c.F16, _c.BF16, _c.F64, _c.I32, _c.I64)
+_GRAD_DTYPES = (_c.F32, _c.F16, _c.BF16)
+
+_forced = None  # None: follow the environment; True/False: set by use_native()
+
+
+def available():
+    """True when the kernels run in C right now."""
+    if _ext is None:
+        return False
+    if _forced is not None:
+        return _forced
+    return os.environ.get("DEEPSEEK_NATIVE", "1").strip().lower() not in ("0", "false", "off", "no")
+
+
+def isa():
+    """Instruction set in use: "avx512", "avx2", "scalar", or "numpy" for the fallback."""
+    return _ext.isa() if available() else "numpy"
+
+
+def isa_list():
+    """Instruction sets the extension can use on this CPU, best first."""
+    return list(_ext.isa_list()) if _ext is not None else []
+
+
+@contextlib.contextmanager
+def use_native(enabled=True):
+    """Force the C kernels on or off inside the block (process-wide).
+
+    use_native(True) raises RuntimeError if the extension is not built.
+    """
+    global _forced
+    if enabled and _ext is None:
+        raise RuntimeError("use_native(True): the extension deepseek._native is not built")
+    previous, _forced = _forced, bool(enabled)
+    try:
+        yield
+    finally:
+        _forced = previous
+
+
+@contextlib.contextmanager
+def use_isa(name):
+    """Run the C kernels with one instruction set inside the block (tests, benchmarks)."""
+    if _ext is None:
+        raise RuntimeError("use_isa(): the extension deepseek._native is not built")
+    previous = _ext.isa()
+    _ext.set_isa(name)
+    try:
+        yield
+    finally:
+        _ext.set_isa(previous)
+
+
+def _raw(a):
+    """What the extension reads: bfloat16 exports no buffer, so pass its bits."""
+    return a.view(np.uint16) if a.dtype == _c.BF16 else a
+
+
+# ------------------------------------------------------------------ conversions
+
+def _convert(fn, kind, src, src_dtype, dst_dtype, out):
+    _c.array(fn, "src", src, (src_dtype,))
+    if out is None:
+        out = np.empty(src.shape, dst_dtype)
+    else:
+        _c.array(fn, "out", out, (dst_dtype,), writeable=True)
+        _c.size(fn, "out", out, src.size, "src")
+        _c.no_overlap(fn, "src", src, "out", out)
+    if available():
+        _ext.convert(kind, _raw(src), _raw(out))
+    else:
+        _fallback.convert(src, out)
+    return out
+
+
+def f32_to_f16(src, out=None):
+    """float32 -> float16, round to nearest even, bit-identical to src.astype(np.float16)."""
+    return _convert("f32_to_f16", 0, src, _c.F32, _c.F16, out)
+
+
+def f16_to_f32(src, out=None):
+    """float16 -> float32 (exact), bit-identical to src.astype(np.float32)."""
+    return _convert("f16_to_f32", 1, src, _c.F16, _c.F32, out)
+
+
+def f32_to_bf16(src, out=None):
+    """float32 -> bfloat16, round to nearest even, bit-identical to ml_dtypes."""
+    return _convert("f32_to_bf16", 2, src, _c.F32, _c.BF16, out)
+
+
+def bf16_to_f32(src, out=None):
+    """bfloat16 -> float32 (exact)."""
+    return _convert("bf16_to_f32", 3, src, _c.BF16, _c.F32, out)
+
+
+_CAST_KERNELS = {
+    (_c.F32, _c.F16): f32_to_f16, (_c.F16, _c.F32): f16_to_f32,
+    (_c.F32, _c.BF16): f32_to_bf16, (_c.BF16, _c.F32): bf16_to_f32,
+}
+
+
+def cast(src, dtype, out=None):
+    """src converted to dtype; the fp32<->fp16/bf16 pairs use the kernels.
+
+    Other pairs go through numpy (astype semantics); src need not be contiguous then.
+    """
+    if not isinstance(src, np.ndarray):
+        raise TypeError(f"cast(): argument 'src' must be a numpy.ndarray, got "
+                        f"{type(src).__name__}")
+    dtype = np.dtype(dtype)
+    kernel = _CAST_KERNELS.get((src.dtype, dtype))
+    if kernel is not None:
+        return kernel(src, out)
+    if out is None:
+        return src.astype(dtype)
+    _c.array("cast", "out", out, (dtype,), writeable=True)
+    _c.size("cast", "out", out, src.size, "src")
+    np.copyto(out, src.reshape(out.shape), casting="unsafe")
+    return out
+
+
+# ------------------------------------------------------------------- reductions
+
+def _check_op(fn, op):
+    if not isinstance(op, str):
+        raise TypeError(f"{fn}(): argument 'op' must be a str, got {type(op).__name__}")
+    if op not in _OP_CODES:
+        raise ValueError(f"{fn}(): argument 'op' must be one of {', '.join(REDUCE_OPS)}; "
+                         f"got {op!r}")
+
+
+def _reduce(fn, op, inputs, out):
+    _check_op(fn, op)
+    _c.array(fn, "out", out, _REDUCE_DTYPES, writeable=True)
+    if op == "avg" and out.dtype in (_c.I32, _c.I64):
+        raise TypeError(f"{fn}(): op 'avg' needs a floating dtype, got {out.dtype}")
+    for k, x in enumerate(inputs):
+        name = f"inputs[{k}]"
+        _c.array(fn, name, x, (out.dtype,))
+        _c.size(fn, name, x, out.size, "out")
+        _c.no_overlap(fn, "out", out, name, x, allow_same=True)
+    if available():
+        _ext.reduce(_OP_CODES[op], _DTYPE_CODES[out.dtype], [_raw(x) for x in inputs],
+                    _raw(out))
+    else:
+        _fallback.reduce(op, inputs, out)
+    return out
+
+
+def reduce(op, inputs, out):
+    """out = inputs[0] op inputs[1] op ... (see the module docstring); returns out."""
+    if isinstance(inputs, np.ndarray) or not isinstance(inputs, (list, tuple)):
+        raise TypeError(f"reduce(): argument 'inputs' must be a list or tuple of arrays, "
+                        f"got {type(inputs).__name__}")
+    if len(inputs) == 0:
+        raise ValueError("reduce(): argument 'inputs' must hold at least one array, got 0")
+    return _reduce("reduce", op, inputs, out)
+
+
+def reduce_inplace(op, acc, other):
+    """acc = acc op other, i.e. reduce(op, [acc, other], out=acc); returns acc."""
+    _c.array("reduce_inplace", "acc", acc, _REDUCE_DTYPES, writeable=True)
+    return _reduce("reduce_inplace", op, [acc, other], acc)
+
+
+# --------------------------------------------------------------- mixed precision
+
+def unscale_(grads, inv_scale):
+    """grads *= inv_scale in place; True if any element was inf/NaN (see module doc)."""
+    fn = "unscale_"
+    s = _c.number(fn, "inv_scale", inv_scale)
+    single = isinstance(grads, np.ndarray)
+    if not single and not isinstance(grads, (list, tuple)):
+        raise TypeError(f"{fn}(): argument 'grads' must be an array or a list of arrays, "
+                        f"got {type(grads).__name__}")
+    arrays = [grads] if single else list(grads)
+    for k, g in enumerate(arrays):
+        _c.array(fn, "grads" if single else f"grads[{k}]", g, _GRAD_DTYPES, writeable=True)
+    found = False
+    native = available()
+    for g in arrays:
+        if native:
+            found |= _ext.unscale(_DTYPE_CODES[g.dtype], _raw(g), s)
+        else:
+            found |= _fallback.unscale(g, s)
+    return bool(found)
+
+
+# ---------------------------------------------------------------------- optimizers
+
+def _check_state(fn, named, writeable_names):
+    """named: [(name, array or None)]; first is param. fp32, same size, disjoint."""
+    present = [(n, a) for n, a in named if a is not None]
+    p_name, p = present[0]
+    for n, a in present:
+        _c.array(fn, n, a, (_c.F32,), writeable=n in writeable_names)
+        _c.size(fn, n, a, p.size, p_name)
+    return present
+
+
+def _check_half(fn, param, param_half, present):
+    if param_half is None:
+        return
+    _c.array(fn, "param_half", param_half, _c.HALF, writeable=True)
+    _c.size(fn, "param_half", param_half, param.size, "param")
+    present.append(("param_half", param_half))
+
+
+def _check_disjoint(fn, present):
+    for i, (na, a) in enumerate(present):
+        for nb, b in present[:i]:
+            _c.no_overlap(fn, nb, b, na, a)
+
+
+def sgd_step(param, grad, momentum_buffer=None, *, lr, momentum=0.0, dampening=0.0,
+             weight_decay=0.0, nesterov=False, maximize=False, first_step=False,
+             param_half=None):
+    """One torch.optim.SGD step over flat float32 buffers, in place (see module doc)."""
+    fn = "sgd_step"
+    lr, momentum = _c.number(fn, "lr", lr), _c.number(fn, "momentum", momentum)
+    dampening = _c.number(fn, "dampening", dampening)
+    weight_decay = _c.number(fn, "weight_decay", weight_decay)
+    if nesterov and (momentum <= 0.0 or dampening != 0.0):
+        raise ValueError(f"{fn}(): nesterov=True requires momentum > 0 and dampening = 0, "
+                         f"got momentum={momentum}, dampening={dampening}")
+    if momentum != 0.0 and momentum_buffer is None:
+        raise ValueError(f"{fn}(): momentum={momentum} needs a 'momentum_buffer' array, "
+                         f"got None")
+    buf = momentum_buffer if momentum != 0.0 else None
+    present = _check_state(fn, [("param", param), ("grad", grad), ("momentum_buffer", buf)],
+                           ("param", "momentum_buffer"))
+    _check_half(fn, param, param_half, present)
+    _check_disjoint(fn, present)
+    if available():
+        half_code = _DTYPE_CODES[param_half.dtype] if param_half is not None else 0
+        _ext.sgd(param, grad, buf, None if param_half is None else _raw(param_half),
+                 half_code, lr, momentum, dampening, weight_decay, bool(nesterov),
+                 bool(maximize), bool(first_step))
+    else:
+        _fallback.sgd(param, grad, buf, param_half, lr, momentum, dampening, weight_decay,
+                      bool(nesterov), bool(maximize), bool(first_step))
+
+
+def _adam(fn, decoupled, param, grad, exp_avg, exp_avg_sq, lr, step, beta1, beta2, eps,
+          weight_decay, amsgrad, max_exp_avg_sq, maximize, param_half):
+    lr, step = _c.number(fn, "lr", lr), _c.number(fn, "step", step)
+    beta1, beta2 = _c.number(fn, "beta1", beta1), _c.number(fn, "beta2", beta2)
+    eps = _c.number(fn, "eps", eps)
+    weight_decay = _c.number(fn, "weight_decay", weight_decay)
+    if not step >= 1.0:
+        raise ValueError(f"{fn}(): step must be >= 1 (the step number used for bias "
+                         f"correction), got {step}")
+    if amsgrad and max_exp_avg_sq is None:
+        raise ValueError(f"{fn}(): amsgrad=True needs a 'max_exp_avg_sq' array, got None")
+    vmax = max_exp_avg_sq if amsgrad else None
+    present = _check_state(
+        fn, [("param", param), ("grad", grad), ("exp_avg", exp_avg),
+             ("exp_avg_sq", exp_avg_sq), ("max_exp_avg_sq", vmax)],
+        ("param", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"))
+    _check_half(fn, param, param_half, present)
+    _check_disjoint(fn, present)
+    if available():
+        half_code = _DTYPE_CODES[param_half.dtype] if param_half is not None else 0
+        _ext.adam(param, grad, exp_avg, exp_avg_sq, vmax,
+                  None if param_half is None else _raw(param_half), half_code, lr, beta1,
+                  beta2, eps, weight_decay, step, bool(amsgrad), decoupled, bool(maximize))
+    else:
+        _fallback.adam(param, grad, exp_avg, exp_avg_sq, vmax, param_half, lr, beta1, beta2,
+                       eps, weight_decay, step, bool(amsgrad), decoupled, bool(maximize))
+
+
+def adam_step(param, grad, exp_avg, exp_avg_sq, *, lr, step, beta1=0.9, beta2=0.999,
+              eps=1e-8, weight_decay=0.0, amsgrad=False, max_exp_avg_sq=None,
+              maximize=False, param_half=None):
+    """One torch.optim.Adam step over flat float32 buffers, in place (see module doc)."""
+    _adam("adam_step", False, param, grad, exp_avg, exp_avg_sq, lr, step, beta1, beta2, eps,
+          weight_decay, amsgrad, max_exp_avg_sq, maximize, param_half)
+
+
+def adamw_step(param, grad, exp_avg, exp_avg_sq, *, lr, step, beta1=0.9, beta2=0.999,
+               eps=1e-8, weight_decay=1e-2, amsgrad=False, max_exp_avg_sq=None,
+               maximize=False, param_half=None):
+    """One torch.optim.AdamW step (decoupled weight decay), in place (see module doc)."""
+    _adam("adamw_step", True, param, grad, exp_avg, exp_avg_sq, lr, step, beta1, beta2, eps,
+          weight_decay, amsgrad, max_exp_avg_sq, maximize, param_half)

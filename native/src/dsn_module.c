@@ -1,0 +1,435 @@
+/*
+ * dsn_module.c - the deepseek._native extension: argument checking, GIL release
+ * and run-time instruction-set dispatch around the kernels of dsn_body.h.
+ *
+ * This is the private layer; callers use deepseek.native (native/__init__.py),
+ * which maps dtypes/ops to the integer codes of dsn_common.h and gives every
+ * kernel a numpy fallback. The checks here are the safety net that keeps a
+ * direct call from crashing or silently misreading memory: buffer format and
+ * item size per argument, C-contiguity, writability, lengths and overlap.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include "dsn_common.h"
+
+static const dsn_kernels *K = &dsn_kernels_scalar;
+
+/* ------------------------------------------------------------ dispatch */
+
+static int isa_supported(const dsn_kernels *k)
+{
+    if (k == &dsn_kernels_scalar) return 1;
+#ifdef DSN_X86
+    __builtin_cpu_init();
+    if (k == &dsn_kernels_avx2)
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+               __builtin_cpu_supports("f16c");
+    if (k == &dsn_kernels_avx512)
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") &&
+               __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+#endif
+    return 0;
+}
+
+/* best first */
+static const dsn_kernels *const ALL_ISAS[] = {
+#ifdef DSN_X86
+    &dsn_kernels_avx512, &dsn_kernels_avx2,
+#endif
+    &dsn_kernels_scalar,
+};
+#define N_ISAS (sizeof(ALL_ISAS) / sizeof(ALL_ISAS[0]))
+
+static PyObject *py_isa(PyObject *self, PyObject *noargs)
+{
+    return PyUnicode_FromString(K->name);
+}
+
+static PyObject *py_isa_list(PyObject *self, PyObject *noargs)
+{
+    PyObject *lst = PyList_New(0);
+    if (!lst) return NULL;
+    for (size_t i = 0; i < N_ISAS; i++) {
+        if (!isa_supported(ALL_ISAS[i])) continue;
+        PyObject *s = PyUnicode_FromString(ALL_ISAS[i]->name);
+        if (!s || PyList_Append(lst, s) < 0) { Py_XDECREF(s); Py_DECREF(lst); return NULL; }
+        Py_DECREF(s);
+    }
+    return lst;
+}
+
+static PyObject *py_set_isa(PyObject *self, PyObject *args)
+{
+    const char *name;
+    if (!PyArg_ParseTuple(args, "s:set_isa", &name)) return NULL;
+    for (size_t i = 0; i < N_ISAS; i++) {
+        if (strcmp(ALL_ISAS[i]->name, name) == 0) {
+            if (!isa_supported(ALL_ISAS[i])) {
+                PyErr_Format(PyExc_ValueError,
+                             "set_isa(): instruction set '%s' is not supported by this CPU", name);
+                return NULL;
+            }
+            K = ALL_ISAS[i];
+            Py_RETURN_NONE;
+        }
+    }
+    PyErr_Format(PyExc_ValueError,
+                 "set_isa(): unknown instruction set '%s', expected 'avx512', 'avx2' or 'scalar'",
+                 name);
+    return NULL;
+}
+
+/* ------------------------------------------------------- buffer checks */
+
+static const char *DTYPE_NAMES[] = {"float32", "float16", "bfloat16", "int32", "int64", "float64"};
+static const size_t DTYPE_SIZES[] = {4, 2, 2, 4, 8, 8};
+
+static int format_matches(int dtype, const char *fmt)
+{
+    if (!fmt) fmt = "B";
+    if (*fmt == '@' || *fmt == '=') fmt++;
+#if PY_LITTLE_ENDIAN
+    else if (*fmt == '<') fmt++;
+#else
+    else if (*fmt == '>' || *fmt == '!') fmt++;
+#endif
+    if (fmt[0] == '\0' || fmt[1] != '\0') return 0;
+    char c = fmt[0];
+    switch (dtype) {
+    case DSN_F32: return c == 'f';
+    case DSN_F64: return c == 'd';
+    case DSN_F16: return c == 'e' || c == 'H';      /* numpy float16 or raw bits */
+    case DSN_BF16: return c == 'H';                 /* raw bits (uint16 view) */
+    case DSN_I32: return c == 'i' || (sizeof(long) == 4 && c == 'l');
+    case DSN_I64: return c == 'q' || (sizeof(long) == 8 && c == 'l');
+    }
+    return 0;
+}
+
+typedef struct {
+    Py_buffer view;
+    int held;
+    size_t n;          /* elements */
+} dsn_arg;
+
+/* Acquire obj as a C-contiguous buffer of `dtype`; name is used in messages. */
+static int get_arg(const char *fn, const char *name, PyObject *obj, int dtype, int writable,
+                   dsn_arg *a)
+{
+    a->held = 0;
+    if (PyObject_GetBuffer(obj, &a->view, PyBUF_RECORDS_RO) < 0) {
+        PyObject *t, *v, *tb;
+        PyErr_Fetch(&t, &v, &tb);
+        PyErr_Format(PyExc_TypeError,
+                     "%s(): argument '%s' must be a contiguous %s array, got %.200s "
+                     "(no usable buffer: %S)", fn, name, DTYPE_NAMES[dtype],
+                     Py_TYPE(obj)->tp_name, v ? v : Py_None);
+        Py_XDECREF(t); Py_XDECREF(v); Py_XDECREF(tb);
+        return -1;
+    }
+    a->held = 1;
+    if (!format_matches(dtype, a->view.format) || (size_t)a->view.itemsize != DTYPE_SIZES[dtype]) {
+        PyErr_Format(PyExc_TypeError,
+                     "%s(): argument '%s' must have dtype %s, got buffer format '%s' "
+                     "(item size %zd)", fn, name, DTYPE_NAMES[dtype],
+                     a->view.format ? a->view.format : "B", a->view.itemsize);
+        return -1;
+    }
+    if (!PyBuffer_IsContiguous(&a->view, 'C')) {
+        PyErr_Format(PyExc_ValueError, "%s(): argument '%s' must be C-contiguous, got a "
+                     "strided view", fn, name);
+        return -1;
+    }
+    if (writable && a->view.readonly) {
+        PyErr_Format(PyExc_ValueError, "%s(): argument '%s' must be writeable, got a "
+                     "read-only array", fn, name);
+        return -1;
+    }
+    a->n = (size_t)(a->view.len / a->view.itemsize);
+    return 0;
+}
+
+static void release_arg(dsn_arg *a)
+{
+    if (a->held) PyBuffer_Release(&a->view);
+    a->held = 0;
+}
+
+static int check_len(const char *fn, const char *name, const dsn_arg *a, size_t n,
+                     const char *ref)
+{
+    if (a->n != n) {
+        PyErr_Format(PyExc_ValueError, "%s(): argument '%s' has %zu elements, expected %zu "
+                     "(the length of '%s')", fn, name, a->n, n, ref);
+        return -1;
+    }
+    return 0;
+}
+
+/* Two arguments may be the very same memory only if allow_same; never partly. */
+static int check_overlap(const char *fn, const char *na, const dsn_arg *a, const char *nb,
+                         const dsn_arg *b, int allow_same)
+{
+    const char *pa = (const char *)a->view.buf, *pb = (const char *)b->view.buf;
+    Py_ssize_t la = a->view.len, lb = b->view.len;
+    if (la == 0 || lb == 0 || pa + la <= pb || pb + lb <= pa) return 0;
+    if (allow_same && pa == pb && la == lb) return 0;
+    PyErr_Format(PyExc_ValueError, "%s(): arguments '%s' and '%s' overlap in memory%s", fn,
+                 na, nb, allow_same ? " (only the very same array is allowed)" : "");
+    return -1;
+}
+
+static int check_half_dtype(const char *fn, int half_dtype)
+{
+    if (half_dtype != DSN_F16 && half_dtype != DSN_BF16) {
+        PyErr_Format(PyExc_ValueError, "%s(): half_dtype must be %d (float16) or %d (bfloat16), "
+                     "got %d", fn, DSN_F16, DSN_BF16, half_dtype);
+        return -1;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------- kernels */
+
+static PyObject *py_convert(PyObject *self, PyObject *args)
+{
+    static const int SRC[] = {DSN_F32, DSN_F16, DSN_F32, DSN_BF16};
+    static const int DST[] = {DSN_F16, DSN_F32, DSN_BF16, DSN_F32};
+    const char *fn = "convert";
+    int kind;
+    PyObject *osrc, *odst;
+    dsn_arg src = {0}, dst = {0};
+    if (!PyArg_ParseTuple(args, "iOO:convert", &kind, &osrc, &odst)) return NULL;
+    if (kind < 0 || kind > 3) {
+        PyErr_Format(PyExc_ValueError, "convert(): kind must be 0..3, got %d", kind);
+        return NULL;
+    }
+    if (get_arg(fn, "src", osrc, SRC[kind], 0, &src) < 0 ||
+        get_arg(fn, "out", odst, DST[kind], 1, &dst) < 0 ||
+        check_len(fn, "out", &dst, src.n, "src") < 0 ||
+        check_overlap(fn, "src", &src, "out", &dst, 0) < 0)
+        goto fail;
+    Py_BEGIN_ALLOW_THREADS
+    K->convert(kind, src.view.buf, dst.view.buf, src.n);
+    Py_END_ALLOW_THREADS
+    release_arg(&src); release_arg(&dst);
+    Py_RETURN_NONE;
+fail:
+    release_arg(&src); release_arg(&dst);
+    return NULL;
+}
+
+static PyObject *py_reduce(PyObject *self, PyObject *args)
+{
+    const char *fn = "reduce";
+    int op, dtype;
+    PyObject *oin, *oout, *seq = NULL;
+    dsn_arg out = {0}, *ins = NULL;
+    const void **ptrs = NULL;
+    Py_ssize_t nin = 0, got = 0;
+    char name[32];
+    if (!PyArg_ParseTuple(args, "iiOO:reduce", &op, &dtype, &oin, &oout)) return NULL;
+    if (op < DSN_SUM || op > DSN_PROD) {
+        PyErr_Format(PyExc_ValueError, "reduce(): op code must be 0..4, got %d", op);
+        return NULL;
+    }
+    if (dtype < DSN_F32 || dtype > DSN_F64) {
+        PyErr_Format(PyExc_ValueError, "reduce(): dtype code must be 0..5, got %d", dtype);
+        return NULL;
+    }
+    if (op == DSN_AVG && (dtype == DSN_I32 || dtype == DSN_I64)) {
+        PyErr_Format(PyExc_TypeError, "reduce(): op 'avg' needs a floating dtype, got %s",
+                     DTYPE_NAMES[dtype]);
+        return NULL;
+    }
+    seq = PySequence_Fast(oin, "reduce(): argument 'inputs' must be a list of arrays");
+    if (!seq) return NULL;
+    nin = PySequence_Fast_GET_SIZE(seq);
+    if (nin < 1) {
+        PyErr_SetString(PyExc_ValueError, "reduce(): argument 'inputs' must hold at least one "
+                        "array, got an empty sequence");
+        goto done;
+    }
+    ins = PyMem_Calloc((size_t)nin, sizeof(dsn_arg));
+    ptrs = PyMem_Calloc((size_t)nin, sizeof(void *));
+    if (!ins || !ptrs) { PyErr_NoMemory(); goto done; }
+    if (get_arg(fn, "out", oout, dtype, 1, &out) < 0) goto done;
+    for (got = 0; got < nin; got++) {
+        snprintf(name, sizeof(name), "inputs[%zd]", got);
+        if (get_arg(fn, name, PySequence_Fast_GET_ITEM(seq, got), dtype, 0, &ins[got]) < 0) {
+            got++;
+            goto done;
+        }
+        if (check_len(fn, name, &ins[got], out.n, "out") < 0 ||
+            check_overlap(fn, "out", &out, name, &ins[got], 1) < 0) {
+            got++;
+            goto done;
+        }
+        ptrs[got] = ins[got].view.buf;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    K->reduce(op, dtype, ptrs, (size_t)nin, out.view.buf, out.n);
+    Py_END_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < got; i++) release_arg(&ins[i]);
+    release_arg(&out);
+    PyMem_Free(ins); PyMem_Free(ptrs);
+    Py_DECREF(seq);
+    Py_RETURN_NONE;
+done:
+    for (Py_ssize_t i = 0; i < got; i++) release_arg(&ins[i]);
+    release_arg(&out);
+    PyMem_Free(ins); PyMem_Free(ptrs);
+    Py_XDECREF(seq);
+    return NULL;
+}
+
+static PyObject *py_unscale(PyObject *self, PyObject *args)
+{
+    int dtype, found;
+    double inv_scale;
+    PyObject *og;
+    dsn_arg g = {0};
+    if (!PyArg_ParseTuple(args, "iOd:unscale", &dtype, &og, &inv_scale)) return NULL;
+    if (dtype != DSN_F32 && dtype != DSN_F16 && dtype != DSN_BF16) {
+        PyErr_Format(PyExc_ValueError, "unscale(): dtype code must be 0, 1 or 2, got %d", dtype);
+        return NULL;
+    }
+    if (get_arg("unscale", "grad", og, dtype, 1, &g) < 0) { release_arg(&g); return NULL; }
+    Py_BEGIN_ALLOW_THREADS
+    found = K->unscale(dtype, g.view.buf, g.n, (float)inv_scale);
+    Py_END_ALLOW_THREADS
+    release_arg(&g);
+    return PyBool_FromLong(found);
+}
+
+/* param, grad and the optimizer state: all fp32, same length, pairwise disjoint. */
+#define MAX_OPT_ARGS 6
+static int get_opt_args(const char *fn, const char *const *names, PyObject **objs,
+                        const int *writable, int nargs, dsn_arg *a, int half_dtype)
+{
+    for (int i = 0; i < nargs; i++) {
+        if (objs[i] == Py_None) continue;
+        int dt = (i == nargs - 1) ? half_dtype : DSN_F32;   /* last: the low-precision copy */
+        if (get_arg(fn, names[i], objs[i], dt, writable[i], &a[i]) < 0) return -1;
+        if (i > 0 && check_len(fn, names[i], &a[i], a[0].n, names[0]) < 0) return -1;
+        for (int j = 0; j < i; j++)
+            if (a[j].held && check_overlap(fn, names[j], &a[j], names[i], &a[i], 0) < 0)
+                return -1;
+    }
+    return 0;
+}
+
+static PyObject *py_sgd(PyObject *self, PyObject *args)
+{
+    static const char *const names[] = {"param", "grad", "momentum_buffer", "param_half"};
+    static const int writable[] = {1, 0, 1, 1};
+    const char *fn = "sgd_step";
+    PyObject *objs[4];
+    dsn_arg a[4];
+    int half_dtype;
+    dsn_sgd_args s;
+    memset(a, 0, sizeof(a));
+    if (!PyArg_ParseTuple(args, "OOOOiddddppp:sgd", &objs[0], &objs[1], &objs[2], &objs[3],
+                          &half_dtype, &s.lr, &s.momentum, &s.dampening, &s.weight_decay,
+                          &s.nesterov, &s.maximize, &s.first_step))
+        return NULL;
+    if (objs[0] == Py_None || objs[1] == Py_None) {
+        PyErr_Format(PyExc_TypeError, "%s(): 'param' and 'grad' must be arrays, got None", fn);
+        return NULL;
+    }
+    if (s.momentum != 0.0 && objs[2] == Py_None) {
+        PyErr_Format(PyExc_ValueError, "%s(): momentum=%g needs a 'momentum_buffer' array, "
+                     "got None", fn, s.momentum);
+        return NULL;
+    }
+    if (objs[3] != Py_None && check_half_dtype(fn, half_dtype) < 0) return NULL;
+    if (get_opt_args(fn, names, objs, writable, 4, a, half_dtype) < 0) goto fail;
+    Py_BEGIN_ALLOW_THREADS
+    K->sgd(&s, (float *)a[0].view.buf, (const float *)a[1].view.buf,
+           s.momentum != 0.0 ? (float *)a[2].view.buf : NULL,
+           a[3].held ? a[3].view.buf : NULL, half_dtype, a[0].n);
+    Py_END_ALLOW_THREADS
+    for (int i = 0; i < 4; i++) release_arg(&a[i]);
+    Py_RETURN_NONE;
+fail:
+    for (int i = 0; i < 4; i++) release_arg(&a[i]);
+    return NULL;
+}
+
+static PyObject *py_adam(PyObject *self, PyObject *args)
+{
+    static const char *const names[] = {"param", "grad", "exp_avg", "exp_avg_sq",
+                                        "max_exp_avg_sq", "param_half"};
+    static const int writable[] = {1, 0, 1, 1, 1, 1};
+    const char *fn = "adam_step";
+    PyObject *objs[6];
+    dsn_arg a[6];
+    int half_dtype;
+    dsn_adam_args s;
+    memset(a, 0, sizeof(a));
+    if (!PyArg_ParseTuple(args, "OOOOOOiddddddppp:adam", &objs[0], &objs[1], &objs[2],
+                          &objs[3], &objs[4], &objs[5], &half_dtype, &s.lr, &s.beta1, &s.beta2,
+                          &s.eps, &s.weight_decay, &s.step, &s.amsgrad, &s.decoupled,
+                          &s.maximize))
+        return NULL;
+    for (int i = 0; i < 4; i++) {
+        if (objs[i] == Py_None) {
+            PyErr_Format(PyExc_TypeError, "%s(): '%s' must be an array, got None", fn, names[i]);
+            return NULL;
+        }
+    }
+    if (s.amsgrad && objs[4] == Py_None) {
+        PyErr_Format(PyExc_ValueError, "%s(): amsgrad=True needs a 'max_exp_avg_sq' array, "
+                     "got None", fn);
+        return NULL;
+    }
+    if (!(s.step >= 1.0)) {
+        PyErr_Format(PyExc_ValueError, "%s(): step must be >= 1 (bias correction), got %g",
+                     fn, s.step);
+        return NULL;
+    }
+    if (objs[5] != Py_None && check_half_dtype(fn, half_dtype) < 0) return NULL;
+    if (get_opt_args(fn, names, objs, writable, 6, a, half_dtype) < 0) goto fail;
+    Py_BEGIN_ALLOW_THREADS
+    K->adam(&s, (float *)a[0].view.buf, (const float *)a[1].view.buf, (float *)a[2].view.buf,
+            (float *)a[3].view.buf, s.amsgrad ? (float *)a[4].view.buf : NULL,
+            a[5].held ? a[5].view.buf : NULL, half_dtype, a[0].n);
+    Py_END_ALLOW_THREADS
+    for (int i = 0; i < 6; i++) release_arg(&a[i]);
+    Py_RETURN_NONE;
+fail:
+    for (int i = 0; i < 6; i++) release_arg(&a[i]);
+    return NULL;
+}
+
+/* ---------------------------------------------------------------- module */
+
+static PyMethodDef methods[] = {
+    {"isa", py_isa, METH_NOARGS, "isa() -> str: instruction set in use."},
+    {"isa_list", py_isa_list, METH_NOARGS, "isa_list() -> list[str]: supported here, best first."},
+    {"set_isa", py_set_isa, METH_VARARGS, "set_isa(name): force an instruction set (tests)."},
+    {"convert", py_convert, METH_VARARGS, "convert(kind, src, out)"},
+    {"reduce", py_reduce, METH_VARARGS, "reduce(op, dtype, inputs, out)"},
+    {"unscale", py_unscale, METH_VARARGS, "unscale(dtype, grad, inv_scale) -> bool"},
+    {"sgd", py_sgd, METH_VARARGS,
+     "sgd(param, grad, buf, half, half_dtype, lr, momentum, dampening, weight_decay, "
+     "nesterov, maximize, first_step)"},
+    {"adam", py_adam, METH_VARARGS,
+     "adam(param, grad, m, v, vmax, half, half_dtype, lr, beta1, beta2, eps, weight_decay, "
+     "step, amsgrad, decoupled, maximize)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef moduledef = {
+    PyModuleDef_HEAD_INIT, "deepseek._native",
+    "Private C kernels of deepseek.native; use deepseek.native instead.", -1, methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__native(void)
+{
+    for (size_t i = 0; i < N_ISAS; i++) {
+        if (isa_supported(ALL_ISAS[i])) { K = ALL_ISAS[i]; break; }
+    }
+    return PyModule_Create(&moduledef);
+}
