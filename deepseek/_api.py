@@ -18,6 +18,11 @@ from .ops.creation import (zeros, ones, empty, full, zeros_like, ones_like, empt
 
 as_tensor = tensor
 
+# Importing the submodule deepseek.tensor binds the *module* as the package attribute
+# ``deepseek.tensor``; the public name is the factory function (torch.tensor).
+import sys as _sys  # noqa: E402
+setattr(_sys.modules[__package__], "tensor", tensor)
+
 
 def is_floating_point(t):
     return t.is_floating_point()

@@ -134,6 +134,8 @@ class Tensor:
         """Add a raw gradient array into .grad, in place once we own the buffer."""
         cur = self._grad
         if cur is None:
+            if not g.flags.writeable or not g.flags.c_contiguous:
+                g = g.copy()  # broadcast views and strided results: give .grad its own memory
             self._grad = Tensor._make(g)
             self._grad_owned = False  # g may alias another buffer of backward
         elif self._grad_owned:
@@ -265,7 +267,7 @@ class Tensor:
         self._retains_grad = True
 
         def _store(g, self=self):
-            self._accumulate_grad(g._data)
+            self._accumulate_grad(g._data.copy())  # g flows on: don't alias it
         self.register_hook(_store)
 
     def register_hook(self, hook):
@@ -307,6 +309,9 @@ class Tensor:
     def _assign_result(self, result):
         """Make ``self`` hold ``result`` (an op output) after an in-place op."""
         self._check_inplace()
+        if result._data.shape != self._data.shape:
+            raise RuntimeError(f"output with shape {list(self._data.shape)} doesn't match the "
+                               f"broadcast shape {list(result._data.shape)} of the in-place op")
         if result.grad_fn is not None:
             # In the graph: rebind to the result's storage instead of overwriting, so
             # arrays saved for backward (possibly our old storage) stay intact. Old
@@ -338,7 +343,10 @@ class Tensor:
         """Copy ``src`` (broadcast, cast, moved across devices) into this tensor."""
         src_arr = src._data if isinstance(src, Tensor) else np.asarray(src)
         if isinstance(src, Tensor) and src.requires_grad and _state.enabled:
-            return self._assign_result(_ops().expand(src.to(self.device), self.shape).to(self.dtype))
+            res = _ops().expand(src.to(self.device), self.shape).to(self.dtype)
+            if res.dtype == src.dtype:  # no cast copied it: don't share src's (or a broadcast) storage
+                res = _ops().clone(res)
+            return self._assign_result(res)
         self._check_inplace()
         src_arr = to_device(src_arr, self.device)
         xp = get_array_module(self._data)
@@ -469,8 +477,8 @@ def tensor(data, dtype=None, device=None, requires_grad=False):
         if isinstance(data, (np.generic,)):
             arr = np.array(data)
         else:
-            dt = _dt.as_dtype(dtype) if dtype is not None else _infer_dtype(data)
             try:
+                dt = _dt.as_dtype(dtype) if dtype is not None else _infer_dtype(data)
                 arr = np.array(data, dtype=dt)
             except (ValueError, TypeError) as e:
                 raise TypeError(f"could not build a tensor from {type(data).__name__}: {e}") from None
@@ -504,6 +512,17 @@ def from_numpy(array):
 def is_tensor(obj):
     return isinstance(obj, Tensor)
 
+
+class _TensorModule(type(np)):
+    """``deepseek.tensor`` is both this submodule and PyTorch's factory function: the
+    import system binds the module as the package attribute, so calling it builds a
+    tensor (deepseek._api rebinds the attribute to the function once loaded)."""
+
+    def __call__(self, data, dtype=None, device=None, requires_grad=False):
+        return tensor(data, dtype=dtype, device=device, requires_grad=requires_grad)
+
+
+__import__("sys").modules[__name__].__class__ = _TensorModule
 
 from .autograd import function as _function  # noqa: E402
 

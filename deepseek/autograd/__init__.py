@@ -29,7 +29,8 @@ def _seed_grads(tensors, grad_tensors, who):
             if tuple(g.shape) != tuple(t.shape):
                 raise RuntimeError(f"{who}: gradient has shape {tuple(g.shape)} but the output "
                                    f"has shape {tuple(t.shape)}")
-            seeds.append(g)
+            # a copy: the caller's gradient tensor must not become (part of) a leaf's .grad
+            seeds.append(g.copy())
     return seeds
 
 
@@ -56,6 +57,7 @@ def backward(tensors, grad_tensors=None, retain_graph=None, create_graph=False, 
 def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=False,
          allow_unused=False):
     """Gradients of ``outputs`` w.r.t. ``inputs``, returned (not accumulated into .grad)."""
+    import numpy as np
     from .engine import run_backward
     from ..tensor import Tensor
     if create_graph:
@@ -73,5 +75,7 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=Fal
             raise RuntimeError(f"one of the differentiated tensors (input {i}) appears to not "
                                "have been used in the graph; pass allow_unused=True if this "
                                "is expected")
+        if g is not None and (not g.flags.writeable or isinstance(g, np.generic)):
+            g = g.copy() if not isinstance(g, np.generic) else np.array(g)  # broadcast views
         out.append(None if g is None else Tensor._make(g))
     return tuple(out)

@@ -7,8 +7,29 @@ then, so distributed training can start communicating while backward still runs.
 """
 import heapq
 
+import numpy as _np
+import threading
+
 from .function import AccumulateGrad
 from .grad_mode import no_grad
+
+
+class _Callbacks(threading.local):
+    def __init__(self):
+        self.pending = []
+        self.depth = 0
+
+
+_callbacks = _Callbacks()
+
+
+def queue_callback(fn):
+    """Run ``fn()`` once when the backward pass now running in this thread finishes
+    (PyTorch's ``Variable._execution_engine.queue_callback``; DDP waits for its
+    gradient buckets there). Outside a backward pass it raises."""
+    if _callbacks.depth == 0:
+        raise RuntimeError("queue_callback() can only be called while backward is running")
+    _callbacks.pending.append(fn)
 
 
 def _add(buf, g):
@@ -82,13 +103,32 @@ def run_backward(tensors, grad_tensors, retain_graph=False, inputs=None, accumul
         if deps.get(n, 0) == 0:
             heapq.heappush(ready, (-n.seq, id(n), n))
     executed = []
+    _callbacks.depth += 1
+    try:
+        _drain(ready, buffers, deps, capture, results if capture is not None else None,
+               accumulate, executed)
+        if _callbacks.depth == 1:
+            # callbacks may queue more callbacks; run until none is left
+            while _callbacks.pending:
+                _callbacks.pending.pop(0)()
+    finally:
+        _callbacks.depth -= 1
+        if _callbacks.depth == 0:
+            _callbacks.pending.clear()
+    if not retain_graph:
+        for node in executed:
+            node.release()
+    return results if capture is not None else None
+
+
+def _drain(ready, buffers, deps, capture, results, accumulate, executed):
+    """Run ready nodes until the graph is exhausted."""
     with no_grad():
         while ready:
             _, _, node = heapq.heappop(ready)
             grads = buffers.pop(node)
             if isinstance(node, AccumulateGrad):
-                _accumulate(node, grads[0], capture, results if capture is not None else None,
-                            accumulate)
+                _accumulate(node, grads[0], capture, results, accumulate)
                 continue
             if node.out_hooks:
                 for nr, hooks in node.out_hooks.items():
@@ -109,10 +149,19 @@ def run_backward(tensors, grad_tensors, retain_graph=False, inputs=None, accumul
                 if len(in_grads) < len(node.next_edges):
                     in_grads = tuple(in_grads) + (None,) * (len(node.next_edges) - len(in_grads))
             executed.append(node)
+            sent = None
             for edge, g in zip(node.next_edges, in_grads):
                 if edge is None:
                     continue
                 nxt, nr = edge
+                if g is not None and isinstance(nxt, AccumulateGrad):
+                    # one array handed to two leaves (e.g. by add's backward) must not
+                    # become both their .grad: give later ones a copy
+                    if sent is None:
+                        sent = set()
+                    if id(g) in sent:
+                        g = g.copy()
+                    sent.add(id(g))
                 buf = buffers.get(nxt)
                 if buf is None:
                     buf = buffers[nxt] = [None] * (1 if isinstance(nxt, AccumulateGrad) else nxt.n_outputs)
@@ -123,10 +172,6 @@ def run_backward(tensors, grad_tensors, retain_graph=False, inputs=None, accumul
                 deps[nxt] = left
                 if left == 0:
                     heapq.heappush(ready, (-nxt.seq, id(nxt), nxt))
-    if not retain_graph:
-        for node in executed:
-            node.release()
-    return results if capture is not None else None
 
 
 def _make_acc(t):
@@ -144,6 +189,8 @@ def _run_hook(hook, g):
     from ..tensor import Tensor
     if g is None:
         return None
+    if isinstance(g, _np.generic):
+        g = _np.array(g)
     out = hook(Tensor._make(g))
     return g if out is None else _as_array(out)
 
@@ -184,6 +231,8 @@ def _accumulate(node, g, capture, results, accumulate):
         return
     if g.dtype != t._data.dtype:
         g = g.astype(t._data.dtype)
+    if isinstance(g, _np.generic):  # numpy ops on 0-d arrays return scalars
+        g = _np.array(g)
     if g.shape != t._data.shape:
         raise RuntimeError(f"gradient of shape {g.shape} does not match parameter of shape "
                            f"{t._data.shape} in AccumulateGrad")

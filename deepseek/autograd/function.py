@@ -114,9 +114,10 @@ class AccumulateGrad:
 
     def __init__(self, tensor):
         self.tensor = tensor
-        # Leaves sort after every op that feeds them, so they are accumulated as soon
-        # as all their contributions are in.
-        self.seq = -1
+        # Leaves sort before every op node: a ready leaf is accumulated (and its
+        # post-accumulate hooks fire) at once; among ready leaves, the one created
+        # last (first used last in forward) goes first.
+        self.seq = _ACC_SEQ_BASE + next(_seq)
 
     def name(self):
         return "AccumulateGrad"
@@ -167,7 +168,8 @@ class Function:
         raw = cls.forward(ctx, *arrays, **kwargs)
         multi = isinstance(raw, tuple)
         outs_raw = raw if multi else (raw,)
-        outs = [Tensor._make(o) for o in outs_raw]
+        # (numpy ufuncs on 0-d arrays return numpy scalars; a Tensor holds an ndarray)
+        outs = [Tensor._make(_np.asarray(o) if isinstance(o, _np.generic) else o) for o in outs_raw]
         if cls.is_view:
             xp_src = args[0]
             if isinstance(xp_src, Tensor):
@@ -177,6 +179,9 @@ class Function:
         if needs:
             ctx.seq = next(_seq)
             ctx.n_outputs = len(outs)
+            if multi and "out_shapes" not in ctx.__dict__:
+                # lets the engine build zero grads for outputs that got none
+                ctx.out_shapes = [o._data.shape for o in outs]
             ctx.next_edges = tuple(_edge(a) if isinstance(a, Tensor) and a.requires_grad else None
                                    for a in args)
             nd = ctx.non_differentiable
@@ -199,6 +204,9 @@ class Function:
             for hook in _post_dispatch_hooks:
                 hook(cls, args, kwargs, result)
         return result
+
+
+_ACC_SEQ_BASE = 1 << 62
 
 
 def _may_share(a, b):

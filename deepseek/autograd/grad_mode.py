@@ -20,6 +20,12 @@ class _GradModeContext:
 
     _target = True
 
+    def __new__(cls, *args, **kwargs):
+        # bare decorator: ``@no_grad`` as well as ``@no_grad()`` (PyTorch accepts both)
+        if cls is not set_grad_enabled and len(args) == 1 and not kwargs and callable(args[0]):
+            return cls()(args[0])
+        return super().__new__(cls)
+
     def __enter__(self):
         self._prev = _state.enabled
         _state.enabled = self._target

@@ -44,17 +44,18 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=True,
     numerical = {}
     for i in diff_idx:
         x = inputs[i]
-        flat = x._data.reshape(-1)
-        n = flat.size
+        arr = x._data  # perturbed in place (also when not contiguous: no reshape copy)
+        n = arr.size
         jac = [np.zeros((n, s)) for s in out_sizes]
         for k in range(n):
-            orig = flat[k].item()
+            pos = np.unravel_index(k, arr.shape)
+            orig = arr[pos].item()
             with no_grad():
-                flat[k] = orig + eps
+                arr[pos] = orig + eps
                 plus = [np.array(o._data, dtype=np.float64).reshape(-1) for o in _outputs_tuple(fn(*inputs))]
-                flat[k] = orig - eps
+                arr[pos] = orig - eps
                 minus = [np.array(o._data, dtype=np.float64).reshape(-1) for o in _outputs_tuple(fn(*inputs))]
-                flat[k] = orig
+                arr[pos] = orig
             for j in range(len(out_sizes)):
                 jac[j][k] = (plus[j] - minus[j]) / (2 * eps)
         numerical[i] = jac
@@ -70,7 +71,7 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=True,
             seed = np.zeros(outs[j].shape, dtype=outs[j].dtype).reshape(-1)
             seed[m] = 1
             grads = autograd_grad(outs[j], diff_inputs, grad_outputs=Tensor._make(seed.reshape(outs[j].shape)),
-                                  allow_unused=True)
+                                  allow_unused=True, retain_graph=True)
             for i, g in zip(diff_idx, grads):
                 if g is not None:
                     analytical[i][j][:, m] = np.asarray(g._data, dtype=np.float64).reshape(-1)
@@ -89,7 +90,7 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=True,
         return True
     _, i, j, (k, m), a, nmr = worst
     x = inputs[i]
-    elem = np.unravel_index(k, x.shape) if x.ndim else ()
+    elem = [int(v) for v in np.unravel_index(k, x.shape)] if x.ndim else []
     msg = (f"gradcheck failed: d(output {j})[{m}] / d(input {i}){list(elem)}: analytical "
            f"{a:.8g} vs numerical {nmr:.8g} (abs diff {abs(a - nmr):.3g}, atol {atol}, rtol {rtol})")
     if raise_exception:

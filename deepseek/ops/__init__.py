@@ -126,12 +126,19 @@ def _xp(t):
 
 def _compare(np_name):
     def op(self, other):
-        other = as_tensor_operand(other)
+        try:
+            other = as_tensor_operand(other)
+        except TypeError:
+            return NotImplemented  # t == None is False, t < "x" a TypeError, like PyTorch
         if isinstance(other, _T):
             a, b = _promoted_pair(self, other)
         else:
             a, b = self._data, other
-        return _T._make(getattr(_xp(self), np_name)(a, b))
+        try:
+            return _T._make(_xp(self).asarray(getattr(_xp(self), np_name)(a, b)))
+        except ValueError as e:
+            from ._util import broadcast_error
+            raise broadcast_error(np_name, e, a, b) from None
     op.__name__ = np_name
     return op
 

@@ -26,10 +26,12 @@ def shape_of(x):
 
 def as_tensor_operand(x):
     """Tensors pass through; numpy arrays become tensors; Python scalars stay scalars."""
-    if isinstance(x, Tensor) or isinstance(x, (bool, int, float)):
+    if isinstance(x, Tensor):
         return x
-    if isinstance(x, np.generic):
+    if isinstance(x, np.generic):  # before the float check: np.float64 subclasses float
         return x.item()
+    if isinstance(x, (bool, int, float)):
+        return x
     if hasattr(x, "__array_interface__") or hasattr(x, "__cuda_array_interface__"):
         return Tensor._make(x)
     if isinstance(x, (list, tuple)):
@@ -58,20 +60,38 @@ def prepare_binary(a, b, op):
                 a = cast(a, rt)
             if db != rt:
                 b = cast(b, rt)
-        if type(a._data) is not type(b._data):
+        if type(a._data) is not type(b._data) and a.device != b.device:
             raise RuntimeError(f"{op}: expected all tensors to be on the same device, but found "
                                f"at least two devices, {a.device} and {b.device}")
     elif ta:
         rt = _dt.scalar_result_type(a._data.dtype, b)
         if rt != a._data.dtype:
             a = cast(a, rt)
+        if rt == _dt.bfloat16 and isinstance(b, float):
+            b = rt.type(b)  # numpy would promote bfloat16 <op> python float to float32
     elif tb:
         rt = _dt.scalar_result_type(b._data.dtype, a)
         if rt != b._data.dtype:
             b = cast(b, rt)
+        if rt == _dt.bfloat16 and isinstance(a, float):
+            a = rt.type(a)
     else:
         raise TypeError(f"{op}: at least one operand must be a Tensor")
     return a, b
+
+
+def broadcast_error(op, exc, *operands):
+    """A clear error when ``operands`` don't broadcast (``exc`` itself when they do).
+
+    Binary ops call this from ``except ValueError`` around their apply, so the check
+    costs nothing unless numpy already failed."""
+    shapes = [tuple(shape_of(x._data if isinstance(x, Tensor) else x)) for x in operands]
+    try:
+        np.broadcast_shapes(*shapes)
+    except ValueError:
+        return RuntimeError(f"{op}: shapes {' and '.join(map(str, shapes))} cannot be "
+                            "broadcast together")
+    return exc
 
 
 def xp_of(*arrays):

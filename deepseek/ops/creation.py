@@ -114,6 +114,8 @@ def rand(*size, dtype=None, device=None, requires_grad=False, generator=None):
 
 def randint(low, high=None, size=None, dtype=None, device=None, generator=None):
     """Integers in [low, high) (int64 by default)."""
+    if size is None and isinstance(high, (tuple, list)):  # randint(high, size) like PyTorch
+        low, high, size = 0, low, high
     if high is None:
         low, high = 0, low
     if size is None:

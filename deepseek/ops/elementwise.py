@@ -5,7 +5,7 @@ import numpy as np
 
 from ..autograd.function import Function
 from ..tensor import Tensor
-from ._util import unbroadcast, shape_of, prepare_binary, xp_of
+from ._util import unbroadcast, shape_of, prepare_binary, xp_of, broadcast_error
 
 
 # ---- binary arithmetic -------------------------------------------------------------
@@ -81,7 +81,10 @@ class Pow(Function):
             if isinstance(b, (int, float)):
                 ga = g * (b * a ** (b - 1)) if b != 0 else g * 0
             else:
-                ga = unbroadcast(g * b * a ** (b - 1), shape_of(a))
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    d = b * a ** (b - 1)
+                # d/da a**0 is 0, also at a == 0 (PyTorch): not 0 * inf
+                ga = unbroadcast(g * xp.where(b == 0, 0, d).astype(d.dtype, copy=False), shape_of(a))
         if na[1]:
             with np.errstate(divide="ignore", invalid="ignore"):
                 loga = xp.where(a > 0, xp.log(xp.where(a > 0, a, 1)), 0) if not isinstance(a, (int, float)) \
@@ -387,22 +390,31 @@ class Sign(Function):
 def add(a, b, alpha=1):
     """a + alpha * b."""
     if alpha != 1:
-        b = mul(b, alpha)
+        b = mul(b, alpha) if isinstance(b, Tensor) else b * alpha
     a, b = prepare_binary(a, b, "add")
-    return Add.apply(a, b)
+    try:
+        return Add.apply(a, b)
+    except ValueError as e:
+        raise broadcast_error("add", e, a, b) from None
 
 
 def sub(a, b, alpha=1):
     """a - alpha * b."""
     if alpha != 1:
-        b = mul(b, alpha)
+        b = mul(b, alpha) if isinstance(b, Tensor) else b * alpha
     a, b = prepare_binary(a, b, "sub")
-    return Sub.apply(a, b)
+    try:
+        return Sub.apply(a, b)
+    except ValueError as e:
+        raise broadcast_error("sub", e, a, b) from None
 
 
 def mul(a, b):
     a, b = prepare_binary(a, b, "mul")
-    return Mul.apply(a, b)
+    try:
+        return Mul.apply(a, b)
+    except ValueError as e:
+        raise broadcast_error("mul", e, a, b) from None
 
 
 def div(a, b, rounding_mode=None):
@@ -417,7 +429,10 @@ def div(a, b, rounding_mode=None):
             a = cast(a, dtypes.get_default_dtype()) if isinstance(a, Tensor) else float(a)
             b = cast(b, dtypes.get_default_dtype()) if isinstance(b, Tensor) else float(b)
             break
-    return Div.apply(a, b)
+    try:
+        return Div.apply(a, b)
+    except ValueError as e:
+        raise broadcast_error("div", e, a, b) from None
 
 
 def _rounded_div(a, b, mode):
@@ -436,17 +451,26 @@ def _rounded_div(a, b, mode):
 
 def pow(a, b):
     a, b = prepare_binary(a, b, "pow")
-    return Pow.apply(a, b)
+    try:
+        return Pow.apply(a, b)
+    except ValueError as e:
+        raise broadcast_error("pow", e, a, b) from None
 
 
 def maximum(a, b):
     a, b = prepare_binary(a, b, "maximum")
-    return Maximum.apply(a, b)
+    try:
+        return Maximum.apply(a, b)
+    except ValueError as e:
+        raise broadcast_error("maximum", e, a, b) from None
 
 
 def minimum(a, b):
     a, b = prepare_binary(a, b, "minimum")
-    return Minimum.apply(a, b)
+    try:
+        return Minimum.apply(a, b)
+    except ValueError as e:
+        raise broadcast_error("minimum", e, a, b) from None
 
 
 def where(cond, a, b):
@@ -455,7 +479,10 @@ def where(cond, a, b):
     if c.dtype != np.bool_:
         raise TypeError(f"where: condition must be a bool tensor, got dtype {c.dtype}")
     a, b = prepare_binary(a, b, "where")
-    return Where.apply(c, a, b)
+    try:
+        return Where.apply(c, a, b)
+    except ValueError as e:
+        raise broadcast_error("where", e, c, a, b) from None
 
 
 def clamp(a, min=None, max=None):
@@ -469,6 +496,8 @@ def clamp(a, min=None, max=None):
         if max is not None:
             out = minimum(out, max)
         return out
+    if isinstance(min, float) or isinstance(max, float):
+        a = _floating(a)  # an integer tensor clamped to float bounds becomes float
     return Clamp.apply(a, min, max)
 
 

@@ -102,6 +102,8 @@ class Gather(Function):
     @staticmethod
     def forward(ctx, a, axis, idx):
         ctx.shape, ctx.axis, ctx.idx = a.shape, axis, idx
+        if idx.shape != a.shape:  # PyTorch lets index be smaller than input off ``axis``
+            a = a[tuple(slice(None) if d == axis else slice(0, n) for d, n in enumerate(idx.shape))]
         return xp_of(a).take_along_axis(a, idx, axis=axis)
 
     @staticmethod
@@ -161,6 +163,10 @@ def gather(a, dim, index):
         raise RuntimeError(f"gather(): index tensor must have the same number of dimensions as "
                            f"input tensor ({idx.ndim} vs {a.ndim})")
     axis = dim % a.ndim
+    for d in range(a.ndim):
+        if d != axis and idx.shape[d] > a.shape[d]:
+            raise RuntimeError(f"gather(): size of index {tuple(idx.shape)} must not exceed "
+                               f"the input {tuple(a.shape)} in dim {d} (dim {axis} excepted)")
     return Gather.apply(a, axis, idx)
 
 

@@ -15,13 +15,18 @@ class Matmul(Function):
             raise RuntimeError(f"matmul: shapes {tuple(a.shape)} and {tuple(b.shape)} cannot be "
                                f"multiplied ({ka} != {kb})")
         ctx.save_for_backward(a, b)
-        return a @ b
+        out = a @ b
+        if out.dtype != a.dtype:  # numpy computes bfloat16 products in float32
+            out = out.astype(a.dtype)
+        return out
 
     @staticmethod
     def backward(ctx, g):
         a, b = ctx.saved_tensors
         xp = xp_of(g)
         na = ctx.needs_input_grad
+        if a.ndim == 1 and b.ndim == 1:  # dot product: g is 0-d
+            return (g * b if na[0] else None), (g * a if na[1] else None)
         a2 = a[None, :] if a.ndim == 1 else a          # (.., n, k)
         b2 = b[:, None] if b.ndim == 1 else b          # (.., k, m)
         g2 = g
@@ -47,6 +52,10 @@ class Matmul(Function):
                 gb = unbroadcast(gb, b2.shape)
             if b.ndim == 1:
                 gb = gb.reshape(b.shape)
+        if ga is not None and ga.dtype != a.dtype:
+            ga = ga.astype(a.dtype)
+        if gb is not None and gb.dtype != b.dtype:
+            gb = gb.astype(b.dtype)
         return ga, gb
 
 
@@ -62,6 +71,8 @@ class Linear(Function):
         ctx.save_for_backward(x, w)
         ctx.has_bias = b is not None
         out = x @ w.T
+        if out.dtype != x.dtype:  # numpy computes bfloat16 products in float32
+            out = out.astype(x.dtype)
         if b is not None:
             out += b
         return out

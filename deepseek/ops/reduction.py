@@ -1,4 +1,5 @@
 """Reductions with dim/keepdim: sum mean max min var std prod argmax argmin logsumexp."""
+import builtins as _builtins  # this module defines sum/max/min
 from collections import namedtuple
 
 import numpy as np
@@ -46,7 +47,7 @@ class Mean(Function):
     @staticmethod
     def backward(ctx, g):
         g = _expand_back(g, ctx.shape, ctx.axes, ctx.keepdim)
-        return xp_of(g).broadcast_to(g / g.dtype.type(max(ctx.n, 1)) if ctx.n else g, ctx.shape)
+        return xp_of(g).broadcast_to(g / g.dtype.type(_builtins.max(ctx.n, 1)) if ctx.n else g, ctx.shape)
 
 
 class Var(Function):
@@ -56,7 +57,7 @@ class Var(Function):
         mean = a.mean(axis=axes, keepdims=True)
         d = a - mean
         n = a.size if axes is None else int(np.prod([a.shape[i] for i in axes]))
-        denom = max(n - correction, 0)
+        denom = _builtins.max(n - correction, 0)
         with np.errstate(invalid="ignore", divide="ignore"):
             out = (d * d).sum(axis=axes, keepdims=keepdim) / a.dtype.type(denom) if denom else \
                 xp.full((d * d).sum(axis=axes, keepdims=keepdim).shape, np.nan, dtype=a.dtype)
@@ -78,7 +79,7 @@ class MaxMin(Function):
     def forward(ctx, a, is_max=True, axis=None, keepdim=False):
         xp = xp_of(a)
         ctx.shape, ctx.axis, ctx.keepdim = a.shape, axis, keepdim
-        if a.size == 0:
+        if a.size == 0 and (axis is None or a.shape[axis] == 0):
             raise RuntimeError(f"{'max' if is_max else 'min'}(): expected a non-empty tensor "
                                "when reducing (the reduction has no identity)")
         if axis is None:
@@ -107,6 +108,29 @@ class MaxMin(Function):
         out = xp.zeros(ctx.shape, dtype=g.dtype)
         xp.put_along_axis(out, ctx.idx_k, g, axis=ctx.axis)
         return out
+
+
+class AmaxAmin(Function):
+    """amax/amin over one, several or all dims; ties share the gradient evenly."""
+
+    @staticmethod
+    def forward(ctx, a, is_max=True, axes=None, keepdim=False):
+        if a.size == 0 and (axes is None or _builtins.any(a.shape[i] == 0 for i in axes)):
+            raise RuntimeError(f"{'amax' if is_max else 'amin'}(): expected a non-empty tensor "
+                               f"when reducing (got shape {tuple(a.shape)}; the reduction has "
+                               "no identity)")
+        out = a.max(axis=axes, keepdims=True) if is_max else a.min(axis=axes, keepdims=True)
+        ctx.mask, ctx.shape, ctx.axes, ctx.keepdim = a == out, a.shape, axes, keepdim
+        if not keepdim:
+            out = out.reshape([] if axes is None else
+                              [d for i, d in enumerate(a.shape) if i not in axes])
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        g = _expand_back(g, ctx.shape, ctx.axes, ctx.keepdim)
+        m = ctx.mask
+        return (g * m / m.sum(axis=ctx.axes, keepdims=True)).astype(g.dtype, copy=False)
 
 
 class Prod(Function):
@@ -219,15 +243,13 @@ def min(a, dim=None, keepdim=False):
 
 
 def amax(a, dim=None, keepdim=False):
-    if dim is None:
-        return MaxMin.apply(a, is_max=True)
-    return max(a, dim, keepdim).values
+    """Max over ``dim`` (an int, a tuple, or all dims); ties share the gradient."""
+    return AmaxAmin.apply(a, is_max=True, axes=normalize_dims(dim, a.ndim, "amax"), keepdim=keepdim)
 
 
 def amin(a, dim=None, keepdim=False):
-    if dim is None:
-        return MaxMin.apply(a, is_max=False)
-    return min(a, dim, keepdim).values
+    """Min over ``dim`` (an int, a tuple, or all dims); ties share the gradient."""
+    return AmaxAmin.apply(a, is_max=False, axes=normalize_dims(dim, a.ndim, "amin"), keepdim=keepdim)
 
 
 def prod(a, dim=None, keepdim=False):

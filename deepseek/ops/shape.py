@@ -2,6 +2,7 @@
 cat stack split chunk, plus cast, device moves, contiguous and clone."""
 import numpy as np
 
+from .. import native as _native
 from ..autograd.function import Function
 from ..backend import get_array_module, to_device as _move, device_of
 from ..tensor import Tensor
@@ -124,29 +125,19 @@ class Cast(Function):
         return _astype(g, ctx.src)
 
 
+# fp32 <-> fp16/bf16 conversions run in the native kernels (one pass, exact rounding)
+_NATIVE_CASTS = {("float32", "float16"), ("float16", "float32"),
+                 ("float32", "bfloat16"), ("bfloat16", "float32")}
+
+
 def _astype(a, dtype):
-    """Dtype conversion; fp32<->fp16/bf16 go through the native kernels when present."""
+    """Dtype conversion (always a new array)."""
     if a.dtype == dtype:
         return a.copy()
-    conv = _native_converter(a.dtype, dtype)
-    if conv is not None and isinstance(a, np.ndarray):
-        return conv(np.ascontiguousarray(a)).reshape(a.shape)
+    if (a.dtype.name, dtype.name) in _NATIVE_CASTS and isinstance(a, np.ndarray) \
+            and a.flags.c_contiguous and _native.available():
+        return _native.cast(a.reshape(-1), dtype).reshape(a.shape)
     return a.astype(dtype)
-
-
-def _native_converter(src, dst):
-    """A native conversion kernel for (src, dst), or None (numpy handles it)."""
-    try:
-        from .. import native
-    except Exception:
-        return None
-    fn = getattr(native, "convert", None)
-    if fn is None:
-        return None
-    if src.name in ("float32", "float16", "bfloat16") and dst.name in ("float32", "float16", "bfloat16") \
-            and "float32" in (src.name, dst.name):
-        return lambda a: fn(a, dst)
-    return None
 
 
 class ToDevice(Function):

@@ -1,0 +1,37 @@
+"""deepseek.testing: the public helpers deepseek tests itself with.
+
+- op checks: ``check_gradients`` (float64 finite differences via
+  ``deepseek.autograd.gradcheck``), ``assert_close`` (with a report of the worst
+  element), ``compare_with_torch`` / ``compare_with_numpy`` (parity of outputs and
+  gradients against a reference on the same data);
+- multi-process tests: ``spawn_ranks(fn, world_size, timeout)`` (from
+  ``deepseek.testing.multiprocess``, loaded on first use so importing this package
+  never depends on it).
+"""
+import importlib as _importlib
+
+from .ops import (make_tensor, check_gradients, assert_close, compare_with_torch,  # noqa: F401
+                  compare_with_numpy, torch_available, default_tolerances)
+
+_LAZY = {"spawn_ranks": "multiprocess", "SpawnError": "multiprocess",
+         "RankFailure": "multiprocess"}
+
+__all__ = ["make_tensor", "check_gradients", "assert_close", "compare_with_torch",
+           "compare_with_numpy", "torch_available", "default_tolerances", *_LAZY]
+
+
+def __getattr__(name):
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'deepseek.testing' has no attribute {name!r}")
+    try:
+        value = getattr(_importlib.import_module(f"{__name__}.{mod}"), name)
+    except (ImportError, AttributeError) as e:
+        raise AttributeError(f"deepseek.testing.{name} is unavailable: importing "
+                             f"deepseek.testing.{mod} failed ({e.__class__.__name__}: {e})") from e
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
