@@ -1,0 +1,75 @@
+"""The ``cpu`` backend: shared memory on one host, ZeroMQ TCP across hosts.
+
+``make_cpu_backend`` decides the transport for one group: if every member runs on this
+host (same host id, published through the store) and POSIX shared memory works, the
+group gets a :class:`ShmTransport`; otherwise a :class:`ZmqTransport`.
+``DEEPSEEK_CPU_TRANSPORT=shm|zmq`` forces one (tests use ``zmq`` to play two hosts on
+127.0.0.1); ``DEEPSEEK_HOST_ID`` overrides the host id.
+
+Shared-memory bootstrap: group rank 0 creates the segment and publishes its name, the
+others attach, everybody passes one barrier through the segment itself and then rank 0
+unlinks the name -- from here on a crash cannot leave anything behind in /dev/shm.
+"""
+import os
+import re
+import socket
+
+from .. import shm as _shm
+from .._context import OpContext
+from ..errors import CollectiveError
+from .shm import ShmTransport, _env_bytes, _round_up, segment_size
+
+
+def host_id():
+    """What identifies this host for "can we share memory" (hostname + boot id)."""
+    forced = os.environ.get("DEEPSEEK_HOST_ID")
+    if forced:
+        return forced
+    boot = ""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+    except OSError:
+        pass
+    return f"{socket.gethostname()}/{boot}"
+
+
+def _safe(job_id):
+    return (re.sub(r"[^A-Za-z0-9]", "", str(job_id)) or "job")[:16]
+
+
+def make_cpu_backend(rank, size, store, prefix, job_id, timeout, group_name, ranks):
+    want = os.environ.get("DEEPSEEK_CPU_TRANSPORT", "auto").lower()
+    if want not in ("auto", "shm", "zmq"):
+        raise CollectiveError(f"DEEPSEEK_CPU_TRANSPORT={want!r}: expected auto, shm or zmq")
+    store.set(f"{prefix}/host/{rank}", host_id())
+    hosts = store.multi_get([f"{prefix}/host/{r}" for r in range(size)], timeout=timeout)
+    one_host = len(set(hosts)) == 1
+    if want == "shm" and not one_host:
+        raise CollectiveError("DEEPSEEK_CPU_TRANSPORT=shm but the group spans hosts")
+    if want == "zmq" or not one_host or not _shm.available():
+        from .zmq import ZmqTransport
+
+        return ZmqTransport(rank, size, store, prefix, timeout=timeout)
+    return _make_shm(rank, size, store, prefix, job_id, timeout, group_name, ranks)
+
+
+def _make_shm(rank, size, store, prefix, job_id, timeout, group_name, ranks):
+    chunk = _round_up(max(_env_bytes("DEEPSEEK_SHM_CHUNK", 1 << 20), 4096), 4096)
+    p2p = _round_up(max(_env_bytes("DEEPSEEK_SHM_P2P_BYTES", 1 << 20), 64), 64)
+    nbytes = segment_size(size, chunk, p2p)
+    seg = None
+    try:
+        if rank == 0:
+            seg = _shm.Segment.create(_safe(job_id), "g", nbytes)
+            store.set(f"{prefix}/shm", seg.name)
+        else:
+            name = store.get(f"{prefix}/shm", timeout=timeout).decode()
+            seg = _shm.Segment.attach(name, nbytes)
+        t = ShmTransport(rank, size, seg, chunk, p2p)
+        t.start()
+        t.barrier(OpContext("init(shared memory attach)", 0, timeout, group_name, rank, ranks))
+    finally:
+        if rank == 0 and seg is not None:
+            seg.unlink()  # everyone attached (or we are failing): drop the name now
+    return t

@@ -1,0 +1,515 @@
+"""Shared-memory transport for the ranks of one host (part of the ``cpu`` backend).
+
+Layout of the group's segment (``n`` ranks, slot size ``C``, p2p slot size ``P``)::
+
+    ctrl    n x 512 B      per rank: step, sleepers, abort, pid, reason text
+    chan    n*n x 64 B     per ordered pair (src, dst): sent, sleepers, acked, sleepers
+    in      n x 2 x C      per rank, two halves (double buffering)
+    out     2 x C          result area of reduce-scatter + allgather
+    p2p     n*n x 2 x (64 + P)   two slots per ordered pair
+
+Synchronisation is a per-rank *step* counter (int32, wrap-safe). A collective is a
+sequence of *rounds*, each on one chunk of the message and one half of the buffers,
+and in a round every rank posts (increments its step) the same number of times, so
+all counters advance in lockstep. A rank posts a round's first step only after it has
+finished everything of the previous round; hence, once all peers have reached the first
+step of round k-1, nobody reads the buffers of round k-2 any more and round k may reuse
+that half. While a slow peer still reduces round k, the others already copy in round
+k+1: copying and reducing overlap (a two-deep pipeline).
+
+Every reduction adds the ranks' contributions in rank order (reduce_into), in both
+algorithms, so the result is bitwise identical whatever the size, the chunking and the
+algorithm: ``deterministic`` groups cost nothing here.
+
+Algorithms:
+- small messages: *direct* -- each rank copies its chunk in, posts, waits for all,
+  reduces all slots itself (1 step per round, lowest latency);
+- large messages: reduce-scatter + allgather on shared memory -- each rank reduces
+  1/n of the chunk into ``out``, posts, then copies the whole chunk out (2 steps,
+  n times less reduce work per rank). Crossover: ``DEEPSEEK_SHM_RS_BYTES``.
+
+Defaults, measured with scripts/bench_allreduce.py-style loops on a 2-core VM with 2
+ranks (noisy; re-measure on new hardware): the reduce-scatter path wins from about
+32-64 KiB (default crossover 64 KiB); slots of 1 MiB (``DEEPSEEK_SHM_CHUNK``) beat
+256 KiB (more rounds, more synchronisation) and 4 MiB (the pipeline falls out of the
+caches): about 8.5 vs 6 vs 7 GB/s at 1-4 MiB messages.
+"""
+import os
+import time
+
+import numpy as np
+
+from .. import _futex
+from ..errors import CollectiveArgumentError, PeerFailureError
+from ..reduce_ops import reduce_into
+from .base import Backend
+
+CTRL_BYTES = 512
+CHAN_BYTES = 64
+HDR_BYTES = 64
+# int32 word offsets inside a rank's ctrl block
+_STEP, _SLEEP, _ABORT, _PID = 0, 1, 2, 3
+_REASON_OFF = 64
+# int32 words inside a channel block
+_SENT, _SENT_SLEEP, _ACK, _ACK_SLEEP = 0, 1, 2, 3
+_K = 2  # p2p slots per channel
+
+_M32, _H32 = 0xFFFFFFFF, 0x80000000
+
+
+def _env_bytes(name, default):
+    v = os.environ.get(name)
+    if not v:
+        return default
+    v = v.strip().upper()
+    mult = 1
+    for suf, m in (("KIB", 1024), ("MIB", 1 << 20), ("GIB", 1 << 30), ("K", 1024),
+                   ("M", 1 << 20), ("G", 1 << 30)):
+        if v.endswith(suf):
+            v, mult = v[: -len(suf)], m
+            break
+    return int(float(v) * mult)
+
+
+def _round_up(x, a):
+    return (x + a - 1) // a * a
+
+
+def _reached(cur, target):
+    """cur >= target for wrapping int32 counters."""
+    return ((cur - target) & _M32) < _H32
+
+
+def _wrap(v):
+    return ((v + _H32) & _M32) - _H32
+
+
+def segment_size(n, chunk, p2p):
+    return (n * CTRL_BYTES + _round_up(n * n * CHAN_BYTES, 4096) + 2 * n * chunk
+            + 2 * chunk + n * n * _K * (HDR_BYTES + p2p))
+
+
+class ShmTransport(Backend):
+    """Collectives and p2p over one shared-memory segment (all ranks on one host)."""
+
+    name = "shm"
+
+    def __init__(self, rank, size, segment, chunk, p2p_bytes, spin_s=None):
+        super().__init__(rank, size)
+        n = size
+        self.seg = segment
+        self.C, self.P = chunk, p2p_bytes
+        self.rs_bytes = _env_bytes("DEEPSEEK_SHM_RS_BYTES", 64 << 10)
+        # Spin long when every rank has a core of its own (a futex wake-up costs tens
+        # of microseconds in a VM, sched_yield hands the core to unrelated load), but
+        # only briefly when ranks outnumber cores: then the spinner would be burning the
+        # core the awaited peer needs.
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):  # pragma: no cover
+            cores = os.cpu_count() or 1
+        default_spin = "2000" if size <= cores else "20"
+        self.spin_s = spin_s if spin_s is not None else float(
+            os.environ.get("DEEPSEEK_SHM_SPIN_US", default_spin)) * 1e-6
+        self.yield_s = self.spin_s + float(os.environ.get("DEEPSEEK_SHM_YIELD_US", "0")) * 1e-6
+        self._spin_min = min(self.spin_s, 10e-6)
+        self._spin_cur = self.spin_s
+        buf = segment.buf
+        self._u8 = np.frombuffer(buf, dtype=np.uint8)
+        self._w = memoryview(buf).cast("i")
+        self._addr = self._u8.ctypes.data
+        off = 0
+        self._ctrl_off = off
+        off += n * CTRL_BYTES
+        self._chan_off = off
+        off += _round_up(n * n * CHAN_BYTES, 4096)
+        self._in_off = off
+        off += 2 * n * chunk
+        self._out_off = off
+        off += 2 * chunk
+        self._p2p_off = off
+        self._step_idx = [(self._ctrl_off + r * CTRL_BYTES) // 4 + _STEP for r in range(n)]
+        self._my = self._step_idx[rank]
+        self._step = 0
+        self._round = 0
+        self._prev_first = None
+        self._peers = [r for r in range(n) if r != rank]
+        self._procs = {}
+        self._sent = [0] * n   # messages this rank posted to each dst
+        self._acked = [0] * n  # messages this rank consumed from each src
+        self._stash = {}       # (src, tag) -> list of received arrays of other tags
+        self._closed = False
+
+    # --- low-level words -----------------------------------------------------
+    def _ctrl_word(self, r, word):
+        return (self._ctrl_off + r * CTRL_BYTES) // 4 + word
+
+    def _chan_word(self, src, dst, word):
+        return (self._chan_off + (src * self.size + dst) * CHAN_BYTES) // 4 + word
+
+    def start(self):
+        """Publish this process's pid (for liveness checks of the peers)."""
+        self._w[self._ctrl_word(self.rank, _PID)] = os.getpid()
+
+    def _post_word(self, idx, sleep_idx, value):
+        w = self._w
+        w[idx] = value
+        if w[sleep_idx]:
+            w[sleep_idx] = 0
+            _futex.wake(self._addr + idx * 4)
+
+    def _post(self):
+        self._step = _wrap(self._step + 1)
+        self._post_word(self._my, self._my + _SLEEP, self._step)
+        return self._step
+
+    def _wait_word(self, ctx, idx, sleep_idx, target, peer, missing_fn):
+        """Block until word ``idx`` reaches ``target`` (spin, then futex sleep)."""
+        w = self._w
+        if _reached(w[idx], target):
+            return
+        clock = time.perf_counter
+        t0 = clock()
+        # 1) spin: the peer is usually a few microseconds away. The spin budget adapts
+        #    like an adaptive mutex: it grows while waits end during the spin and
+        #    shrinks when they end asleep (an overloaded machine, a late peer), so a
+        #    spinning rank does not keep burning a core its peer needs.
+        end = t0 + self._spin_cur
+        while clock() < end:
+            if _reached(w[idx], target):
+                self._spin_cur = min(self.spin_s, self._spin_cur * 2)
+                return
+        self._spin_cur = max(self._spin_min, self._spin_cur / 2)
+        # 2) optional (DEEPSEEK_SHM_YIELD_US): spin with sched_yield between checks;
+        #    measured slower here (the core goes to unrelated load), so off by default
+        if self.yield_s > self.spin_s:
+            end = t0 + self.yield_s
+            sched_yield = os.sched_yield
+            while clock() < end:
+                sched_yield()
+                if _reached(w[idx], target):
+                    return
+        # 3) sleep in the kernel, re-checking aborts, liveness and the deadline
+        next_check = t0 + 0.05
+        next_alive = t0 + 0.5
+        addr = self._addr + idx * 4
+        while True:
+            w[sleep_idx] = 1
+            cur = w[idx]
+            if _reached(cur, target):
+                return
+            _futex.wait(addr, cur)
+            if _reached(w[idx], target):
+                return
+            now = clock()
+            if now >= next_check:
+                next_check = now + 0.05
+                self._check_abort(ctx)
+                if now >= next_alive:
+                    next_alive = now + 0.5
+                    self._check_alive(ctx, [peer])
+                if now >= ctx.deadline:
+                    raise ctx.timeout_error(missing_fn())
+
+    def _wait_all(self, ctx, peers, target):
+        w = self._w
+        for p in peers:
+            idx = self._step_idx[p]
+            if not _reached(w[idx], target):
+                self._wait_word(
+                    ctx, idx, idx + _SLEEP, target, p,
+                    lambda: [q for q in peers if not _reached(w[self._step_idx[q]], target)])
+
+    def _check_abort(self, ctx):
+        w = self._w
+        for p in self._peers:
+            if w[self._ctrl_word(p, _ABORT)]:
+                off = self._ctrl_off + p * CTRL_BYTES + _REASON_OFF
+                raw = bytes(self._u8[off: off + CTRL_BYTES - _REASON_OFF])
+                reason = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+                raise PeerFailureError(
+                    f"{ctx.describe()}: group rank {p} (global rank {ctx.ranks[p]}) "
+                    f"aborted the group: {reason or 'no reason given'}", peers=[p])
+
+    def _check_alive(self, ctx, peers):
+        import psutil
+
+        dead = []
+        for p in peers:
+            pid = self._w[self._ctrl_word(p, _PID)]
+            if not pid:
+                continue
+            proc = self._procs.get(p)
+            try:
+                if proc is None:
+                    proc = self._procs[p] = psutil.Process(pid)
+                if not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE:
+                    dead.append(p)
+            except psutil.NoSuchProcess:
+                dead.append(p)
+            except psutil.Error:
+                pass
+        if dead:
+            raise PeerFailureError(
+                f"{ctx.describe()}: peer group rank(s) {dead} (global "
+                f"{[ctx.ranks[d] for d in dead]}) died (process gone) while this rank "
+                f"waited for them", peers=dead)
+
+    def abort(self, reason):
+        if self._closed:
+            return
+        off = self._ctrl_off + self.rank * CTRL_BYTES + _REASON_OFF
+        raw = str(reason).encode("utf-8", "replace")[: CTRL_BYTES - _REASON_OFF - 1]
+        self._u8[off: off + len(raw) + 1] = np.frombuffer(raw + b"\0", np.uint8)
+        self._w[self._ctrl_word(self.rank, _ABORT)] = 1
+        _futex.wake(self._addr + self._my * 4)  # whoever sleeps on our counter
+
+    # --- rounds ----------------------------------------------------------------
+    def _begin_round(self, ctx):
+        """Start a round; returns the buffer half it may use (see module doc)."""
+        if self._prev_first is not None:
+            self._wait_all(ctx, self._peers, self._prev_first)
+        self._round += 1
+        self._prev_first = _wrap(self._step + 1)
+        return self._round & 1
+
+    def _in(self, r, half, dtype, count, offset_bytes=0):
+        off = self._in_off + (r * 2 + half) * self.C + offset_bytes
+        return self._u8[off: off + count * dtype.itemsize].view(dtype)
+
+    def _outbuf(self, half, dtype, count):
+        off = self._out_off + half * self.C
+        return self._u8[off: off + count * dtype.itemsize].view(dtype)
+
+    def _chunks(self, count, itemsize, per_round_items=1):
+        """Element ranges [lo, hi) of at most one slot (divided by per_round_items)."""
+        if count * itemsize * per_round_items <= self.C:
+            return ((0, count),) if count else ()
+        cap = max(1, self.C // (itemsize * per_round_items))
+        return [(lo, min(count, lo + cap)) for lo in range(0, count, cap)]
+
+    # --- collectives -------------------------------------------------------------
+    def barrier(self, ctx):
+        self._begin_round(ctx)
+        s = self._post()
+        self._wait_all(ctx, self._peers, s)
+
+    def allreduce(self, ctx, x, op):
+        n, dt, me = self.size, x.dtype, self.rank
+        rs = x.nbytes >= self.rs_bytes and x.size >= n
+        for lo, hi in self._chunks(x.size, dt.itemsize):
+            h = self._begin_round(ctx)
+            m = hi - lo
+            chunk = x[lo:hi]
+            mine = self._in(me, h, dt, m)
+            if not rs:
+                mine[...] = chunk
+                s = self._post()
+                self._wait_all(ctx, self._peers, s)
+                reduce_into(chunk, [self._in(r, h, dt, m) for r in range(n)], op)
+                continue
+            # reduce-scatter + allgather. The peers never read this rank's own segment
+            # of its slot, so only the others are copied in, and the own segment is
+            # reduced straight from ``x`` (still in rank order).
+            a, b = m * me // n, m * (me + 1) // n
+            mine[:a] = chunk[:a]
+            mine[b:] = chunk[b:]
+            s = self._post()
+            self._wait_all(ctx, self._peers, s)
+            out = self._outbuf(h, dt, m)
+            reduce_into(out[a:b], [chunk[a:b] if r == me else self._in(r, h, dt, m)[a:b]
+                                   for r in range(n)], op)
+            s = self._post()
+            self._wait_all(ctx, self._peers, s)
+            chunk[...] = out
+
+    def reduce(self, ctx, x, root, op):
+        n, dt = self.size, x.dtype
+        rs = x.nbytes >= self.rs_bytes and x.size >= n
+        for lo, hi in self._chunks(x.size, dt.itemsize):
+            h = self._begin_round(ctx)
+            m = hi - lo
+            self._in(self.rank, h, dt, m)[...] = x[lo:hi]
+            s = self._post()
+            if not rs:
+                if self.rank == root:
+                    self._wait_all(ctx, self._peers, s)
+                    reduce_into(x[lo:hi], [self._in(r, h, dt, m) for r in range(n)], op)
+                continue
+            self._wait_all(ctx, self._peers, s)
+            a, b = m * self.rank // n, m * (self.rank + 1) // n
+            out = self._outbuf(h, dt, m)
+            reduce_into(out[a:b], [self._in(r, h, dt, m)[a:b] for r in range(n)], op)
+            s = self._post()
+            if self.rank == root:
+                self._wait_all(ctx, self._peers, s)
+                x[lo:hi] = out
+
+    def broadcast(self, ctx, x, root):
+        dt = x.dtype
+        for lo, hi in self._chunks(x.size, dt.itemsize):
+            h = self._begin_round(ctx)
+            slot = self._in(root, h, dt, hi - lo)
+            if self.rank == root:
+                slot[...] = x[lo:hi]
+                self._post()
+            else:
+                s = self._post()
+                self._wait_all(ctx, [root], s)
+                x[lo:hi] = slot
+
+    def allgather(self, ctx, out, x):
+        self._gather(ctx, out, x, None)
+
+    def gather(self, ctx, out, x, root):
+        self._gather(ctx, out, x, root)
+
+    def _gather(self, ctx, out, x, root):
+        n, dt, m = self.size, x.dtype, x.size
+        for lo, hi in self._chunks(m, dt.itemsize):
+            h = self._begin_round(ctx)
+            self._in(self.rank, h, dt, hi - lo)[...] = x[lo:hi]
+            s = self._post()
+            if root is not None and self.rank != root:
+                continue
+            self._wait_all(ctx, self._peers, s)
+            for r in range(n):
+                out[r * m + lo: r * m + hi] = self._in(r, h, dt, hi - lo)
+
+    def scatter(self, ctx, out, x, root):
+        n, dt, m = self.size, out.dtype, out.size
+        for lo, hi in self._chunks(m, dt.itemsize):
+            h = self._begin_round(ctx)
+            if self.rank == root:
+                for r in range(n):
+                    self._in(r, h, dt, hi - lo)[...] = x[r * m + lo: r * m + hi]
+                self._post()
+                out[lo:hi] = x[root * m + lo: root * m + hi]
+            else:
+                s = self._post()
+                self._wait_all(ctx, [root], s)
+                out[lo:hi] = self._in(self.rank, h, dt, hi - lo)
+
+    def _pieces_in(self, ctx, x, m, lo, hi, dt):
+        """Copy piece chunks x[j*m+lo : j*m+hi] (j = 0..n-1) into this rank's slot."""
+        n, c = self.size, hi - lo
+        h = self._begin_round(ctx)
+        mine = self._in(self.rank, h, dt, n * c)
+        for j in range(n):
+            mine[j * c:(j + 1) * c] = x[j * m + lo: j * m + hi]
+        s = self._post()
+        self._wait_all(ctx, self._peers, s)
+        return h, c
+
+    def reduce_scatter(self, ctx, out, x, op):
+        n, dt, m = self.size, out.dtype, out.size
+        for lo, hi in self._chunks(m, dt.itemsize, n):
+            h, c = self._pieces_in(ctx, x, m, lo, hi, dt)
+            me = self.rank
+            reduce_into(out[lo:hi],
+                        [self._in(r, h, dt, n * c)[me * c:(me + 1) * c] for r in range(n)],
+                        op)
+
+    def all_to_all(self, ctx, out, x):
+        n, dt = self.size, x.dtype
+        m = x.size // n
+        for lo, hi in self._chunks(m, dt.itemsize, n):
+            h, c = self._pieces_in(ctx, x, m, lo, hi, dt)
+            me = self.rank
+            for r in range(n):
+                out[r * m + lo: r * m + hi] = self._in(r, h, dt, n * c)[me * c:(me + 1) * c]
+
+    # --- point to point ------------------------------------------------------------
+    def _p2p_slot(self, src, dst, k):
+        off = self._p2p_off + ((src * self.size + dst) * _K + k) * (HDR_BYTES + self.P)
+        return off
+
+    def send(self, ctx, x, dst, tag):
+        data = x.view(np.uint8)
+        total = data.size
+        sent_idx = self._chan_word(self.rank, dst, _SENT)
+        ack_idx = self._chan_word(self.rank, dst, _ACK)
+        off, first = 0, True
+        while first or off < total:
+            first = False
+            k = min(self.P, total - off)
+            seq = self._sent[dst]
+            # slot seq % K is free once the receiver acked message seq - K
+            self._wait_word(ctx, ack_idx, ack_idx + 1, _wrap(seq - _K + 1), dst,
+                            lambda: [dst])
+            base = self._p2p_slot(self.rank, dst, seq % _K)
+            hdr = self._u8[base: base + 24].view(np.int64)
+            hdr[0], hdr[1], hdr[2] = tag, total, k
+            self._u8[base + HDR_BYTES: base + HDR_BYTES + k] = data[off: off + k]
+            self._sent[dst] = _wrap(seq + 1)
+            self._post_word(sent_idx, sent_idx + 1, self._sent[dst])
+            off += k
+
+    def _next_chunk(self, ctx, src):
+        """Wait for the next chunk from ``src``; returns (tag, total, view, release)."""
+        sent_idx = self._chan_word(src, self.rank, _SENT)
+        ack_idx = self._chan_word(src, self.rank, _ACK)
+        seq = self._acked[src]
+        self._wait_word(ctx, sent_idx, sent_idx + 1, _wrap(seq + 1), src, lambda: [src])
+        base = self._p2p_slot(src, self.rank, seq % _K)
+        tag, total, k = (int(v) for v in self._u8[base: base + 24].view(np.int64))
+        view = self._u8[base + HDR_BYTES: base + HDR_BYTES + k]
+
+        def release():
+            self._acked[src] = _wrap(seq + 1)
+            self._post_word(ack_idx, ack_idx + 1, self._acked[src])
+
+        return tag, total, view, release
+
+    def _read_message(self, ctx, src, dest=None):
+        tag, total, view, release = self._next_chunk(ctx, src)
+        if dest is None or dest.size != total:
+            dest = np.empty(total, np.uint8)
+        off = 0
+        while True:
+            dest[off: off + view.size] = view
+            off += view.size
+            release()
+            if off >= total:
+                return tag, dest
+            _, _, view, release = self._next_chunk(ctx, src)
+
+    def recv(self, ctx, x, src, tag):
+        data = x.view(np.uint8)
+        pending = self._stash.get((src, tag))
+        if pending:
+            buf = pending.pop(0)
+            if buf.size != data.size:
+                raise CollectiveArgumentError(
+                    f"{ctx.describe()}: message from {src} with tag {tag} has {buf.size} "
+                    f"bytes, the receive buffer {data.size}")
+            data[...] = buf
+            return
+        while True:
+            got_tag, buf = self._peek_and_read(ctx, src, tag, data)
+            if got_tag == tag:
+                if buf is not data:
+                    raise CollectiveArgumentError(
+                        f"{ctx.describe()}: message from {src} with tag {tag} has "
+                        f"{buf.size} bytes, the receive buffer {data.size}")
+                return
+            self._stash.setdefault((src, got_tag), []).append(buf)
+
+    def _peek_and_read(self, ctx, src, tag, data):
+        # read the header first to decide whether the message lands in ``data``
+        sent_idx = self._chan_word(src, self.rank, _SENT)
+        seq = self._acked[src]
+        self._wait_word(ctx, sent_idx, sent_idx + 1, _wrap(seq + 1), src, lambda: [src])
+        base = self._p2p_slot(src, self.rank, seq % _K)
+        got_tag, total = (int(v) for v in self._u8[base: base + 16].view(np.int64))
+        dest = data if (got_tag == tag and total == data.size) else None
+        return self._read_message(ctx, src, dest)
+
+    def close(self):
+        if self._closed:
+            return
+        self._closed = True
+        self._w.release()
+        self._w = None
+        self._u8 = None
+        self.seg.close()

@@ -1,0 +1,495 @@
+"""ProcessGroup: the front end every backend sits behind.
+
+It checks arguments (and raises at once on the calling rank), numbers the collectives
+(the sequence number that errors and debug checks use), runs ops inline or on the
+group's worker threads (``async_op=True``), turns a backend failure into a broken
+group (later calls re-raise at once; the peers are told through ``backend.abort`` so
+they fail fast instead of timing out), writes hang reports, and in debug mode
+(``DEEPSEEK_DEBUG_COLLECTIVES=1``) checks through the store that all ranks call the
+same collective with the same shape, dtype and root before running it.
+
+Ranks given to the methods (``src``, ``dst``, ``root``) are *group* ranks.
+"""
+import json
+import os
+import threading
+
+import numpy as np
+
+from . import hang
+from ._context import OpContext
+from .errors import (CollectiveArgumentError, CollectiveError, CollectiveMismatchError,
+                     CollectiveTimeoutError, GroupBrokenError, PeerFailureError)
+from .reduce_ops import ReduceOp, check_reduce_dtype, reduce_into
+from .work import Worker, Work, completed_work
+
+
+def _truthy(v):
+    return str(v).strip().lower() in ("1", "true", "yes", "on")
+
+
+def _is_array(x):
+    return hasattr(x, "__array_interface__") or hasattr(x, "__cuda_array_interface__")
+
+
+def _kind(x):
+    return "cupy" if hasattr(x, "__cuda_array_interface__") else "numpy"
+
+
+class ProcessGroup:
+    """A set of ranks that run collectives together.
+
+    Attributes: ``rank`` and ``size`` (this process in the group), ``ranks`` (global
+    ranks of the members, by group rank), ``backend`` (name), ``name``,
+    ``deterministic``, ``timeout`` (default seconds for every blocking wait).
+    """
+
+    def __init__(self, backend, ranks, name, store, prefix, timeout, deterministic=False,
+                 debug=None, global_rank=None):
+        self._backend = backend
+        self.rank, self.size = backend.rank, backend.size
+        self.ranks = list(ranks)
+        self.name = name
+        self.backend = backend.name if backend.name not in ("shm", "zmq") else "cpu"
+        self.transport = backend.name
+        self.store, self.prefix = store, prefix
+        self.timeout = float(timeout)
+        self.deterministic = bool(deterministic)
+        self.debug = _truthy(os.environ.get("DEEPSEEK_DEBUG_COLLECTIVES", "0")) \
+            if debug is None else bool(debug)
+        self.global_rank = self.ranks[self.rank] if global_rank is None else global_rank
+        self._seq = 0
+        self._p2p_seq = 0
+        self._lock = threading.RLock()  # one collective at a time, in issue order
+        self._worker = Worker(f"deepseek-coll-{name}")
+        self._send_worker = Worker(f"deepseek-send-{name}")
+        self._recv_worker = Worker(f"deepseek-recv-{name}")
+        self._send_lock = threading.Lock()
+        self._recv_lock = threading.Lock()
+        self._broken = None
+        self._closed = False
+        self.hang_prefix = prefix  # the job-wide prefix, set by init_process_group
+        self._numpy = backend.array_kind == "numpy"
+        self._op_cache = {}
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def world_size(self):
+        return self.size
+
+    def __repr__(self):
+        return (f"<ProcessGroup {self.name!r} rank {self.rank}/{self.size} "
+                f"backend={self.backend}/{self.transport} ranks={self.ranks}>")
+
+    # ------------------------------------------------------------------ validation
+    def _arr(self, x, what, writable=False):
+        if type(x) is np.ndarray and self._numpy and x.flags.c_contiguous \
+                and (x.flags.writeable or not writable) and not x.dtype.hasobject:
+            return x.reshape(-1)  # the common case, checked in few steps
+        if not _is_array(x):
+            raise CollectiveArgumentError(
+                f"{what}: expected a numpy or cupy array, got {type(x).__name__}")
+        if self._backend.array_kind != _kind(x):
+            raise CollectiveArgumentError(
+                f"{what}: the {self.backend} backend works on {self._backend.array_kind} "
+                f"arrays, got a {_kind(x)} array")
+        if not x.flags.c_contiguous:
+            raise CollectiveArgumentError(f"{what}: array must be C-contiguous")
+        if writable and not x.flags.writeable:
+            raise CollectiveArgumentError(f"{what}: array is read-only")
+        if x.dtype.hasobject or x.dtype.kind == "V" and x.dtype.fields:
+            raise CollectiveArgumentError(f"{what}: unsupported dtype {x.dtype}")
+        return x.reshape(-1)
+
+    def _rank_arg(self, r, what):
+        if not isinstance(r, (int, np.integer)) or isinstance(r, bool) \
+                or not 0 <= int(r) < self.size:
+            raise CollectiveArgumentError(
+                f"{what}={r!r} is not a rank of group {self.name!r} (size {self.size})")
+        return int(r)
+
+    def _op_arg(self, op, dtype):
+        key = (op, dtype)
+        hit = self._op_cache.get(key)
+        if hit is None:
+            hit = ReduceOp.coerce(op)
+            check_reduce_dtype(dtype, hit)
+            self._op_cache[key] = hit
+        return hit
+
+    @staticmethod
+    def _same(a, b, what):
+        if a.dtype != b.dtype:
+            raise CollectiveArgumentError(
+                f"{what}: dtype mismatch between input ({a.dtype}) and output ({b.dtype})")
+
+    def _flat_out(self, out, x, count, what):
+        """``out`` is one array of ``count`` elements, or a list of ``size`` arrays
+        shaped like ``x``; returns (flat buffer, list-or-None)."""
+        if isinstance(out, (list, tuple)):
+            if len(out) != self.size:
+                raise CollectiveArgumentError(
+                    f"{what}: output list has {len(out)} arrays, the group {self.size}")
+            for i, o in enumerate(out):
+                self._arr(o, f"{what} output[{i}]", writable=True)
+                self._same(x, o, what)
+                if o.size != x.size:
+                    raise CollectiveArgumentError(
+                        f"{what}: output[{i}] has {o.size} elements, expected {x.size}")
+            return self._empty(count, x), list(out)
+        o = self._arr(out, f"{what} output", writable=True)
+        self._same(x, o, what)
+        if o.size != count:
+            raise CollectiveArgumentError(
+                f"{what}: output has {o.size} elements, expected {count} "
+                f"({self.size} x {count // max(self.size, 1) if self.size else 0})")
+        return o, None
+
+    def _flat_in(self, inp, per, like, what):
+        """Input given as one array of size*per elements or a list of size arrays."""
+        if isinstance(inp, (list, tuple)):
+            if len(inp) != self.size:
+                raise CollectiveArgumentError(
+                    f"{what}: input list has {len(inp)} arrays, the group {self.size}")
+            for i, t in enumerate(inp):
+                self._arr(t, f"{what} input[{i}]")
+                self._same(t, like, what)
+                if t.size != per:
+                    raise CollectiveArgumentError(
+                        f"{what}: input[{i}] has {t.size} elements, expected {per}")
+            buf = self._empty(per * self.size, like)
+            for i, t in enumerate(inp):
+                buf[i * per:(i + 1) * per] = t.reshape(-1)
+            return buf
+        x = self._arr(inp, f"{what} input")
+        self._same(x, like, what)
+        if x.size != per * self.size:
+            raise CollectiveArgumentError(
+                f"{what}: input has {x.size} elements, expected {per * self.size} "
+                f"({self.size} x {per})")
+        return x
+
+    @staticmethod
+    def _empty(n, like):
+        if _kind(like) == "cupy":
+            import cupy
+
+            return cupy.empty(n, dtype=like.dtype)
+        return np.empty(n, dtype=like.dtype)
+
+    # ------------------------------------------------------------------ execution
+    def _check_usable(self):
+        if self._closed:
+            raise GroupBrokenError(f"group {self.name!r} was destroyed")
+        if self._broken is not None:
+            raise GroupBrokenError(
+                f"group {self.name!r} is unusable after an earlier failure on rank "
+                f"{self.rank}: {self._broken}") from self._broken
+
+    def _fail(self, ctx, exc):
+        if isinstance(exc, (CollectiveTimeoutError, PeerFailureError, CollectiveMismatchError)) \
+                or not isinstance(exc, CollectiveError):
+            self._broken = exc
+            try:
+                self._backend.abort(f"{type(exc).__name__} in {ctx.describe()}: {exc}"[:400])
+            except Exception:  # noqa: BLE001
+                pass
+        if isinstance(exc, CollectiveTimeoutError) and self.store is not None:
+            hang.write_report(self.store, self.hang_prefix, self.global_rank, str(exc))
+
+    def _execute(self, opname, seq, timeout, body, sig):
+        ctx = OpContext(opname, seq, timeout if timeout is not None else self.timeout,
+                        self.name, self.rank, self.ranks)
+        with self._lock:
+            self._check_usable()
+            hang.set_pending(self.name, opname, seq)
+            try:
+                if sig is not None and self.debug and self.size > 1:
+                    self._debug_check(ctx, sig() if callable(sig) else sig)
+                body(ctx)
+            except BaseException as e:
+                self._fail(ctx, e)
+                raise
+            finally:
+                hang.set_pending(self.name, None, None)
+
+    def _collective(self, opname, body, async_op, timeout, sig, result=None):
+        self._check_usable()
+        self._seq += 1
+        seq = self._seq
+        if async_op:
+            work = Work(f"{opname} (seq {seq}) in group {self.name!r} on rank {self.rank}",
+                        result)
+            return self._worker.submit(
+                lambda: self._execute(opname, seq, timeout, body, sig), work)
+        # a blocking call completes after every async op issued before it
+        if not self._worker.idle:
+            self._worker.drain()
+        self._execute(opname, seq, timeout, body, sig)
+        return None
+
+    def _p2p(self, opname, body, async_op, timeout, worker, lock):
+        self._check_usable()
+        self._p2p_seq += 1
+        seq = self._p2p_seq
+        desc = f"{opname} (p2p seq {seq}) in group {self.name!r} on rank {self.rank}"
+
+        def run():
+            ctx = OpContext(opname, seq, timeout if timeout is not None else self.timeout,
+                            self.name, self.rank, self.ranks)
+            with lock:
+                self._check_usable()
+                try:
+                    body(ctx)
+                except BaseException as e:
+                    self._fail(ctx, e)
+                    raise
+        if async_op:
+            return worker.submit(run, Work(desc))
+        if not worker.idle:
+            worker.drain()
+        run()
+        return None
+
+    def _debug_check(self, ctx, sig):
+        sig = dict(sig, op=ctx.op)
+        key = f"{self.prefix}/dbg/{ctx.seq}"
+        self.store.set(f"{key}/{self.rank}", json.dumps(sig, sort_keys=True))
+        keys = [f"{key}/{r}" for r in range(self.size)]
+        try:
+            vals = self.store.multi_get(keys, timeout=ctx.timeout)
+        except TimeoutError:
+            missing = [r for r, k in enumerate(keys) if k in set(self.store.missing(keys))]
+            raise ctx.timeout_error(missing, "debug check of peers") from None
+        if ctx.seq > 2:
+            try:
+                self.store.delete(f"{self.prefix}/dbg/{ctx.seq - 2}/{self.rank}")
+            except Exception:  # noqa: BLE001
+                pass
+        calls = [json.loads(v) for v in vals]
+        if any(c != calls[0] for c in calls):
+            lines = [f"  group rank {r} (global {self.ranks[r]}): "
+                     + ", ".join(f"{k}={c[k]}" for k in sorted(c)) for r, c in enumerate(calls)]
+            raise CollectiveMismatchError(
+                f"DEEPSEEK_DEBUG_COLLECTIVES: ranks disagree on collective seq {ctx.seq} "
+                f"in group {self.name!r} (seen on rank {self.rank}):\n" + "\n".join(lines))
+
+    @staticmethod
+    def _sig(x, **kw):
+        return dict(kw, shape=list(x.shape), dtype=str(x.dtype))
+
+    # ------------------------------------------------------------------ collectives
+    def allreduce(self, x, op=ReduceOp.SUM, async_op=False, timeout=None):
+        """In place: every rank's ``x`` becomes the reduction over all ranks."""
+        f = self._arr(x, "allreduce", writable=True)
+        op = self._op_arg(op, f.dtype)
+        b = self._backend
+        if self.size == 1:
+            body = (lambda ctx: reduce_into(f, [f], op)) if op is ReduceOp.AVG else None
+        elif self.deterministic and not getattr(b, "rank_ordered", b.name in ("shm", "zmq")):
+            body = lambda ctx: self._allreduce_ordered(ctx, f, op)  # noqa: E731
+        else:
+            body = lambda ctx: b.allreduce(ctx, f, op)  # noqa: E731
+        return self._collective("allreduce", body or (lambda ctx: None), async_op, timeout,
+                                lambda: self._sig(f, reduce=op.name), x)
+
+    def _allreduce_ordered(self, ctx, f, op):
+        # deterministic on a backend without rank-ordered reductions (MPI, NCCL):
+        # gather everything, add in rank order locally
+        buf = self._empty(f.size * self.size, f)
+        self._backend.allgather(ctx, buf, f)
+        reduce_into(f, [buf[r * f.size:(r + 1) * f.size] for r in range(self.size)], op)
+
+    def broadcast(self, x, src=0, async_op=False, timeout=None):
+        """In place: every rank's ``x`` becomes ``src``'s."""
+        f = self._arr(x, "broadcast", writable=True)
+        src = self._rank_arg(src, "src")
+        b = self._backend
+        body = (lambda ctx: None) if self.size == 1 else (lambda ctx: b.broadcast(ctx, f, src))
+        return self._collective("broadcast", body, async_op, timeout,
+                                self._sig(f, root=src), x)
+
+    def reduce(self, x, dst=0, op=ReduceOp.SUM, async_op=False, timeout=None):
+        """In place on ``dst``: the reduction; other ranks' ``x`` is left unchanged."""
+        f = self._arr(x, "reduce", writable=True)
+        dst = self._rank_arg(dst, "dst")
+        op = self._op_arg(op, f.dtype)
+        b = self._backend
+        if self.size == 1:
+            body = lambda ctx: reduce_into(f, [f], op)  # noqa: E731
+        elif self.deterministic and b.name not in ("shm", "zmq"):
+            def body(ctx):
+                keep = f.copy()
+                self._allreduce_ordered(ctx, f, op)
+                if self.rank != dst:
+                    f[...] = keep
+        else:
+            body = lambda ctx: b.reduce(ctx, f, dst, op)  # noqa: E731
+        return self._collective("reduce", body, async_op, timeout,
+                                self._sig(f, root=dst, reduce=op.name), x)
+
+    def allgather(self, out, x, async_op=False, timeout=None):
+        """``out`` (size x ``x.size`` elements, or a list of ``size`` arrays) gets every
+        rank's ``x`` in rank order."""
+        f = self._arr(x, "allgather")
+        buf, lst = self._flat_out(out, f, f.size * self.size, "allgather")
+        b = self._backend
+
+        def body(ctx):
+            if self.size == 1:
+                buf[...] = f
+            else:
+                b.allgather(ctx, buf, f)
+            if lst is not None:
+                for r, o in enumerate(lst):
+                    o.reshape(-1)[...] = buf[r * f.size:(r + 1) * f.size]
+        return self._collective("allgather", body, async_op, timeout, self._sig(f), out)
+
+    def gather(self, x, out=None, dst=0, async_op=False, timeout=None):
+        """Like allgather, but only ``dst`` receives (``out`` may be None elsewhere)."""
+        f = self._arr(x, "gather")
+        dst = self._rank_arg(dst, "dst")
+        if self.rank == dst:
+            if out is None:
+                raise CollectiveArgumentError("gather: the destination rank needs `out`")
+            buf, lst = self._flat_out(out, f, f.size * self.size, "gather")
+        else:
+            buf, lst = None, None
+        b = self._backend
+
+        def body(ctx):
+            if self.size == 1:
+                buf[...] = f
+            else:
+                b.gather(ctx, buf, f, dst)
+            if lst is not None:
+                for r, o in enumerate(lst):
+                    o.reshape(-1)[...] = buf[r * f.size:(r + 1) * f.size]
+        return self._collective("gather", body, async_op, timeout, self._sig(f, root=dst), out)
+
+    def scatter(self, out, x=None, src=0, async_op=False, timeout=None):
+        """``out`` gets piece ``rank`` of ``src``'s ``x`` (size x ``out.size`` elements
+        or a list of ``size`` arrays; ignored on other ranks)."""
+        o = self._arr(out, "scatter output", writable=True)
+        src = self._rank_arg(src, "src")
+        if self.rank == src:
+            if x is None:
+                raise CollectiveArgumentError("scatter: the source rank needs `x`")
+            buf = self._flat_in(x, o.size, o, "scatter")
+        else:
+            buf = None
+        b = self._backend
+
+        def body(ctx):
+            if self.size == 1:
+                o[...] = buf
+            else:
+                b.scatter(ctx, o, buf, src)
+        return self._collective("scatter", body, async_op, timeout, self._sig(o, root=src),
+                                out)
+
+    def reduce_scatter(self, out, x, op=ReduceOp.SUM, async_op=False, timeout=None):
+        """``out`` = reduction over ranks of piece ``rank`` of ``x`` (``x``: size x
+        ``out.size`` elements, or a list of ``size`` arrays)."""
+        o = self._arr(out, "reduce_scatter output", writable=True)
+        op = self._op_arg(op, o.dtype)
+        buf = self._flat_in(x, o.size, o, "reduce_scatter")
+        b = self._backend
+
+        def body(ctx):
+            if self.size == 1:
+                reduce_into(o, [buf], op)
+            elif self.deterministic and b.name not in ("shm", "zmq"):
+                full = buf.copy()
+                self._allreduce_ordered(ctx, full, op)
+                o[...] = full[self.rank * o.size:(self.rank + 1) * o.size]
+            else:
+                b.reduce_scatter(ctx, o, buf, op)
+        return self._collective("reduce_scatter", body, async_op, timeout,
+                                self._sig(o, reduce=op.name), out)
+
+    def all_to_all(self, out, x, async_op=False, timeout=None):
+        """Piece j of this rank's ``x`` goes to rank j, landing at piece ``rank`` of
+        its ``out``. Equal pieces; ``out``/``x`` are arrays or lists of ``size``."""
+        if isinstance(x, (list, tuple)):
+            if not x:
+                raise CollectiveArgumentError("all_to_all: empty input list")
+            first = self._arr(x[0], "all_to_all input[0]")
+            xb = self._flat_in(x, first.size, first, "all_to_all")
+        else:
+            xb = self._arr(x, "all_to_all input")
+            if xb.size % self.size:
+                raise CollectiveArgumentError(
+                    f"all_to_all: input has {xb.size} elements, not a multiple of the "
+                    f"group size {self.size}")
+        per = xb.size // self.size
+        buf, lst = self._flat_out(out, xb[:per] if not isinstance(out, (list, tuple))
+                                  else xb[:per], xb.size, "all_to_all")
+        b = self._backend
+
+        def body(ctx):
+            if self.size == 1:
+                buf[...] = xb
+            else:
+                b.all_to_all(ctx, buf, xb)
+            if lst is not None:
+                for r, o in enumerate(lst):
+                    o.reshape(-1)[...] = buf[r * per:(r + 1) * per]
+        return self._collective("all_to_all", body, async_op, timeout,
+                                dict(self._sig(xb)), out)
+
+    def barrier(self, async_op=False, timeout=None):
+        """Return when every rank of the group has entered the barrier."""
+        b = self._backend
+        body = (lambda ctx: None) if self.size == 1 else (lambda ctx: b.barrier(ctx))
+        return self._collective("barrier", body, async_op, timeout, {})
+
+    # ------------------------------------------------------------------ p2p
+    def send(self, x, dst, tag=0, async_op=False, timeout=None):
+        """Send ``x`` to group rank ``dst``; matched by ``(source, tag)``."""
+        f = self._arr(x, "send")
+        dst = self._rank_arg(dst, "dst")
+        if dst == self.rank:
+            raise CollectiveArgumentError("send: dst is this rank")
+        tag = self._tag(tag)
+        b = self._backend
+        return self._p2p("send", lambda ctx: b.send(ctx, f, dst, tag), async_op, timeout,
+                         self._send_worker, self._send_lock)
+
+    def recv(self, x, src, tag=0, async_op=False, timeout=None):
+        """Receive into ``x`` the next message from ``src`` with this ``tag``."""
+        f = self._arr(x, "recv", writable=True)
+        src = self._rank_arg(src, "src")
+        if src == self.rank:
+            raise CollectiveArgumentError("recv: src is this rank")
+        tag = self._tag(tag)
+        b = self._backend
+        return self._p2p("recv", lambda ctx: b.recv(ctx, f, src, tag), async_op, timeout,
+                         self._recv_worker, self._recv_lock)
+
+    @staticmethod
+    def _tag(tag):
+        if not isinstance(tag, (int, np.integer)) or not 0 <= int(tag) < 2 ** 31:
+            raise CollectiveArgumentError(f"tag must be an int in [0, 2**31), got {tag!r}")
+        return int(tag)
+
+    # ------------------------------------------------------------------ lifetime
+    def synchronize(self, timeout=None):
+        """Wait for every async op issued so far."""
+        for w in (self._worker, self._send_worker, self._recv_worker):
+            w.drain(timeout)
+
+    def destroy(self):
+        """Finish pending work, close the backend (shared memory is released)."""
+        if self._closed:
+            return
+        try:
+            self.synchronize(timeout=self.timeout)
+        finally:
+            self._closed = True
+            for w in (self._worker, self._send_worker, self._recv_worker):
+                w.stop()
+            self._backend.close()
+
+
+__all__ = ["ProcessGroup", "Work", "completed_work"]

@@ -1,0 +1,156 @@
+"""Multi-process tests of deepseek.collectives (cpu backend: shared memory and ZeroMQ).
+
+Every test spawns real processes through deepseek.testing.multiprocess.spawn_ranks with
+a hard deadline; the rank functions live in collectives_cases.py.
+"""
+import os
+
+import numpy as np
+import pytest
+
+import collectives_cases as cases
+from deepseek.collectives import shm as _shm
+from deepseek.collectives.reduce_ops import BFLOAT16, ReduceOp, reduce_into
+from deepseek.testing.multiprocess import SpawnError, spawn_ranks
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def _no_leftovers(before):
+    assert {f for f in os.listdir("/dev/shm") if f.startswith(_shm.PREFIX)} <= before
+
+
+@pytest.fixture
+def shm_guard():
+    before = {f for f in os.listdir("/dev/shm") if f.startswith(_shm.PREFIX)}
+    yield
+    _no_leftovers(before)
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
+def test_all_ops_shm(world, shm_guard):
+    # world 3 runs with a small slot so messages take many rounds (uneven chunks,
+    # the double-buffered pipeline) and the reduce-scatter path for most sizes
+    env = {"DEEPSEEK_SHM_CHUNK": "64KiB", "DEEPSEEK_SHM_RS_BYTES": "2KiB"} if world == 3 else {}
+    big = (3 << 20) if world in (2, 3) else None
+    res = spawn_ranks(cases.all_ops, world, timeout=150, env=env, kwargs={"big": big})
+    assert all(r > 100 for r in res)
+
+
+def test_all_ops_zmq(shm_guard):
+    res = spawn_ranks(cases.all_ops, 3, timeout=120, env={"DEEPSEEK_CPU_TRANSPORT": "zmq"},
+                      kwargs={"sizes": (0, 1, 7, 3000), "big": 1 << 20,
+                              "dtypes": [np.dtype(np.float32), BFLOAT16, np.dtype(np.int64)]})
+    assert all(r > 10 for r in res)
+
+
+def test_p2p(shm_guard):
+    spawn_ranks(cases.p2p, 3, timeout=60)
+
+
+def test_p2p_zmq():
+    spawn_ranks(cases.p2p, 2, timeout=60, env={"DEEPSEEK_CPU_TRANSPORT": "zmq"})
+
+
+def test_two_hosts_pick_zmq_automatically():
+    """Ranks with different host ids cannot share memory: the cpu backend goes TCP."""
+    res = spawn_ranks(cases.transport_name, 2, timeout=60,
+                      env=lambda r: {"DEEPSEEK_HOST_ID": f"host{r}"})
+    assert res == ["zmq", "zmq"]
+    assert spawn_ranks(cases.transport_name, 2, timeout=60) == ["shm", "shm"]
+
+
+def test_many_async():
+    spawn_ranks(cases.many_async, 2, timeout=60)
+
+
+def test_subgroups(shm_guard):
+    spawn_ranks(cases.subgroups, 4, timeout=60)
+
+
+def test_timeout_names_op_and_missing_peer_and_hang_report():
+    res = spawn_ranks(cases.timeout_and_report, 2, timeout=60,
+                      env={"DEEPSEEK_HANG_POLL": "0.2"})
+    assert "not in any collective" in res[0]
+
+
+def test_peer_dies_mid_collective(shm_guard):
+    res = spawn_ranks(cases.peer_dies, 3, timeout=60, return_errors=True)
+    assert res[2].exitcode == 7
+    for r in (0, 1):
+        name, elapsed, msg = res[r]
+        assert name in ("PeerFailureError", "CollectiveTimeoutError"), res[r]
+        assert elapsed < 10, res[r]
+
+
+def test_debug_mode_mismatch():
+    assert spawn_ranks(cases.debug_mismatch, 2, timeout=60) == ["mismatch"] * 2
+    assert spawn_ranks(cases.debug_op_mismatch, 2, timeout=60) == ["mismatch"] * 2
+
+
+def test_bad_arguments_raise_at_once():
+    spawn_ranks(cases.bad_arguments, 2, timeout=60)
+
+
+def test_shm_unlinked_after_attach_and_after_crash(shm_guard):
+    res = spawn_ranks(cases.shm_unlinked, 2, timeout=60, return_errors=True)
+    assert res[0] == [], res[0]
+    assert res[1].exitcode == -9
+
+
+def test_deterministic_bitwise():
+    spawn_ranks(cases.deterministic, 3, timeout=60, env={"DEEPSEEK_SHM_CHUNK": "256KiB"})
+
+
+def test_work_wait_timeout():
+    spawn_ranks(cases.work_wait_timeout, 2, timeout=60)
+
+
+def test_async_overlaps_compute():
+    spawn_ranks(cases.overlap, 2, timeout=60)
+
+
+def test_spawn_ranks_reports_rank_and_traceback():
+    with pytest.raises(SpawnError) as ei:
+        spawn_ranks(cases.raises_on_rank_one, 2, timeout=30)
+    assert ei.value.rank == 1
+    assert "rank 1" in str(ei.value) and "boom from rank 1" in str(ei.value)
+
+
+def test_spawn_ranks_deadline_kills_and_shows_stacks():
+    with pytest.raises(SpawnError) as ei:
+        spawn_ranks(cases.sleeps_forever, 2, timeout=3)
+    assert "deadline" in str(ei.value) and "sleeps_forever" in str(ei.value)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, BFLOAT16, np.float32, np.int64])
+def test_reduce_into_rank_order(dtype):
+    rng = np.random.default_rng(0)
+    parts = [rng.uniform(-2, 2, 257).astype(dtype) for _ in range(4)]
+    for op in ReduceOp:
+        if op is ReduceOp.AVG and np.dtype(dtype).kind in "iu":
+            continue
+        out = np.empty(257, dtype)
+        reduce_into(out, parts, op)
+        cases.check_equal(out, cases.reference(parts, op), f"{op} {dtype}")
+
+
+@pytest.mark.parametrize("dtype", [np.float16, BFLOAT16, np.float32, np.float64, np.int32,
+                                   np.int64])
+def test_native_and_numpy_reductions_agree_bitwise(dtype, monkeypatch):
+    """Deterministic results across sizes need both reduction paths to give one answer."""
+    from deepseek.collectives import reduce_ops
+
+    rng = np.random.default_rng(1)
+    n = 40001
+    scale = 3 if np.dtype(dtype).kind in "iu" else 1
+    parts = [(rng.uniform(-2, 2, n) * scale).astype(dtype) for _ in range(3)]
+    for op in ReduceOp:
+        if op is ReduceOp.AVG and np.dtype(dtype).kind in "iu":
+            continue
+        a, b = np.empty(n, dtype), np.empty(n, dtype)
+        monkeypatch.setattr(reduce_ops, "NATIVE_MIN_ELEMS", 0)
+        reduce_into(a, parts, op)
+        monkeypatch.setattr(reduce_ops, "NATIVE_MIN_ELEMS", 1 << 62)
+        reduce_into(b, parts, op)
+        cases.check_equal(a, b, f"native vs numpy {op} {dtype}")
