@@ -9,6 +9,7 @@ from .shape import (reshape, view, permute, transpose, t, expand, expand_as, bro
                     squeeze, unsqueeze, flatten, unflatten, cat, stack, split, chunk, cast,
                     to_device, contiguous, clone)
 from .indexing import getitem, index_put, normalize_index, gather, masked_fill, tril, triu
+from .softmax import softmax, log_softmax
 from . import creation
 from ._util import as_tensor_operand
 from ..tensor import Tensor as _T
@@ -86,6 +87,7 @@ def _install():
         flatten=flatten, unflatten=unflatten, split=split, chunk=chunk,
         contiguous=contiguous, clone=clone, gather=gather, masked_fill=masked_fill,
         tril=tril, triu=triu, where=lambda s, cond, other: where(cond, s, other),
+        softmax=softmax, log_softmax=log_softmax,
         multiply=mul, divide=div, subtract=sub,
     )
     for name, fn in methods.items():
