@@ -34,7 +34,10 @@ def _stacks():
         f = frames.get(t.ident)
         if f is None or t.name.startswith("deepseek-hang"):
             continue
-        out.append(f"Thread {t.name!r}:\n" + "".join(traceback.format_stack(f)))
+        stack = traceback.extract_stack(f)
+        while len(stack) > 1 and stack[-1].filename == __file__:
+            stack.pop()  # the reporting itself (the thread that writes the report)
+        out.append(f"Thread {t.name!r}:\n" + "".join(traceback.format_list(stack)))
     return "\n".join(out)
 
 

@@ -24,6 +24,9 @@ from .reduce_ops import ReduceOp, check_reduce_dtype, reduce_into
 from .work import Worker, Work, completed_work
 
 
+_SUM = ReduceOp.SUM
+
+
 def _truthy(v):
     return str(v).strip().lower() in ("1", "true", "yes", "on")
 
@@ -71,6 +74,19 @@ class ProcessGroup:
         self.hang_prefix = prefix  # the job-wide prefix, set by init_process_group
         self._numpy = backend.array_kind == "numpy"
         self._op_cache = {}
+        # allreduce fast path (shm transport with the C kernel): (dtype, op) -> code;
+        # None whenever a call must take the general path (debug mode, broken, closed)
+        self._fast = None
+        if getattr(backend, "kernel", None) is not None and not self.debug:
+            self._fast_kernel = backend.kernel
+            self._fast_addr = backend.state_addr
+            self._fast_ops = {}
+            for (dt, opname), code in backend._codes.items():
+                if str(dt) == "bfloat16":
+                    continue  # bfloat16 needs a uint16 view: the general path
+                self._fast_ops[(dt, ReduceOp(opname))] = code
+            self._fast = {dt: c for (dt, op), c in self._fast_ops.items()
+                          if op is ReduceOp.SUM}
 
     # ------------------------------------------------------------------ properties
     @property
@@ -190,6 +206,7 @@ class ProcessGroup:
         if isinstance(exc, (CollectiveTimeoutError, PeerFailureError, CollectiveMismatchError)) \
                 or not isinstance(exc, CollectiveError):
             self._broken = exc
+            self._fast = None
             try:
                 self._backend.abort(f"{type(exc).__name__} in {ctx.describe()}: {exc}"[:400])
             except Exception:  # noqa: BLE001
@@ -281,6 +298,22 @@ class ProcessGroup:
     # ------------------------------------------------------------------ collectives
     def allreduce(self, x, op=ReduceOp.SUM, async_op=False, timeout=None):
         """In place: every rank's ``x`` becomes the reduction over all ranks."""
+        fast = self._fast
+        if fast is not None and not async_op and type(x) is np.ndarray:
+            # the whole op in C, GIL released; the kernel itself refuses arrays that
+            # are not writable and C-contiguous, before touching anything
+            code = fast.get(x.dtype) if op is _SUM else self._fast_ops.get((x.dtype, op))
+            if code is not None and self._worker._pending == 0 and self._lock.acquire(False):
+                try:
+                    st = self._fast_kernel(self._fast_addr, x, code, 20_000_000)
+                    if st == 0:
+                        self._seq += 1
+                        return None
+                    if st > 0:  # still waiting (or a peer aborted): the slow wait
+                        self._seq += 1
+                        return self._fast_finish(x, code, st, timeout)
+                finally:
+                    self._lock.release()
         f = self._arr(x, "allreduce", writable=True)
         op = self._op_arg(op, f.dtype)
         b = self._backend
@@ -292,6 +325,21 @@ class ProcessGroup:
             body = lambda ctx: b.allreduce(ctx, f, op)  # noqa: E731
         return self._collective("allreduce", body or (lambda ctx: None), async_op, timeout,
                                 lambda: self._sig(f, reduce=op.name), x)
+
+    def _fast_finish(self, x, code, status, timeout):
+        """A fast-path allreduce that did not complete within its first wait: finish
+        it with the checks of the general path (hang report, aborts, dead peers,
+        timeout). Called with the group lock held."""
+        ctx = OpContext("allreduce", self._seq, timeout if timeout is not None
+                        else self.timeout, self.name, self.rank, self.ranks)
+        hang.set_pending(self.name, "allreduce", self._seq)
+        try:
+            self._backend.native_allreduce(ctx, x, code, status)
+        except BaseException as e:
+            self._fail(ctx, e)
+            raise
+        finally:
+            hang.set_pending(self.name, None, None)
 
     def _allreduce_ordered(self, ctx, f, op):
         # deterministic on a backend without rank-ordered reductions (MPI, NCCL):
@@ -487,6 +535,7 @@ class ProcessGroup:
             self.synchronize(timeout=self.timeout)
         finally:
             self._closed = True
+            self._fast = None
             for w in (self._worker, self._send_worker, self._recv_worker):
                 w.stop()
             self._backend.close()

@@ -31,6 +31,10 @@ class ReduceOp(enum.Enum):
     MIN = "min"
     PRODUCT = "prod"
 
+    # members are singletons compared by identity: hash them like objects (C speed;
+    # Enum's own __hash__ is Python code, ~0.2 us on the allreduce fast path)
+    __hash__ = object.__hash__
+
     @classmethod
     def coerce(cls, op):
         """Accept a ReduceOp, its name ("sum", "SUM", "product") or value."""

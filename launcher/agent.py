@@ -28,14 +28,10 @@ import subprocess
 import sys
 import time
 
-from ._store import store as _store_mod
+# deepseek.collectives is lazy (PEP 562): this loads store.py (stdlib only), not
+# numpy or the process-group code
+from ..collectives.store import StoreClient, StoreError, StoreServer, new_token
 from .cli import Config, available_cores
-
-# deepseek.collectives.store, loaded without the collectives package (see _store.py).
-StoreClient = _store_mod.StoreClient
-StoreError = _store_mod.StoreError
-StoreServer = _store_mod.StoreServer
-new_token = _store_mod.new_token
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
@@ -374,6 +370,8 @@ class Agent:
                         if w.rc != 0 and failed is None and got_signal is None:
                             failed = w
                             self._publish_failure(w)
+                            # before stopping the others: they write their part
+                            self._hang_report = self._collect_hang_report()
                             self._signal_workers(signal.SIGTERM)
                             stop_deadline = now + c.grace
 
@@ -439,12 +437,38 @@ class Agent:
             if others:
                 self.note("stopped the other workers: " + ", ".join(
                     f"rank {w.rank} ({describe_exit(w.rc)})" for w in others))
+            report = getattr(self, "_hang_report", None)
+            if report:
+                self.note("a collective timed out; what every rank was doing:")
+                self._write(2, "".join(f"    {line}\n" for line in report.splitlines())
+                            .encode())
             return shell_code(failed.rc)
         if got_signal is not None:
             if getattr(self, "_remote_failure", None):
                 return 1
             return 128 + got_signal
         return 0
+
+    def _collect_hang_report(self) -> str | None:
+        """The job's hang report if a collective timed out (a rank asked every rank
+        for its pending op and stacks through the store: collectives/hang.py), read
+        from the store node 0 hosts while the other workers are still alive to add
+        their part; None otherwise (checked with one store round trip)."""
+        if self.server is None:
+            return None                  # node 0 prints it, once for the whole job
+        from ..collectives import hang  # stdlib only, like the store
+        client = self.client
+        try:
+            if client is None:
+                client = StoreClient("127.0.0.1", self.port, self.token, timeout=5.0,
+                                     connect_timeout=5.0)
+            wait = 1.0 + float(os.environ.get("DEEPSEEK_HANG_POLL", "1.0") or 1.0)
+            return hang.collect_job_report(client, wait=min(wait, 10.0))
+        except Exception as e:  # noqa: BLE001 - a report must never break the teardown
+            return f"(hang report unavailable: {e})"
+        finally:
+            if client is not None and client is not self.client:
+                client.close()
 
     # ------------------------------------------------------------------ multi-node
     def _publish_failure(self, w: Worker):

@@ -151,6 +151,25 @@ def _raw(a):
     return a.view(np.uint16) if a.dtype == _c.BF16 else a
 
 
+def shm_kernel():
+    """The C shared-memory allreduce (private entry of deepseek.collectives' shm
+    transport, which owns the protocol), or None when the kernels are not in use now
+    (extension not built, ``DEEPSEEK_NATIVE=0``, ``use_native(False)``): the caller
+    then runs its numpy implementation of the same protocol."""
+    return getattr(_ext, "shm_allreduce", None) if available() else None
+
+
+def shm_code(dtype, op):
+    """The ``code`` argument of the shm kernel for (dtype, op name), or None if the
+    kernel does not handle the pair (unsupported dtype; "avg" of an integer type)."""
+    dtype = np.dtype(dtype)
+    if dtype not in _DTYPE_CODES or op not in _OP_CODES:
+        return None
+    if op == "avg" and dtype in (_c.I32, _c.I64):
+        return None
+    return _DTYPE_CODES[dtype] * 8 + _OP_CODES[op]
+
+
 # ------------------------------------------------------------------ conversions
 
 def _convert(fn, kind, src, src_dtype, dst_dtype, out):

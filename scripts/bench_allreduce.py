@@ -48,10 +48,11 @@ def fmt_size(n):
 
 
 def sizes_between(lo, hi):
+    """x4 steps below 1 MiB, x2 from there; 1 MiB itself is always a row."""
     out, s = [], lo
     while s <= hi:
         out.append(s)
-        s *= 4 if s < (1 << 20) else 2
+        s = min(s * 4, 1 << 20) if s < (1 << 20) else s * 2
     return out
 
 

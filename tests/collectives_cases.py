@@ -420,3 +420,33 @@ def transport_name(rank, world):
     t = pg.transport
     C.destroy_process_group()
     return t
+
+
+def fast_path(rank, world):
+    """The C allreduce (shm + native kernels): taken for plain numpy arrays, exact in
+    rank order, interleaved with Python-path collectives and async ops."""
+    from deepseek import native
+
+    pg = C.init_process_group()
+    if native.shm_kernel() is None:
+        C.destroy_process_group()
+        return "no native"
+    assert pg._fast is not None and pg._backend.kernel is not None
+    seq0 = pg._seq
+    for i, size in enumerate((1, 2, 33, 5000, 70000, 300001)):
+        for dt in (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.int64)):
+            for op in (C.ReduceOp.SUM, C.ReduceOp.MAX, C.ReduceOp.PRODUCT):
+                parts = [inputs(i, r, size, dt) for r in range(world)]
+                x = parts[rank].copy()
+                pg.allreduce(x, op)
+                check_equal(x, reference(parts, op), f"fast {op} {dt} {size}")
+            b = np.full(3, rank, dt)
+            pg.broadcast(b, src=1)          # Python path in between
+            assert (b == 1).all()
+    w = pg.allreduce(np.ones(10, np.float32), async_op=True)
+    y = np.ones(4, np.float32)
+    pg.allreduce(y)                         # waits for the async op first
+    assert w.is_completed() and (y == world).all()
+    assert pg._seq == seq0 + 6 * 3 * (3 + 1) + 2
+    C.destroy_process_group()
+    return True

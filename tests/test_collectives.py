@@ -154,3 +154,35 @@ def test_native_and_numpy_reductions_agree_bitwise(dtype, monkeypatch):
         monkeypatch.setattr(reduce_ops, "NATIVE_MIN_ELEMS", 1 << 62)
         reduce_into(b, parts, op)
         cases.check_equal(a, b, f"native vs numpy {op} {dtype}")
+
+
+def test_all_ops_shm_numpy_protocol(shm_guard):
+    """Without the native kernels the shm transport runs the same protocol in numpy
+    (the C allreduce and the Python collectives share the segment's state words)."""
+    res = spawn_ranks(cases.all_ops, 2, timeout=150,
+                      env={"DEEPSEEK_NATIVE": "0", "DEEPSEEK_SHM_CHUNK": "64KiB"},
+                      kwargs={"sizes": (0, 1, 7, 1027, 70001), "ops": [ReduceOp.SUM, ReduceOp.MAX]})
+    assert all(r > 50 for r in res)
+
+
+def test_allreduce_fast_path_is_taken_and_matches(shm_guard):
+    spawn_ranks(cases.fast_path, 2, timeout=60)
+
+
+def test_store_import_is_cheap():
+    """deepseek-run imports deepseek.collectives.store at start-up: the package is lazy
+    (PEP 562), so that loads neither numpy nor the process-group code."""
+    import subprocess
+    import sys
+
+    code = ("import sys, deepseek.collectives.store, deepseek.collectives.hang; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'numpy' or "
+            "m.startswith('deepseek.collectives.') and m.split('.')[2] not in "
+            "('store', 'hang')))")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, cwd=root)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout
+    from deepseek import collectives as C
+    assert C.ReduceOp.SUM.value == "sum" and "init_process_group" in dir(C)

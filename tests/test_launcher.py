@@ -301,3 +301,38 @@ def test_launcher_does_not_import_the_engine():
     out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=REPO),
                          capture_output=True, text=True, timeout=30).stdout
     assert out.strip() == "[]"
+
+
+HANG_SCRIPT = """\
+import time
+import numpy as np
+from deepseek import collectives as C
+
+pg = C.init_process_group()
+if pg.rank == 0:
+    pg.allreduce(np.ones(4, np.float32), timeout=1.0)   # rank 1 never joins
+else:
+    def stuck_in_compute():
+        time.sleep(60)
+    stuck_in_compute()
+"""
+
+
+def test_collective_timeout_prints_one_hang_report(tmp_path):
+    """A collective times out on rank 0 while rank 1 is elsewhere: deepseek-run prints
+    one report for the whole job, with what each rank was doing and its stack."""
+    script = tmp_path / "hang.py"
+    script.write_text(HANG_SCRIPT)
+    rc, out, err = launch(tmp_path, "--nproc", "2", "--grace", "2", str(script), timeout=90,
+                          DEEPSEEK_HANG_POLL="0.2")
+    assert rc == 1, err
+    assert "rank 0 (local rank 0" in err and "failed first" in err, err
+    assert err.count("deepseek hang report (2 ranks)") == 1, err
+    report = err[err.index("deepseek hang report"):]
+    assert re.search(r"rank 0 \(pid \d+\): allreduce seq 1 in group 'default'", report), report
+    assert re.search(r"rank 1 \(pid \d+\): not in any collective", report), report
+    assert "timed out after 1s" in report, report
+    assert "stuck_in_compute" in report and "time.sleep(60)" in report, report
+    # the report comes from the launcher, not from a worker's own output
+    assert not any(line.startswith("[rank") and "hang report" in line
+                   for line in err.splitlines()), err

@@ -2,7 +2,8 @@
 
 Layout of the group's segment (``n`` ranks, slot size ``C``, p2p slot size ``P``)::
 
-    ctrl    n x 512 B      per rank: step, sleepers, abort, pid, reason text
+    ctrl    n x 1024 B     per rank: step, sleepers, abort, pid; private state (own
+                           cache line, words 32..); reason text (from byte 512)
     chan    n*n x 64 B     per ordered pair (src, dst): sent, sleepers, acked, sleepers
     in      n x 2 x C      per rank, two halves (double buffering)
     out     2 x C          result area of reduce-scatter + allgather
@@ -16,6 +17,15 @@ finished everything of the previous round; hence, once all peers have reached th
 step of round k-1, nobody reads the buffers of round k-2 any more and round k may reuse
 that half. While a slow peer still reduces round k, the others already copy in round
 k+1: copying and reducing overlap (a two-deep pipeline).
+
+Allreduce of numpy arrays runs in C when the native kernels are in use
+(``deepseek._native.shm_allreduce``, native/src/dsn_shm.h): the whole op, all chunks,
+with the GIL released, spinning briefly then sleeping on a futex, returning to Python
+only to check aborts, dead peers and the deadline when a wait lasts (the
+ProcessGroup calls it directly for blocking calls). It runs the protocol below on the
+same words, so it interleaves freely with the collectives run here in Python; its
+reduce-scatter path reduces this rank's segment block by block into ``out`` and into
+``x`` while the block is in L1, so the copy-out moves only the peers' segments.
 
 Every reduction adds the ranks' contributions in rank order (reduce_into), in both
 algorithms, so the result is bitwise identical whatever the size, the chunking and the
@@ -44,17 +54,27 @@ from ..errors import CollectiveArgumentError, PeerFailureError
 from ..reduce_ops import reduce_into
 from .base import Backend
 
-CTRL_BYTES = 512
+CTRL_BYTES = 1024
 CHAN_BYTES = 64
 HDR_BYTES = 64
-# int32 word offsets inside a rank's ctrl block
+# int32 word offsets inside a rank's ctrl block: the shared words peers read ...
 _STEP, _SLEEP, _ABORT, _PID = 0, 1, 2, 3
-_REASON_OFF = 64
+# ... and this rank's private state, on a cache line of its own; shared with the C
+# allreduce (native/src/dsn_shm.h), which runs on the same words
+(_P_N, _P_RANK, _P_IN_OFF, _P_OUT_OFF, _P_SLOT, _P_RS_BYTES, _P_SPIN_MAX, _P_SPIN_CUR,
+ _P_ROUND, _P_PREV, _P_HASPREV, _P_PHASE, _P_CHUNK, _P_TARGET) = range(32, 46)
+_REASON_OFF = 512
+# statuses of the C allreduce
+NATIVE_DONE, NATIVE_PENDING, NATIVE_ABORT, NATIVE_NOT_ELIGIBLE = 0, 1, 2, -1
 # int32 words inside a channel block
 _SENT, _SENT_SLEEP, _ACK, _ACK_SLEEP = 0, 1, 2, 3
 _K = 2  # p2p slots per channel
 
 _M32, _H32 = 0xFFFFFFFF, 0x80000000
+try:
+    from ..reduce_ops import BFLOAT16 as _BF16
+except ImportError:  # pragma: no cover
+    _BF16 = None
 
 
 def _env_bytes(name, default):
@@ -99,7 +119,7 @@ class ShmTransport(Backend):
         n = size
         self.seg = segment
         self.C, self.P = chunk, p2p_bytes
-        self.rs_bytes = _env_bytes("DEEPSEEK_SHM_RS_BYTES", 64 << 10)
+        rs_bytes = _env_bytes("DEEPSEEK_SHM_RS_BYTES", 64 << 10)
         # Spin long when every rank has a core of its own (a futex wake-up costs tens
         # of microseconds in a VM, sched_yield hands the core to unrelated load), but
         # only briefly when ranks outnumber cores: then the spinner would be burning the
@@ -112,7 +132,7 @@ class ShmTransport(Backend):
         self.spin_s = spin_s if spin_s is not None else float(
             os.environ.get("DEEPSEEK_SHM_SPIN_US", default_spin)) * 1e-6
         self.yield_s = self.spin_s + float(os.environ.get("DEEPSEEK_SHM_YIELD_US", "0")) * 1e-6
-        self._spin_min = min(self.spin_s, 10e-6)
+        self._spin_min = min(self.spin_s, 100e-6)  # see DSN_SHM_SPIN_MIN_NS
         self._spin_cur = self.spin_s
         buf = segment.buf
         self._u8 = np.frombuffer(buf, dtype=np.uint8)
@@ -130,9 +150,25 @@ class ShmTransport(Backend):
         self._p2p_off = off
         self._step_idx = [(self._ctrl_off + r * CTRL_BYTES) // 4 + _STEP for r in range(n)]
         self._my = self._step_idx[rank]
-        self._step = 0
-        self._round = 0
-        self._prev_first = None
+        self._pv = self._ctrl_word(rank, 0)  # + _P_* = a private word
+        self.rs_bytes = rs_bytes
+        # the C allreduce (GIL released, no Python per chunk) when the native kernels
+        # are in use; otherwise the numpy implementation below, same protocol
+        self.kernel = None
+        self.state_addr = self._addr + self._pv * 4  # this rank's ctrl block
+        self._codes = {}
+        try:
+            from deepseek import native as _native
+
+            self.kernel = _native.shm_kernel()
+            if self.kernel is not None:
+                for dt in list(_native._DTYPE_CODES):
+                    for opname in ("sum", "avg", "max", "min", "prod"):
+                        code = _native.shm_code(dt, opname)
+                        if code is not None:
+                            self._codes[(dt, opname)] = code
+        except Exception:  # noqa: BLE001 - optional at run time
+            self.kernel = None
         self._peers = [r for r in range(n) if r != rank]
         self._procs = {}
         self._sent = [0] * n   # messages this rank posted to each dst
@@ -148,8 +184,30 @@ class ShmTransport(Backend):
         return (self._chan_off + (src * self.size + dst) * CHAN_BYTES) // 4 + word
 
     def start(self):
-        """Publish this process's pid (for liveness checks of the peers)."""
-        self._w[self._ctrl_word(self.rank, _PID)] = os.getpid()
+        """Publish this process's pid (for liveness checks of the peers) and the
+        geometry the C allreduce reads from this rank's private words."""
+        w, pv = self._w, self._pv
+        w[self._ctrl_word(self.rank, _PID)] = os.getpid()
+        w[pv + _P_N], w[pv + _P_RANK] = self.size, self.rank
+        w[pv + _P_IN_OFF], w[pv + _P_OUT_OFF], w[pv + _P_SLOT] = \
+            self._in_off, self._out_off, self.C
+        spin_ns = int(min(self.spin_s, 1.0) * 1e9)
+        w[pv + _P_SPIN_MAX] = w[pv + _P_SPIN_CUR] = spin_ns
+
+    @property
+    def rs_bytes(self):
+        """Allreduce crossover (bytes) from the direct algorithm to reduce-scatter +
+        allgather (``DEEPSEEK_SHM_RS_BYTES``)."""
+        return self._rs_bytes
+
+    @rs_bytes.setter
+    def rs_bytes(self, v):
+        self._rs_bytes = int(v)
+        self._w[self._pv + _P_RS_BYTES] = min(self._rs_bytes, 2 ** 31 - 1)
+
+    @property
+    def _step(self):
+        return self._w[self._my]
 
     def _post_word(self, idx, sleep_idx, value):
         w = self._w
@@ -159,9 +217,9 @@ class ShmTransport(Backend):
             _futex.wake(self._addr + idx * 4)
 
     def _post(self):
-        self._step = _wrap(self._step + 1)
-        self._post_word(self._my, self._my + _SLEEP, self._step)
-        return self._step
+        s = _wrap(self._w[self._my] + 1)
+        self._post_word(self._my, self._my + _SLEEP, s)
+        return s
 
     def _wait_word(self, ctx, idx, sleep_idx, target, peer, missing_fn):
         """Block until word ``idx`` reaches ``target`` (spin, then futex sleep)."""
@@ -267,11 +325,13 @@ class ShmTransport(Backend):
     # --- rounds ----------------------------------------------------------------
     def _begin_round(self, ctx):
         """Start a round; returns the buffer half it may use (see module doc)."""
-        if self._prev_first is not None:
-            self._wait_all(ctx, self._peers, self._prev_first)
-        self._round += 1
-        self._prev_first = _wrap(self._step + 1)
-        return self._round & 1
+        w, pv = self._w, self._pv
+        if w[pv + _P_HASPREV]:
+            self._wait_all(ctx, self._peers, w[pv + _P_PREV])
+        r = w[pv + _P_ROUND] = _wrap(w[pv + _P_ROUND] + 1)
+        w[pv + _P_HASPREV] = 1
+        w[pv + _P_PREV] = _wrap(w[self._my] + 1)
+        return r & 1
 
     def _in(self, r, half, dtype, count, offset_bytes=0):
         off = self._in_off + (r * 2 + half) * self.C + offset_bytes
@@ -294,7 +354,48 @@ class ShmTransport(Backend):
         s = self._post()
         self._wait_all(ctx, self._peers, s)
 
+    # --- the C allreduce -------------------------------------------------------------
+    def native_code(self, x, op):
+        """The kernel's code for array ``x`` and ``op``, or None (numpy path)."""
+        if self.kernel is None or type(x) is not np.ndarray:
+            return None
+        return self._codes.get((x.dtype, op.value))
+
+    def native_allreduce(self, ctx, x, code, status=None):
+        """Run (or, given the ``status`` of a first call, finish) the C allreduce of
+        ``x``, waiting in slices so that aborts, dead peers and the deadline are
+        noticed. Returns False if the kernel refused ``x`` before touching anything."""
+        kernel, addr = self.kernel, self.state_addr
+        if x.dtype == _BF16:
+            x = x.view(np.uint16)
+        if status is None:
+            status = kernel(addr, x, code, 50_000_000)
+        next_alive = time.perf_counter() + 0.5
+        while status:
+            if status == NATIVE_NOT_ELIGIBLE:
+                return False
+            if status == NATIVE_ABORT:
+                self._check_abort(ctx)
+            now = time.perf_counter()
+            if now >= ctx.deadline:
+                raise ctx.timeout_error(self.native_missing())
+            if now >= next_alive:
+                next_alive = now + 0.5
+                self._check_alive(ctx, self.native_missing())
+            status = kernel(addr, x, code, int(min(0.05, max(ctx.deadline - now, 0.0)) * 1e9)
+                            + 1000)
+        return True
+
+    def native_missing(self):
+        """Peers that have not reached what the C allreduce waits for."""
+        w = self._w
+        target = w[self._pv + _P_TARGET]
+        return [p for p in self._peers if not _reached(w[self._step_idx[p]], target)]
+
     def allreduce(self, ctx, x, op):
+        code = self.native_code(x, op)
+        if code is not None and self.native_allreduce(ctx, x, code):
+            return
         n, dt, me = self.size, x.dtype, self.rank
         rs = x.nbytes >= self.rs_bytes and x.size >= n
         for lo, hi in self._chunks(x.size, dt.itemsize):

@@ -402,6 +402,65 @@ fail:
     return NULL;
 }
 
+/* ------------------------------------------------- shared-memory allreduce */
+
+#include "dsn_shm.h"
+
+/*
+ * shm_allreduce(state_addr, x, code, budget_ns) -> status
+ *
+ * Private entry of collectives/backends/shm.py: state_addr is the address of this
+ * rank's ctrl block in the group's segment (its private words from word 32), code is
+ * dtype * 8 + op, budget_ns bounds the time spent waiting for peers in this call.
+ * Returns 0 done, 1 pending (call again with the same x to resume), 2 a peer aborted,
+ * -1 not eligible (x not a writable C-contiguous buffer of that item size, bad code;
+ * nothing was touched). METH_FASTCALL and no Python objects built: this is the
+ * small-message latency path.
+ */
+static PyObject *py_shm_allreduce(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "shm_allreduce(state_addr, x, code, budget_ns)");
+        return NULL;
+    }
+    void *addr = PyLong_AsVoidPtr(args[0]);
+    long code = PyLong_AsLong(args[2]);
+    long long budget = PyLong_AsLongLong(args[3]);
+    if (PyErr_Occurred()) return NULL;
+    if (!addr) {
+        PyErr_SetString(PyExc_ValueError, "shm_allreduce(): null state address");
+        return NULL;
+    }
+    int dtype = (int)(code >> 3), op = (int)(code & 7);
+    if (code < 0 || dtype > DSN_F64 || op > DSN_PROD ||
+        (op == DSN_AVG && (dtype == DSN_I32 || dtype == DSN_I64)))
+        return PyLong_FromLong(DSN_SHM_NOT_ELIGIBLE);
+    int32_t *pv = (int32_t *)addr;
+    int n = pv[DSN_P_N], me = pv[DSN_P_RANK];
+    if (n < 1 || n > DSN_SHM_MAX_RANKS || me < 0 || me >= n || pv[DSN_P_SLOT] <= 0)
+        return PyLong_FromLong(DSN_SHM_NOT_ELIGIBLE);
+    char *base = (char *)addr - (size_t)me * DSN_SHM_CTRL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[1], &view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
+        PyErr_Clear();
+        return PyLong_FromLong(DSN_SHM_NOT_ELIGIBLE);
+    }
+    size_t isz = DTYPE_SIZES[dtype];
+    if ((size_t)view.itemsize != isz || view.len % (Py_ssize_t)isz ||
+        (size_t)(uint32_t)pv[DSN_P_SLOT] < isz) {
+        PyBuffer_Release(&view);
+        return PyLong_FromLong(DSN_SHM_NOT_ELIGIBLE);
+    }
+    int st;
+    size_t count = (size_t)view.len / isz;
+    Py_BEGIN_ALLOW_THREADS
+    st = dsn_shm_allreduce_run(K, base, pv, (char *)view.buf, count, dtype, op, isz,
+                               dsn_now_ns() + budget);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&view);
+    return PyLong_FromLong(st);
+}
+
 /* ---------------------------------------------------------------- module */
 
 static PyMethodDef methods[] = {
@@ -417,6 +476,8 @@ static PyMethodDef methods[] = {
     {"adam", py_adam, METH_VARARGS,
      "adam(param, grad, m, v, vmax, half, half_dtype, lr, beta1, beta2, eps, weight_decay, "
      "step, amsgrad, decoupled, maximize)"},
+    {"shm_allreduce", (PyCFunction)(void (*)(void))py_shm_allreduce, METH_FASTCALL,
+     "shm_allreduce(state_addr, x, code, budget_ns) -> status (private: collectives)"},
     {NULL, NULL, 0, NULL},
 };
 

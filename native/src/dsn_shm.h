@@ -1,0 +1,272 @@
+/*
+ * dsn_shm.h - the shared-memory allreduce of deepseek.collectives, in C.
+ *
+ * Included by dsn_module.c (it needs the dispatched kernel table K). The segment
+ * layout and the protocol are those of collectives/backends/shm.py, which runs every
+ * other collective in Python on the same words:
+ *
+ *   ctrl block of rank r at base + r * DSN_SHM_CTRL (int32 words):
+ *     0 step (posted progress counter, wrapping), 1 sleepers flag, 2 abort, 3 pid;
+ *     32.. this rank's private state (geometry, round counter, resumable op state),
+ *     on its own cache line so that peers polling the step word do not see it change.
+ *   in:  per rank two halves of one slot (double buffering), `slot` bytes each
+ *   out: two halves, the result area of reduce-scatter + allgather
+ *
+ * One call runs a whole allreduce with the GIL released: per chunk of at most one
+ * slot, either the direct algorithm (copy in, post, wait for all, reduce every slot
+ * in rank order) or reduce-scatter + allgather (copy in the parts the peers reduce,
+ * post, wait, reduce this rank's segment in rank order into `out`, post, wait, copy
+ * the chunk out). Waiting spins briefly (adaptive budget, like an adaptive mutex),
+ * then sleeps in futex(FUTEX_WAIT) on the peer's step word. A wait that runs past
+ * the call's deadline returns DSN_SHM_PENDING with the state saved in the private
+ * words; calling again with the same array resumes. So the caller (Python) decides
+ * about timeouts, peer liveness and signals, and C never blocks for long.
+ */
+#ifndef DSN_SHM_H
+#define DSN_SHM_H
+
+#include <errno.h>
+#include <time.h>
+#if defined(__linux__)
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#define DSN_HAVE_FUTEX 1
+#endif
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define DSN_PAUSE() _mm_pause()
+#elif defined(__aarch64__)
+#define DSN_PAUSE() __asm__ __volatile__("yield")
+#else
+#define DSN_PAUSE() do { } while (0)
+#endif
+
+#define DSN_SHM_CTRL 1024
+enum { DSN_W_STEP = 0, DSN_W_SLEEP = 1, DSN_W_ABORT = 2, DSN_W_PID = 3 };
+/* private words (must match collectives/backends/shm.py) */
+enum {
+    DSN_P_N = 32, DSN_P_RANK, DSN_P_IN_OFF, DSN_P_OUT_OFF, DSN_P_SLOT, DSN_P_RS_BYTES,
+    DSN_P_SPIN_MAX, DSN_P_SPIN_CUR, DSN_P_ROUND, DSN_P_PREV, DSN_P_HASPREV,
+    DSN_P_PHASE, DSN_P_CHUNK, DSN_P_TARGET
+};
+/* statuses (must match collectives/backends/shm.py) */
+enum { DSN_SHM_DONE = 0, DSN_SHM_PENDING = 1, DSN_SHM_ABORT = 2, DSN_SHM_NOT_ELIGIBLE = -1 };
+#define DSN_SHM_MAX_RANKS 256
+#define DSN_SHM_SPIN_MIN_NS 100000LL     /* adaptive spin floor, see dsn_shm_wait_all */
+#define DSN_SHM_BLOCK 16384             /* bytes reduced then copied while in L1 */
+#define DSN_SHM_MAX_SLEEP_NS 2000000LL  /* bound on the cost of a missed wake-up */
+
+static inline int64_t dsn_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static inline int32_t *dsn_ctrl(char *base, int r)
+{
+    return (int32_t *)(base + (size_t)r * DSN_SHM_CTRL);
+}
+
+/* cur >= target for wrapping int32 counters */
+static inline int dsn_reached(int32_t cur, int32_t target)
+{
+    return ((uint32_t)cur - (uint32_t)target) < 0x80000000u;
+}
+
+/* Sleep while *addr == expected, at most ns; returns 1 if a signal interrupted it. */
+static inline int dsn_futex_wait(int32_t *addr, int32_t expected, int64_t ns)
+{
+#ifdef DSN_HAVE_FUTEX
+    struct timespec ts = {(time_t)(ns / 1000000000LL), (long)(ns % 1000000000LL)};
+    long r = syscall(SYS_futex, addr, FUTEX_WAIT, expected, &ts, NULL, 0);
+    return r == -1 && errno == EINTR;
+#else
+    struct timespec ts = {0, ns < 200000 ? (long)ns : 200000L};
+    (void)addr; (void)expected;
+    nanosleep(&ts, NULL);
+    return 0;
+#endif
+}
+
+static inline void dsn_futex_wake(int32_t *addr)
+{
+#ifdef DSN_HAVE_FUTEX
+    syscall(SYS_futex, addr, FUTEX_WAKE, 0x7fffffff, NULL, NULL, 0);
+#else
+    (void)addr;
+#endif
+}
+
+/* Publish step + 1 (release: the data written before is visible first). */
+static inline int32_t dsn_shm_post(int32_t *myc)
+{
+    int32_t s = (int32_t)((uint32_t)__atomic_load_n(&myc[DSN_W_STEP], __ATOMIC_RELAXED) + 1u);
+    __atomic_store_n(&myc[DSN_W_STEP], s, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&myc[DSN_W_SLEEP], __ATOMIC_SEQ_CST)) {
+        __atomic_store_n(&myc[DSN_W_SLEEP], 0, __ATOMIC_RELAXED);
+        dsn_futex_wake(&myc[DSN_W_STEP]);
+    }
+    return s;
+}
+
+static inline int dsn_any_abort(char *base, int n, int me)
+{
+    for (int p = 0; p < n; p++)
+        if (p != me && __atomic_load_n(&dsn_ctrl(base, p)[DSN_W_ABORT], __ATOMIC_RELAXED))
+            return 1;
+    return 0;
+}
+
+/* Wait until every peer's step reached target: spin, then futex. Returns DONE,
+ * PENDING (deadline passed, or a signal interrupted the sleep) or ABORT. */
+static int dsn_shm_wait_all(char *base, int32_t *pv, int32_t target, int64_t deadline)
+{
+    int n = pv[DSN_P_N], me = pv[DSN_P_RANK];
+    for (int p = 0; p < n; p++) {
+        if (p == me) continue;
+        int32_t *pc = dsn_ctrl(base, p);
+        if (dsn_reached(__atomic_load_n(&pc[DSN_W_STEP], __ATOMIC_ACQUIRE), target)) continue;
+        /* 1) spin: the peer is usually a few microseconds away. The budget adapts:
+         * it doubles while waits end during the spin and halves when they end asleep
+         * (a late peer, an overloaded machine), so a waiting rank does not keep
+         * burning a core its peer needs. */
+        int64_t spin = pv[DSN_P_SPIN_CUR], smax = pv[DSN_P_SPIN_MAX];
+        /* floor: above a futex wake-up's latency in a VM (tens of us); lower, two
+         * ranks can lock each other into sleeping: each wake-up comes too late for
+         * the other's spin, which then shrinks further */
+        int64_t smin = smax < DSN_SHM_SPIN_MIN_NS ? smax : DSN_SHM_SPIN_MIN_NS;
+        int ok = 0;
+        if (spin > 0) {
+            int64_t end = dsn_now_ns() + spin;
+            do {
+                for (int i = 0; i < 32; i++) {
+                    if (dsn_reached(__atomic_load_n(&pc[DSN_W_STEP], __ATOMIC_ACQUIRE), target)) {
+                        ok = 1;
+                        break;
+                    }
+                    DSN_PAUSE();
+                }
+            } while (!ok && dsn_now_ns() < end);
+        }
+        if (ok) {
+            spin = spin * 2 > smax ? smax : spin * 2;
+            pv[DSN_P_SPIN_CUR] = (int32_t)(spin < smin ? smin : spin);
+            continue;
+        }
+        spin /= 2;
+        pv[DSN_P_SPIN_CUR] = (int32_t)(spin < smin ? smin : spin);
+        /* 2) sleep in the kernel on the peer's step word */
+        for (;;) {
+            __atomic_store_n(&pc[DSN_W_SLEEP], 1, __ATOMIC_SEQ_CST);
+            int32_t cur = __atomic_load_n(&pc[DSN_W_STEP], __ATOMIC_SEQ_CST);
+            if (dsn_reached(cur, target)) break;
+            if (dsn_any_abort(base, n, me)) return DSN_SHM_ABORT;
+            int64_t now = dsn_now_ns();
+            if (now >= deadline) return DSN_SHM_PENDING;
+            int64_t ns = deadline - now;
+            if (dsn_futex_wait(&pc[DSN_W_STEP], cur,
+                               ns < DSN_SHM_MAX_SLEEP_NS ? ns : DSN_SHM_MAX_SLEEP_NS)) {
+                /* a signal: return so that Python runs its handler */
+                if (dsn_reached(__atomic_load_n(&pc[DSN_W_STEP], __ATOMIC_ACQUIRE), target))
+                    break;
+                return DSN_SHM_PENDING;
+            }
+        }
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+    }
+    return DSN_SHM_DONE;
+}
+
+/* The allreduce state machine (see the file comment); x holds count elements. */
+static int dsn_shm_allreduce_run(const dsn_kernels *k, char *base, int32_t *pv, char *x,
+                                 size_t count, int dtype, int op, size_t isz, int64_t deadline)
+{
+    int n = pv[DSN_P_N], me = pv[DSN_P_RANK];
+    size_t C = (size_t)(uint32_t)pv[DSN_P_SLOT];
+    char *in = base + (size_t)(uint32_t)pv[DSN_P_IN_OFF];
+    char *out = base + (size_t)(uint32_t)pv[DSN_P_OUT_OFF];
+    int32_t *myc = dsn_ctrl(base, me);
+    int rs = count * isz >= (size_t)(uint32_t)pv[DSN_P_RS_BYTES] && count >= (size_t)n;
+    size_t cap = C / isz;
+    size_t nchunks = (count + cap - 1) / cap;
+    const void *ptrs[DSN_SHM_MAX_RANKS];
+    int st;
+    for (;;) {
+        size_t ci = (size_t)(uint32_t)pv[DSN_P_CHUNK];
+        if (ci >= nchunks) {
+            pv[DSN_P_CHUNK] = 0;
+            pv[DSN_P_PHASE] = 0;
+            return DSN_SHM_DONE;
+        }
+        size_t lo = ci * cap, m = count - lo < cap ? count - lo : cap;
+        size_t a = m * (size_t)me / (size_t)n, b = m * (size_t)(me + 1) / (size_t)n;
+        char *xc = x + lo * isz;
+        int h;
+        switch (pv[DSN_P_PHASE]) {
+        case 0:
+            /* begin a round: once every peer posted the first step of the previous
+             * round, nobody reads this half (used two rounds ago) any more */
+            if (pv[DSN_P_HASPREV]) {
+                pv[DSN_P_TARGET] = pv[DSN_P_PREV];
+                if ((st = dsn_shm_wait_all(base, pv, pv[DSN_P_TARGET], deadline))) return st;
+            }
+            pv[DSN_P_ROUND] = (int32_t)((uint32_t)pv[DSN_P_ROUND] + 1u);
+            pv[DSN_P_HASPREV] = 1;
+            pv[DSN_P_PREV] = (int32_t)((uint32_t)myc[DSN_W_STEP] + 1u);
+            h = pv[DSN_P_ROUND] & 1;
+            {
+                char *mine = in + ((size_t)me * 2 + (size_t)h) * C;
+                if (!rs) {
+                    memcpy(mine, xc, m * isz);
+                } else {    /* peers never read this rank's own segment */
+                    memcpy(mine, xc, a * isz);
+                    memcpy(mine + b * isz, xc + b * isz, (m - b) * isz);
+                }
+            }
+            pv[DSN_P_TARGET] = dsn_shm_post(myc);
+            pv[DSN_P_PHASE] = 1;
+            /* fall through */
+        case 1:
+            if ((st = dsn_shm_wait_all(base, pv, pv[DSN_P_TARGET], deadline))) return st;
+            h = pv[DSN_P_ROUND] & 1;
+            if (!rs) {
+                for (int r = 0; r < n; r++) ptrs[r] = in + ((size_t)r * 2 + (size_t)h) * C;
+                k->reduce(op, dtype, ptrs, (size_t)n, xc, m);
+                pv[DSN_P_PHASE] = 0;
+                pv[DSN_P_CHUNK] = (int32_t)(ci + 1);
+                continue;
+            }
+            {
+                /* this rank's segment, block by block: reduce into `out` for the
+                 * peers and copy the block to x while it is still in L1, so the
+                 * final copy-out only moves the peers' segments */
+                char *o = out + (size_t)h * C;
+                size_t blk = DSN_SHM_BLOCK / isz;
+                for (size_t s0 = a; s0 < b; s0 += blk) {
+                    size_t e = b - s0 < blk ? b - s0 : blk;
+                    for (int r = 0; r < n; r++)
+                        ptrs[r] = (r == me ? xc : in + ((size_t)r * 2 + (size_t)h) * C) + s0 * isz;
+                    k->reduce(op, dtype, ptrs, (size_t)n, o + s0 * isz, e);
+                    memcpy(xc + s0 * isz, o + s0 * isz, e * isz);
+                }
+            }
+            pv[DSN_P_TARGET] = dsn_shm_post(myc);
+            pv[DSN_P_PHASE] = 2;
+            /* fall through */
+        case 2:
+            if ((st = dsn_shm_wait_all(base, pv, pv[DSN_P_TARGET], deadline))) return st;
+            h = pv[DSN_P_ROUND] & 1;
+            memcpy(xc, out + (size_t)h * C, a * isz);
+            memcpy(xc + b * isz, out + (size_t)h * C + b * isz, (m - b) * isz);
+            pv[DSN_P_PHASE] = 0;
+            pv[DSN_P_CHUNK] = (int32_t)(ci + 1);
+            continue;
+        default:
+            return DSN_SHM_NOT_ELIGIBLE;
+        }
+    }
+}
+
+#endif /* DSN_SHM_H */
