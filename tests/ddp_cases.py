@@ -1,0 +1,133 @@
+"""Rank functions for tests/test_ddp.py (module-level so spawned ranks can import them)."""
+import numpy as np
+
+GLOBAL_BATCH = 12
+IN, HID, OUT = 6, 16, 3
+
+
+def _model(seed=0, extra_unused=False, hid=HID):
+    import deepseek as ds
+    import deepseek.nn as nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1 = nn.Linear(IN, hid)
+            self.fc2 = nn.Linear(hid, hid)
+            self.fc3 = nn.Linear(hid, OUT)
+            if extra_unused:
+                self.unused = nn.Linear(hid, OUT)
+
+        def forward(self, x):
+            return self.fc3(self.fc2(self.fc1(x).tanh()).tanh())
+
+    ds.manual_seed(seed)
+    return Net()
+
+
+def _data(step):
+    rng = np.random.default_rng(100 + step)
+    x = rng.standard_normal((GLOBAL_BATCH, IN)).astype(np.float32)
+    y = rng.integers(0, OUT, GLOBAL_BATCH)
+    return x, y
+
+
+def _loss(model, x, y):
+    import deepseek as ds
+    import deepseek.nn.functional as F
+    return F.cross_entropy(model(ds.tensor(x)), ds.tensor(y))
+
+
+def reference_params(steps, lr=0.1):
+    """Single process, whole global batch per step."""
+    import deepseek as ds
+    model = _model()
+    opt = ds.optim.SGD(model.parameters(), lr=lr)
+    for s in range(steps):
+        x, y = _data(s)
+        opt.zero_grad()
+        _loss(model, x, y).backward()
+        opt.step()
+    return {n: p.detach().numpy().copy() for n, p in model.named_parameters()}
+
+
+def ddp_params(rank, world, steps=1, lr=0.1, seed_offset=True, **ddp_kwargs):
+    """Each rank trains on its slice of the global batch; returns final params."""
+    import deepseek as ds
+    from deepseek.distributed import init_process_group
+    from deepseek.distributed.ddp import DistributedDataParallel
+    init_process_group()
+    # different init per rank: DDP must broadcast rank 0's parameters
+    model = _model(seed=rank if seed_offset else 0)
+    ddp = DistributedDataParallel(model, **ddp_kwargs)
+    opt = ds.optim.SGD(ddp.parameters(), lr=lr)
+    per = GLOBAL_BATCH // world
+    for s in range(steps):
+        x, y = _data(s)
+        xs, ys = x[rank * per:(rank + 1) * per], y[rank * per:(rank + 1) * per]
+        opt.zero_grad()
+        _loss(ddp, xs, ys).backward()
+        opt.step()
+    return {n: p.detach().numpy().copy() for n, p in model.named_parameters()}, \
+        dict(getattr(ddp, "wire_dtype_counts", {}))
+
+
+def no_sync_params(rank, world, lr=0.1):
+    """Two micro-batches per rank, the first under no_sync; loss halved each."""
+    import deepseek as ds
+    from deepseek.distributed import init_process_group
+    from deepseek.distributed.ddp import DistributedDataParallel
+    init_process_group()
+    model = _model()
+    ddp = DistributedDataParallel(model)
+    opt = ds.optim.SGD(ddp.parameters(), lr=lr)
+    x, y = _data(0)
+    per = GLOBAL_BATCH // world
+    xs, ys = x[rank * per:(rank + 1) * per], y[rank * per:(rank + 1) * per]
+    half = per // 2
+    opt.zero_grad()
+    with ddp.no_sync():
+        (_loss(ddp, xs[:half], ys[:half]) * 0.5).backward()
+    (_loss(ddp, xs[half:], ys[half:]) * 0.5).backward()
+    opt.step()
+    return {n: p.detach().numpy().copy() for n, p in model.named_parameters()}
+
+
+def event_order(rank, world, overlap):
+    """The order of bucket ready/launch events in one backward."""
+    from deepseek.distributed import init_process_group
+    from deepseek.distributed.ddp import DistributedDataParallel
+    init_process_group()
+    model = _model(hid=64)
+    # ~17 KB per Linear(64, 64): a 0.01 MB cap makes one bucket per layer or so
+    ddp = DistributedDataParallel(model, bucket_cap_mb=0.01, overlap_comm=overlap)
+    ddp.events = []
+    x, y = _data(0)
+    _loss(ddp, x, y).backward()
+    return [list(e) for e in ddp.events], len(ddp.buckets)
+
+
+def unused_param(rank, world, find_unused):
+    from deepseek.distributed import init_process_group
+    from deepseek.distributed.ddp import DistributedDataParallel
+    init_process_group()
+    model = _model(extra_unused=True)
+    ddp = DistributedDataParallel(model, find_unused_parameters=find_unused)
+    x, y = _data(0)
+    try:
+        _loss(ddp, x, y).backward()
+    except RuntimeError as e:
+        return "error: " + str(e)
+    return float(model.fc1.weight.grad.numpy().sum())
+
+
+def mismatched_model(rank, world):
+    from deepseek.distributed import init_process_group
+    from deepseek.distributed.ddp import DistributedDataParallel
+    init_process_group()
+    model = _model(hid=HID + rank)
+    try:
+        DistributedDataParallel(model)
+    except RuntimeError as e:
+        return str(e)
+    return "accepted"
