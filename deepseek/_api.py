@@ -16,6 +16,7 @@ from .ops.creation import (zeros, ones, empty, full, zeros_like, ones_like, empt
                            full_like, arange, linspace, eye, randn, rand, randint, randperm,
                            normal, bernoulli, multinomial)
 
+from .trainer import Trainer  # noqa: E402,F401
 as_tensor = tensor
 
 # Importing the submodule deepseek.tensor binds the *module* as the package attribute
