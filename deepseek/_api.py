@@ -7,7 +7,7 @@ from .dtypes import (float16, half, bfloat16, float32, float64, double, int8, ui
                      int32, int64, long, bool_ as bool, get_default_dtype, set_default_dtype)
 from .dtypes import promote_types  # noqa: E402
 from .backend import Device as device, get_array_module, cupy_available  # noqa: E402
-from .tensor import Tensor, Size, tensor, from_numpy, is_tensor  # noqa: E402
+from ._tensor import Tensor, Size, tensor, from_numpy, is_tensor  # noqa: E402
 from .autograd import no_grad, enable_grad, inference_mode, set_grad_enabled, is_grad_enabled  # noqa: E402
 from .random import Generator, manual_seed, seed, initial_seed, get_rng_state, set_rng_state, default_generator  # noqa: E402
 from .ops import *  # noqa: E402,F401,F403
@@ -16,13 +16,7 @@ from .ops.creation import (zeros, ones, empty, full, zeros_like, ones_like, empt
                            full_like, arange, linspace, eye, randn, rand, randint, randperm,
                            normal, bernoulli, multinomial)
 
-from .trainer import Trainer  # noqa: E402,F401
 as_tensor = tensor
-
-# Importing the submodule deepseek.tensor binds the *module* as the package attribute
-# ``deepseek.tensor``; the public name is the factory function (torch.tensor).
-import sys as _sys  # noqa: E402
-setattr(_sys.modules[__package__], "tensor", tensor)
 
 
 def is_floating_point(t):
@@ -55,5 +49,9 @@ def load(path, map_location=None):
     return _load(path, map_location=map_location)
 
 
-def __getattr__(name):  # pragma: no cover - falls through to deepseek.__getattr__ error
+def __getattr__(name):
+    # The Trainer pulls in nn, optim, data and distributed: load it only when asked for.
+    if name == "Trainer":
+        from .trainer import Trainer
+        return Trainer
     raise AttributeError(name)

@@ -54,7 +54,7 @@ class CheckpointError(ValueError):
 
 def _host_array(x, what):
     """A C-contiguous little-endian numpy array of a Tensor / ndarray (cupy: copied)."""
-    from .tensor import Tensor
+    from ._tensor import Tensor
     from .backend import to_device
     arr = x._data if isinstance(x, Tensor) else x
     arr = to_device(arr, "cpu") if not isinstance(arr, np.ndarray) else arr
@@ -170,7 +170,7 @@ class _Encoder:
         return name
 
     def encode(self, obj, where="obj"):
-        from .tensor import Tensor
+        from ._tensor import Tensor
         if obj is None or isinstance(obj, (bool, str)):
             return obj
         if isinstance(obj, (int, np.integer)) and not isinstance(obj, np.bool_):
@@ -324,7 +324,7 @@ def _read(path, verify_crc=None):
 def load_file(path, device="cpu"):
     """Read a plain safetensors file into ``{name: Tensor}`` (any file the safetensors
     library writes; deepseek.save's files too, flat by internal names)."""
-    from .tensor import Tensor
+    from ._tensor import Tensor
     from .backend import to_device
     _, arrays = _read(path)
     return {k: Tensor._make(to_device(a, device) if device != "cpu" else a)
@@ -342,7 +342,7 @@ class _Decoder:
         return self.arrays[name]
 
     def decode(self, s):
-        from .tensor import Tensor
+        from ._tensor import Tensor
         from .backend import to_device
         if s is None or isinstance(s, (bool, int, float, str)):
             return s

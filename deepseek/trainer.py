@@ -654,8 +654,7 @@ def _StepModule(model):
 def _unhook(ddp):
     """Detach a finished fit's DDP from the model's parameters, so that a later fit
     (which wraps again) does not also run this one's gradient hooks."""
-    for handle in getattr(ddp, "_handles", ()):
-        handle.remove()
+    ddp.remove_hooks()
 
 
 def _check_model(model, need_training):
@@ -674,7 +673,7 @@ def _check_model(model, need_training):
 
 
 def _training_loss(out):
-    from .tensor import Tensor
+    from ._tensor import Tensor
     loss = out
     if isinstance(out, dict):
         if "loss" not in out:
@@ -907,7 +906,7 @@ def _as_list(loaders):
 
 
 def _to_device(batch, device):
-    from .tensor import Tensor
+    from ._tensor import Tensor
     if device == "cpu":
         return batch
     if isinstance(batch, Tensor):

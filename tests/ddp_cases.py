@@ -131,3 +131,19 @@ def mismatched_model(rank, world):
     except RuntimeError as e:
         return str(e)
     return "accepted"
+
+
+def grads_after_remove_hooks(rank, world):
+    """Gradient sums of fc1.weight with DDP attached, then after remove_hooks()."""
+    from deepseek.distributed import init_process_group
+    from deepseek.distributed.ddp import DistributedDataParallel
+    init_process_group()
+    model = _model()
+    ddp = DistributedDataParallel(model)
+    x, y = _data(rank)  # different data per rank: local gradients differ
+    _loss(ddp, x, y).backward()
+    synced = float(model.fc1.weight.grad.numpy().sum())
+    ddp.remove_hooks()
+    model.zero_grad()
+    _loss(model, x, y).backward()
+    return synced, float(model.fc1.weight.grad.numpy().sum())

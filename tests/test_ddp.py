@@ -87,3 +87,10 @@ def test_single_rank_group_is_a_real_group():
     params, _ = spawn_ranks(cases.ddp_params, 1, timeout=120)[0]
     # world 1: the rank's slice is the whole batch
     _close(params, cases.reference_params(1), rtol=1e-6, atol=1e-7)
+
+
+def test_remove_hooks_stops_gradient_averaging():
+    (s0, local0), (s1, local1) = spawn_ranks(cases.grads_after_remove_hooks, 2, timeout=120)
+    assert s0 == pytest.approx(s1, rel=1e-6)          # averaged while attached
+    assert local0 != pytest.approx(local1, rel=1e-3)  # each rank's own gradient after
+    assert s0 == pytest.approx((local0 + local1) / 2, rel=1e-5)

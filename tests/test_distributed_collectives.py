@@ -17,7 +17,7 @@ def test_distributed_imports_no_engine_into_collectives():
     import sys
 
     code = ("import sys, deepseek.collectives as C; "
-            "bad = [m for m in sys.modules if m.startswith(('deepseek.tensor', "
+            "bad = [m for m in sys.modules if m.startswith(('deepseek._tensor', "
             "'deepseek.autograd', 'deepseek.nn', 'deepseek.distributed'))]; "
             "assert not bad, bad; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

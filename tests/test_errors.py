@@ -8,9 +8,7 @@ import deepseek as ds
 from deepseek.backend import Device
 
 ds.Tensor  # load the engine  # noqa: B018
-# ``import deepseek.tensor as m`` would give the factory function (deepseek.tensor is
-# PyTorch's torch.tensor), so take the module from sys.modules
-tensor_mod = sys.modules["deepseek.tensor"]
+tensor_mod = sys.modules["deepseek._tensor"]
 
 BINARY = {
     "add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b,

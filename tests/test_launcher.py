@@ -296,7 +296,7 @@ def test_bind_core(tmp_path):
 def test_launcher_does_not_import_the_engine():
     code = ("import sys, deepseek.launcher.cli, deepseek.launcher.agent; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('numpy', 'cupy') or "
-            "m.startswith(('deepseek.tensor', 'deepseek.nn', 'deepseek.autograd'))]; "
+            "m.startswith(('deepseek._tensor', 'deepseek.nn', 'deepseek.autograd'))]; "
             "print(bad)")
     out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=REPO),
                          capture_output=True, text=True, timeout=30).stdout

@@ -18,8 +18,8 @@ def test_tensor_infers_dtype_like_torch(data):
 
 
 def test_deepseek_tensor_is_the_factory_function():
-    import deepseek.tensor  # noqa: F401  (the submodule must not shadow the function)
-    assert ds.tensor([1, 2]).tolist() == [1, 2]
+    import deepseek._tensor  # noqa: F401  (the class lives in a private module)
+    assert callable(ds.tensor) and ds.tensor([1, 2]).tolist() == [1, 2]
     assert ds.as_tensor([1.0]).dtype == ds.float32
 
 

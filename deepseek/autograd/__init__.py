@@ -10,7 +10,7 @@ __all__ = ["Function", "Context", "backward", "grad", "no_grad", "enable_grad",
 
 
 def _seed_grads(tensors, grad_tensors, who):
-    from ..tensor import Tensor
+    from .._tensor import Tensor
     from ..backend import get_array_module
     seeds = []
     for i, (t, g) in enumerate(zip(tensors, grad_tensors)):
@@ -37,7 +37,7 @@ def _seed_grads(tensors, grad_tensors, who):
 def backward(tensors, grad_tensors=None, retain_graph=None, create_graph=False, inputs=None):
     """Accumulate gradients of ``tensors`` into the ``.grad`` of graph leaves."""
     from .engine import run_backward
-    from ..tensor import Tensor
+    from .._tensor import Tensor
     if create_graph:
         raise NotImplementedError("create_graph=True (higher-order gradients) is not supported yet")
     tensors = [tensors] if isinstance(tensors, Tensor) else list(tensors)
@@ -59,7 +59,7 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=Fal
     """Gradients of ``outputs`` w.r.t. ``inputs``, returned (not accumulated into .grad)."""
     import numpy as np
     from .engine import run_backward
-    from ..tensor import Tensor
+    from .._tensor import Tensor
     if create_graph:
         raise NotImplementedError("create_graph=True (higher-order gradients) is not supported yet")
     outputs = [outputs] if isinstance(outputs, Tensor) else list(outputs)

@@ -68,7 +68,7 @@ def run_backward(tensors, grad_tensors, retain_graph=False, inputs=None, accumul
     With ``inputs`` (a list of tensors) and ``accumulate=False`` the gradients of
     those inputs are returned instead of being accumulated into ``.grad``.
     """
-    from ..tensor import Tensor  # noqa: F401  (import cycle)
+    from .._tensor import Tensor  # noqa: F401  (import cycle)
     roots = []
     buffers = {}
     for t, g in zip(tensors, grad_tensors):
@@ -180,13 +180,13 @@ def _make_acc(t):
 
 
 def _as_array(g):
-    from ..tensor import Tensor
+    from .._tensor import Tensor
     return g._data if isinstance(g, Tensor) else g
 
 
 def _run_hook(hook, g):
     """Tensor hooks see and may replace the gradient (as a Tensor)."""
-    from ..tensor import Tensor
+    from .._tensor import Tensor
     if g is None:
         return None
     if isinstance(g, _np.generic):

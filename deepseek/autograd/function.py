@@ -229,5 +229,5 @@ def _edge(t):
 
 import numpy as _np  # noqa: E402
 
-# Set by deepseek.tensor once the class exists (tensor.py imports this module first).
+# Set by deepseek._tensor once the class exists (_tensor.py imports this module first).
 Tensor = None

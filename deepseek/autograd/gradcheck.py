@@ -7,7 +7,7 @@ class GradcheckError(RuntimeError):
 
 
 def _outputs_tuple(out):
-    from ..tensor import Tensor
+    from .._tensor import Tensor
     if isinstance(out, Tensor):
         return (out,)
     return tuple(o for o in out if isinstance(o, Tensor))
@@ -22,7 +22,7 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=True,
     Returns True, or raises GradcheckError naming the worst element (or returns False
     with ``raise_exception=False``).
     """
-    from ..tensor import Tensor
+    from .._tensor import Tensor
     from .grad_mode import no_grad
     from . import grad as autograd_grad
     if isinstance(inputs, Tensor):

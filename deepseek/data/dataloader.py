@@ -20,7 +20,7 @@ def default_collate(batch):
     list; dicts collate per key, namedtuples per field, other sequences per position (as a
     list, like PyTorch).
     """
-    from ..tensor import Tensor
+    from .._tensor import Tensor
     from ..backend import get_array_module
     if len(batch) == 0:
         raise ValueError("default_collate: got an empty batch")
@@ -68,7 +68,7 @@ def default_collate(batch):
 def default_convert(data):
     """What a loader without batching (batch_size=None) yields: numpy arrays become
     Tensors, containers are converted element-wise, everything else is unchanged."""
-    from ..tensor import Tensor
+    from .._tensor import Tensor
     if isinstance(data, np.ndarray) and data.dtype.kind not in "OSU":
         return Tensor._make(data)
     if isinstance(data, collections.abc.Mapping):

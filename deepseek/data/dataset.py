@@ -34,7 +34,7 @@ class IterableDataset(Dataset):
 
 
 def _raw(x):
-    from ..tensor import Tensor
+    from .._tensor import Tensor
     return x._data if isinstance(x, Tensor) else x
 
 
@@ -43,7 +43,7 @@ class TensorDataset(Dataset):
     ``TensorDataset(features, labels)[i] == (features[i], labels[i])``."""
 
     def __init__(self, *tensors):
-        from ..tensor import Tensor
+        from .._tensor import Tensor
         if not tensors:
             raise ValueError("TensorDataset needs at least one tensor")
         for i, t in enumerate(tensors):
@@ -69,7 +69,7 @@ class TensorDataset(Dataset):
     def _get_batch(self, indices):
         """The collated batch of ``indices`` in one gather per tensor (the DataLoader's
         fast path; equal to default_collate of the samples)."""
-        from ..tensor import Tensor
+        from .._tensor import Tensor
         idx = np.asarray(indices, dtype=np.int64)
         return [Tensor._make(t._data[idx] if t.device.type == "cpu" else
                              t._data[_to_dev_index(idx, t)]) for t in self.tensors]

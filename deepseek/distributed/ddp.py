@@ -23,7 +23,7 @@ import numpy as np
 from .. import nn
 from ..autograd.engine import queue_callback
 from ..autograd.grad_mode import no_grad
-from ..tensor import Tensor
+from .._tensor import Tensor
 from ..collectives import ReduceOp, get_default_group
 
 _FP16_MAX = 65504.0
@@ -193,6 +193,13 @@ class DistributedDataParallel(nn.Module):
         """Replace each bucket's allreduce with ``hook(state, bucket) -> Work``."""
         self._hook_state = state
         self._comm_hook = lambda bucket: hook(state, bucket)
+
+    def remove_hooks(self):
+        """Detach from the wrapped module's parameters: their gradients stop being
+        averaged, and the module can be wrapped again (e.g. by a later fit)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
 
     # ---- backward ------------------------------------------------------------------
     def _record(self, what, index):

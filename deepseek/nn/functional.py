@@ -1,7 +1,7 @@
 """deepseek.nn.functional: PyTorch's ``F`` names, thin wrappers over deepseek.ops."""
 import numpy as np
 
-from ..tensor import Tensor
+from .._tensor import Tensor
 from ..ops.elementwise import (relu as _relu, gelu as _gelu, silu as _silu, tanh, sigmoid,
                                where as _where, maximum as _maximum, minimum as _minimum,
                                exp as _exp, log as _log, mul as _mul, clamp as _clamp)

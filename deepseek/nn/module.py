@@ -7,7 +7,7 @@ import numpy as np
 from .. import dtypes as _dt
 from ..autograd.grad_mode import no_grad
 from ..backend import Device, get_array_module, to_device
-from ..tensor import Tensor
+from .._tensor import Tensor
 from .parameter import Parameter, Buffer
 
 _hook_ids = itertools.count()

@@ -1,7 +1,7 @@
 """Parameter: a Tensor that a Module registers as a learnable weight."""
 import numpy as np
 
-from ..tensor import Tensor
+from .._tensor import Tensor
 from .. import dtypes as _dt
 
 

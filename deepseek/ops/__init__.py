@@ -12,7 +12,7 @@ from .indexing import getitem, index_put, normalize_index, gather, masked_fill, 
 from .softmax import softmax, log_softmax
 from . import creation
 from ._util import as_tensor_operand
-from ..tensor import Tensor as _T
+from .._tensor import Tensor as _T
 
 abs = abs_
 concat = concatenate = cat

@@ -3,7 +3,7 @@ import numpy as np
 
 from .. import dtypes as _dt
 from ..backend import get_array_module
-from ..tensor import Tensor, tensor as _tensor
+from .._tensor import Tensor, tensor as _tensor
 
 
 def unbroadcast(g, shape):

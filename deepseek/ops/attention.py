@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import dtypes as _dt
 from ..autograd.function import Function
-from ..tensor import Tensor
+from .._tensor import Tensor
 from ._util import xp_of, unbroadcast
 from .dropout import keep_mask
 

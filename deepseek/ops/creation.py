@@ -4,7 +4,7 @@ import numpy as np
 from .. import dtypes as _dt
 from ..backend import to_device
 from ..random import _rng
-from ..tensor import Tensor
+from .._tensor import Tensor
 
 
 def _shape(size):

@@ -6,7 +6,7 @@ from .. import dtypes as _dt
 from ..autograd.function import Function
 from ..backend import to_device, device_of
 from ..random import _rng
-from ..tensor import Tensor
+from .._tensor import Tensor
 
 
 def keep_mask(shape, p, dtype, like, generator=None):

@@ -4,7 +4,7 @@ import math
 import numpy as np
 
 from ..autograd.function import Function
-from ..tensor import Tensor
+from .._tensor import Tensor
 from ._util import unbroadcast, shape_of, prepare_binary, xp_of, broadcast_error
 
 

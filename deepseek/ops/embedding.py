@@ -3,7 +3,7 @@ import numpy as np
 
 from ..autograd.function import Function
 from ..autograd.grad_mode import no_grad
-from ..tensor import Tensor
+from .._tensor import Tensor
 from ._util import xp_of
 
 

@@ -3,7 +3,7 @@ gather, masked_fill, tril/triu."""
 import numpy as np
 
 from ..autograd.function import Function
-from ..tensor import Tensor
+from .._tensor import Tensor
 from ._util import xp_of, unbroadcast
 
 

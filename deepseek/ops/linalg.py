@@ -96,7 +96,7 @@ def matmul(a, b):
 
 def linear(x, weight, bias=None):
     """x @ weight.T + bias."""
-    from ..tensor import Tensor
+    from .._tensor import Tensor
     if bias is not None:
         return Linear.apply(x, weight, bias)
     if not isinstance(x, Tensor):

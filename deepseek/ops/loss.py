@@ -10,7 +10,7 @@ import numpy as np
 
 from .. import dtypes as _dt
 from ..autograd.function import Function
-from ..tensor import Tensor
+from .._tensor import Tensor
 from ._util import xp_of, unbroadcast
 
 _REDUCTIONS = ("none", "mean", "sum")

@@ -4,7 +4,7 @@ import numpy as np
 
 from .. import dtypes as _dt
 from ..autograd.function import Function
-from ..tensor import Tensor
+from .._tensor import Tensor
 from ._util import xp_of
 
 _LOW = (_dt.float16, _dt.bfloat16)

@@ -2,7 +2,7 @@
 import numpy as np
 
 from ..autograd.function import Function
-from ..tensor import Tensor
+from .._tensor import Tensor
 from ._util import xp_of
 
 

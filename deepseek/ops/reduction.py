@@ -6,7 +6,7 @@ import numpy as np
 
 from .. import dtypes as _dt
 from ..autograd.function import Function
-from ..tensor import Tensor
+from .._tensor import Tensor
 from ._util import normalize_dims, xp_of
 
 ValuesIndices = namedtuple("ValuesIndices", ["values", "indices"])

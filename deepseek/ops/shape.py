@@ -5,7 +5,7 @@ import numpy as np
 from .. import native as _native
 from ..autograd.function import Function
 from ..backend import get_array_module, to_device as _move, device_of
-from ..tensor import Tensor
+from .._tensor import Tensor
 from ._util import xp_of
 
 

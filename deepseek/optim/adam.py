@@ -1,7 +1,7 @@
 """Adam and AdamW (torch.optim.Adam / torch.optim.AdamW semantics and state)."""
 import numpy as np
 
-from ..tensor import Tensor
+from .._tensor import Tensor
 from .. import dtypes as _dt
 from ..backend import get_array_module
 from .optimizer import Optimizer, _use_native, _native, _scalar_type

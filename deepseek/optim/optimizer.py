@@ -13,7 +13,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from ..tensor import Tensor
+from .._tensor import Tensor
 from ..backend import get_array_module
 from ..autograd.grad_mode import no_grad, enable_grad
 

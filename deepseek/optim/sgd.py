@@ -1,7 +1,7 @@
 """SGD with momentum, dampening, Nesterov, weight decay and maximize (torch.optim.SGD)."""
 import numpy as np
 
-from ..tensor import Tensor
+from .._tensor import Tensor
 from .. import dtypes as _dt
 from ..backend import get_array_module
 from .optimizer import Optimizer, _use_native, _native, _scalar_type

@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import dtypes as _dt
 from ..autograd import gradcheck as _gradcheck, GradcheckError
-from ..tensor import Tensor
+from .._tensor import Tensor
 
 __all__ = ["make_tensor", "check_gradients", "assert_close", "compare_with_torch",
            "compare_with_numpy", "torch_available", "default_tolerances"]

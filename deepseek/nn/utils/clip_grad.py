@@ -4,7 +4,7 @@ import math
 import numpy as np
 
 from ...backend import get_array_module
-from ...tensor import Tensor
+from ..._tensor import Tensor
 
 
 def _grads(parameters):

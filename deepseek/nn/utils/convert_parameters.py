@@ -1,7 +1,7 @@
 """parameters_to_vector / vector_to_parameters."""
 from ...ops.shape import cat, reshape
 from ...autograd.grad_mode import no_grad
-from ...tensor import Tensor
+from ..._tensor import Tensor
 
 
 def parameters_to_vector(parameters):

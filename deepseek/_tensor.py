@@ -513,17 +513,6 @@ def is_tensor(obj):
     return isinstance(obj, Tensor)
 
 
-class _TensorModule(type(np)):
-    """``deepseek.tensor`` is both this submodule and PyTorch's factory function: the
-    import system binds the module as the package attribute, so calling it builds a
-    tensor (deepseek._api rebinds the attribute to the function once loaded)."""
-
-    def __call__(self, data, dtype=None, device=None, requires_grad=False):
-        return tensor(data, dtype=dtype, device=device, requires_grad=requires_grad)
-
-
-__import__("sys").modules[__name__].__class__ = _TensorModule
-
 from .autograd import function as _function  # noqa: E402
 
 _function.Tensor = Tensor
