@@ -70,7 +70,12 @@ class Linear(Function):
                                f"(weight shape {tuple(w.shape)})")
         ctx.save_for_backward(x, w)
         ctx.has_bias = b is not None
-        out = x @ w.T
+        if x.ndim > 2:
+            # one 2-D GEMM over all leading dims: numpy would loop a GEMM per batch row,
+            # and the big one threads better
+            out = (x.reshape(-1, x.shape[-1]) @ w.T).reshape(x.shape[:-1] + (w.shape[0],))
+        else:
+            out = x @ w.T
         if out.dtype != x.dtype:  # numpy computes bfloat16 products in float32
             out = out.astype(x.dtype)
         if b is not None:
@@ -82,7 +87,7 @@ class Linear(Function):
         x, w = ctx.saved_tensors
         na = ctx.needs_input_grad
         g2 = g.reshape(-1, g.shape[-1])
-        gx = (g @ w) if na[0] else None
+        gx = (g2 @ w).reshape(g.shape[:-1] + (w.shape[1],)) if na[0] else None
         gw = (g2.T @ x.reshape(-1, x.shape[-1])) if na[1] else None
         gb = g2.sum(axis=0) if ctx.has_bias and na[2] else None
         return gx, gw, gb
