@@ -117,6 +117,14 @@ def test_spawn_ranks_reports_rank_and_traceback():
     assert "rank 1" in str(ei.value) and "boom from rank 1" in str(ei.value)
 
 
+def test_spawn_ranks_env_is_in_place_when_the_interpreter_starts():
+    import spawn_env_probe
+    got = spawn_ranks(spawn_env_probe.seen_at_import, 2, timeout=60,
+                      env=lambda r: {"DEEPSEEK_TEST_ENV_PROBE": f"r{r}"})
+    assert got == [("r0", "r0"), ("r1", "r1")]
+    assert "DEEPSEEK_TEST_ENV_PROBE" not in os.environ  # the parent's is restored
+
+
 def test_spawn_ranks_deadline_kills_and_shows_stacks():
     with pytest.raises(SpawnError) as ei:
         spawn_ranks(cases.sleeps_forever, 2, timeout=3)

@@ -114,6 +114,22 @@ def _kill(procs):
         p.join(5)
 
 
+def _start_with_env(proc, env):
+    """Start ``proc`` with ``env`` already in its environment at exec: the spawned
+    interpreter imports numpy (unpickling ``fn``, re-importing ``__main__``) before
+    ``_child`` runs, and OpenBLAS/OpenMP read their thread counts at load time."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        proc.start()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def spawn_ranks(fn, world_size, timeout=60.0, args=(), env=None, seed=0,
                 return_errors=False, store=True, kwargs=None):
     """Run ``fn(rank, world_size, *args)`` on ``world_size`` spawned processes.
@@ -161,7 +177,7 @@ def spawn_ranks(fn, world_size, timeout=60.0, args=(), env=None, seed=0,
                             args=(fn, r, world_size, tuple(args), dict(kwargs or {}), e, seed,
                                   child_conn, sf),
                             daemon=True)
-            p.start()
+            _start_with_env(p, e)
             child_conn.close()
             procs.append(p)
             conns.append(parent_conn)
