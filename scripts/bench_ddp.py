@@ -12,7 +12,15 @@ per-rank batch and 1 BLAS thread per rank, it measures:
     of the whole gradient measured alone;
   * 2 ranks, PyTorch DDP over gloo, on the same model (where torch is installed).
 
-    python scripts/bench_ddp.py [--steps 20] [--models mlp transformer] [--json out.json]
+The no-sync column (two ranks stepping at once without communicating) shows how much
+of the lost efficiency is the two processes slowing each other's compute (shared
+caches and memory bandwidth) rather than communication.
+
+Configurations are measured interleaved (rounds x steps per round, medians), and the
+1-rank and 2-rank jobs alternate --repeats times, because the machines are shared and
+noisy: a slow phase then hits all configurations alike.
+
+    python scripts/bench_ddp.py [--rounds 5] [--per-round 4] [--repeats 2] [--json out.json]
 """
 import argparse
 import json
@@ -46,21 +54,31 @@ def _build(lib, name):
     return model, loss_fn
 
 
-def _time_steps(step, steps, warmup, barrier):
-    for _ in range(warmup):
-        step()
-    barrier()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    barrier()
-    times.sort()
-    return times[len(times) // 2]
+def _median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2]
 
 
-def deepseek_rank(rank, world, name, steps, warmup, configs):
+def _interleaved(steps_by_name, rounds, per_round, warmup, barrier):
+    """Median step time of each named step function, measured in ``rounds`` rounds
+    that each run every function ``per_round`` times in turn: on a shared, noisy
+    machine a slow phase then hits every configuration alike."""
+    for fn in steps_by_name.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in steps_by_name}
+    for _ in range(rounds):
+        for name, fn in steps_by_name.items():
+            barrier()
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+    barrier()
+    return {name: _median(ts) for name, ts in times.items()}
+
+
+def deepseek_rank(rank, world, name, rounds, per_round, warmup, configs):
     import numpy as np
     import deepseek as ds
     from deepseek import collectives as C
@@ -68,7 +86,7 @@ def deepseek_rank(rank, world, name, steps, warmup, configs):
     from deepseek.distributed.ddp import DistributedDataParallel
     init_process_group()
     pg = C.get_default_group()
-    out = {}
+    fns = {}
     model, loss_fn = _build(ds, name)
     if world == 1:
         opt = ds.optim.SGD(model.parameters(), lr=1e-4)
@@ -77,35 +95,33 @@ def deepseek_rank(rank, world, name, steps, warmup, configs):
             opt.zero_grad()
             loss_fn(model).backward()
             opt.step()
-        out["local"] = _time_steps(step, steps, warmup, pg.barrier)
-        return out
+        return _interleaved({"local": step}, rounds, per_round, warmup, pg.barrier)
     # communication alone: allreduce of a buffer the size of all gradients
     n = sum(p.numel() for p in model.parameters())
     for comp in sorted({c for _, c in configs}, key=str):
         buf = np.ones(n, dtype=np.float32 if comp is None else np.float16)
-        out[f"comm_{comp}"] = _time_steps(lambda: pg.allreduce(buf, C.ReduceOp.SUM), steps, 2, pg.barrier)
+        fns[f"comm_{comp}"] = (lambda b: lambda: pg.allreduce(b, C.ReduceOp.SUM))(buf)
     for overlap, comp in configs:
+        model, loss_fn = _build(ds, name)  # one model per configuration: hooks stay apart
         ddp = DistributedDataParallel(model, overlap_comm=overlap, compression=comp)
         opt = ds.optim.SGD(ddp.parameters(), lr=1e-4)
 
-        def step():
+        def step(ddp=ddp, opt=opt, loss_fn=loss_fn):
             opt.zero_grad()
             loss_fn(ddp).backward()
             opt.step()
 
-        def local_step():
+        def local_step(ddp=ddp, opt=opt, loss_fn=loss_fn):
             opt.zero_grad()
             with ddp.no_sync():
                 loss_fn(ddp).backward()
             opt.step()
-        out[f"local_{overlap}_{comp}"] = _time_steps(local_step, steps, warmup, pg.barrier)
-        out[f"ddp_{overlap}_{comp}"] = _time_steps(step, steps, warmup, pg.barrier)
-        for h in ddp._handles:
-            h.remove()
-    return out
+        fns[f"local_{overlap}_{comp}"] = local_step
+        fns[f"ddp_{overlap}_{comp}"] = step
+    return _interleaved(fns, rounds, per_round, warmup, pg.barrier)
 
 
-def torch_rank(rank, world, name, steps, warmup, port):
+def torch_rank(rank, world, name, rounds, per_round, warmup, port):
     import torch
     import torch.distributed as dist
     torch.set_num_threads(1)
@@ -119,7 +135,7 @@ def torch_rank(rank, world, name, steps, warmup, port):
         opt.zero_grad()
         loss_fn(model).backward()
         opt.step()
-    t = _time_steps(step, steps, warmup, dist.barrier)
+    t = _interleaved({"step": step}, rounds, per_round, warmup, dist.barrier)["step"]
     dist.destroy_process_group()
     return t
 
@@ -133,7 +149,10 @@ def _free_port():
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=5, help="rounds over all configurations")
+    ap.add_argument("--per-round", type=int, default=4, help="steps of each configuration per round")
+    ap.add_argument("--repeats", type=int, default=2,
+                    help="fresh 1-rank / 2-rank jobs, alternated; medians over them")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--json", metavar="PATH")
     args = ap.parse_args(argv)
@@ -146,39 +165,52 @@ def main(argv=None):
     except ImportError:
         have_torch = False
     rows = []
-    hdr = f"{'model':<12} {'system':<30} {'step ms':>8} {'samples/s':>10} {'efficiency':>10} {'hidden':>7}"
+    hdr = (f"{'model':<12} {'system':<30} {'step ms':>8} {'samples/s':>10} {'efficiency':>10} "
+           f"{'hidden':>7} {'no-sync ms':>10} {'comm ms':>8}")
     print(hdr)
+    timing = (args.rounds, args.per_round, args.warmup)
     for name in args.models:
         b = BATCH[name]
-        one = spawn_ranks(deepseek_rank, 1, timeout=900, env=env,
-                          args=(name, args.steps, args.warmup, configs))[0]
-        two = spawn_ranks(deepseek_rank, 2, timeout=1800, env=env,
-                          args=(name, args.steps, args.warmup, configs))
-        base = one["local"]
-        lines = [("deepseek 1 rank", base, 1, None)]
+        ones, twos, t1s, t2s = [], [], [], []
+        for _ in range(args.repeats):
+            ones.append(spawn_ranks(deepseek_rank, 1, timeout=900, env=env,
+                                    args=(name, *timing, configs))[0])
+            # a key's time in a 2-rank job is its slower rank's
+            res = spawn_ranks(deepseek_rank, 2, timeout=1800, env=env, args=(name, *timing, configs))
+            twos.append({k: max(r[k] for r in res) for k in res[0]})
+            if have_torch:
+                t1s.append(spawn_ranks(torch_rank, 1, timeout=900, env=env, store=False,
+                                       args=(name, *timing, _free_port()))[0])
+                t2s.append(max(spawn_ranks(torch_rank, 2, timeout=900, env=env, store=False,
+                                           args=(name, *timing, _free_port()))))
+        base = _median([o["local"] for o in ones])
+        two = {k: _median([t[k] for t in twos]) for k in twos[0]}
+        lines = [("deepseek 1 rank", base, 1, None, None, None)]
         for overlap, comp in configs:
             key = f"{overlap}_{comp}"
-            step = max(r[f"ddp_{key}"] for r in two)
-            local = max(r[f"local_{key}"] for r in two)
-            comm = max(r[f"comm_{comp}"] for r in two)
+            step, local, comm = two[f"ddp_{key}"], two[f"local_{key}"], two[f"comm_{comp}"]
             hidden = 1 - max(step - local, 0.0) / comm if comm > 0 else None
             label = f"deepseek 2 ranks {'overlap' if overlap else 'no-overlap'} {comp or 'fp32'}"
-            lines.append((label, step, 2, max(0.0, min(1.0, hidden)) if hidden is not None else None))
+            lines.append((label, step, 2, max(0.0, min(1.0, hidden)) if hidden is not None else None,
+                          local, comm))
         if have_torch:
-            t1 = spawn_ranks(torch_rank, 1, timeout=900, env=env, store=False,
-                             args=(name, args.steps, args.warmup, _free_port()))[0]
-            t2 = max(spawn_ranks(torch_rank, 2, timeout=900, env=env, store=False,
-                                 args=(name, args.steps, args.warmup, _free_port())))
-            lines.append(("torch 1 rank", t1, 1, None))
-            lines.append(("torch DDP gloo 2 ranks", t2, 2, None))
-        for label, step, world, hidden in lines:
+            t1, t2 = _median(t1s), _median(t2s)
+            lines.append(("torch 1 rank", t1, 1, None, None, None))
+            lines.append(("torch DDP gloo 2 ranks", t2, 2, None, None, None))
+
+        def ms(x):
+            return "-" if x is None else f"{1e3 * x:.1f}"
+        for label, step, world, hidden, local, comm in lines:
             ref = (t1 if label.startswith("torch") else base) if have_torch else base
             eff = (world * b / step) / (world * b / ref) if world > 1 else 1.0
             row = {"model": name, "system": label, "step_ms": 1e3 * step,
-                   "samples_per_s": world * b / step, "efficiency": eff, "hidden": hidden}
+                   "samples_per_s": world * b / step, "efficiency": eff, "hidden": hidden,
+                   "no_sync_ms": None if local is None else 1e3 * local,
+                   "comm_ms": None if comm is None else 1e3 * comm}
             rows.append(row)
             print(f"{name:<12} {label:<30} {1e3 * step:>8.1f} {world * b / step:>10.0f} {eff:>10.2f} "
-                  f"{'-' if hidden is None else f'{hidden:.2f}':>7}", flush=True)
+                  f"{'-' if hidden is None else f'{hidden:.2f}':>7} {ms(local):>10} {ms(comm):>8}",
+                  flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)

@@ -147,3 +147,23 @@ def grads_after_remove_hooks(rank, world):
     model.zero_grad()
     _loss(model, x, y).backward()
     return synced, float(model.fc1.weight.grad.numpy().sum())
+
+
+def fp16_overflow_grads(rank, world):
+    """fp16 compression: a step whose gradients jump 1e6x past the learned bound must
+    overflow fp16, be detected, and be resent in fp32 (exact average, no inf)."""
+    import deepseek as ds
+    from deepseek.distributed import init_process_group
+    from deepseek.distributed.ddp import DistributedDataParallel
+    init_process_group()
+    model = _model()
+    ddp = DistributedDataParallel(model, compression="fp16")
+    x, y = _data(rank)
+    for factor in (1.0, 1.0, 1e6):  # step 1 sends fp32 and learns the bound
+        model.zero_grad()
+        (_loss(ddp, x, y) * factor).backward()
+    got = {n: p.grad.numpy().copy() for n, p in model.named_parameters()}
+    model.zero_grad()
+    (_loss(model, x, y) * 1e6).backward()  # this rank's own fp32 gradient
+    local = {n: p.grad.numpy().copy() for n, p in model.named_parameters()}
+    return got, local, dict(ddp.wire_dtype_counts)

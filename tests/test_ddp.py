@@ -94,3 +94,14 @@ def test_remove_hooks_stops_gradient_averaging():
     assert s0 == pytest.approx(s1, rel=1e-6)          # averaged while attached
     assert local0 != pytest.approx(local1, rel=1e-3)  # each rank's own gradient after
     assert s0 == pytest.approx((local0 + local1) / 2, rel=1e-5)
+
+
+def test_fp16_overflow_is_detected_and_resent_in_fp32():
+    (got0, local0, counts), (got1, local1, _) = spawn_ranks(cases.fp16_overflow_grads, 2,
+                                                           timeout=120)
+    assert counts.get("fp32-resend", 0) >= 1, counts
+    for name in got0:
+        assert np.isfinite(got0[name]).all(), name
+        np.testing.assert_array_equal(got0[name], got1[name], err_msg=name)
+        np.testing.assert_allclose(got0[name], (local0[name] + local1[name]) / 2,
+                                   rtol=1e-5, atol=1e-2, err_msg=name)

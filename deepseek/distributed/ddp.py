@@ -25,8 +25,26 @@ from ..autograd.engine import queue_callback
 from ..autograd.grad_mode import no_grad
 from .._tensor import Tensor
 from ..collectives import ReduceOp, get_default_group
+from .. import native
 
 _FP16_MAX = 65504.0
+# below this, the fp16 rounding of a sum of fp16 values cannot reach inf
+_SAFE_FP16_SUM = 65504.0 * (1 - 2.0 ** -11)
+_FIRST_BUCKET_BYTES = 1 << 20  # as PyTorch: a small first bucket starts comm early
+
+
+def _abs_max(a):
+    """max |a| in two vectorised passes (no |a| temporary)."""
+    return max(float(a.max()), -float(a.min())) if a.size else 0.0
+
+
+def _cast_into(src, dst):
+    """dst[...] = src; fp32 <-> fp16/bf16 on the CPU through the native kernels
+    (numpy's own half-precision conversion is ~10x slower)."""
+    if isinstance(src, np.ndarray):
+        native.cast(src, dst.dtype, out=dst)
+    else:
+        dst[...] = src
 
 
 class GradBucket:
@@ -49,6 +67,14 @@ class GradBucket:
         self.work = None
         self.comm = None        # per-step state of the compressed path
         self.bound = None       # previous step's SUM of local max|g| (fp16 scaling)
+        self._payloads = {}     # wire dtype -> reusable send/receive buffer
+
+    def payload(self, dtype):
+        """The bucket's wire buffer for ``dtype``: numel + 1 (the bound rides along)."""
+        buf = self._payloads.get(dtype)
+        if buf is None:
+            buf = self._payloads[dtype] = np.empty(self.numel + 1, dtype=dtype)
+        return buf
 
     def buffer(self):
         """The flat gradient array (what a comm hook must reduce in place)."""
@@ -159,7 +185,9 @@ class DistributedDataParallel(nn.Module):
     def _build_buckets(self, named):
         buckets, cur, cur_names, cur_bytes = [], [], [], 0
         for name, p in reversed(named):
-            if cur and (cur_bytes + p._data.nbytes > self.bucket_cap_bytes or p.dtype != cur[0].dtype):
+            cap = min(self.bucket_cap_bytes, _FIRST_BUCKET_BYTES) if not buckets \
+                else self.bucket_cap_bytes
+            if cur and (cur_bytes + p._data.nbytes > cap or p.dtype != cur[0].dtype):
                 buckets.append(GradBucket(len(buckets), cur, cur_names, cur[0].dtype))
                 cur, cur_names, cur_bytes = [], [], 0
             cur.append(p)
@@ -252,17 +280,17 @@ class DistributedDataParallel(nn.Module):
     def _launch_compressed(self, b):
         pg = self.process_group
         flat = b.flat
-        local_max = float(np.max(np.abs(flat))) if flat.size else 0.0
+        local_max = _abs_max(flat)  # NaN/inf in the gradient make it non-finite too
         if self.compression == "bf16":
             import ml_dtypes
-            payload = np.empty(flat.size + 1, dtype=ml_dtypes.bfloat16)
-            payload[:-1] = flat
+            payload = b.payload(ml_dtypes.bfloat16)
+            _cast_into(flat, payload[:-1])
             payload[-1] = local_max
             b.comm = ("bf16", payload, 1.0)
             return pg.allreduce(payload, ReduceOp.SUM, async_op=True)
         if b.bound is None or not math.isfinite(b.bound):
             # first step: no bound yet, send fp32 (and learn the bound)
-            payload = np.empty(flat.size + 1, dtype=np.float32)
+            payload = b.payload(np.float32)
             payload[:-1] = flat
             payload[-1] = local_max
             b.comm = ("fp32", payload, 1.0)
@@ -271,9 +299,13 @@ class DistributedDataParallel(nn.Module):
         bound = max(b.bound, 1e-30)
         scale = 2.0 ** math.floor(math.log2(_FP16_MAX / (4.0 * bound)))
         scale = min(scale, 2.0 ** 40)
-        payload = np.empty(flat.size + 1, dtype=np.float16)
-        np.multiply(flat, np.float32(scale), out=payload[:-1], casting="unsafe")
-        payload[-1] = min(local_max * scale, _FP16_MAX)
+        payload = b.payload(np.float16)
+        # flat is overwritten by the result when the bucket finishes, so it can carry
+        # the scaled values meanwhile (a power of two: exact, and undone exactly)
+        flat *= np.float32(scale)
+        _cast_into(flat, payload[:-1])
+        # inf when this rank's own values overflowed fp16: the reduced bound then shows it
+        payload[-1] = local_max * scale if local_max * scale <= _FP16_MAX else np.inf
         b.comm = ("fp16", payload, scale)
         return pg.allreduce(payload, ReduceOp.SUM, async_op=True)
 
@@ -285,15 +317,22 @@ class DistributedDataParallel(nn.Module):
         if b.comm is not None:
             kind, payload, scale = b.comm
             n = self.process_group.size
-            total = payload[:-1].astype(np.float32)
             bound = float(payload[-1]) / scale
-            if kind == "fp16" and not (np.isfinite(bound) and np.isfinite(total).all()):
+            # every element of the sum is bounded by the sum of the ranks' local maxima
+            # (the last slot), so a finite bound under fp16's max proves no element
+            # overflowed: no pass over the data is needed to check
+            if kind == "fp16" and not (float(payload[-1]) <= _SAFE_FP16_SUM):
                 # overflow despite the margin: every rank sees the same reduced buffer,
-                # so every rank resends this bucket in fp32
+                # so every rank resends this bucket in fp32 (flat still holds the local
+                # gradient times a power of two: undone exactly)
+                b.flat *= np.float32(1.0 / scale)
                 self.process_group.allreduce(b.flat, ReduceOp.AVG)
                 b.bound = None
+                self.wire_dtype_counts["fp32-resend"] = \
+                    self.wire_dtype_counts.get("fp32-resend", 0) + 1
             else:
-                np.multiply(total, np.float32(1.0 / (scale * n)), out=b.flat)
+                _cast_into(payload[:-1], b.flat)
+                b.flat *= np.float32(1.0 / (scale * n))
                 b.bound = bound
         self._record("done", b.index)
 
