@@ -184,34 +184,32 @@ class ModuleList(Module):
         return "ModuleList(\n  " + "\n  ".join(lines) + "\n)"
 
 
-class ModuleDict(Module):
-    """An ordered dict of submodules."""
+class _DictOf:
+    """The mapping protocol of ModuleDict / ParameterDict over one of the Module's own
+    ordered dicts (named by ``_store``); ``__setitem__`` registers the value."""
 
-    def __init__(self, modules=None):
-        super().__init__()
-        if modules is not None:
-            self.update(modules)
+    _store = None
+
+    def _d(self):
+        return self.__dict__[self._store]
 
     def __getitem__(self, key):
-        return self._modules[key]
-
-    def __setitem__(self, key, module):
-        self.add_module(key, module)
+        return self._d()[key]
 
     def __delitem__(self, key):
-        del self._modules[key]
+        del self._d()[key]
 
     def __len__(self):
-        return len(self._modules)
+        return len(self._d())
 
     def __iter__(self):
-        return iter(self._modules)
+        return iter(self._d())
 
     def __contains__(self, key):
-        return key in self._modules
+        return key in self._d()
 
     def clear(self):
-        self._modules.clear()
+        self._d().clear()
 
     def pop(self, key):
         v = self[key]
@@ -219,18 +217,32 @@ class ModuleDict(Module):
         return v
 
     def keys(self):
-        return self._modules.keys()
+        return self._d().keys()
 
     def items(self):
-        return self._modules.items()
+        return self._d().items()
 
     def values(self):
-        return self._modules.values()
+        return self._d().values()
 
-    def update(self, modules):
-        items = modules.items() if hasattr(modules, "items") else modules
-        for k, m in items:
-            self[k] = m
+    def update(self, values):
+        items = values.items() if hasattr(values, "items") else values
+        for k, v in items:
+            self[k] = v
+
+
+class ModuleDict(_DictOf, Module):
+    """An ordered dict of submodules."""
+
+    _store = "_modules"
+
+    def __init__(self, modules=None):
+        super().__init__()
+        if modules is not None:
+            self.update(modules)
+
+    def __setitem__(self, key, module):
+        self.add_module(key, module)
 
 
 class ParameterList(Module):
@@ -276,42 +288,17 @@ class ParameterList(Module):
                          for i, p in enumerate(self))
 
 
-class ParameterDict(Module):
+class ParameterDict(_DictOf, Module):
+    """An ordered dict of parameters."""
+
+    _store = "_parameters"
+
     def __init__(self, parameters=None):
         super().__init__()
         if parameters is not None:
             self.update(parameters)
 
-    def __getitem__(self, key):
-        return self._parameters[key]
-
     def __setitem__(self, key, value):
         if not isinstance(value, Parameter):
             value = Parameter(value)
         self.register_parameter(key, value)
-
-    def __delitem__(self, key):
-        del self._parameters[key]
-
-    def __len__(self):
-        return len(self._parameters)
-
-    def __iter__(self):
-        return iter(self._parameters)
-
-    def __contains__(self, key):
-        return key in self._parameters
-
-    def keys(self):
-        return self._parameters.keys()
-
-    def items(self):
-        return self._parameters.items()
-
-    def values(self):
-        return self._parameters.values()
-
-    def update(self, parameters):
-        items = parameters.items() if hasattr(parameters, "items") else parameters
-        for k, v in items:
-            self[k] = v
