@@ -6,7 +6,39 @@ from ..module import Module, _addindent
 from ..parameter import Parameter
 
 
-class Sequential(Module):
+class _ModuleSequence(Module):
+    """What Sequential and ModuleList share: submodules under keys "0", "1", ..."""
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def append(self, module):
+        self.add_module(str(len(self)), module)
+        return self
+
+    def extend(self, modules):
+        for m in modules:
+            self.append(m)
+        return self
+
+    def pop(self, key):
+        v = self[key]
+        del self[key]
+        return v
+
+    def _insert(self, index, module):
+        """Put ``module`` at ``index`` and renumber the keys "0".. in order."""
+        mods = list(self._modules.values())
+        mods.insert(index, module)
+        self._modules.clear()
+        for i, m in enumerate(mods):
+            self.add_module(str(i), m)
+
+
+class Sequential(_ModuleSequence):
     """Modules called in order, each on the previous one's output.
 
     ``Sequential(m1, m2, ...)`` or ``Sequential(OrderedDict(name=module, ...))``."""
@@ -48,12 +80,6 @@ class Sequential(Module):
         for i, (k, m) in enumerate(items):
             self._modules[str(i) if k.isdigit() else k] = m
 
-    def __len__(self):
-        return len(self._modules)
-
-    def __iter__(self):
-        return iter(self._modules.values())
-
     def __add__(self, other):
         if not isinstance(other, Sequential):
             raise ValueError(f"add operator supports only objects of Sequential class, but "
@@ -66,13 +92,7 @@ class Sequential(Module):
         return out
 
     def __iadd__(self, other):
-        for m in other:
-            self.append(m)
-        return self
-
-    def append(self, module):
-        self.add_module(str(len(self)), module)
-        return self
+        return self.extend(other)
 
     def insert(self, index, module):
         if not isinstance(module, Module):
@@ -82,22 +102,8 @@ class Sequential(Module):
             raise IndexError(f"Index out of range: {index}")
         if index < 0:
             index += n
-        mods = list(self._modules.values())
-        mods.insert(index, module)
-        self._modules.clear()
-        for i, m in enumerate(mods):
-            self._modules[str(i)] = m
+        self._insert(index, module)
         return self
-
-    def extend(self, sequential):
-        for m in sequential:
-            self.append(m)
-        return self
-
-    def pop(self, key):
-        v = self[key]
-        del self[key]
-        return v
 
     def forward(self, input):
         for module in self._modules.values():
@@ -105,7 +111,7 @@ class Sequential(Module):
         return input
 
 
-class ModuleList(Module):
+class ModuleList(_ModuleSequence):
     """A list of submodules (registered, indexable; no forward of its own)."""
 
     def __init__(self, modules=None):
@@ -139,12 +145,6 @@ class ModuleList(Module):
         for i, m in enumerate(mods):
             self._modules[str(i)] = m
 
-    def __len__(self):
-        return len(self._modules)
-
-    def __iter__(self):
-        return iter(self._modules.values())
-
     def __iadd__(self, modules):
         return self.extend(modules)
 
@@ -157,25 +157,7 @@ class ModuleList(Module):
         return out
 
     def insert(self, index, module):
-        mods = list(self._modules.values())
-        mods.insert(index, module)
-        self._modules.clear()
-        for i, m in enumerate(mods):
-            self.add_module(str(i), m)
-
-    def append(self, module):
-        self.add_module(str(len(self)), module)
-        return self
-
-    def extend(self, modules):
-        for m in modules:
-            self.append(m)
-        return self
-
-    def pop(self, key):
-        v = self[key]
-        del self[key]
-        return v
+        self._insert(index, module)
 
     def __repr__(self):
         if not self._modules:
