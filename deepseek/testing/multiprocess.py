@@ -60,8 +60,8 @@ class RankFailure:
         return f"rank {self.rank} exited with code {self.exitcode} without a Python error"
 
 
-def _child(fn, rank, world_size, args, kwargs, env, seed, conn, stackfile):
-    os.environ.update(env)
+def _child(fn, rank, world_size, args, kwargs, seed, conn, stackfile):
+    # the rank's environment is already in place: _start_with_env set it before exec
     try:
         f = open(stackfile, "w")
         faulthandler.register(signal.SIGUSR1, file=f, all_threads=True)
@@ -174,7 +174,7 @@ def spawn_ranks(fn, world_size, timeout=60.0, args=(), env=None, seed=0,
             parent_conn, child_conn = ctx.Pipe(duplex=False)
             sf = os.path.join(tmpdir, f"stack{r}.txt")
             p = ctx.Process(target=_child, name=f"rank{r}",
-                            args=(fn, r, world_size, tuple(args), dict(kwargs or {}), e, seed,
+                            args=(fn, r, world_size, tuple(args), dict(kwargs or {}), seed,
                                   child_conn, sf),
                             daemon=True)
             _start_with_env(p, e)
