@@ -111,7 +111,7 @@ class ProcessGroup:
                 f"arrays, got a {_kind(x)} array")
         if not x.flags.c_contiguous:
             raise CollectiveArgumentError(f"{what}: array must be C-contiguous")
-        if writable and not x.flags.writeable:
+        if writable and not getattr(x.flags, "writeable", True):  # cupy: always
             raise CollectiveArgumentError(f"{what}: array is read-only")
         if x.dtype.hasobject or x.dtype.kind == "V" and x.dtype.fields:
             raise CollectiveArgumentError(f"{what}: unsupported dtype {x.dtype}")

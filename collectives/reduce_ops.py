@@ -110,7 +110,10 @@ def reduce_into(out, inputs, op, avg_divisor=None):
     if out.size == 0:
         return out
     dtype = out.dtype
-    if out.size >= NATIVE_MIN_ELEMS and dtype in _NATIVE_DTYPES and avg_divisor in (None, n):
+    # cupy arrays take the ufunc path below: numpy dispatches it to cupy
+    # (__array_ufunc__ / __array_function__), the native kernels are host-only
+    if out.size >= NATIVE_MIN_ELEMS and dtype in _NATIVE_DTYPES and avg_divisor in (None, n) \
+            and type(out) is np.ndarray:
         nat = _native()
         if nat is not None and nat.available():
             nat.reduce(op.value, list(inputs), out)

@@ -8,8 +8,9 @@ For each message size: time per op (max over ranks of the mean), algbw = bytes /
 and busbw = algbw x 2(n-1)/n for allreduce, x (n-1)/n for allgather / reduce_scatter
 (nccl-tests' convention; bytes = the full buffer). In the same run, where installed:
 mpi4py + MPICH ``Allreduce`` (in place; through ``mpiexec``), PyTorch gloo
-``all_reduce``, plus a single-process memory-copy
-bandwidth line as the limit. Numbers on a shared 2-core machine are noisy: compare
+``all_reduce`` (and PyTorch NCCL on GPUs: ``--systems deepseek-nccl,torch-nccl``), plus
+a single-process memory-copy bandwidth line as the limit. With one GPU the NCCL rows
+are a world of one: per-call cost and local copy speed, no link traffic. Numbers on a shared 2-core machine are noisy: compare
 within one run.
 """
 import argparse
@@ -86,21 +87,34 @@ def deepseek_worker(rank, world, cfg):
 
         xp.cuda.Device(rank).use()
     pg = C.init_process_group(backend=env_backend)
+    # a group of one skips the backend (nothing to move); on one GPU call the NCCL
+    # backend itself so the row measures its real per-call cost
+    direct = env_backend == "nccl" and world == 1
+    if direct:
+        from deepseek.collectives._context import OpContext
+
+        b, ctx = pg._backend, OpContext("bench", 0, 60.0, "default", 0, [0])
+        allreduce = lambda x: b.allreduce(ctx, x, C.ReduceOp.SUM)  # noqa: E731
+        allgather = lambda out, src: b.allgather(ctx, out, src)  # noqa: E731
+        reduce_scatter = lambda out, src: b.reduce_scatter(ctx, out, src,  # noqa: E731
+                                                           C.ReduceOp.SUM)
+    else:
+        allreduce, allgather, reduce_scatter = pg.allreduce, pg.allgather, pg.reduce_scatter
     rows = []
     for op in cfg["ops"]:
         for nbytes in cfg["sizes"]:
             count = max(1, nbytes // 4)
             x = xp.zeros(count, np.float32)
             if op == "allreduce":
-                fn = lambda: pg.allreduce(x)  # noqa: E731
+                fn = lambda: allreduce(x)  # noqa: E731
             elif op == "allgather":
                 per = max(1, count // world)
                 src, out = xp.ones(per, np.float32), xp.empty(per * world, np.float32)
-                fn = lambda: pg.allgather(out, src)  # noqa: E731
+                fn = lambda: allgather(out, src)  # noqa: E731
             else:
                 per = max(1, count // world)
                 src, out = xp.ones(per * world, np.float32), xp.empty(per, np.float32)
-                fn = lambda: pg.reduce_scatter(out, src)  # noqa: E731
+                fn = lambda: reduce_scatter(out, src)  # noqa: E731
             iters = iters_for(nbytes, cfg["budget"])
             # every rank must run the same count: take rank 0's
             it = xp.array([iters], np.int64)
@@ -111,6 +125,8 @@ def deepseek_worker(rank, world, cfg):
             rows.append({"op": op, "bytes": count * 4, "time_s": float(tt[0]),
                          "iters": int(it[0])})
     transport = getattr(pg, "transport", pg.backend)
+    if direct:
+        transport += " (world 1: backend called directly, no link traffic)"
     C.destroy_process_group()
     return rows, transport
 
@@ -183,35 +199,42 @@ def run_mpich(cfg, nproc):
             return json.load(f), "mpi4py+MPICH Allreduce (in place)"
 
 
-# ------------------------------------------------------------------ torch gloo
-def gloo_worker(rank, world, cfg, port):
+# ------------------------------------------------------------------ torch gloo / nccl
+def gloo_worker(rank, world, cfg, port, backend="gloo"):
     import torch
     import torch.distributed as tdist
 
     torch.set_num_threads(1)
-    tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+    dev = "cpu"
+    if backend == "nccl":
+        dev = f"cuda:{rank}"
+        torch.cuda.set_device(rank)
+    tdist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                              world_size=world)
+    # torch's NCCL calls return before the GPU is done; synchronise each one so the
+    # time is per completed op, as deepseek's calls are
+    sync = torch.cuda.synchronize if backend == "nccl" else (lambda: None)
     rows = []
     for op in cfg["ops"]:
         for nbytes in cfg["sizes"]:
             count = max(1, nbytes // 4)
             per = max(1, count // world)
             if op == "allreduce":
-                x = torch.ones(count)
-                fn = lambda: tdist.all_reduce(x)  # noqa: E731
+                x = torch.ones(count, device=dev)
+                fn = lambda: (tdist.all_reduce(x), sync())  # noqa: E731
             elif op == "allgather":
-                src, out = torch.ones(per), torch.empty(per * world)
-                fn = lambda: tdist.all_gather_into_tensor(out, src)  # noqa: E731
+                src, out = torch.ones(per, device=dev), torch.empty(per * world, device=dev)
+                fn = lambda: (tdist.all_gather_into_tensor(out, src), sync())  # noqa: E731
             else:
-                src, out = torch.ones(per * world), torch.empty(per)
-                fn = lambda: tdist.reduce_scatter_tensor(out, src)  # noqa: E731
-            it = torch.tensor([iters_for(nbytes, cfg["budget"])])
+                src, out = torch.ones(per * world, device=dev), torch.empty(per, device=dev)
+                fn = lambda: (tdist.reduce_scatter_tensor(out, src), sync())  # noqa: E731
+            it = torch.tensor([iters_for(nbytes, cfg["budget"])], device=dev)
             tdist.broadcast(it, 0)
             try:
                 t = _time_loop(fn, tdist.barrier, int(it[0]))
             except RuntimeError:  # e.g. gloo without reduce_scatter
                 t = float("nan")
-            tt = torch.tensor([t], dtype=torch.float64)
+            tt = torch.tensor([t], dtype=torch.float64, device=dev)
             tdist.all_reduce(tt, op=tdist.ReduceOp.MAX)
             rows.append({"op": op, "bytes": count * 4, "time_s": float(tt[0]),
                          "iters": int(it[0])})
@@ -219,11 +242,11 @@ def gloo_worker(rank, world, cfg, port):
     return rows
 
 
-def run_gloo(cfg, nproc):
+def run_gloo(cfg, nproc, backend="gloo"):
     try:
         import torch.distributed  # noqa: F401
     except ImportError:
-        return None, "torch gloo (torch not installed)"
+        return None, f"torch {backend} (torch not installed)"
     from deepseek.testing.multiprocess import spawn_ranks
 
     s = socket.socket()
@@ -231,11 +254,12 @@ def run_gloo(cfg, nproc):
     port = s.getsockname()[1]
     s.close()
     try:
-        res = spawn_ranks(gloo_worker, nproc, timeout=cfg["timeout"], args=(cfg, port),
-                          store=False)
+        res = spawn_ranks(gloo_worker, nproc, timeout=cfg["timeout"],
+                          args=(cfg, port, backend), store=False)
     except Exception as e:  # noqa: BLE001 - reference system failing is not our failure
-        return None, f"torch gloo (failed: {str(e)[:200]})"
-    return res[0], "torch gloo all_reduce"
+        return None, f"torch {backend} (failed: {str(e)[:200]})"
+    return res[0], f"torch {backend} all_reduce" + (
+        " (synchronised per op)" if backend == "nccl" else "")
 
 
 # ------------------------------------------------------------------ memcpy
@@ -275,7 +299,7 @@ def main(argv=None):
     ap.add_argument("--max-size", default="256MiB")
     ap.add_argument("--ops", default="allreduce,allgather,reduce_scatter")
     ap.add_argument("--systems", default="deepseek,mpich,gloo",
-                    help="comma list of deepseek, deepseek-nccl, mpich, gloo")
+                    help="comma list of deepseek, deepseek-nccl, mpich, gloo, torch-nccl")
     ap.add_argument("--budget", type=float, default=0.25, help="seconds per size (approx)")
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--json", nargs="?", const="-", default=None,
@@ -293,7 +317,8 @@ def main(argv=None):
     runners = {"deepseek": lambda: run_deepseek(cfg, a.nproc, "cpu"),
                "deepseek-nccl": lambda: run_deepseek(cfg, a.nproc, "nccl"),
                "mpich": lambda: run_mpich(cfg, a.nproc),
-               "gloo": lambda: run_gloo(cfg, a.nproc)}
+               "gloo": lambda: run_gloo(cfg, a.nproc),
+               "torch-nccl": lambda: run_gloo(cfg, a.nproc, "nccl")}
     for s in systems:
         rows, title = runners[s]()
         print_table(title, rows, a.nproc, cfg["ops"])
