@@ -6,7 +6,7 @@ Op methods (``x.sum()``, ``x @ y``, ``x.relu()`` ...) are attached by
 import numpy as np
 
 from . import dtypes as _dt
-from .backend import device_of, get_array_module, to_device, Device
+from .backend import device_of, get_array_module, to_device, writeable, Device
 from .autograd.grad_mode import _state
 
 
@@ -134,7 +134,7 @@ class Tensor:
         """Add a raw gradient array into .grad, in place once we own the buffer."""
         cur = self._grad
         if cur is None:
-            if not g.flags.writeable or not g.flags.c_contiguous:
+            if not writeable(g) or not g.flags.c_contiguous:
                 g = g.copy()  # broadcast views and strided results: give .grad its own memory
             self._grad = Tensor._make(g)
             self._grad_owned = False  # g may alias another buffer of backward

@@ -70,6 +70,16 @@ class Device:
 CPU = Device("cpu")
 
 
+def writeable(array):
+    """True when ``array`` may be written in place without touching other data.
+
+    numpy says so in its flags. cupy has no read-only arrays but does make broadcast
+    views (zero strides), so a cupy array counts as writeable when it is C-contiguous.
+    """
+    flags = array.flags
+    return flags.writeable if hasattr(flags, "writeable") else flags.c_contiguous
+
+
 def device_of(array):
     """The Device an array lives on."""
     if _cupy is not None and isinstance(array, _cupy.ndarray):

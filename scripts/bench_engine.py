@@ -11,6 +11,10 @@ thread count is fixed through the environment before numpy/torch load, and repor
 the median step time over ``--steps`` timed steps after warm-up.
 
     python scripts/bench_engine.py [--threads 1 2] [--steps 30] [--json out.json]
+    python scripts/bench_engine.py --device cuda --threads 1     # CuPy vs torch CUDA
+
+With ``--device cuda`` both systems run on the GPU (deepseek through CuPy) and every
+step ends with a device synchronisation, so the time is that of completed work.
 """
 import argparse
 import json
@@ -23,15 +27,20 @@ WORKLOADS = ("mlp", "transformer", "cnn")
 
 
 # ---- the workloads, written once against the shared PyTorch-style API --------------
-def build(lib, name):
+def build(lib, name, device="cpu"):
     """Return a zero-argument step function for workload ``name`` using ``lib``
-    (the ``deepseek`` or ``torch`` module)."""
+    (the ``deepseek`` or ``torch`` module), with model and data on ``device``."""
     nn, F = lib.nn, lib.nn.functional
     lib.manual_seed(0)
+    step = _build(lib, nn, F, name, lambda m: m.to(device))
+    return step
+
+
+def _build(lib, nn, F, name, dev):
     if name == "mlp":
-        model = nn.Sequential(nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(),
-                              nn.Linear(1024, 10))
-        x, y = lib.randn(256, 784), lib.randint(0, 10, (256,))
+        model = dev(nn.Sequential(nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 1024),
+                                  nn.ReLU(), nn.Linear(1024, 10)))
+        x, y = dev(lib.randn(256, 784)), dev(lib.randint(0, 10, (256,)))
         opt = lib.optim.SGD(model.parameters(), lr=0.01)
 
         def step():
@@ -40,19 +49,20 @@ def build(lib, name):
             opt.step()
         return step
     if name == "transformer":
-        layer = nn.TransformerEncoderLayer(256, 4, dim_feedforward=1024, dropout=0.0, batch_first=True)
-        x = lib.randn(16, 128, 256)
+        layer = dev(nn.TransformerEncoderLayer(256, 4, dim_feedforward=1024, dropout=0.0,
+                                               batch_first=True))
+        x = dev(lib.randn(16, 128, 256))
 
         def step():
             layer.zero_grad()
             layer(x).sum().backward()
         return step
     if name == "cnn":
-        model = nn.Sequential(
+        model = dev(nn.Sequential(
             nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(32 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, 10))
-        x, y = lib.randn(64, 1, 28, 28), lib.randint(0, 10, (64,))
+            nn.Flatten(), nn.Linear(32 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, 10)))
+        x, y = dev(lib.randn(64, 1, 28, 28)), dev(lib.randint(0, 10, (64,)))
         opt = lib.optim.SGD(model.parameters(), lr=0.01)
 
         def step():
@@ -63,33 +73,46 @@ def build(lib, name):
     raise ValueError(f"unknown workload {name!r}; expected one of {WORKLOADS}")
 
 
-def run_cell(system, workload, threads, steps, warmup):
+def _synchronizer(system, device):
+    if device == "cpu":
+        return lambda: None
+    if system == "torch":
+        import torch
+        return torch.cuda.synchronize
+    import cupy
+    return cupy.cuda.Device().synchronize
+
+
+def run_cell(system, workload, threads, steps, warmup, device="cpu"):
     """Time one cell in this process; prints one JSON line."""
     if system == "torch":
         import torch as lib
         lib.set_num_threads(threads)
     else:
         import deepseek as lib
-    step = build(lib, workload)
+    step = build(lib, workload, device)
+    sync = _synchronizer(system, device)
     for _ in range(warmup):
         step()
+    sync()
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
         step()
+        sync()
         times.append(time.perf_counter() - t0)
     times.sort()
     print(json.dumps({"system": system, "workload": workload, "threads": threads,
-                      "median_ms": 1e3 * times[len(times) // 2], "min_ms": 1e3 * times[0]}))
+                      "device": device, "median_ms": 1e3 * times[len(times) // 2], "min_ms": 1e3 * times[0]}))
 
 
-def spawn_cell(system, workload, threads, steps, warmup, extra_env=None):
+def spawn_cell(system, workload, threads, steps, warmup, extra_env=None, device="cpu"):
     env = dict(os.environ)
     env.update(extra_env or {})
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(threads)
     cmd = [sys.executable, __file__, "--cell", system, workload, str(threads),
-           "--steps", str(steps), "--warmup", str(warmup)]
+           "--steps", str(steps), "--warmup", str(warmup), "--device", device]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
         return {"system": system, "workload": workload, "threads": threads,
@@ -116,10 +139,12 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     ap.add_argument("--cell", nargs=3, metavar=("SYSTEM", "WORKLOAD", "THREADS"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.cell:
-        run_cell(args.cell[0], args.cell[1], int(args.cell[2]), args.steps, args.warmup)
+        run_cell(args.cell[0], args.cell[1], int(args.cell[2]), args.steps, args.warmup,
+                 args.device)
         return 0
     try:
         import importlib.util
@@ -132,12 +157,14 @@ def main(argv=None):
     for workload in args.workloads:
         for threads in dict.fromkeys(args.threads):
             # alternate the two systems so slow drifts of a shared machine hit both
-            ds = spawn_cell("deepseek", workload, threads, args.steps, args.warmup)
-            th = spawn_cell("torch", workload, threads, args.steps, args.warmup) if have_torch else None
+            ds = spawn_cell("deepseek", workload, threads, args.steps, args.warmup,
+                            device=args.device)
+            th = spawn_cell("torch", workload, threads, args.steps, args.warmup,
+                            device=args.device) if have_torch else None
             # the same deepseek cell with glibc malloc left alone: what keeping freed
             # memory in the process (deepseek/_memory.py) is worth, measured
             raw = spawn_cell("deepseek", workload, threads, args.steps, args.warmup,
-                             {"DEEPSEEK_MALLOC_TUNING": "0"})
+                             {"DEEPSEEK_MALLOC_TUNING": "0"}) if args.device == "cpu" else None
             row = {"workload": workload, "threads": threads, "deepseek": ds, "torch": th,
                    "deepseek_no_malloc_tuning": raw}
             d_ms = ds.get("median_ms")

@@ -1,12 +1,14 @@
 #!/usr/bin/env python
-"""GPU check for the collectives: the NCCL tests plus the allreduce benchmark.
+"""GPU check: the NCCL and CuPy-engine tests plus the allreduce benchmark.
 
     python scripts/gpu_check.py            # on a machine with cupy + a GPU; < 3 minutes
 
-Runs tests/test_collectives_nccl.py (which skips without cupy/GPU), then
-scripts/bench_allreduce.py with the nccl backend over 8 B .. 64 MiB (one rank per GPU,
-at least one) and the cpu backend for comparison. Exits non-zero if the tests fail.
-Prints what it skipped and why, so a CPU-only run is a quick, honest no-op.
+Runs tests/test_collectives_nccl.py and tests/test_gpu_engine.py (both skip without
+cupy/GPU), then scripts/bench_allreduce.py with deepseek's nccl backend and PyTorch's
+NCCL side by side over 8 B .. 256 MiB (one rank per GPU, at most two; with one GPU a
+world of one, which measures per-call cost, not links), and scripts/bench_engine.py
+on the GPU (CuPy against torch CUDA). Exits non-zero if the tests
+fail. Prints what it skipped and why, so a CPU-only run is a quick, honest no-op.
 """
 import os
 import subprocess
@@ -35,15 +37,23 @@ def main():
 
     ok = nccl.available()
     print(f"nccl available: {ok}")
-    code = run([sys.executable, "-m", "pytest", "-q", "-x",
-                "tests/test_collectives_nccl.py"], 150)
     if ok:
         import cupy
+        from cupy.cuda import nccl as cnccl
 
+        print(f"cupy {cupy.__version__}, NCCL {cnccl.get_version()}, "
+              f"{cupy.cuda.runtime.getDeviceCount()} GPU(s): "
+              f"{cupy.cuda.runtime.getDeviceProperties(0)['name'].decode()}", flush=True)
+    code = run([sys.executable, "-m", "pytest", "-q", "-rA", "tests/test_collectives_nccl.py",
+                "tests/test_gpu_engine.py"], 240)
+    if ok:
         n = max(1, min(2, cupy.cuda.runtime.getDeviceCount()))
         run([sys.executable, "scripts/bench_allreduce.py", "--nproc", str(n), "--systems",
-             "deepseek-nccl", "--max-size", "64MiB", "--ops", "allreduce", "--budget",
-             "0.1", "--timeout", "90"], 100)
+             "deepseek-nccl,torch-nccl", "--max-size", "256MiB", "--ops",
+             "allreduce,allgather,reduce_scatter", "--budget", "0.05", "--timeout", "120"],
+            150)
+        run([sys.executable, "scripts/bench_engine.py", "--device", "cuda", "--threads", "1",
+             "--steps", "20"], 150)
     else:
         print("skipping the nccl benchmark: no cupy/NCCL/GPU")
     return 0 if code in (0, 5) else code  # 5: pytest collected/ran nothing (all skipped)

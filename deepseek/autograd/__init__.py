@@ -60,6 +60,7 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=Fal
     import numpy as np
     from .engine import run_backward
     from .._tensor import Tensor
+    from ..backend import writeable
     if create_graph:
         raise NotImplementedError("create_graph=True (higher-order gradients) is not supported yet")
     outputs = [outputs] if isinstance(outputs, Tensor) else list(outputs)
@@ -75,7 +76,7 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=Fal
             raise RuntimeError(f"one of the differentiated tensors (input {i}) appears to not "
                                "have been used in the graph; pass allow_unused=True if this "
                                "is expected")
-        if g is not None and (not g.flags.writeable or isinstance(g, np.generic)):
+        if g is not None and (isinstance(g, np.generic) or not writeable(g)):
             g = g.copy() if not isinstance(g, np.generic) else np.array(g)  # broadcast views
         out.append(None if g is None else Tensor._make(g))
     return tuple(out)
