@@ -73,6 +73,9 @@ class ProcessGroup:
         self._closed = False
         self.hang_prefix = prefix  # the job-wide prefix, set by init_process_group
         self._numpy = backend.array_kind == "numpy"
+        # allreduce sizes from which an array may be a symmetric buffer (which the
+        # backend handles, not the fast path): none until one is allocated
+        self._sym_min = float("inf")
         self._op_cache = {}
         # allreduce fast path (shm transport with the C kernel): (dtype, op) -> code;
         # None whenever a call must take the general path (debug mode, broken, closed)
@@ -299,7 +302,8 @@ class ProcessGroup:
     def allreduce(self, x, op=ReduceOp.SUM, async_op=False, timeout=None):
         """In place: every rank's ``x`` becomes the reduction over all ranks."""
         fast = self._fast
-        if fast is not None and not async_op and type(x) is np.ndarray:
+        if fast is not None and not async_op and type(x) is np.ndarray and (
+                x.nbytes < self._sym_min or self._backend.find_symmetric(x) is None):
             # the whole op in C, GIL released; the kernel itself refuses arrays that
             # are not writable and C-contiguous, before touching anything
             code = fast.get(x.dtype) if op is _SUM else self._fast_ops.get((x.dtype, op))
@@ -325,6 +329,31 @@ class ProcessGroup:
             body = lambda ctx: b.allreduce(ctx, f, op)  # noqa: E731
         return self._collective("allreduce", body or (lambda ctx: None), async_op, timeout,
                                 lambda: self._sig(f, reduce=op.name), x)
+
+    def symmetric_empty(self, shape, dtype=np.float32, timeout=None):
+        """Collective: a zero-filled array in memory that every rank of the group maps
+        (PyTorch's symmetric memory). Every rank must call it with the same shape and
+        dtype. An allreduce of this array, or of a contiguous piece of it taken at the
+        same place on every rank, reads each rank's data where it lies instead of
+        staging it through the group's buffers (about half the memory traffic; see
+        collectives/backends/shm.py). Where the ranks share no memory (ZeroMQ, MPI,
+        NCCL, a group of one) it is a plain ``numpy.zeros`` and everything still works.
+        The memory lives as long as the array; nothing is left in /dev/shm."""
+        dtype = np.dtype(dtype)
+        shape = (int(shape),) if isinstance(shape, (int, np.integer)) else \
+            tuple(int(d) for d in shape)
+        if any(d < 0 for d in shape):
+            raise CollectiveArgumentError(f"symmetric_empty: negative dimension in {shape}")
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        b = self._backend
+        if self.size == 1 or nbytes == 0 or not hasattr(b, "alloc_symmetric"):
+            return np.zeros(shape, dtype)
+        box = []
+        self._collective("symmetric_empty",
+                         lambda ctx: box.append(b.alloc_symmetric(ctx, nbytes)), False,
+                         timeout, {"shape": list(shape), "dtype": str(dtype)})
+        self._sym_min = min(self._sym_min, b.sym_bytes)
+        return box[0].view(dtype).reshape(shape)
 
     def _fast_finish(self, x, code, status, timeout):
         """A fast-path allreduce that did not complete within its first wait: finish

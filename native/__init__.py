@@ -159,6 +159,12 @@ def shm_kernel():
     return getattr(_ext, "shm_allreduce", None) if available() else None
 
 
+def shm_sym_kernel():
+    """The C allreduce of symmetric buffers (every rank's array in memory all ranks
+    map; private entry of the shm transport), or None like :func:`shm_kernel`."""
+    return getattr(_ext, "shm_allreduce_sym", None) if available() else None
+
+
 def shm_code(dtype, op):
     """The ``code`` argument of the shm kernel for (dtype, op name), or None if the
     kernel does not handle the pair (unsupported dtype; "avg" of an integer type)."""

@@ -9,9 +9,11 @@ and busbw = algbw x 2(n-1)/n for allreduce, x (n-1)/n for allgather / reduce_sca
 (nccl-tests' convention; bytes = the full buffer). In the same run, where installed:
 mpi4py + MPICH ``Allreduce`` (in place; through ``mpiexec``), PyTorch gloo
 ``all_reduce`` (and PyTorch NCCL on GPUs: ``--systems deepseek-nccl,torch-nccl``), plus
-a single-process memory-copy bandwidth line as the limit. With one GPU the NCCL rows
-are a world of one: per-call cost and local copy speed, no link traffic. Numbers on a shared 2-core machine are noisy: compare
-within one run.
+a single-process memory-copy bandwidth line as the limit. ``deepseek-sym`` is the cpu
+backend with the inputs in symmetric memory (``ProcessGroup.symmetric_empty``, as DDP's
+buckets): no staging copy. With one GPU the NCCL rows are a world of one: per-call cost
+and local copy speed, no link traffic. Numbers on a shared 2-core machine are noisy:
+compare within one run.
 """
 import argparse
 import json
@@ -101,19 +103,28 @@ def deepseek_worker(rank, world, cfg):
     else:
         allreduce, allgather, reduce_scatter = pg.allreduce, pg.allgather, pg.reduce_scatter
     rows = []
+    if cfg.get("symmetric"):
+        # one arena in symmetric memory, sliced at the same place on every rank (what
+        # DDP buckets do): the inputs of every op below live in it
+        arena = pg.symmetric_empty(max(1, max(cfg["sizes"]) // 4), np.float32)
+        arena[...] = 1
+        new_input = lambda n: arena[:n]  # noqa: E731
+    else:
+        new_input = lambda n: xp.ones(n, np.float32)  # noqa: E731
     for op in cfg["ops"]:
         for nbytes in cfg["sizes"]:
             count = max(1, nbytes // 4)
-            x = xp.zeros(count, np.float32)
             if op == "allreduce":
+                x = new_input(count)
+                x[...] = 0
                 fn = lambda: allreduce(x)  # noqa: E731
             elif op == "allgather":
                 per = max(1, count // world)
-                src, out = xp.ones(per, np.float32), xp.empty(per * world, np.float32)
+                src, out = new_input(per), xp.empty(per * world, np.float32)
                 fn = lambda: allgather(out, src)  # noqa: E731
             else:
                 per = max(1, count // world)
-                src, out = xp.ones(per * world, np.float32), xp.empty(per, np.float32)
+                src, out = new_input(per * world), xp.empty(per, np.float32)
                 fn = lambda: reduce_scatter(out, src)  # noqa: E731
             iters = iters_for(nbytes, cfg["budget"])
             # every rank must run the same count: take rank 0's
@@ -131,14 +142,15 @@ def deepseek_worker(rank, world, cfg):
     return rows, transport
 
 
-def run_deepseek(cfg, nproc, backend="cpu"):
+def run_deepseek(cfg, nproc, backend="cpu", symmetric=False):
     from deepseek.testing.multiprocess import spawn_ranks
 
-    cfg = dict(cfg, backend=backend)
+    cfg = dict(cfg, backend=backend, symmetric=symmetric)
     res = spawn_ranks(deepseek_worker, nproc, timeout=cfg["timeout"], args=(cfg,),
                       env={"DEEPSEEK_HANG_POLL": "0"})
     rows, transport = res[0]
-    return rows, f"deepseek {backend}/{transport}"
+    return rows, f"deepseek {backend}/{transport}" + (
+        ", inputs in symmetric memory (ProcessGroup.symmetric_empty)" if symmetric else "")
 
 
 # ------------------------------------------------------------------ MPICH via mpiexec
@@ -298,8 +310,9 @@ def main(argv=None):
     ap.add_argument("--min-size", default="8")
     ap.add_argument("--max-size", default="256MiB")
     ap.add_argument("--ops", default="allreduce,allgather,reduce_scatter")
-    ap.add_argument("--systems", default="deepseek,mpich,gloo",
-                    help="comma list of deepseek, deepseek-nccl, mpich, gloo, torch-nccl")
+    ap.add_argument("--systems", default="deepseek,deepseek-sym,mpich,gloo",
+                    help="comma list of deepseek, deepseek-sym, deepseek-nccl, mpich, gloo, "
+                         "torch-nccl")
     ap.add_argument("--budget", type=float, default=0.25, help="seconds per size (approx)")
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--json", nargs="?", const="-", default=None,
@@ -315,6 +328,7 @@ def main(argv=None):
     print(f"# memory copy bandwidth (1 process, 64 MiB np.copyto): "
           f"{results['memcpy_GBps']:.2f} GB/s")
     runners = {"deepseek": lambda: run_deepseek(cfg, a.nproc, "cpu"),
+               "deepseek-sym": lambda: run_deepseek(cfg, a.nproc, "cpu", symmetric=True),
                "deepseek-nccl": lambda: run_deepseek(cfg, a.nproc, "nccl"),
                "mpich": lambda: run_mpich(cfg, a.nproc),
                "gloo": lambda: run_gloo(cfg, a.nproc),

@@ -67,6 +67,7 @@ def _make_shm(rank, size, store, prefix, job_id, timeout, group_name, ranks):
             name = store.get(f"{prefix}/shm", timeout=timeout).decode()
             seg = _shm.Segment.attach(name, nbytes)
         t = ShmTransport(rank, size, seg, chunk, p2p)
+        t.bootstrap = (store, prefix, _safe(job_id))  # for symmetric allocations
         t.start()
         t.barrier(OpContext("init(shared memory attach)", 0, timeout, group_name, rank, ranks))
     finally:

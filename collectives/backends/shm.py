@@ -27,6 +27,15 @@ same words, so it interleaves freely with the collectives run here in Python; it
 reduce-scatter path reduces this rank's segment block by block into ``out`` and into
 ``x`` while the block is in L1, so the copy-out moves only the peers' segments.
 
+Symmetric buffers (``ProcessGroup.symmetric_empty``, PyTorch's "symmetric memory"):
+arrays that live in a segment every rank of the group maps, one region per rank at the
+same offsets. An allreduce of such an array (or of a contiguous piece of it at the same
+offset on every rank) skips the slots: after one step each rank reduces its 1/n of the
+message straight from every rank's region and writes the result into every region;
+a second step tells everybody that their region is final. Each rank then reads and
+writes the message once instead of twice (``DEEPSEEK_SHM_SYM_BYTES``: smaller messages
+take the slot path, which has one synchronisation less).
+
 Every reduction adds the ranks' contributions in rank order (reduce_into), in both
 algorithms, so the result is bitwise identical whatever the size, the chunking and the
 algorithm: ``deterministic`` groups cost nothing here.
@@ -50,7 +59,8 @@ import time
 import numpy as np
 
 from .. import _futex
-from ..errors import CollectiveArgumentError, PeerFailureError
+from .. import shm as _shm
+from ..errors import CollectiveArgumentError, CollectiveMismatchError, PeerFailureError
 from ..reduce_ops import reduce_into
 from .base import Backend
 
@@ -169,6 +179,16 @@ class ShmTransport(Backend):
                             self._codes[(dt, opname)] = code
         except Exception:  # noqa: BLE001 - optional at run time
             self.kernel = None
+        self.sym_kernel = None
+        if self.kernel is not None:
+            self.sym_kernel = _native.shm_sym_kernel()
+        #: allreduce of a symmetric buffer takes the zero-copy path from this size on
+        self.sym_bytes = _env_bytes("DEEPSEEK_SHM_SYM_BYTES", 64 << 10)
+        self._sym = []          # SymmetricRegion records of this group
+        self._sym_calls = 0
+        self.sym_allreduces = 0  # allreduces that took the symmetric path (tests, stats)
+        self.sym_ops = 0  # allgathers / reduce-scatters that did
+        self.bootstrap = None   # (store, key prefix, job tag), set by make_cpu_backend
         self._peers = [r for r in range(n) if r != rank]
         self._procs = {}
         self._sent = [0] * n   # messages this rank posted to each dst
@@ -368,8 +388,12 @@ class ShmTransport(Backend):
         kernel, addr = self.kernel, self.state_addr
         if x.dtype == _BF16:
             x = x.view(np.uint16)
+        return self._drive(ctx, lambda budget: kernel(addr, x, code, budget), status)
+
+    def _drive(self, ctx, call, status=None):
+        """Call a resumable C kernel (``call(budget_ns) -> status``) until it is done."""
         if status is None:
-            status = kernel(addr, x, code, 50_000_000)
+            status = call(50_000_000)
         next_alive = time.perf_counter() + 0.5
         while status:
             if status == NATIVE_NOT_ELIGIBLE:
@@ -382,8 +406,7 @@ class ShmTransport(Backend):
             if now >= next_alive:
                 next_alive = now + 0.5
                 self._check_alive(ctx, self.native_missing())
-            status = kernel(addr, x, code, int(min(0.05, max(ctx.deadline - now, 0.0)) * 1e9)
-                            + 1000)
+            status = call(int(min(0.05, max(ctx.deadline - now, 0.0)) * 1e9) + 1000)
         return True
 
     def native_missing(self):
@@ -393,6 +416,10 @@ class ShmTransport(Backend):
         return [p for p in self._peers if not _reached(w[self._step_idx[p]], target)]
 
     def allreduce(self, ctx, x, op):
+        if self._sym and x.nbytes >= self.sym_bytes:
+            found = self.find_symmetric(x)
+            if found is not None:
+                return self._sym_allreduce(ctx, x, op, *found)
         code = self.native_code(x, op)
         if code is not None and self.native_allreduce(ctx, x, code):
             return
@@ -423,6 +450,81 @@ class ShmTransport(Backend):
             s = self._post()
             self._wait_all(ctx, self._peers, s)
             chunk[...] = out
+
+    # --- symmetric buffers --------------------------------------------------------
+    def alloc_symmetric(self, ctx, nbytes):
+        """Collective: map a new segment with one ``nbytes`` region per rank; returns
+        this rank's region as a zero-filled uint8 array. Every rank must ask for the
+        same size (checked through the store; all ranks raise on a mismatch)."""
+        store, prefix, job = self.bootstrap
+        self._sym_calls += 1
+        key = f"{prefix}/sym/{self._sym_calls}"
+        store.set(f"{key}/bytes/{self.rank}", str(int(nbytes)))
+        sizes = [int(v) for v in store.multi_get(
+            [f"{key}/bytes/{r}" for r in range(self.size)],
+            timeout=max(ctx.deadline - time.perf_counter(), 0.001))]
+        if len(set(sizes)) != 1:
+            raise CollectiveMismatchError(
+                f"{ctx.describe()}: ranks asked for symmetric buffers of different sizes "
+                f"(bytes by group rank: {sizes})")
+        stride = _round_up(max(int(nbytes), 1), 4096)
+        seg = None
+        try:
+            if self.rank == 0:
+                seg = _shm.Segment.create(job, "s", stride * self.size)
+                store.set(f"{key}/name", seg.name)
+            else:
+                name = store.get(f"{key}/name",
+                                 timeout=max(ctx.deadline - time.perf_counter(), 0.001))
+                seg = _shm.Segment.attach(name.decode(), stride * self.size)
+            self.barrier(ctx)  # everyone attached
+        finally:
+            if self.rank == 0 and seg is not None:
+                seg.unlink()  # from here on the memory goes with the last process
+        region = SymmetricRegion(seg, stride, self.rank, self.size)
+        self._sym.append(region)
+        return region.views[self.rank][:nbytes]
+
+    def find_symmetric(self, x):
+        """(region, byte offset) when ``x`` lies in this rank's region of a symmetric
+        buffer of this group, else None."""
+        p = x.__array_interface__["data"][0]
+        for region in self._sym:
+            if region.lo <= p and p + x.nbytes <= region.hi:
+                return region, p - region.lo
+        return None
+
+    def _sym_peers(self, ctx, x, region, off):
+        """Every rank's copy of ``x`` (a symmetric piece), once all have arrived."""
+        s = self._post()
+        self._wait_all(ctx, self._peers, s)
+        return [v[off: off + x.nbytes].view(x.dtype) for v in region.views]
+
+    def _sym_done(self, ctx):
+        """Wait until no rank reads this rank's symmetric region any more."""
+        s = self._post()
+        self._wait_all(ctx, self._peers, s)
+
+    def _sym_allreduce(self, ctx, x, op, region, off):
+        self.sym_allreduces += 1
+        # the peers' copies of x: the same offset in their regions
+        bufs = np.array([b + off for b in region.bases], dtype=np.int64)
+        code = self.native_code(x, op)
+        if code is not None and self.sym_kernel is not None:
+            kernel, addr, xr = self.sym_kernel, self.state_addr, x
+            if xr.dtype == _BF16:
+                xr = xr.view(np.uint16)
+            bufs_addr = bufs.ctypes.data
+            if self._drive(ctx, lambda budget: kernel(addr, xr, code, budget, bufs_addr)):
+                return
+        n, me = self.size, self.rank
+        views = self._sym_peers(ctx, x, region, off)
+        a, b = x.size * me // n, x.size * (me + 1) // n
+        # into a temporary: reduce_into lets out alias only its first input
+        seg = reduce_into(np.empty(b - a, x.dtype), [v[a:b] for v in views], op)
+        for v in views:
+            v[a:b] = seg
+        self._sym_done(ctx)
 
     def reduce(self, ctx, x, root, op):
         n, dt = self.size, x.dtype
@@ -460,6 +562,15 @@ class ShmTransport(Backend):
                 x[lo:hi] = slot
 
     def allgather(self, ctx, out, x):
+        if self._sym and x.nbytes >= self.sym_bytes:
+            found = self.find_symmetric(x)
+            if found is not None:
+                self.sym_ops += 1
+                views = self._sym_peers(ctx, x, *found)
+                m = x.size
+                for r, v in enumerate(views):
+                    out[r * m:(r + 1) * m] = v
+                return self._sym_done(ctx)
         self._gather(ctx, out, x, None)
 
     def gather(self, ctx, out, x, root):
@@ -504,6 +615,14 @@ class ShmTransport(Backend):
 
     def reduce_scatter(self, ctx, out, x, op):
         n, dt, m = self.size, out.dtype, out.size
+        if self._sym and x.nbytes >= self.sym_bytes:
+            found = self.find_symmetric(x)
+            if found is not None:
+                self.sym_ops += 1
+                me = self.rank
+                views = self._sym_peers(ctx, x, *found)
+                reduce_into(out, [v[me * m:(me + 1) * m] for v in views], op)
+                return self._sym_done(ctx)
         for lo, hi in self._chunks(m, dt.itemsize, n):
             h, c = self._pieces_in(ctx, x, m, lo, hi, dt)
             me = self.rank
@@ -610,7 +729,29 @@ class ShmTransport(Backend):
         if self._closed:
             return
         self._closed = True
+        for region in self._sym:
+            region.close()
+        self._sym = []
         self._w.release()
         self._w = None
         self._u8 = None
         self.seg.close()
+
+
+class SymmetricRegion:
+    """One symmetric allocation: a segment of ``n`` regions of ``stride`` bytes, one
+    per rank; ``views[r]`` is rank r's region, ``bases[r]`` its address here, and
+    ``lo``/``hi`` bound this rank's own region."""
+
+    def __init__(self, seg, stride, rank, size):
+        self.seg, self.stride = seg, stride
+        whole = np.frombuffer(seg.buf, dtype=np.uint8, count=stride * size)
+        self.views = [whole[r * stride:(r + 1) * stride] for r in range(size)]
+        base = whole.ctypes.data
+        self.bases = [base + r * stride for r in range(size)]
+        self.lo = self.bases[rank]
+        self.hi = self.lo + stride
+
+    def close(self):
+        self.views = []
+        self.seg.close()  # a no-op while user arrays still use the mapping

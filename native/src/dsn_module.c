@@ -406,6 +406,52 @@ fail:
 
 #include "dsn_shm.h"
 
+/* What both shm entries take: this rank's private words, the segment base, x's
+ * buffer, the kernel's dtype/op and the wait budget. */
+typedef struct {
+    int32_t *pv;
+    char *base;
+    Py_buffer view;
+    int dtype, op;
+    size_t isz, count;
+    long long budget;
+} dsn_shm_call;
+
+/* Parse (state_addr, x, code, budget_ns, ...). Returns 0 with c->view held, -1 with an
+ * exception set (wrong argument types, null address), or 1 when x or code are not
+ * eligible (nothing held, no exception): the caller returns DSN_SHM_NOT_ELIGIBLE. */
+static int dsn_shm_parse(PyObject *const *args, const char *name, dsn_shm_call *c)
+{
+    void *addr = PyLong_AsVoidPtr(args[0]);
+    long code = PyLong_AsLong(args[2]);
+    c->budget = PyLong_AsLongLong(args[3]);
+    if (PyErr_Occurred()) return -1;
+    if (!addr) {
+        PyErr_Format(PyExc_ValueError, "%s(): null state address", name);
+        return -1;
+    }
+    c->dtype = (int)(code >> 3);
+    c->op = (int)(code & 7);
+    if (code < 0 || c->dtype > DSN_F64 || c->op > DSN_PROD ||
+        (c->op == DSN_AVG && (c->dtype == DSN_I32 || c->dtype == DSN_I64)))
+        return 1;
+    c->pv = (int32_t *)addr;
+    int n = c->pv[DSN_P_N], me = c->pv[DSN_P_RANK];
+    if (n < 1 || n > DSN_SHM_MAX_RANKS || me < 0 || me >= n) return 1;
+    c->base = (char *)addr - (size_t)me * DSN_SHM_CTRL;
+    if (PyObject_GetBuffer(args[1], &c->view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
+        PyErr_Clear();
+        return 1;
+    }
+    c->isz = DTYPE_SIZES[c->dtype];
+    if ((size_t)c->view.itemsize != c->isz || c->view.len % (Py_ssize_t)c->isz) {
+        PyBuffer_Release(&c->view);
+        return 1;
+    }
+    c->count = (size_t)c->view.len / c->isz;
+    return 0;
+}
+
 /*
  * shm_allreduce(state_addr, x, code, budget_ns) -> status
  *
@@ -423,41 +469,55 @@ static PyObject *py_shm_allreduce(PyObject *self, PyObject *const *args, Py_ssiz
         PyErr_SetString(PyExc_TypeError, "shm_allreduce(state_addr, x, code, budget_ns)");
         return NULL;
     }
-    void *addr = PyLong_AsVoidPtr(args[0]);
-    long code = PyLong_AsLong(args[2]);
-    long long budget = PyLong_AsLongLong(args[3]);
-    if (PyErr_Occurred()) return NULL;
-    if (!addr) {
-        PyErr_SetString(PyExc_ValueError, "shm_allreduce(): null state address");
-        return NULL;
-    }
-    int dtype = (int)(code >> 3), op = (int)(code & 7);
-    if (code < 0 || dtype > DSN_F64 || op > DSN_PROD ||
-        (op == DSN_AVG && (dtype == DSN_I32 || dtype == DSN_I64)))
-        return PyLong_FromLong(DSN_SHM_NOT_ELIGIBLE);
-    int32_t *pv = (int32_t *)addr;
-    int n = pv[DSN_P_N], me = pv[DSN_P_RANK];
-    if (n < 1 || n > DSN_SHM_MAX_RANKS || me < 0 || me >= n || pv[DSN_P_SLOT] <= 0)
-        return PyLong_FromLong(DSN_SHM_NOT_ELIGIBLE);
-    char *base = (char *)addr - (size_t)me * DSN_SHM_CTRL;
-    Py_buffer view;
-    if (PyObject_GetBuffer(args[1], &view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
-        PyErr_Clear();
-        return PyLong_FromLong(DSN_SHM_NOT_ELIGIBLE);
-    }
-    size_t isz = DTYPE_SIZES[dtype];
-    if ((size_t)view.itemsize != isz || view.len % (Py_ssize_t)isz ||
-        (size_t)(uint32_t)pv[DSN_P_SLOT] < isz) {
-        PyBuffer_Release(&view);
+    dsn_shm_call c;
+    int r = dsn_shm_parse(args, "shm_allreduce", &c);
+    if (r) return r < 0 ? NULL : PyLong_FromLong(DSN_SHM_NOT_ELIGIBLE);
+    if (c.pv[DSN_P_SLOT] <= 0 || (size_t)(uint32_t)c.pv[DSN_P_SLOT] < c.isz) {
+        PyBuffer_Release(&c.view);
         return PyLong_FromLong(DSN_SHM_NOT_ELIGIBLE);
     }
     int st;
-    size_t count = (size_t)view.len / isz;
     Py_BEGIN_ALLOW_THREADS
-    st = dsn_shm_allreduce_run(K, base, pv, (char *)view.buf, count, dtype, op, isz,
-                               dsn_now_ns() + budget);
+    st = dsn_shm_allreduce_run(K, c.base, c.pv, (char *)c.view.buf, c.count, c.dtype, c.op,
+                               c.isz, dsn_now_ns() + c.budget);
     Py_END_ALLOW_THREADS
-    PyBuffer_Release(&view);
+    PyBuffer_Release(&c.view);
+    return PyLong_FromLong(st);
+}
+
+/*
+ * shm_allreduce_sym(state_addr, x, code, budget_ns, bufs_addr) -> status
+ *
+ * Like shm_allreduce, for an x in a symmetric buffer: bufs_addr is the address of n
+ * int64 words, the addresses (in this process) of every rank's x; word `rank` must be
+ * x's own address. Same statuses; -1 also when x is not where bufs_addr says.
+ */
+static PyObject *py_shm_allreduce_sym(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError,
+                        "shm_allreduce_sym(state_addr, x, code, budget_ns, bufs_addr)");
+        return NULL;
+    }
+    char *const *bufs = (char *const *)PyLong_AsVoidPtr(args[4]);
+    if (PyErr_Occurred()) return NULL;
+    if (!bufs) {
+        PyErr_SetString(PyExc_ValueError, "shm_allreduce_sym(): null buffer table");
+        return NULL;
+    }
+    dsn_shm_call c;
+    int r = dsn_shm_parse(args, "shm_allreduce_sym", &c);
+    if (r) return r < 0 ? NULL : PyLong_FromLong(DSN_SHM_NOT_ELIGIBLE);
+    if (bufs[c.pv[DSN_P_RANK]] != c.view.buf) {
+        PyBuffer_Release(&c.view);
+        return PyLong_FromLong(DSN_SHM_NOT_ELIGIBLE);
+    }
+    int st;
+    Py_BEGIN_ALLOW_THREADS
+    st = dsn_shm_sym_allreduce_run(K, c.base, c.pv, bufs, c.count, c.dtype, c.op, c.isz,
+                                   dsn_now_ns() + c.budget);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&c.view);
     return PyLong_FromLong(st);
 }
 
@@ -478,6 +538,9 @@ static PyMethodDef methods[] = {
      "step, amsgrad, decoupled, maximize)"},
     {"shm_allreduce", (PyCFunction)(void (*)(void))py_shm_allreduce, METH_FASTCALL,
      "shm_allreduce(state_addr, x, code, budget_ns) -> status (private: collectives)"},
+    {"shm_allreduce_sym", (PyCFunction)(void (*)(void))py_shm_allreduce_sym, METH_FASTCALL,
+     "shm_allreduce_sym(state_addr, x, code, budget_ns, bufs_addr) -> status "
+     "(private: collectives)"},
     {NULL, NULL, 0, NULL},
 };
 

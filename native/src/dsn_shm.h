@@ -269,4 +269,51 @@ static int dsn_shm_allreduce_run(const dsn_kernels *k, char *base, int32_t *pv, 
     }
 }
 
+/*
+ * Allreduce of a symmetric buffer: every rank's x lives in shared memory that all ranks
+ * map (bufs[r] is rank r's x as mapped in this process), so no staging copy is needed.
+ * Post (my x holds my input), wait for all; reduce my 1/n segment from every rank's x
+ * in rank order into my x, block by block, and copy each block from L1 into every
+ * peer's x; post, wait for all (nobody reads or writes my x any more). Each rank reads
+ * the message once and writes it once, half of what staging through slots costs.
+ * Phases 10 and 11 of the private words make it resumable like the slot allreduce.
+ */
+static int dsn_shm_sym_allreduce_run(const dsn_kernels *k, char *base, int32_t *pv,
+                                     char *const *bufs, size_t count, int dtype, int op,
+                                     size_t isz, int64_t deadline)
+{
+    int n = pv[DSN_P_N], me = pv[DSN_P_RANK];
+    int32_t *myc = dsn_ctrl(base, me);
+    const void *ptrs[DSN_SHM_MAX_RANKS];
+    int st;
+    switch (pv[DSN_P_PHASE]) {
+    case 0:
+        pv[DSN_P_TARGET] = dsn_shm_post(myc);
+        pv[DSN_P_PHASE] = 10;
+        /* fall through */
+    case 10:
+        if ((st = dsn_shm_wait_all(base, pv, pv[DSN_P_TARGET], deadline))) return st;
+        {
+            size_t a = count * (size_t)me / (size_t)n, b = count * (size_t)(me + 1) / (size_t)n;
+            size_t blk = DSN_SHM_BLOCK / isz;
+            for (size_t s0 = a; s0 < b; s0 += blk) {
+                size_t e = b - s0 < blk ? b - s0 : blk;
+                for (int r = 0; r < n; r++) ptrs[r] = bufs[r] + s0 * isz;
+                k->reduce(op, dtype, ptrs, (size_t)n, bufs[me] + s0 * isz, e);
+                for (int r = 0; r < n; r++)
+                    if (r != me) memcpy(bufs[r] + s0 * isz, bufs[me] + s0 * isz, e * isz);
+            }
+        }
+        pv[DSN_P_TARGET] = dsn_shm_post(myc);
+        pv[DSN_P_PHASE] = 11;
+        /* fall through */
+    case 11:
+        if ((st = dsn_shm_wait_all(base, pv, pv[DSN_P_TARGET], deadline))) return st;
+        pv[DSN_P_PHASE] = 0;
+        return DSN_SHM_DONE;
+    default:
+        return DSN_SHM_NOT_ELIGIBLE;
+    }
+}
+
 #endif /* DSN_SHM_H */
