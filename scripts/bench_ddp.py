@@ -9,7 +9,7 @@ per-rank batch and 1 BLAS thread per rank, it measures:
     fraction of communication hidden behind backward = 1 - exposed / comm, where
     exposed = step - local step (the same two processes stepping under no_sync, so
     the contention of two busy processes is in both) and comm = the allreduce time
-    of the whole gradient measured alone;
+    of the whole gradient measured alone (in symmetric memory, as DDP's buckets);
   * 2 ranks, PyTorch DDP over gloo, on the same model (where torch is installed).
 
 The no-sync column (two ranks stepping at once without communicating) shows how much
@@ -96,10 +96,12 @@ def deepseek_rank(rank, world, name, rounds, per_round, warmup, configs):
             loss_fn(model).backward()
             opt.step()
         return _interleaved({"local": step}, rounds, per_round, warmup, pg.barrier)
-    # communication alone: allreduce of a buffer the size of all gradients
+    # communication alone: allreduce of a buffer the size of all gradients, in
+    # symmetric memory as DDP's buckets are
     n = sum(p.numel() for p in model.parameters())
     for comp in sorted({c for _, c in configs}, key=str):
-        buf = np.ones(n, dtype=np.float32 if comp is None else np.float16)
+        buf = pg.symmetric_empty(n, np.float32 if comp is None else np.float16)
+        buf[...] = 1
         fns[f"comm_{comp}"] = (lambda b: lambda: pg.allreduce(b, C.ReduceOp.SUM))(buf)
     for overlap, comp in configs:
         model, loss_fn = _build(ds, name)  # one model per configuration: hooks stay apart

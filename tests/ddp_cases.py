@@ -38,10 +38,10 @@ def _loss(model, x, y):
     return F.cross_entropy(model(ds.tensor(x)), ds.tensor(y))
 
 
-def reference_params(steps, lr=0.1):
+def reference_params(steps, lr=0.1, hid=HID):
     """Single process, whole global batch per step."""
     import deepseek as ds
-    model = _model()
+    model = _model(hid=hid)
     opt = ds.optim.SGD(model.parameters(), lr=lr)
     for s in range(steps):
         x, y = _data(s)
@@ -51,14 +51,14 @@ def reference_params(steps, lr=0.1):
     return {n: p.detach().numpy().copy() for n, p in model.named_parameters()}
 
 
-def ddp_params(rank, world, steps=1, lr=0.1, seed_offset=True, **ddp_kwargs):
+def ddp_params(rank, world, steps=1, lr=0.1, seed_offset=True, hid=HID, **ddp_kwargs):
     """Each rank trains on its slice of the global batch; returns final params."""
     import deepseek as ds
     from deepseek.distributed import init_process_group
     from deepseek.distributed.ddp import DistributedDataParallel
     init_process_group()
     # different init per rank: DDP must broadcast rank 0's parameters
-    model = _model(seed=rank if seed_offset else 0)
+    model = _model(seed=rank if seed_offset else 0, hid=hid)
     ddp = DistributedDataParallel(model, **ddp_kwargs)
     opt = ds.optim.SGD(ddp.parameters(), lr=lr)
     per = GLOBAL_BATCH // world
@@ -68,8 +68,10 @@ def ddp_params(rank, world, steps=1, lr=0.1, seed_offset=True, **ddp_kwargs):
         opt.zero_grad()
         _loss(ddp, xs, ys).backward()
         opt.step()
-    return {n: p.detach().numpy().copy() for n, p in model.named_parameters()}, \
-        dict(getattr(ddp, "wire_dtype_counts", {}))
+    counts = dict(getattr(ddp, "wire_dtype_counts", {}))
+    # allreduces that read the buckets in place (symmetric memory, shm transport)
+    counts["symmetric"] = getattr(ddp.process_group._backend, "sym_allreduces", 0)
+    return {n: p.detach().numpy().copy() for n, p in model.named_parameters()}, counts
 
 
 def no_sync_params(rank, world, lr=0.1):

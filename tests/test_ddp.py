@@ -44,6 +44,22 @@ def test_compression_matches_fp32_within_half_precision(compression):
         assert np.array_equal(a[name], b[name]), f"ranks diverged on {name}"
 
 
+@pytest.mark.parametrize("compression", [None, "fp16", "bf16"])
+def test_buckets_live_in_symmetric_memory(compression):
+    # hidden 256: buckets of 256 KiB and more, above the symmetric crossover (64 KiB)
+    steps = 3
+    ref = cases.reference_params(steps, hid=256)
+    results = spawn_ranks(cases.ddp_params, 2, timeout=120,
+                          kwargs={"steps": steps, "hid": 256, "compression": compression})
+    tol = (1e-5, 1e-6) if compression is None else (2e-2, 2e-3)
+    for params, counts in results:
+        _close(params, ref, *tol)
+        assert counts["symmetric"] >= steps, counts  # the big bucket, every step
+    a, b = results[0][0], results[1][0]
+    for name in a:
+        assert np.array_equal(a[name], b[name]), f"ranks diverged on {name}"
+
+
 def test_no_sync_accumulation_equals_one_big_batch():
     ref = cases.reference_params(1)
     for params in spawn_ranks(cases.no_sync_params, 2, timeout=120):

@@ -47,17 +47,26 @@ def _cast_into(src, dst):
         dst[...] = src
 
 
-class GradBucket:
-    """One flat gradient buffer and the parameters whose gradients live in it."""
+def _plain_zeros(n, dtype):
+    return np.zeros(n, dtype=dtype)
 
-    def __init__(self, index, params, names, dtype):
+
+class GradBucket:
+    """One flat gradient buffer and the parameters whose gradients live in it.
+
+    ``alloc(n, dtype)`` makes the flat buffer and the wire buffers; DDP passes the
+    group's ``symmetric_empty``, so that on shared memory the allreduce reads every
+    rank's bucket where it lies (no staging copy)."""
+
+    def __init__(self, index, params, names, dtype, alloc=_plain_zeros):
         self.index = index
         self.params = params
         self.names = names
+        self._alloc = alloc
         sizes = [p.numel() for p in params]
         self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self.numel = int(self.offsets[-1])
-        self.flat = np.zeros(self.numel, dtype=dtype)
+        self.flat = alloc(self.numel, dtype)
         self.views = [Tensor._make(self.flat[self.offsets[i]:self.offsets[i + 1]].reshape(p.shape))
                       for i, p in enumerate(params)]
         for v in self.views:
@@ -70,10 +79,12 @@ class GradBucket:
         self._payloads = {}     # wire dtype -> reusable send/receive buffer
 
     def payload(self, dtype):
-        """The bucket's wire buffer for ``dtype``: numel + 1 (the bound rides along)."""
+        """The bucket's wire buffer for ``dtype``: numel + 1 (the bound rides along).
+        Made ahead by DDP for its compression (``alloc`` may be collective)."""
+        dtype = np.dtype(dtype)
         buf = self._payloads.get(dtype)
         if buf is None:
-            buf = self._payloads[dtype] = np.empty(self.numel + 1, dtype=dtype)
+            buf = self._payloads[dtype] = self._alloc(self.numel + 1, dtype)
         return buf
 
     def buffer(self):
@@ -183,18 +194,30 @@ class DistributedDataParallel(nn.Module):
                 t._bump_version()
 
     def _build_buckets(self, named):
+        # every rank builds the same buckets in the same order (the model was checked
+        # to be identical), so the collective allocations line up
+        pg = self.process_group
+        alloc = lambda n, dtype: pg.symmetric_empty(n, dtype)  # noqa: E731
         buckets, cur, cur_names, cur_bytes = [], [], [], 0
         for name, p in reversed(named):
             cap = min(self.bucket_cap_bytes, _FIRST_BUCKET_BYTES) if not buckets \
                 else self.bucket_cap_bytes
             if cur and (cur_bytes + p._data.nbytes > cap or p.dtype != cur[0].dtype):
-                buckets.append(GradBucket(len(buckets), cur, cur_names, cur[0].dtype))
+                buckets.append(GradBucket(len(buckets), cur, cur_names, cur[0].dtype, alloc))
                 cur, cur_names, cur_bytes = [], [], 0
             cur.append(p)
             cur_names.append(name)
             cur_bytes += p._data.nbytes
         if cur:
-            buckets.append(GradBucket(len(buckets), cur, cur_names, cur[0].dtype))
+            buckets.append(GradBucket(len(buckets), cur, cur_names, cur[0].dtype, alloc))
+        if pg.size > 1 and self.compression is not None:
+            import ml_dtypes
+
+            wire = [np.float32, np.float16] if self.compression == "fp16" \
+                else [ml_dtypes.bfloat16]
+            for b in buckets:  # now, not lazily inside backward: the allocation is collective
+                for dt in wire:
+                    b.payload(dt)
         return buckets
 
     # ---- forward -------------------------------------------------------------------
