@@ -82,6 +82,7 @@ class ProcessGroup:
         self._fast = None
         if getattr(backend, "kernel", None) is not None and not self.debug:
             self._fast_kernel = backend.kernel
+            self._sym_kernel = backend.sym_kernel
             self._fast_addr = backend.state_addr
             self._fast_ops = {}
             for (dt, opname), code in backend._codes.items():
@@ -302,22 +303,31 @@ class ProcessGroup:
     def allreduce(self, x, op=ReduceOp.SUM, async_op=False, timeout=None):
         """In place: every rank's ``x`` becomes the reduction over all ranks."""
         fast = self._fast
-        if fast is not None and not async_op and type(x) is np.ndarray and (
-                x.nbytes < self._sym_min or self._backend.find_symmetric(x) is None):
-            # the whole op in C, GIL released; the kernel itself refuses arrays that
+        if fast is not None and not async_op and type(x) is np.ndarray:
+            # the whole op in C, GIL released; the kernels themselves refuse arrays that
             # are not writable and C-contiguous, before touching anything
             code = fast.get(x.dtype) if op is _SUM else self._fast_ops.get((x.dtype, op))
-            if code is not None and self._worker._pending == 0 and self._lock.acquire(False):
-                try:
-                    st = self._fast_kernel(self._fast_addr, x, code, 20_000_000)
-                    if st == 0:
-                        self._seq += 1
-                        return None
-                    if st > 0:  # still waiting (or a peer aborted): the slow wait
-                        self._seq += 1
-                        return self._fast_finish(x, code, st, timeout)
-                finally:
-                    self._lock.release()
+            if code is not None and self._worker._pending == 0:
+                # a piece of a symmetric buffer: the zero-copy kernel, given the table
+                # of every rank's copy of x
+                table = self._backend.symmetric_table(x) if x.nbytes >= self._sym_min \
+                    else None
+                if self._lock.acquire(False):
+                    try:
+                        if table is None:
+                            st = self._fast_kernel(self._fast_addr, x, code, 20_000_000)
+                        else:
+                            self._backend.sym_allreduces += 1
+                            st = self._sym_kernel(self._fast_addr, x, code, 20_000_000,
+                                                  table)
+                        if st == 0:
+                            self._seq += 1
+                            return None
+                        if st > 0:  # still waiting (or a peer aborted): the slow wait
+                            self._seq += 1
+                            return self._fast_finish(x, code, st, timeout, table)
+                    finally:
+                        self._lock.release()
         f = self._arr(x, "allreduce", writable=True)
         op = self._op_arg(op, f.dtype)
         b = self._backend
@@ -338,7 +348,8 @@ class ProcessGroup:
         staging it through the group's buffers (about half the memory traffic; see
         collectives/backends/shm.py). Where the ranks share no memory (ZeroMQ, MPI,
         NCCL, a group of one) it is a plain ``numpy.zeros`` and everything still works.
-        The memory lives as long as the array; nothing is left in /dev/shm."""
+        The memory goes when the group is destroyed and no array uses it any more; its
+        name is removed from /dev/shm as soon as every rank has mapped it."""
         dtype = np.dtype(dtype)
         shape = (int(shape),) if isinstance(shape, (int, np.integer)) else \
             tuple(int(d) for d in shape)
@@ -352,10 +363,11 @@ class ProcessGroup:
         self._collective("symmetric_empty",
                          lambda ctx: box.append(b.alloc_symmetric(ctx, nbytes)), False,
                          timeout, {"shape": list(shape), "dtype": str(dtype)})
-        self._sym_min = min(self._sym_min, b.sym_bytes)
+        if b.sym_kernel is not None or self._fast is None:
+            self._sym_min = min(self._sym_min, b.sym_bytes)
         return box[0].view(dtype).reshape(shape)
 
-    def _fast_finish(self, x, code, status, timeout):
+    def _fast_finish(self, x, code, status, timeout, table=None):
         """A fast-path allreduce that did not complete within its first wait: finish
         it with the checks of the general path (hang report, aborts, dead peers,
         timeout). Called with the group lock held."""
@@ -363,7 +375,7 @@ class ProcessGroup:
                         else self.timeout, self.name, self.rank, self.ranks)
         hang.set_pending(self.name, "allreduce", self._seq)
         try:
-            self._backend.native_allreduce(ctx, x, code, status)
+            self._backend.native_allreduce(ctx, x, code, status, table)
         except BaseException as e:
             self._fail(ctx, e)
             raise

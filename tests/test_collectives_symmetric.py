@@ -161,3 +161,24 @@ def test_symmetric_allgather_and_reduce_scatter(world, shm_guard):
                 if not (op is C.ReduceOp.AVG and dt.kind in "iu"))
     assert spawn_ranks(gather_and_scatter, world, timeout=120) == \
         [pairs + len(DTYPES)] * world
+
+
+def pieces_differ(rank, world, native):
+    pg = C.init_process_group()
+    buf = pg.symmetric_empty(1 << 16, np.float32)
+    x = buf[rank * 8: rank * 8 + 20000]  # a different place on each rank
+    x[...] = 1
+    try:
+        pg.allreduce(x)
+    except C.CollectiveMismatchError as e:
+        assert "different pieces of symmetric buffers" in str(e), e
+        assert "byte offset 0" in str(e) and "byte offset 32" in str(e), e
+        return "mismatch", bool((x == 1).all())  # nothing was reduced into it
+    return "no error", None
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_symmetric_pieces_at_different_places_raise_not_corrupt(native, shm_guard):
+    env = {} if native else {"DEEPSEEK_NATIVE": "0"}
+    res = spawn_ranks(pieces_differ, 2, timeout=60, env=env, args=(native,))
+    assert res == [("mismatch", True)] * 2, res

@@ -33,8 +33,11 @@ same offsets. An allreduce of such an array (or of a contiguous piece of it at t
 offset on every rank) skips the slots: after one step each rank reduces its 1/n of the
 message straight from every rank's region and writes the result into every region;
 a second step tells everybody that their region is final. Each rank then reads and
-writes the message once instead of twice (``DEEPSEEK_SHM_SYM_BYTES``: smaller messages
-take the slot path, which has one synchronisation less).
+writes the message once instead of twice. Smaller messages take the slot path, which
+has one synchronisation less: measured with 2 ranks, the two cost the same at 16 KiB
+(6.5 us), the slot path wins below (3.7 vs 6.2 us at 4 KiB) and the symmetric one above
+(8.8 vs 12.1 us at 64 KiB, 40 vs 188 us at 1 MiB); default crossover 32 KiB
+(``DEEPSEEK_SHM_SYM_BYTES``).
 
 Every reduction adds the ranks' contributions in rank order (reduce_into), in both
 algorithms, so the result is bitwise identical whatever the size, the chunking and the
@@ -55,6 +58,7 @@ caches): about 8.5 vs 6 vs 7 GB/s at 1-4 MiB messages.
 """
 import os
 import time
+import zlib
 
 import numpy as np
 
@@ -75,7 +79,10 @@ _STEP, _SLEEP, _ABORT, _PID = 0, 1, 2, 3
  _P_ROUND, _P_PREV, _P_HASPREV, _P_PHASE, _P_CHUNK, _P_TARGET) = range(32, 46)
 _REASON_OFF = 512
 # statuses of the C allreduce
-NATIVE_DONE, NATIVE_PENDING, NATIVE_ABORT, NATIVE_NOT_ELIGIBLE = 0, 1, 2, -1
+NATIVE_DONE, NATIVE_PENDING, NATIVE_ABORT, NATIVE_MISMATCH, NATIVE_NOT_ELIGIBLE = \
+    0, 1, 2, 3, -1
+# shared ctrl words where a symmetric allreduce publishes its piece (dsn_shm.h)
+_SYM_SIG, _SYM_SIG_LEN = 16, 5
 # int32 words inside a channel block
 _SENT, _SENT_SLEEP, _ACK, _ACK_SLEEP = 0, 1, 2, 3
 _K = 2  # p2p slots per channel
@@ -112,6 +119,12 @@ def _reached(cur, target):
 
 def _wrap(v):
     return ((v + _H32) & _M32) - _H32
+
+
+def _sig_code(dtype, op):
+    """What the ranks compare besides the piece: dtype and op, as the same small int
+    in every process (str hashes are salted per process, crc32 is not)."""
+    return zlib.crc32(f"{dtype}/{op.value}".encode()) & 0x3FFFFFFF
 
 
 def segment_size(n, chunk, p2p):
@@ -183,8 +196,9 @@ class ShmTransport(Backend):
         if self.kernel is not None:
             self.sym_kernel = _native.shm_sym_kernel()
         #: allreduce of a symmetric buffer takes the zero-copy path from this size on
-        self.sym_bytes = _env_bytes("DEEPSEEK_SHM_SYM_BYTES", 64 << 10)
+        self.sym_bytes = _env_bytes("DEEPSEEK_SHM_SYM_BYTES", 32 << 10)
         self._sym = []          # SymmetricRegion records of this group
+        self._sym_tables = {}   # (address, nbytes) -> (table address, table)
         self._sym_calls = 0
         self.sym_allreduces = 0  # allreduces that took the symmetric path (tests, stats)
         self.sym_ops = 0  # allgathers / reduce-scatters that did
@@ -381,14 +395,19 @@ class ShmTransport(Backend):
             return None
         return self._codes.get((x.dtype, op.value))
 
-    def native_allreduce(self, ctx, x, code, status=None):
+    def native_allreduce(self, ctx, x, code, status=None, table=None):
         """Run (or, given the ``status`` of a first call, finish) the C allreduce of
-        ``x``, waiting in slices so that aborts, dead peers and the deadline are
-        noticed. Returns False if the kernel refused ``x`` before touching anything."""
-        kernel, addr = self.kernel, self.state_addr
+        ``x`` (``table``: the symmetric kernel with that table of every rank's copy),
+        waiting in slices so that aborts, dead peers and the deadline are noticed.
+        Returns False if the kernel refused ``x`` before touching anything."""
+        addr = self.state_addr
         if x.dtype == _BF16:
             x = x.view(np.uint16)
-        return self._drive(ctx, lambda budget: kernel(addr, x, code, budget), status)
+        if table is None:
+            kernel = self.kernel
+            return self._drive(ctx, lambda budget: kernel(addr, x, code, budget), status)
+        kernel = self.sym_kernel
+        return self._drive(ctx, lambda budget: kernel(addr, x, code, budget, table), status)
 
     def _drive(self, ctx, call, status=None):
         """Call a resumable C kernel (``call(budget_ns) -> status``) until it is done."""
@@ -400,6 +419,8 @@ class ShmTransport(Backend):
                 return False
             if status == NATIVE_ABORT:
                 self._check_abort(ctx)
+            if status == NATIVE_MISMATCH:
+                raise self._sym_mismatch(ctx)
             now = time.perf_counter()
             if now >= ctx.deadline:
                 raise ctx.timeout_error(self.native_missing())
@@ -481,7 +502,7 @@ class ShmTransport(Backend):
         finally:
             if self.rank == 0 and seg is not None:
                 seg.unlink()  # from here on the memory goes with the last process
-        region = SymmetricRegion(seg, stride, self.rank, self.size)
+        region = SymmetricRegion(seg, stride, self.rank, self.size, self._sym_calls)
         self._sym.append(region)
         return region.views[self.rank][:nbytes]
 
@@ -494,11 +515,54 @@ class ShmTransport(Backend):
                 return region, p - region.lo
         return None
 
-    def _sym_peers(self, ctx, x, region, off):
-        """Every rank's copy of ``x`` (a symmetric piece), once all have arrived."""
+    def symmetric_table(self, x):
+        """For a piece ``x`` of a symmetric buffer: the address of the table of every
+        rank's copy of it in this process (what the C kernel takes); else None. Tables
+        are kept per (address, size): DDP asks for the same buckets every step."""
+        key = (x.__array_interface__["data"][0], x.nbytes)
+        hit = self._sym_tables.get(key)
+        if hit is None:
+            found = self.find_symmetric(x)
+            if found is None:
+                return None
+            region, off = found
+            # the peers' copies of x (the same offset in their regions), then what the
+            # ranks compare: allocation id and offset
+            table = np.array([b + off for b in region.bases] + [region.id, off],
+                             dtype=np.int64)
+            hit = (table.ctypes.data, table)
+            if len(self._sym_tables) < 4096:
+                self._sym_tables[key] = hit
+        return hit[0]
+
+    def _sym_peers(self, ctx, x, region, off, code=0):
+        """Every rank's copy of ``x`` (a symmetric piece), once all have arrived and
+        shown that they passed the same piece (the C kernel's check, in Python)."""
+        w, base = self._w, self._ctrl_word(self.rank, _SYM_SIG)
+        sig = [region.id, off & _M32, off >> 32, x.size & _M32, code]
+        for i, v in enumerate(sig):
+            w[base + i] = _wrap(v)
         s = self._post()
         self._wait_all(ctx, self._peers, s)
+        mine = list(w[base: base + _SYM_SIG_LEN])
+        for p in self._peers:
+            q = self._ctrl_word(p, _SYM_SIG)
+            if list(w[q: q + _SYM_SIG_LEN]) != mine:
+                raise self._sym_mismatch(ctx)
         return [v[off: off + x.nbytes].view(x.dtype) for v in region.views]
+
+    def _sym_mismatch(self, ctx):
+        rows = []
+        for r in range(self.size):
+            q = self._ctrl_word(r, _SYM_SIG)
+            alloc, lo, hi, count, code = self._w[q: q + _SYM_SIG_LEN]
+            rows.append(f"  group rank {r}: allocation {alloc}, byte offset "
+                        f"{(hi & _M32) << 32 | (lo & _M32)}, {count & _M32} elements, "
+                        f"code {code}")
+        return CollectiveMismatchError(
+            f"{ctx.describe()}: the ranks passed different pieces of symmetric buffers "
+            "(each rank must pass the same allocation, offset, size, dtype and op):\n"
+            + "\n".join(rows))
 
     def _sym_done(self, ctx):
         """Wait until no rank reads this rank's symmetric region any more."""
@@ -507,18 +571,12 @@ class ShmTransport(Backend):
 
     def _sym_allreduce(self, ctx, x, op, region, off):
         self.sym_allreduces += 1
-        # the peers' copies of x: the same offset in their regions
-        bufs = np.array([b + off for b in region.bases], dtype=np.int64)
         code = self.native_code(x, op)
         if code is not None and self.sym_kernel is not None:
-            kernel, addr, xr = self.sym_kernel, self.state_addr, x
-            if xr.dtype == _BF16:
-                xr = xr.view(np.uint16)
-            bufs_addr = bufs.ctypes.data
-            if self._drive(ctx, lambda budget: kernel(addr, xr, code, budget, bufs_addr)):
+            if self.native_allreduce(ctx, x, code, table=self.symmetric_table(x)):
                 return
         n, me = self.size, self.rank
-        views = self._sym_peers(ctx, x, region, off)
+        views = self._sym_peers(ctx, x, region, off, _sig_code(x.dtype, op))
         a, b = x.size * me // n, x.size * (me + 1) // n
         # into a temporary: reduce_into lets out alias only its first input
         seg = reduce_into(np.empty(b - a, x.dtype), [v[a:b] for v in views], op)
@@ -566,7 +624,7 @@ class ShmTransport(Backend):
             found = self.find_symmetric(x)
             if found is not None:
                 self.sym_ops += 1
-                views = self._sym_peers(ctx, x, *found)
+                views = self._sym_peers(ctx, x, *found, code=-1)
                 m = x.size
                 for r, v in enumerate(views):
                     out[r * m:(r + 1) * m] = v
@@ -620,7 +678,7 @@ class ShmTransport(Backend):
             if found is not None:
                 self.sym_ops += 1
                 me = self.rank
-                views = self._sym_peers(ctx, x, *found)
+                views = self._sym_peers(ctx, x, *found, code=-2 - _sig_code(x.dtype, op))
                 reduce_into(out, [v[me * m:(me + 1) * m] for v in views], op)
                 return self._sym_done(ctx)
         for lo, hi in self._chunks(m, dt.itemsize, n):
@@ -732,6 +790,7 @@ class ShmTransport(Backend):
         for region in self._sym:
             region.close()
         self._sym = []
+        self._sym_tables = {}
         self._w.release()
         self._w = None
         self._u8 = None
@@ -743,8 +802,8 @@ class SymmetricRegion:
     per rank; ``views[r]`` is rank r's region, ``bases[r]`` its address here, and
     ``lo``/``hi`` bound this rank's own region."""
 
-    def __init__(self, seg, stride, rank, size):
-        self.seg, self.stride = seg, stride
+    def __init__(self, seg, stride, rank, size, ident):
+        self.seg, self.stride, self.id = seg, stride, ident
         whole = np.frombuffer(seg.buf, dtype=np.uint8, count=stride * size)
         self.views = [whole[r * stride:(r + 1) * stride] for r in range(size)]
         base = whole.ctypes.data

@@ -486,36 +486,44 @@ static PyObject *py_shm_allreduce(PyObject *self, PyObject *const *args, Py_ssiz
 }
 
 /*
- * shm_allreduce_sym(state_addr, x, code, budget_ns, bufs_addr) -> status
+ * shm_allreduce_sym(state_addr, x, code, budget_ns, table_addr) -> status
  *
- * Like shm_allreduce, for an x in a symmetric buffer: bufs_addr is the address of n
- * int64 words, the addresses (in this process) of every rank's x; word `rank` must be
- * x's own address. Same statuses; -1 also when x is not where bufs_addr says.
+ * Like shm_allreduce, for an x in a symmetric buffer: table_addr is the address of
+ * n + 2 int64 words: the addresses (in this process) of every rank's x (word `rank`
+ * must be x's own address), then the allocation id and x's byte offset in its region,
+ * which the ranks compare. Same statuses, plus 3: the ranks passed different pieces
+ * (nothing was reduced); -1 also when x is not where the table says.
  */
 static PyObject *py_shm_allreduce_sym(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 5) {
         PyErr_SetString(PyExc_TypeError,
-                        "shm_allreduce_sym(state_addr, x, code, budget_ns, bufs_addr)");
+                        "shm_allreduce_sym(state_addr, x, code, budget_ns, table_addr)");
         return NULL;
     }
     char *const *bufs = (char *const *)PyLong_AsVoidPtr(args[4]);
     if (PyErr_Occurred()) return NULL;
     if (!bufs) {
-        PyErr_SetString(PyExc_ValueError, "shm_allreduce_sym(): null buffer table");
+        PyErr_SetString(PyExc_ValueError, "shm_allreduce_sym(): null table");
         return NULL;
     }
     dsn_shm_call c;
     int r = dsn_shm_parse(args, "shm_allreduce_sym", &c);
     if (r) return r < 0 ? NULL : PyLong_FromLong(DSN_SHM_NOT_ELIGIBLE);
+    int n = c.pv[DSN_P_N];
     if (bufs[c.pv[DSN_P_RANK]] != c.view.buf) {
         PyBuffer_Release(&c.view);
         return PyLong_FromLong(DSN_SHM_NOT_ELIGIBLE);
     }
+    const int64_t *extra = (const int64_t *)(bufs + n);
+    uint64_t off = (uint64_t)extra[1];
+    int32_t sig[DSN_W_SYM_LEN] = {(int32_t)extra[0], (int32_t)(uint32_t)off,
+                                  (int32_t)(uint32_t)(off >> 32), (int32_t)(uint32_t)c.count,
+                                  (int32_t)(c.dtype * 8 + c.op)};
     int st;
     Py_BEGIN_ALLOW_THREADS
-    st = dsn_shm_sym_allreduce_run(K, c.base, c.pv, bufs, c.count, c.dtype, c.op, c.isz,
-                                   dsn_now_ns() + c.budget);
+    st = dsn_shm_sym_allreduce_run(K, c.base, c.pv, bufs, sig, c.count, c.dtype, c.op,
+                                   c.isz, dsn_now_ns() + c.budget);
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&c.view);
     return PyLong_FromLong(st);
@@ -539,7 +547,7 @@ static PyMethodDef methods[] = {
     {"shm_allreduce", (PyCFunction)(void (*)(void))py_shm_allreduce, METH_FASTCALL,
      "shm_allreduce(state_addr, x, code, budget_ns) -> status (private: collectives)"},
     {"shm_allreduce_sym", (PyCFunction)(void (*)(void))py_shm_allreduce_sym, METH_FASTCALL,
-     "shm_allreduce_sym(state_addr, x, code, budget_ns, bufs_addr) -> status "
+     "shm_allreduce_sym(state_addr, x, code, budget_ns, table_addr) -> status "
      "(private: collectives)"},
     {NULL, NULL, 0, NULL},
 };

@@ -51,7 +51,12 @@ enum {
     DSN_P_PHASE, DSN_P_CHUNK, DSN_P_TARGET
 };
 /* statuses (must match collectives/backends/shm.py) */
-enum { DSN_SHM_DONE = 0, DSN_SHM_PENDING = 1, DSN_SHM_ABORT = 2, DSN_SHM_NOT_ELIGIBLE = -1 };
+enum { DSN_SHM_DONE = 0, DSN_SHM_PENDING = 1, DSN_SHM_ABORT = 2, DSN_SHM_MISMATCH = 3,
+       DSN_SHM_NOT_ELIGIBLE = -1 };
+/* shared words (second cache line of the ctrl block) where a symmetric allreduce
+ * publishes what it was given, for the peers to compare: allocation id, byte offset
+ * in the region (low, high), element count (low), kernel code */
+enum { DSN_W_SYM = 16, DSN_W_SYM_LEN = 5 };
 #define DSN_SHM_MAX_RANKS 256
 #define DSN_SHM_SPIN_MIN_NS 100000LL     /* adaptive spin floor, see dsn_shm_wait_all */
 #define DSN_SHM_BLOCK 16384             /* bytes reduced then copied while in L1 */
@@ -272,15 +277,18 @@ static int dsn_shm_allreduce_run(const dsn_kernels *k, char *base, int32_t *pv, 
 /*
  * Allreduce of a symmetric buffer: every rank's x lives in shared memory that all ranks
  * map (bufs[r] is rank r's x as mapped in this process), so no staging copy is needed.
- * Post (my x holds my input), wait for all; reduce my 1/n segment from every rank's x
+ * Publish what x is (sig: allocation id, offset, count, code), post (my x holds my
+ * input), wait for all, and check that every peer passed the same piece: reading a
+ * different one would silently mix unrelated data, so a difference returns MISMATCH on
+ * every rank (each compares with all). Then reduce my 1/n segment from every rank's x
  * in rank order into my x, block by block, and copy each block from L1 into every
  * peer's x; post, wait for all (nobody reads or writes my x any more). Each rank reads
  * the message once and writes it once, half of what staging through slots costs.
  * Phases 10 and 11 of the private words make it resumable like the slot allreduce.
  */
 static int dsn_shm_sym_allreduce_run(const dsn_kernels *k, char *base, int32_t *pv,
-                                     char *const *bufs, size_t count, int dtype, int op,
-                                     size_t isz, int64_t deadline)
+                                     char *const *bufs, const int32_t *sig, size_t count,
+                                     int dtype, int op, size_t isz, int64_t deadline)
 {
     int n = pv[DSN_P_N], me = pv[DSN_P_RANK];
     int32_t *myc = dsn_ctrl(base, me);
@@ -288,11 +296,18 @@ static int dsn_shm_sym_allreduce_run(const dsn_kernels *k, char *base, int32_t *
     int st;
     switch (pv[DSN_P_PHASE]) {
     case 0:
+        for (int i = 0; i < DSN_W_SYM_LEN; i++) myc[DSN_W_SYM + i] = sig[i];
         pv[DSN_P_TARGET] = dsn_shm_post(myc);
         pv[DSN_P_PHASE] = 10;
         /* fall through */
     case 10:
         if ((st = dsn_shm_wait_all(base, pv, pv[DSN_P_TARGET], deadline))) return st;
+        for (int p = 0; p < n; p++)
+            if (memcmp(dsn_ctrl(base, p) + DSN_W_SYM, myc + DSN_W_SYM,
+                       DSN_W_SYM_LEN * sizeof(int32_t))) {
+                pv[DSN_P_PHASE] = 0;
+                return DSN_SHM_MISMATCH;
+            }
         {
             size_t a = count * (size_t)me / (size_t)n, b = count * (size_t)(me + 1) / (size_t)n;
             size_t blk = DSN_SHM_BLOCK / isz;
