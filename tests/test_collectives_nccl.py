@@ -166,3 +166,4 @@ def nccl_peer_never_arrives(rank, world):
 def test_nccl_peer_that_never_arrives_times_out():
     out = spawn_ranks(nccl_peer_never_arrives, 2, timeout=120)
     assert "timed out after 3s in allreduce" in out[0], out
+

@@ -15,7 +15,7 @@ import base64
 import functools
 import time
 
-from ..errors import CollectiveArgumentError
+from ..errors import CollectiveArgumentError, CollectiveTimeoutError
 from ..reduce_ops import ReduceOp
 from .base import Backend
 
@@ -75,6 +75,18 @@ class NcclBackend(Backend):
                 else bytes(b % 256 for b in uid)
             store.set(key, base64.b64encode(raw))
         raw = base64.b64decode(store.get(key, timeout=timeout))
+        # NCCL's own init blocks until every rank joins, with no timeout: meet in the
+        # store first, so a rank that never comes is a timeout error naming it
+        store.set(f"{prefix}/nccl_here/{rank}", b"1")
+        here = [f"{prefix}/nccl_here/{r}" for r in range(size)]
+        try:
+            store.multi_get(here, timeout=timeout)
+        except TimeoutError:
+            missing = sorted(here.index(k) for k in store.missing(here))
+            raise CollectiveTimeoutError(
+                f"nccl backend: timed out after {timeout:g}s waiting for group ranks "
+                f"{missing} to create the communicator", op="init", seq=0, group=prefix,
+                rank=rank, missing=missing) from None
         try:
             self.comm = nccl.NcclCommunicator(size, raw, rank)
         except TypeError:  # cupy < 14 takes the id as a tuple of signed chars
