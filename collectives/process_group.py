@@ -25,6 +25,8 @@ from .work import Worker, Work, completed_work
 
 
 _SUM = ReduceOp.SUM
+# kinds of the shm transport's C collectives (native/src/dsn_shm.h)
+_ALLGATHER, _GATHER, _REDUCE_SCATTER, _BROADCAST = 1, 2, 3, 4
 
 
 def _truthy(v):
@@ -77,12 +79,14 @@ class ProcessGroup:
         # backend handles, not the fast path): none until one is allocated
         self._sym_min = float("inf")
         self._op_cache = {}
-        # allreduce fast path (shm transport with the C kernel): (dtype, op) -> code;
-        # None whenever a call must take the general path (debug mode, broken, closed)
+        # fast paths (shm transport with the C kernels: allreduce, allgather, gather,
+        # reduce_scatter, broadcast): (dtype, op) -> code; None whenever a call must take
+        # the general path (debug mode, broken, closed)
         self._fast = None
         if getattr(backend, "kernel", None) is not None and not self.debug:
             self._fast_kernel = backend.kernel
             self._sym_kernel = backend.sym_kernel
+            self._coll_kernel = backend.coll_kernel
             self._fast_addr = backend.state_addr
             self._fast_ops = {}
             for (dt, opname), code in backend._codes.items():
@@ -325,7 +329,10 @@ class ProcessGroup:
                             return None
                         if st > 0:  # still waiting (or a peer aborted): the slow wait
                             self._seq += 1
-                            return self._fast_finish(x, code, st, timeout, table)
+                            b = self._backend
+                            return self._fast_finish("allreduce", lambda ctx, status:
+                                                     b.native_allreduce(ctx, x, code, status,
+                                                                        table), st, timeout)
                     finally:
                         self._lock.release()
         f = self._arr(x, "allreduce", writable=True)
@@ -367,20 +374,40 @@ class ProcessGroup:
             self._sym_min = min(self._sym_min, b.sym_bytes)
         return box[0].view(dtype).reshape(shape)
 
-    def _fast_finish(self, x, code, status, timeout, table=None):
-        """A fast-path allreduce that did not complete within its first wait: finish
-        it with the checks of the general path (hang report, aborts, dead peers,
-        timeout). Called with the group lock held."""
-        ctx = OpContext("allreduce", self._seq, timeout if timeout is not None
+    def _fast_finish(self, opname, resume, status, timeout):
+        """A fast-path op that did not complete within its first wait: finish it
+        (``resume(ctx, status)``) with the checks of the general path (hang report,
+        aborts, dead peers, timeout). Called with the group lock held."""
+        ctx = OpContext(opname, self._seq, timeout if timeout is not None
                         else self.timeout, self.name, self.rank, self.ranks)
-        hang.set_pending(self.name, "allreduce", self._seq)
+        hang.set_pending(self.name, opname, self._seq)
         try:
-            self._backend.native_allreduce(ctx, x, code, status, table)
+            resume(ctx, status)
         except BaseException as e:
             self._fail(ctx, e)
             raise
         finally:
             hang.set_pending(self.name, None, None)
+
+    def _fast_coll(self, opname, kind, x, out, code, root, timeout):
+        """allgather / gather / reduce_scatter / broadcast wholly in C (the shm
+        transport's kernel), like the allreduce fast path; False when not taken (the
+        kernel refused the arguments before touching anything, or an async op is in
+        flight): the general path then runs, and raises for bad arguments."""
+        if self._worker._pending or not self._lock.acquire(False):
+            return False
+        try:
+            st = self._coll_kernel(self._fast_addr, kind, x, out, code, root, 20_000_000)
+            if st < 0:
+                return False
+            self._seq += 1
+            if st > 0:  # still waiting (or a peer aborted): the slow wait
+                b = self._backend
+                self._fast_finish(opname, lambda ctx, status: b._native_coll(
+                    ctx, kind, x, out, code, root, status), st, timeout)
+            return True
+        finally:
+            self._lock.release()
 
     def _allreduce_ordered(self, ctx, f, op):
         # deterministic on a backend without rank-ordered reductions (MPI, NCCL):
@@ -389,14 +416,24 @@ class ProcessGroup:
         self._backend.allgather(ctx, buf, f)
         reduce_into(f, [buf[r * f.size:(r + 1) * f.size] for r in range(self.size)], op)
 
+    def _can_fast(self, async_op, x, out=None):
+        """Whether an op on these arrays may try its C fast path (see _fast_coll)."""
+        return (self._fast is not None and not async_op and type(x) is np.ndarray
+                and not x.dtype.hasobject
+                and (out is None or type(out) is np.ndarray and out.dtype == x.dtype)
+                and (x.nbytes < self._sym_min or self._backend.find_symmetric(x) is None))
+
     def broadcast(self, x, src=0, async_op=False, timeout=None):
         """In place: every rank's ``x`` becomes ``src``'s."""
+        if self._can_fast(async_op, x) and type(src) is int and 0 <= src < self.size \
+                and self._fast_coll("broadcast", _BROADCAST, x, None, -1, src, timeout):
+            return None
         f = self._arr(x, "broadcast", writable=True)
         src = self._rank_arg(src, "src")
         b = self._backend
         body = (lambda ctx: None) if self.size == 1 else (lambda ctx: b.broadcast(ctx, f, src))
         return self._collective("broadcast", body, async_op, timeout,
-                                self._sig(f, root=src), x)
+                                lambda: self._sig(f, root=src), x)
 
     def reduce(self, x, dst=0, op=ReduceOp.SUM, async_op=False, timeout=None):
         """In place on ``dst``: the reduction; other ranks' ``x`` is left unchanged."""
@@ -415,11 +452,14 @@ class ProcessGroup:
         else:
             body = lambda ctx: b.reduce(ctx, f, dst, op)  # noqa: E731
         return self._collective("reduce", body, async_op, timeout,
-                                self._sig(f, root=dst, reduce=op.name), x)
+                                lambda: self._sig(f, root=dst, reduce=op.name), x)
 
     def allgather(self, out, x, async_op=False, timeout=None):
         """``out`` (size x ``x.size`` elements, or a list of ``size`` arrays) gets every
         rank's ``x`` in rank order."""
+        if self._can_fast(async_op, x, out) and \
+                self._fast_coll("allgather", _ALLGATHER, x, out, -1, 0, timeout):
+            return None
         f = self._arr(x, "allgather")
         buf, lst = self._flat_out(out, f, f.size * self.size, "allgather")
         b = self._backend
@@ -432,10 +472,16 @@ class ProcessGroup:
             if lst is not None:
                 for r, o in enumerate(lst):
                     o.reshape(-1)[...] = buf[r * f.size:(r + 1) * f.size]
-        return self._collective("allgather", body, async_op, timeout, self._sig(f), out)
+        return self._collective("allgather", body, async_op, timeout, lambda: self._sig(f),
+                                out)
 
     def gather(self, x, out=None, dst=0, async_op=False, timeout=None):
         """Like allgather, but only ``dst`` receives (``out`` may be None elsewhere)."""
+        if type(dst) is int and 0 <= dst < self.size:
+            mine = out if self.rank == dst else None
+            if (mine is not None or self.rank != dst) and self._can_fast(async_op, x, mine) \
+                    and self._fast_coll("gather", _GATHER, x, mine, -1, dst, timeout):
+                return None
         f = self._arr(x, "gather")
         dst = self._rank_arg(dst, "dst")
         if self.rank == dst:
@@ -454,7 +500,8 @@ class ProcessGroup:
             if lst is not None:
                 for r, o in enumerate(lst):
                     o.reshape(-1)[...] = buf[r * f.size:(r + 1) * f.size]
-        return self._collective("gather", body, async_op, timeout, self._sig(f, root=dst), out)
+        return self._collective("gather", body, async_op, timeout,
+                                lambda: self._sig(f, root=dst), out)
 
     def scatter(self, out, x=None, src=0, async_op=False, timeout=None):
         """``out`` gets piece ``rank`` of ``src``'s ``x`` (size x ``out.size`` elements
@@ -474,12 +521,18 @@ class ProcessGroup:
                 o[...] = buf
             else:
                 b.scatter(ctx, o, buf, src)
-        return self._collective("scatter", body, async_op, timeout, self._sig(o, root=src),
+        return self._collective("scatter", body, async_op, timeout,
+                                lambda: self._sig(o, root=src),
                                 out)
 
     def reduce_scatter(self, out, x, op=ReduceOp.SUM, async_op=False, timeout=None):
         """``out`` = reduction over ranks of piece ``rank`` of ``x`` (``x``: size x
         ``out.size`` elements, or a list of ``size`` arrays)."""
+        if self._can_fast(async_op, x, out):
+            code = self._fast_ops.get((x.dtype, op))
+            if code is not None and self._fast_coll("reduce_scatter", _REDUCE_SCATTER, x, out,
+                                                    code, 0, timeout):
+                return None
         o = self._arr(out, "reduce_scatter output", writable=True)
         op = self._op_arg(op, o.dtype)
         buf = self._flat_in(x, o.size, o, "reduce_scatter")
@@ -495,7 +548,7 @@ class ProcessGroup:
             else:
                 b.reduce_scatter(ctx, o, buf, op)
         return self._collective("reduce_scatter", body, async_op, timeout,
-                                self._sig(o, reduce=op.name), out)
+                                lambda: self._sig(o, reduce=op.name), out)
 
     def all_to_all(self, out, x, async_op=False, timeout=None):
         """Piece j of this rank's ``x`` goes to rank j, landing at piece ``rank`` of
@@ -525,7 +578,7 @@ class ProcessGroup:
                 for r, o in enumerate(lst):
                     o.reshape(-1)[...] = buf[r * per:(r + 1) * per]
         return self._collective("all_to_all", body, async_op, timeout,
-                                dict(self._sig(xb)), out)
+                                lambda: self._sig(xb), out)
 
     def barrier(self, async_op=False, timeout=None):
         """Return when every rank of the group has entered the barrier."""

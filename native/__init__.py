@@ -159,6 +159,12 @@ def shm_kernel():
     return getattr(_ext, "shm_allreduce", None) if available() else None
 
 
+def shm_coll_kernel():
+    """The C allgather / gather / reduce_scatter / broadcast of the shm transport's
+    slot protocol (private entry), or None like :func:`shm_kernel`."""
+    return getattr(_ext, "shm_collective", None) if available() else None
+
+
 def shm_sym_kernel():
     """The C allreduce of symmetric buffers (every rank's array in memory all ranks
     map; private entry of the shm transport), or None like :func:`shm_kernel`."""

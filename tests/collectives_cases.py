@@ -248,6 +248,33 @@ def timeout_and_report(rank, world):
     return None
 
 
+def fast_op_times_out(rank, world, opname):
+    """The C fast paths of the other collectives give the same timeout errors."""
+    pg = C.init_process_group()
+    if rank != 0:
+        time.sleep(3.0)
+        return None
+    x, out = np.ones(4, np.float32), np.empty(4 * world, np.float32)
+    call = {"broadcast": lambda: pg.broadcast(x, src=1, timeout=1.0),
+            "allgather": lambda: pg.allgather(out, x, timeout=1.0),
+            "gather": lambda: pg.gather(x, out, dst=0, timeout=1.0),
+            "reduce_scatter": lambda: pg.reduce_scatter(x[:2], np.ones(2 * world, np.float32),
+                                                        timeout=1.0)}[opname]
+    t0 = time.monotonic()
+    try:
+        call()
+    except C.CollectiveTimeoutError as e:
+        assert f"{opname} (seq 1)" in str(e) and e.missing == (1,), str(e)
+        assert time.monotonic() - t0 < 5
+    else:
+        raise AssertionError("no timeout")
+    try:
+        call()
+    except C.GroupBrokenError:
+        return "broken"
+    return "still usable"
+
+
 def peer_dies(rank, world):
     pg = C.init_process_group(timeout=60)
     pg.allreduce(np.ones(10, np.float32))

@@ -74,6 +74,13 @@ def test_timeout_names_op_and_missing_peer_and_hang_report():
     assert "not in any collective" in res[0]
 
 
+@pytest.mark.parametrize("opname", ["broadcast", "allgather", "gather", "reduce_scatter"])
+def test_fast_paths_time_out_with_the_same_errors(opname, shm_guard):
+    res = spawn_ranks(cases.fast_op_times_out, 2, timeout=60, args=(opname,),
+                      env={"DEEPSEEK_HANG_POLL": "0"})
+    assert res[0] == "broken", res
+
+
 def test_peer_dies_mid_collective(shm_guard):
     res = spawn_ranks(cases.peer_dies, 3, timeout=60, return_errors=True)
     assert res[2].exitcode == 7

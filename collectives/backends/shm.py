@@ -81,6 +81,8 @@ _REASON_OFF = 512
 # statuses of the C allreduce
 NATIVE_DONE, NATIVE_PENDING, NATIVE_ABORT, NATIVE_MISMATCH, NATIVE_NOT_ELIGIBLE = \
     0, 1, 2, 3, -1
+# kinds of the C collectives (dsn_shm.h)
+_COLL_ALLGATHER, _COLL_GATHER, _COLL_REDUCE_SCATTER, _COLL_BROADCAST = 1, 2, 3, 4
 # shared ctrl words where a symmetric allreduce publishes its piece (dsn_shm.h)
 _SYM_SIG, _SYM_SIG_LEN = 16, 5
 # int32 words inside a channel block
@@ -192,9 +194,10 @@ class ShmTransport(Backend):
                             self._codes[(dt, opname)] = code
         except Exception:  # noqa: BLE001 - optional at run time
             self.kernel = None
-        self.sym_kernel = None
+        self.sym_kernel = self.coll_kernel = None
         if self.kernel is not None:
             self.sym_kernel = _native.shm_sym_kernel()
+            self.coll_kernel = _native.shm_coll_kernel()
         #: allreduce of a symmetric buffer takes the zero-copy path from this size on
         self.sym_bytes = _env_bytes("DEEPSEEK_SHM_SYM_BYTES", 32 << 10)
         self._sym = []          # SymmetricRegion records of this group
@@ -430,6 +433,22 @@ class ShmTransport(Backend):
             status = call(int(min(0.05, max(ctx.deadline - now, 0.0)) * 1e9) + 1000)
         return True
 
+    def _native_coll(self, ctx, kind, x, out, code=-1, root=0, status=None):
+        """Run (or, given the ``status`` of a first call, finish) allgather / gather /
+        reduce_scatter / broadcast (``kind``, as in native/src/dsn_shm.h) in C; False
+        when the kernel is not there or refused the arguments before touching anything
+        (the Python version then runs)."""
+        kernel = self.coll_kernel
+        if kernel is None or type(x) is not np.ndarray or \
+                (out is not None and type(out) is not np.ndarray):
+            return False
+        if x.dtype == _BF16:
+            x = x.view(np.uint16)
+            out = None if out is None else out.view(np.uint16)
+        addr = self.state_addr
+        return self._drive(ctx, lambda budget: kernel(addr, kind, x, out, code, root, budget),
+                           status)
+
     def native_missing(self):
         """Peers that have not reached what the C allreduce waits for."""
         w = self._w
@@ -607,6 +626,8 @@ class ShmTransport(Backend):
                 x[lo:hi] = out
 
     def broadcast(self, ctx, x, root):
+        if self._native_coll(ctx, _COLL_BROADCAST, x, None, root=root):
+            return
         dt = x.dtype
         for lo, hi in self._chunks(x.size, dt.itemsize):
             h = self._begin_round(ctx)
@@ -629,10 +650,13 @@ class ShmTransport(Backend):
                 for r, v in enumerate(views):
                     out[r * m:(r + 1) * m] = v
                 return self._sym_done(ctx)
-        self._gather(ctx, out, x, None)
+        if not self._native_coll(ctx, _COLL_ALLGATHER, x, out):
+            self._gather(ctx, out, x, None)
 
     def gather(self, ctx, out, x, root):
-        self._gather(ctx, out, x, root)
+        if not self._native_coll(ctx, _COLL_GATHER, x, out if self.rank == root else None,
+                                 root=root):
+            self._gather(ctx, out, x, root)
 
     def _gather(self, ctx, out, x, root):
         n, dt, m = self.size, x.dtype, x.size
@@ -661,12 +685,14 @@ class ShmTransport(Backend):
                 out[lo:hi] = self._in(self.rank, h, dt, hi - lo)
 
     def _pieces_in(self, ctx, x, m, lo, hi, dt):
-        """Copy piece chunks x[j*m+lo : j*m+hi] (j = 0..n-1) into this rank's slot."""
+        """Copy piece chunks x[j*m+lo : j*m+hi] (j = 0..n-1, but not j = rank: only
+        this rank needs its own piece, and reads it from x) into this rank's slot."""
         n, c = self.size, hi - lo
         h = self._begin_round(ctx)
         mine = self._in(self.rank, h, dt, n * c)
         for j in range(n):
-            mine[j * c:(j + 1) * c] = x[j * m + lo: j * m + hi]
+            if j != self.rank:
+                mine[j * c:(j + 1) * c] = x[j * m + lo: j * m + hi]
         s = self._post()
         self._wait_all(ctx, self._peers, s)
         return h, c
@@ -681,11 +707,15 @@ class ShmTransport(Backend):
                 views = self._sym_peers(ctx, x, *found, code=-2 - _sig_code(x.dtype, op))
                 reduce_into(out, [v[me * m:(me + 1) * m] for v in views], op)
                 return self._sym_done(ctx)
+        code = self.native_code(out, op)
+        if code is not None and self._native_coll(ctx, _COLL_REDUCE_SCATTER, x, out, code):
+            return
         for lo, hi in self._chunks(m, dt.itemsize, n):
             h, c = self._pieces_in(ctx, x, m, lo, hi, dt)
             me = self.rank
             reduce_into(out[lo:hi],
-                        [self._in(r, h, dt, n * c)[me * c:(me + 1) * c] for r in range(n)],
+                        [x[me * m + lo: me * m + hi] if r == me else
+                         self._in(r, h, dt, n * c)[me * c:(me + 1) * c] for r in range(n)],
                         op)
 
     def all_to_all(self, ctx, out, x):
@@ -695,7 +725,8 @@ class ShmTransport(Backend):
             h, c = self._pieces_in(ctx, x, m, lo, hi, dt)
             me = self.rank
             for r in range(n):
-                out[r * m + lo: r * m + hi] = self._in(r, h, dt, n * c)[me * c:(me + 1) * c]
+                out[r * m + lo: r * m + hi] = x[me * m + lo: me * m + hi] if r == me else \
+                    self._in(r, h, dt, n * c)[me * c:(me + 1) * c]
 
     # --- point to point ------------------------------------------------------------
     def _p2p_slot(self, src, dst, k):

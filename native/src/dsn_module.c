@@ -529,6 +529,93 @@ static PyObject *py_shm_allreduce_sym(PyObject *self, PyObject *const *args, Py_
     return PyLong_FromLong(st);
 }
 
+/*
+ * shm_collective(state_addr, kind, x, out, code, root, budget_ns) -> status
+ *
+ * The slot protocol's allgather (kind 1), gather (2), reduce_scatter (3) and
+ * broadcast (4) in C (see dsn_shm_coll_run). code -1: a plain copy, counted in bytes
+ * (kinds 1, 2, 4); else dtype * 8 + op as for shm_allreduce (kind 3 needs one). x is
+ * the input (broadcast: in and out, writable); out the output (None for broadcast and
+ * on a gather's non-root ranks). Sizes: allgather / gather out = n * x; reduce_scatter
+ * x = n * out. Same statuses as shm_allreduce; -1 (nothing touched) for any argument
+ * the kernel does not take.
+ */
+static PyObject *py_shm_collective(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError,
+                        "shm_collective(state_addr, kind, x, out, code, root, budget_ns)");
+        return NULL;
+    }
+    void *addr = PyLong_AsVoidPtr(args[0]);
+    long kind = PyLong_AsLong(args[1]);
+    long code = PyLong_AsLong(args[4]);
+    long root = PyLong_AsLong(args[5]);
+    long long budget = PyLong_AsLongLong(args[6]);
+    if (PyErr_Occurred()) return NULL;
+    if (!addr) {
+        PyErr_SetString(PyExc_ValueError, "shm_collective(): null state address");
+        return NULL;
+    }
+    PyObject *not_eligible = PyLong_FromLong(DSN_SHM_NOT_ELIGIBLE);
+    int32_t *pv = (int32_t *)addr;
+    int n = pv[DSN_P_N], me = pv[DSN_P_RANK];
+    if (n < 1 || n > DSN_SHM_MAX_RANKS || me < 0 || me >= n || pv[DSN_P_SLOT] <= 0 ||
+        kind < DSN_COLL_ALLGATHER || kind > DSN_COLL_BROADCAST)
+        return not_eligible;
+    int dtype = 0, op = 0;
+    size_t isz = 1;
+    if (code >= 0) {
+        dtype = (int)(code >> 3);
+        op = (int)(code & 7);
+        if (dtype > DSN_F64 || op > DSN_PROD ||
+            (op == DSN_AVG && (dtype == DSN_I32 || dtype == DSN_I64)))
+            return not_eligible;
+        isz = DTYPE_SIZES[dtype];
+    } else if (kind == DSN_COLL_REDUCE_SCATTER) {
+        return not_eligible;
+    }
+    if ((kind == DSN_COLL_GATHER || kind == DSN_COLL_BROADCAST) && (root < 0 || root >= n))
+        return not_eligible;
+    int need_out = kind == DSN_COLL_ALLGATHER || kind == DSN_COLL_REDUCE_SCATTER ||
+                   (kind == DSN_COLL_GATHER && me == root);
+    Py_buffer xv, ov;
+    int flags = PyBUF_C_CONTIGUOUS | (kind == DSN_COLL_BROADCAST ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(args[2], &xv, flags) < 0) {
+        PyErr_Clear();
+        return not_eligible;
+    }
+    if (need_out && PyObject_GetBuffer(args[3], &ov, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
+        PyErr_Clear();
+        PyBuffer_Release(&xv);
+        return not_eligible;
+    }
+    size_t m = 0;
+    int ok = code < 0 || ((size_t)xv.itemsize == isz && (!need_out || (size_t)ov.itemsize == isz));
+    if (kind == DSN_COLL_REDUCE_SCATTER) {
+        m = (size_t)ov.len / isz;
+        ok = ok && (size_t)xv.len == (size_t)n * m * isz;
+    } else {
+        m = (size_t)xv.len / isz;
+        ok = ok && (!need_out || (size_t)ov.len == (size_t)n * m * isz);
+    }
+    size_t pieces = kind == DSN_COLL_REDUCE_SCATTER ? (size_t)n : 1;
+    ok = ok && (size_t)(uint32_t)pv[DSN_P_SLOT] / (isz * pieces) >= 1;
+    int st = DSN_SHM_NOT_ELIGIBLE;
+    if (ok) {
+        char *base = (char *)addr - (size_t)me * DSN_SHM_CTRL;
+        char *out = kind == DSN_COLL_BROADCAST ? (char *)xv.buf : need_out ? (char *)ov.buf : NULL;
+        Py_BEGIN_ALLOW_THREADS
+        st = dsn_shm_coll_run(K, base, pv, (int)kind, (const char *)xv.buf, out, m, (int)root,
+                              dtype, op, isz, dsn_now_ns() + budget);
+        Py_END_ALLOW_THREADS
+    }
+    if (need_out) PyBuffer_Release(&ov);
+    PyBuffer_Release(&xv);
+    Py_DECREF(not_eligible);
+    return PyLong_FromLong(st);
+}
+
 /* ---------------------------------------------------------------- module */
 
 static PyMethodDef methods[] = {
@@ -546,6 +633,9 @@ static PyMethodDef methods[] = {
      "step, amsgrad, decoupled, maximize)"},
     {"shm_allreduce", (PyCFunction)(void (*)(void))py_shm_allreduce, METH_FASTCALL,
      "shm_allreduce(state_addr, x, code, budget_ns) -> status (private: collectives)"},
+    {"shm_collective", (PyCFunction)(void (*)(void))py_shm_collective, METH_FASTCALL,
+     "shm_collective(state_addr, kind, x, out, code, root, budget_ns) -> status "
+     "(private: collectives)"},
     {"shm_allreduce_sym", (PyCFunction)(void (*)(void))py_shm_allreduce_sym, METH_FASTCALL,
      "shm_allreduce_sym(state_addr, x, code, budget_ns, table_addr) -> status "
      "(private: collectives)"},

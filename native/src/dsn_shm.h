@@ -124,64 +124,109 @@ static inline int dsn_any_abort(char *base, int n, int me)
     return 0;
 }
 
-/* Wait until every peer's step reached target: spin, then futex. Returns DONE,
- * PENDING (deadline passed, or a signal interrupted the sleep) or ABORT. */
-static int dsn_shm_wait_all(char *base, int32_t *pv, int32_t target, int64_t deadline)
+/* Wait until peer p's step reached target: spin, then futex. Returns DONE, PENDING
+ * (deadline passed, or a signal interrupted the sleep) or ABORT. */
+static int dsn_shm_wait_peer(char *base, int32_t *pv, int p, int32_t target, int64_t deadline)
 {
     int n = pv[DSN_P_N], me = pv[DSN_P_RANK];
-    for (int p = 0; p < n; p++) {
-        if (p == me) continue;
-        int32_t *pc = dsn_ctrl(base, p);
-        if (dsn_reached(__atomic_load_n(&pc[DSN_W_STEP], __ATOMIC_ACQUIRE), target)) continue;
-        /* 1) spin: the peer is usually a few microseconds away. The budget adapts:
-         * it doubles while waits end during the spin and halves when they end asleep
-         * (a late peer, an overloaded machine), so a waiting rank does not keep
-         * burning a core its peer needs. */
-        int64_t spin = pv[DSN_P_SPIN_CUR], smax = pv[DSN_P_SPIN_MAX];
-        /* floor: above a futex wake-up's latency in a VM (tens of us); lower, two
-         * ranks can lock each other into sleeping: each wake-up comes too late for
-         * the other's spin, which then shrinks further */
-        int64_t smin = smax < DSN_SHM_SPIN_MIN_NS ? smax : DSN_SHM_SPIN_MIN_NS;
-        int ok = 0;
-        if (spin > 0) {
-            int64_t end = dsn_now_ns() + spin;
-            do {
-                for (int i = 0; i < 32; i++) {
-                    if (dsn_reached(__atomic_load_n(&pc[DSN_W_STEP], __ATOMIC_ACQUIRE), target)) {
-                        ok = 1;
-                        break;
-                    }
-                    DSN_PAUSE();
-                }
-            } while (!ok && dsn_now_ns() < end);
-        }
-        if (ok) {
-            spin = spin * 2 > smax ? smax : spin * 2;
-            pv[DSN_P_SPIN_CUR] = (int32_t)(spin < smin ? smin : spin);
-            continue;
-        }
-        spin /= 2;
-        pv[DSN_P_SPIN_CUR] = (int32_t)(spin < smin ? smin : spin);
-        /* 2) sleep in the kernel on the peer's step word */
-        for (;;) {
-            __atomic_store_n(&pc[DSN_W_SLEEP], 1, __ATOMIC_SEQ_CST);
-            int32_t cur = __atomic_load_n(&pc[DSN_W_STEP], __ATOMIC_SEQ_CST);
-            if (dsn_reached(cur, target)) break;
-            if (dsn_any_abort(base, n, me)) return DSN_SHM_ABORT;
-            int64_t now = dsn_now_ns();
-            if (now >= deadline) return DSN_SHM_PENDING;
-            int64_t ns = deadline - now;
-            if (dsn_futex_wait(&pc[DSN_W_STEP], cur,
-                               ns < DSN_SHM_MAX_SLEEP_NS ? ns : DSN_SHM_MAX_SLEEP_NS)) {
-                /* a signal: return so that Python runs its handler */
-                if (dsn_reached(__atomic_load_n(&pc[DSN_W_STEP], __ATOMIC_ACQUIRE), target))
+    int32_t *pc = dsn_ctrl(base, p);
+    if (dsn_reached(__atomic_load_n(&pc[DSN_W_STEP], __ATOMIC_ACQUIRE), target))
+        return DSN_SHM_DONE;
+    /* 1) spin: the peer is usually a few microseconds away. The budget adapts:
+     * it doubles while waits end during the spin and halves when they end asleep
+     * (a late peer, an overloaded machine), so a waiting rank does not keep
+     * burning a core its peer needs. */
+    int64_t spin = pv[DSN_P_SPIN_CUR], smax = pv[DSN_P_SPIN_MAX];
+    /* floor: above a futex wake-up's latency in a VM (tens of us); lower, two
+     * ranks can lock each other into sleeping: each wake-up comes too late for
+     * the other's spin, which then shrinks further */
+    int64_t smin = smax < DSN_SHM_SPIN_MIN_NS ? smax : DSN_SHM_SPIN_MIN_NS;
+    int ok = 0;
+    if (spin > 0) {
+        int64_t end = dsn_now_ns() + spin;
+        do {
+            for (int i = 0; i < 32; i++) {
+                if (dsn_reached(__atomic_load_n(&pc[DSN_W_STEP], __ATOMIC_ACQUIRE), target)) {
+                    ok = 1;
                     break;
-                return DSN_SHM_PENDING;
+                }
+                DSN_PAUSE();
             }
-        }
-        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        } while (!ok && dsn_now_ns() < end);
     }
+    if (ok) {
+        spin = spin * 2 > smax ? smax : spin * 2;
+        pv[DSN_P_SPIN_CUR] = (int32_t)(spin < smin ? smin : spin);
+        return DSN_SHM_DONE;
+    }
+    spin /= 2;
+    pv[DSN_P_SPIN_CUR] = (int32_t)(spin < smin ? smin : spin);
+    /* 2) sleep in the kernel on the peer's step word */
+    for (;;) {
+        __atomic_store_n(&pc[DSN_W_SLEEP], 1, __ATOMIC_SEQ_CST);
+        int32_t cur = __atomic_load_n(&pc[DSN_W_STEP], __ATOMIC_SEQ_CST);
+        if (dsn_reached(cur, target)) break;
+        if (dsn_any_abort(base, n, me)) return DSN_SHM_ABORT;
+        int64_t now = dsn_now_ns();
+        if (now >= deadline) return DSN_SHM_PENDING;
+        int64_t ns = deadline - now;
+        if (dsn_futex_wait(&pc[DSN_W_STEP], cur,
+                           ns < DSN_SHM_MAX_SLEEP_NS ? ns : DSN_SHM_MAX_SLEEP_NS)) {
+            /* a signal: return so that Python runs its handler */
+            if (dsn_reached(__atomic_load_n(&pc[DSN_W_STEP], __ATOMIC_ACQUIRE), target))
+                break;
+            return DSN_SHM_PENDING;
+        }
+    }
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);
     return DSN_SHM_DONE;
+}
+
+/* Wait until every peer's step reached target (statuses as dsn_shm_wait_peer). */
+static int dsn_shm_wait_all(char *base, int32_t *pv, int32_t target, int64_t deadline)
+{
+    int n = pv[DSN_P_N], me = pv[DSN_P_RANK], st;
+    for (int p = 0; p < n; p++)
+        if (p != me && (st = dsn_shm_wait_peer(base, pv, p, target, deadline))) return st;
+    return DSN_SHM_DONE;
+}
+
+/* Begin a round: once every peer posted the first step of the previous round, nobody
+ * reads the half used two rounds ago any more; claim it (ROUND & 1 is the half).
+ * Resumable: a PENDING return leaves the round unclaimed. */
+static int dsn_shm_begin_round(char *base, int32_t *pv, int64_t deadline)
+{
+    if (pv[DSN_P_HASPREV]) {
+        pv[DSN_P_TARGET] = pv[DSN_P_PREV];
+        int st = dsn_shm_wait_all(base, pv, pv[DSN_P_TARGET], deadline);
+        if (st) return st;
+    }
+    pv[DSN_P_ROUND] = (int32_t)((uint32_t)pv[DSN_P_ROUND] + 1u);
+    pv[DSN_P_HASPREV] = 1;
+    pv[DSN_P_PREV] = (int32_t)((uint32_t)dsn_ctrl(base, pv[DSN_P_RANK])[DSN_W_STEP] + 1u);
+    return DSN_SHM_DONE;
+}
+
+/* The chunk a resumable op works on: [*lo, *lo + *c) of total elements, cap at a
+ * time. Returns 0 once every chunk is done (and resets the op state). */
+static int dsn_shm_chunk(int32_t *pv, size_t total, size_t cap, size_t *lo, size_t *c)
+{
+    size_t ci = (size_t)(uint32_t)pv[DSN_P_CHUNK];
+    if (ci >= (total + cap - 1) / cap) {
+        pv[DSN_P_CHUNK] = 0;
+        pv[DSN_P_PHASE] = 0;
+        return 0;
+    }
+    *lo = ci * cap;
+    *c = total - *lo < cap ? total - *lo : cap;
+    return 1;
+}
+
+/* This chunk is finished: the next one begins at phase 0. */
+static inline void dsn_shm_chunk_done(int32_t *pv)
+{
+    pv[DSN_P_PHASE] = 0;
+    pv[DSN_P_CHUNK] = (int32_t)((uint32_t)pv[DSN_P_CHUNK] + 1u);
 }
 
 /* The allreduce state machine (see the file comment); x holds count elements. */
@@ -194,32 +239,16 @@ static int dsn_shm_allreduce_run(const dsn_kernels *k, char *base, int32_t *pv, 
     char *out = base + (size_t)(uint32_t)pv[DSN_P_OUT_OFF];
     int32_t *myc = dsn_ctrl(base, me);
     int rs = count * isz >= (size_t)(uint32_t)pv[DSN_P_RS_BYTES] && count >= (size_t)n;
-    size_t cap = C / isz;
-    size_t nchunks = (count + cap - 1) / cap;
+    size_t cap = C / isz, lo, m;
     const void *ptrs[DSN_SHM_MAX_RANKS];
     int st;
-    for (;;) {
-        size_t ci = (size_t)(uint32_t)pv[DSN_P_CHUNK];
-        if (ci >= nchunks) {
-            pv[DSN_P_CHUNK] = 0;
-            pv[DSN_P_PHASE] = 0;
-            return DSN_SHM_DONE;
-        }
-        size_t lo = ci * cap, m = count - lo < cap ? count - lo : cap;
+    while (dsn_shm_chunk(pv, count, cap, &lo, &m)) {
         size_t a = m * (size_t)me / (size_t)n, b = m * (size_t)(me + 1) / (size_t)n;
         char *xc = x + lo * isz;
         int h;
         switch (pv[DSN_P_PHASE]) {
         case 0:
-            /* begin a round: once every peer posted the first step of the previous
-             * round, nobody reads this half (used two rounds ago) any more */
-            if (pv[DSN_P_HASPREV]) {
-                pv[DSN_P_TARGET] = pv[DSN_P_PREV];
-                if ((st = dsn_shm_wait_all(base, pv, pv[DSN_P_TARGET], deadline))) return st;
-            }
-            pv[DSN_P_ROUND] = (int32_t)((uint32_t)pv[DSN_P_ROUND] + 1u);
-            pv[DSN_P_HASPREV] = 1;
-            pv[DSN_P_PREV] = (int32_t)((uint32_t)myc[DSN_W_STEP] + 1u);
+            if ((st = dsn_shm_begin_round(base, pv, deadline))) return st;
             h = pv[DSN_P_ROUND] & 1;
             {
                 char *mine = in + ((size_t)me * 2 + (size_t)h) * C;
@@ -239,8 +268,7 @@ static int dsn_shm_allreduce_run(const dsn_kernels *k, char *base, int32_t *pv, 
             if (!rs) {
                 for (int r = 0; r < n; r++) ptrs[r] = in + ((size_t)r * 2 + (size_t)h) * C;
                 k->reduce(op, dtype, ptrs, (size_t)n, xc, m);
-                pv[DSN_P_PHASE] = 0;
-                pv[DSN_P_CHUNK] = (int32_t)(ci + 1);
+                dsn_shm_chunk_done(pv);
                 continue;
             }
             {
@@ -265,13 +293,86 @@ static int dsn_shm_allreduce_run(const dsn_kernels *k, char *base, int32_t *pv, 
             h = pv[DSN_P_ROUND] & 1;
             memcpy(xc, out + (size_t)h * C, a * isz);
             memcpy(xc + b * isz, out + (size_t)h * C + b * isz, (m - b) * isz);
-            pv[DSN_P_PHASE] = 0;
-            pv[DSN_P_CHUNK] = (int32_t)(ci + 1);
+            dsn_shm_chunk_done(pv);
             continue;
         default:
             return DSN_SHM_NOT_ELIGIBLE;
         }
     }
+    return DSN_SHM_DONE;
+}
+
+/*
+ * The other collectives on the slots, the same protocol as their Python versions in
+ * collectives/backends/shm.py (so both interleave freely), for messages where Python's
+ * per-round cost would dominate. m is the element count of one rank's piece; per chunk
+ * of it (a slot, or a slot / n for reduce-scatter, which stages n pieces per round):
+ *   allgather / gather: copy my piece's chunk into my slot, post, wait for all (gather:
+ *     the root only), copy every slot into out;
+ *   reduce_scatter: copy the chunk of each of my pieces but my own into my slot, post,
+ *     wait, and reduce piece `me` of every slot (mine: from x), in rank order, into out;
+ *   broadcast: the root copies into its slot; everyone posts; the others wait for the
+ *     root and copy out (x is in and out).
+ * Resumable like the allreduce (phases 0 and 20).
+ */
+enum { DSN_COLL_ALLGATHER = 1, DSN_COLL_GATHER = 2, DSN_COLL_REDUCE_SCATTER = 3,
+       DSN_COLL_BROADCAST = 4 };
+
+static int dsn_shm_coll_run(const dsn_kernels *k, char *base, int32_t *pv, int kind,
+                            const char *x, char *out, size_t m, int root, int dtype, int op,
+                            size_t isz, int64_t deadline)
+{
+    int n = pv[DSN_P_N], me = pv[DSN_P_RANK];
+    size_t C = (size_t)(uint32_t)pv[DSN_P_SLOT];
+    char *in = base + (size_t)(uint32_t)pv[DSN_P_IN_OFF];
+    int32_t *myc = dsn_ctrl(base, me);
+    size_t pieces = kind == DSN_COLL_REDUCE_SCATTER ? (size_t)n : 1;
+    size_t cap = C / (isz * pieces), lo, c;
+    const void *ptrs[DSN_SHM_MAX_RANKS];
+    int st;
+    while (dsn_shm_chunk(pv, m, cap, &lo, &c)) {
+#define DSN_SLOT(r) (in + ((size_t)(r) * 2 + (size_t)(pv[DSN_P_ROUND] & 1)) * C)
+        switch (pv[DSN_P_PHASE]) {
+        case 0:
+            if ((st = dsn_shm_begin_round(base, pv, deadline))) return st;
+            if (kind == DSN_COLL_REDUCE_SCATTER) {
+                for (int j = 0; j < n; j++)   /* my own piece is read from x */
+                    if (j != me)
+                        memcpy(DSN_SLOT(me) + (size_t)j * c * isz,
+                               x + ((size_t)j * m + lo) * isz, c * isz);
+            } else if (kind != DSN_COLL_BROADCAST || me == root) {
+                memcpy(DSN_SLOT(me), x + lo * isz, c * isz);
+            }
+            pv[DSN_P_TARGET] = dsn_shm_post(myc);
+            pv[DSN_P_PHASE] = 20;
+            /* fall through */
+        case 20:
+            if (kind == DSN_COLL_BROADCAST) {
+                if (me != root) {
+                    if ((st = dsn_shm_wait_peer(base, pv, root, pv[DSN_P_TARGET], deadline)))
+                        return st;
+                    memcpy(out + lo * isz, DSN_SLOT(root), c * isz);
+                }
+            } else if (kind != DSN_COLL_GATHER || me == root) {
+                if ((st = dsn_shm_wait_all(base, pv, pv[DSN_P_TARGET], deadline))) return st;
+                if (kind == DSN_COLL_REDUCE_SCATTER) {
+                    for (int r = 0; r < n; r++)
+                        ptrs[r] = r == me ? x + ((size_t)me * m + lo) * isz
+                                          : DSN_SLOT(r) + (size_t)me * c * isz;
+                    k->reduce(op, dtype, ptrs, (size_t)n, out + lo * isz, c);
+                } else {
+                    for (int r = 0; r < n; r++)
+                        memcpy(out + ((size_t)r * m + lo) * isz, DSN_SLOT(r), c * isz);
+                }
+            }
+#undef DSN_SLOT
+            dsn_shm_chunk_done(pv);
+            continue;
+        default:
+            return DSN_SHM_NOT_ELIGIBLE;
+        }
+    }
+    return DSN_SHM_DONE;
 }
 
 /*
