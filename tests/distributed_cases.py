@@ -72,3 +72,23 @@ def tensor_ops(rank, world):
     dist.barrier()
     dist.destroy_process_group()
     return True
+
+
+def symmetric_tensor(rank, world):
+    import deepseek
+    import deepseek.distributed as dist
+
+    dist.init_process_group()
+    t = dist.symmetric_empty(64, 512)
+    assert t.shape == (64, 512) and t.dtype == deepseek.float32
+    assert not t.numpy().any()
+    t.numpy()[...] = rank + 1
+    dist.all_reduce(t)
+    half = t[:32]  # a slice at the same place on every rank
+    half.numpy()[...] = 1.0
+    dist.all_reduce(half, op=dist.ReduceOp.AVG)
+    assert (t.numpy()[:32] == 1.0).all() and (t.numpy()[32:] == sum(range(1, world + 1))).all()
+    from deepseek.collectives import get_default_group
+    zero_copy = get_default_group()._backend.sym_allreduces  # both all_reduces above
+    return dist.get_backend(), zero_copy, \
+        dist.symmetric_empty((3,), dtype=deepseek.int64).dtype == deepseek.int64

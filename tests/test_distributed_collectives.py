@@ -23,3 +23,7 @@ def test_distributed_imports_no_engine_into_collectives():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr
+
+
+def test_symmetric_tensor_all_reduce():
+    assert spawn_ranks(cases.symmetric_tensor, 2, timeout=60) == [("cpu", 2, True)] * 2

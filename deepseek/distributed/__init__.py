@@ -29,7 +29,8 @@ __all__ = [
     "all_reduce", "broadcast", "reduce", "all_gather", "all_gather_into_tensor",
     "reduce_scatter", "reduce_scatter_tensor", "all_to_all", "all_to_all_single",
     "gather", "scatter", "send", "recv", "isend", "irecv", "broadcast_object_list",
-    "all_gather_object", "ReduceOp", "ProcessGroup", "Work", "CollectiveError",
+    "all_gather_object", "symmetric_empty", "ReduceOp", "ProcessGroup", "Work",
+    "CollectiveError",
     "DDPStrategy", "DistributedDataParallel",
 ]
 
@@ -106,6 +107,21 @@ def new_group(ranks=None, timeout=None, backend=None, **kwargs):
 
 def barrier(group=None, async_op=False, timeout=None):
     return _group(group).barrier(async_op=async_op, timeout=timeout)
+
+
+def symmetric_empty(*size, dtype=None, group=None):
+    """A zero-filled tensor in memory that every rank of ``group`` maps (PyTorch's
+    ``symmetric_memory.empty`` and ``rendezvous`` in one call); every rank must call it
+    with the same size and dtype. On shared memory an ``all_reduce`` of it, or of a
+    slice taken at the same place on every rank, reads each rank's copy where it lies
+    (no staging copy; DDP's buckets live there). Elsewhere it is an ordinary tensor."""
+    from deepseek import dtypes as _dt
+    from deepseek._tensor import from_numpy
+
+    if len(size) == 1 and isinstance(size[0], (tuple, list)):
+        size = tuple(size[0])
+    dtype = _dt.get_default_dtype() if dtype is None else _dt.as_dtype(dtype)
+    return from_numpy(_group(group).symmetric_empty(size, dtype))
 
 
 def all_reduce(tensor, op=ReduceOp.SUM, group=None, async_op=False):
