@@ -196,7 +196,10 @@ def new_group(ranks=None, timeout=None, deterministic=None, debug=None):
         mpi_sub = _S.mpi_world.subgroup(ranks)  # collective over the world
     if me not in ranks:
         return None
-    pg = _build_group(ranks, me, f"group{k}{ranks}", f"{_S.prefix}/g{k}", timeout, det,
+    # the ranks are part of the key: disjoint groups made by the k-th call on different
+    # ranks (each rank creating only the groups it belongs to) never share store keys
+    pg = _build_group(ranks, me, f"group{k}{ranks}",
+                      f"{_S.prefix}/g{k}/" + "-".join(map(str, ranks)), timeout, det,
                       debug, mpi_backend=mpi_sub)
     _S.groups.append(pg)
     return pg

@@ -182,3 +182,22 @@ def test_symmetric_pieces_at_different_places_raise_not_corrupt(native, shm_guar
     env = {} if native else {"DEEPSEEK_NATIVE": "0"}
     res = spawn_ranks(pieces_differ, 2, timeout=60, env=env, args=(native,))
     assert res == [("mismatch", True)] * 2, res
+
+
+def in_subgroups(rank, world):
+    pg = C.init_process_group()
+    sub = C.new_group([r for r in range(world) if r % 2 == rank % 2])  # evens and odds
+    x = sub.symmetric_empty(50000, np.float64)
+    x[...] = rank
+    sub.allreduce(x)
+    want = sum(r for r in range(world) if r % 2 == rank % 2)
+    assert (x == want).all(), (x[:3], want)
+    y = pg.symmetric_empty(50000, np.float64)  # the world group's own allocation
+    y[...] = 1
+    pg.allreduce(y)
+    assert (y == world).all()
+    return sub._backend.sym_allreduces, pg._backend.sym_allreduces
+
+
+def test_symmetric_buffers_of_subgroups(shm_guard):
+    assert spawn_ranks(in_subgroups, 4, timeout=60) == [(1, 1)] * 4
