@@ -6,6 +6,7 @@
     pg.allreduce(x)                         # in place, SUM
     w = pg.allreduce(y, C.ReduceOp.AVG, async_op=True); ...; w.wait()
     sub = C.new_group([0, 1])               # called by every rank; None on non-members
+    buf = pg.symmetric_empty(n)             # memory all ranks map: zero-copy allreduce
 
 Backends: ``cpu`` (shared memory on one host, ZeroMQ TCP across hosts), ``mpi``
 (mpi4py; the default under mpirun/srun when importable -- ``pip install
@@ -16,8 +17,11 @@ Environment knobs: ``DEEPSEEK_DETERMINISTIC=1`` (rank-order reductions everywher
 ``DEEPSEEK_DEBUG_COLLECTIVES=1`` (cross-rank call check), ``DEEPSEEK_CPU_TRANSPORT``
 (auto/shm/zmq), ``DEEPSEEK_SHM_CHUNK`` (slot bytes, default 1 MiB),
 ``DEEPSEEK_SHM_RS_BYTES`` (allreduce crossover to reduce-scatter+allgather, default
-64 KiB), ``DEEPSEEK_SHM_SPIN_US`` (spin before sleeping in the kernel; adaptive, at
-most 2000 us when ranks <= cores, 20 us when oversubscribed),
+64 KiB), ``DEEPSEEK_SHM_SYM_BYTES`` (symmetric buffers: zero-copy allreduce from this
+size, default 32 KiB), ``DEEPSEEK_SHM_CMA`` / ``DEEPSEEK_SHM_CMA_BYTES`` (single-copy
+allgather through process_vm_readv where the kernel allows it: 0 turns it off; from 8
+KiB per rank), ``DEEPSEEK_SHM_SPIN_US`` (spin before sleeping in the kernel; adaptive,
+at most 2000 us when ranks <= cores, 20 us when oversubscribed),
 ``DEEPSEEK_COLLECTIVES_TIMEOUT`` (default timeout, seconds).
 
 This package never imports the tensor engine: it works on raw arrays only.

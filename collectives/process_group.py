@@ -26,7 +26,7 @@ from .work import Worker, Work, completed_work
 
 _SUM = ReduceOp.SUM
 # kinds of the shm transport's C collectives (native/src/dsn_shm.h)
-_ALLGATHER, _GATHER, _REDUCE_SCATTER, _BROADCAST = 1, 2, 3, 4
+_ALLGATHER, _GATHER, _REDUCE_SCATTER, _BROADCAST, _ALLGATHER_CMA = 1, 2, 3, 4, 5
 
 
 def _truthy(v):
@@ -87,6 +87,9 @@ class ProcessGroup:
             self._fast_kernel = backend.kernel
             self._sym_kernel = backend.sym_kernel
             self._coll_kernel = backend.coll_kernel
+            # allgathers from this size on read the peers' memory directly (see
+            # ShmTransport.probe_cma)
+            self._cma_min = backend.cma_bytes if backend.cma else float("inf")
             self._fast_addr = backend.state_addr
             self._fast_ops = {}
             for (dt, opname), code in backend._codes.items():
@@ -457,8 +460,9 @@ class ProcessGroup:
     def allgather(self, out, x, async_op=False, timeout=None):
         """``out`` (size x ``x.size`` elements, or a list of ``size`` arrays) gets every
         rank's ``x`` in rank order."""
-        if self._can_fast(async_op, x, out) and \
-                self._fast_coll("allgather", _ALLGATHER, x, out, -1, 0, timeout):
+        if self._can_fast(async_op, x, out) and self._fast_coll(
+                "allgather", _ALLGATHER_CMA if x.nbytes >= self._cma_min else _ALLGATHER,
+                x, out, -1, 0, timeout):
             return None
         f = self._arr(x, "allgather")
         buf, lst = self._flat_out(out, f, f.size * self.size, "allgather")

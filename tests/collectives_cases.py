@@ -477,3 +477,31 @@ def fast_path(rank, world):
     assert pg._seq == seq0 + 6 * 3 * (3 + 1) + 2
     C.destroy_process_group()
     return True
+
+
+def cma_allgather(rank, world):
+    """Allgather above and below the single-copy threshold, checked against the
+    inputs; which C kernel ran (5: cross-memory attach, 1: staged); and a size
+    mismatch between ranks, which the single-copy path catches."""
+    pg = C.init_process_group()
+    kinds = []
+    real = pg._coll_kernel
+    pg._coll_kernel = lambda addr, kind, *a: (kinds.append(kind), real(addr, kind, *a))[1]
+    for n in (300001, 5000, 3):  # float32: 1.2 MB, 20 KB (both above 8 KiB), 12 B
+        parts = [inputs(7, r, n, np.dtype(np.float32)) for r in range(world)]
+        out = np.empty(n * world, np.float32)
+        pg.allgather(out, parts[rank])
+        check_equal(out, np.concatenate(parts), f"allgather n={n}")
+    on = pg._backend.cma
+    result = "skipped"
+    if on:
+        x = np.ones(4096 + 1024 * rank, np.float32)
+        try:
+            pg.allgather(np.empty(x.size * world, np.float32), x)
+        except C.CollectiveMismatchError as e:
+            assert "allgather inputs of different sizes" in str(e), e
+            assert "[16384, 20480, 24576]" in str(e), e
+            result = "mismatch"
+        else:
+            result = "no error"
+    return on, kinds[:3], result

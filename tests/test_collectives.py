@@ -201,3 +201,15 @@ def test_store_import_is_cheap():
     assert out.stdout.strip() == "[]", out.stdout
     from deepseek import collectives as C
     assert C.ReduceOp.SUM.value == "sum" and "init_process_group" in dir(C)
+
+
+@pytest.mark.parametrize("cma", ["auto", "0"])
+def test_single_copy_allgather(cma, shm_guard):
+    res = spawn_ranks(cases.cma_allgather, 3, timeout=60, env={"DEEPSEEK_SHM_CMA": cma})
+    if cma == "0":
+        assert [r[0] for r in res] == [False] * 3
+    # every rank agrees on whether the probe found cross-memory attach usable
+    assert len({r[0] for r in res}) == 1, res
+    for on, kinds, mismatch in res:
+        assert kinds == ([5, 5, 1] if on else [1, 1, 1]), kinds
+        assert mismatch == ("mismatch" if on else "skipped")

@@ -69,7 +69,9 @@ def _make_shm(rank, size, store, prefix, job_id, timeout, group_name, ranks):
         t = ShmTransport(rank, size, seg, chunk, p2p)
         t.bootstrap = (store, prefix, _safe(job_id))  # for symmetric allocations
         t.start()
-        t.barrier(OpContext("init(shared memory attach)", 0, timeout, group_name, rank, ranks))
+        ctx = OpContext("init(shared memory attach)", 0, timeout, group_name, rank, ranks)
+        t.barrier(ctx)
+        t.probe_cma(ctx)  # every rank's pid and address are published now
     finally:
         if rank == 0 and seg is not None:
             seg.unlink()  # everyone attached (or we are failing): drop the name now

@@ -533,7 +533,8 @@ static PyObject *py_shm_allreduce_sym(PyObject *self, PyObject *const *args, Py_
  * shm_collective(state_addr, kind, x, out, code, root, budget_ns) -> status
  *
  * The slot protocol's allgather (kind 1), gather (2), reduce_scatter (3) and
- * broadcast (4) in C (see dsn_shm_coll_run). code -1: a plain copy, counted in bytes
+ * broadcast (4) in C (see dsn_shm_coll_run), and the single-copy allgather (5, see
+ * dsn_shm_allgather_cma_run; status 4: a read failed, errno in the private words). code -1: a plain copy, counted in bytes
  * (kinds 1, 2, 4); else dtype * 8 + op as for shm_allreduce (kind 3 needs one). x is
  * the input (broadcast: in and out, writable); out the output (None for broadcast and
  * on a gather's non-root ranks). Sizes: allgather / gather out = n * x; reduce_scatter
@@ -561,7 +562,7 @@ static PyObject *py_shm_collective(PyObject *self, PyObject *const *args, Py_ssi
     int32_t *pv = (int32_t *)addr;
     int n = pv[DSN_P_N], me = pv[DSN_P_RANK];
     if (n < 1 || n > DSN_SHM_MAX_RANKS || me < 0 || me >= n || pv[DSN_P_SLOT] <= 0 ||
-        kind < DSN_COLL_ALLGATHER || kind > DSN_COLL_BROADCAST)
+        kind < DSN_COLL_ALLGATHER || kind > DSN_COLL_ALLGATHER_CMA)
         return not_eligible;
     int dtype = 0, op = 0;
     size_t isz = 1;
@@ -578,7 +579,7 @@ static PyObject *py_shm_collective(PyObject *self, PyObject *const *args, Py_ssi
     if ((kind == DSN_COLL_GATHER || kind == DSN_COLL_BROADCAST) && (root < 0 || root >= n))
         return not_eligible;
     int need_out = kind == DSN_COLL_ALLGATHER || kind == DSN_COLL_REDUCE_SCATTER ||
-                   (kind == DSN_COLL_GATHER && me == root);
+                   kind == DSN_COLL_ALLGATHER_CMA || (kind == DSN_COLL_GATHER && me == root);
     Py_buffer xv, ov;
     int flags = PyBUF_C_CONTIGUOUS | (kind == DSN_COLL_BROADCAST ? PyBUF_WRITABLE : 0);
     if (PyObject_GetBuffer(args[2], &xv, flags) < 0) {
@@ -606,8 +607,12 @@ static PyObject *py_shm_collective(PyObject *self, PyObject *const *args, Py_ssi
         char *base = (char *)addr - (size_t)me * DSN_SHM_CTRL;
         char *out = kind == DSN_COLL_BROADCAST ? (char *)xv.buf : need_out ? (char *)ov.buf : NULL;
         Py_BEGIN_ALLOW_THREADS
-        st = dsn_shm_coll_run(K, base, pv, (int)kind, (const char *)xv.buf, out, m, (int)root,
-                              dtype, op, isz, dsn_now_ns() + budget);
+        if (kind == DSN_COLL_ALLGATHER_CMA)
+            st = dsn_shm_allgather_cma_run(base, pv, (const char *)xv.buf, out, m * isz,
+                                           dsn_now_ns() + budget);
+        else
+            st = dsn_shm_coll_run(K, base, pv, (int)kind, (const char *)xv.buf, out, m,
+                                  (int)root, dtype, op, isz, dsn_now_ns() + budget);
         Py_END_ALLOW_THREADS
     }
     if (need_out) PyBuffer_Release(&ov);

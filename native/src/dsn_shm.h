@@ -30,8 +30,10 @@
 #if defined(__linux__)
 #include <linux/futex.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <unistd.h>
 #define DSN_HAVE_FUTEX 1
+#define DSN_HAVE_CMA 1
 #endif
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -48,7 +50,7 @@ enum { DSN_W_STEP = 0, DSN_W_SLEEP = 1, DSN_W_ABORT = 2, DSN_W_PID = 3 };
 enum {
     DSN_P_N = 32, DSN_P_RANK, DSN_P_IN_OFF, DSN_P_OUT_OFF, DSN_P_SLOT, DSN_P_RS_BYTES,
     DSN_P_SPIN_MAX, DSN_P_SPIN_CUR, DSN_P_ROUND, DSN_P_PREV, DSN_P_HASPREV,
-    DSN_P_PHASE, DSN_P_CHUNK, DSN_P_TARGET
+    DSN_P_PHASE, DSN_P_CHUNK, DSN_P_TARGET, DSN_P_ERRNO
 };
 /* statuses (must match collectives/backends/shm.py) */
 enum { DSN_SHM_DONE = 0, DSN_SHM_PENDING = 1, DSN_SHM_ABORT = 2, DSN_SHM_MISMATCH = 3,
@@ -57,6 +59,10 @@ enum { DSN_SHM_DONE = 0, DSN_SHM_PENDING = 1, DSN_SHM_ABORT = 2, DSN_SHM_MISMATC
  * publishes what it was given, for the peers to compare: allocation id, byte offset
  * in the region (low, high), element count (low), kernel code */
 enum { DSN_W_SYM = 16, DSN_W_SYM_LEN = 5 };
+/* shared words of the single-copy allgather: the address of x in its process and its
+ * byte count (low, high each) */
+enum { DSN_W_CMA_ADDR = 28, DSN_W_CMA_LEN = 30 };
+#define DSN_SHM_CMA_FAILED 4
 #define DSN_SHM_MAX_RANKS 256
 #define DSN_SHM_SPIN_MIN_NS 100000LL     /* adaptive spin floor, see dsn_shm_wait_all */
 #define DSN_SHM_BLOCK 16384             /* bytes reduced then copied while in L1 */
@@ -316,7 +322,7 @@ static int dsn_shm_allreduce_run(const dsn_kernels *k, char *base, int32_t *pv, 
  * Resumable like the allreduce (phases 0 and 20).
  */
 enum { DSN_COLL_ALLGATHER = 1, DSN_COLL_GATHER = 2, DSN_COLL_REDUCE_SCATTER = 3,
-       DSN_COLL_BROADCAST = 4 };
+       DSN_COLL_BROADCAST = 4, DSN_COLL_ALLGATHER_CMA = 5 };
 
 static int dsn_shm_coll_run(const dsn_kernels *k, char *base, int32_t *pv, int kind,
                             const char *x, char *out, size_t m, int root, int dtype, int op,
@@ -373,6 +379,73 @@ static int dsn_shm_coll_run(const dsn_kernels *k, char *base, int32_t *pv, int k
         }
     }
     return DSN_SHM_DONE;
+}
+
+/*
+ * Single-copy allgather through cross-memory attach (process_vm_readv: the kernel
+ * copies straight from a peer's x into out), for large messages where staging through
+ * the slots would copy every byte twice. Publish x's address and size, post, wait for
+ * all; check the sizes agree (MISMATCH); copy my x into out and read every peer's;
+ * post, wait for all (nobody reads my x any more). The group turns it on only after
+ * every rank could read every peer this way (collectives/backends/shm.py). Phases
+ * 60/61; CMA_FAILED, with errno in the private word DSN_P_ERRNO, when a read fails.
+ */
+static int dsn_shm_allgather_cma_run(char *base, int32_t *pv, const char *x, char *out,
+                                     size_t nb, int64_t deadline)
+{
+#ifdef DSN_HAVE_CMA
+    int n = pv[DSN_P_N], me = pv[DSN_P_RANK];
+    int32_t *myc = dsn_ctrl(base, me);
+    int st;
+    switch (pv[DSN_P_PHASE]) {
+    case 0:
+        myc[DSN_W_CMA_ADDR] = (int32_t)(uint32_t)(uintptr_t)x;
+        myc[DSN_W_CMA_ADDR + 1] = (int32_t)(uint32_t)((uint64_t)(uintptr_t)x >> 32);
+        myc[DSN_W_CMA_LEN] = (int32_t)(uint32_t)nb;
+        myc[DSN_W_CMA_LEN + 1] = (int32_t)(uint32_t)((uint64_t)nb >> 32);
+        pv[DSN_P_TARGET] = dsn_shm_post(myc);
+        pv[DSN_P_PHASE] = 60;
+        /* fall through */
+    case 60:
+        if ((st = dsn_shm_wait_all(base, pv, pv[DSN_P_TARGET], deadline))) return st;
+        for (int p = 0; p < n; p++)
+            if (memcmp(dsn_ctrl(base, p) + DSN_W_CMA_LEN, myc + DSN_W_CMA_LEN, 8)) {
+                pv[DSN_P_PHASE] = 0;
+                return DSN_SHM_MISMATCH;
+            }
+        memcpy(out + (size_t)me * nb, x, nb);
+        for (int p = 0; p < n; p++) {
+            if (p == me) continue;
+            int32_t *pc = dsn_ctrl(base, p);
+            uint64_t addr = (uint64_t)(uint32_t)pc[DSN_W_CMA_ADDR] |
+                            ((uint64_t)(uint32_t)pc[DSN_W_CMA_ADDR + 1] << 32);
+            size_t done = 0;
+            while (done < nb) {
+                struct iovec local = {out + (size_t)p * nb + done, nb - done};
+                struct iovec remote = {(void *)(uintptr_t)(addr + done), nb - done};
+                ssize_t got = process_vm_readv((pid_t)pc[DSN_W_PID], &local, 1, &remote, 1, 0);
+                if (got <= 0) {
+                    pv[DSN_P_ERRNO] = got < 0 ? errno : 0;
+                    pv[DSN_P_PHASE] = 0;
+                    return DSN_SHM_CMA_FAILED;
+                }
+                done += (size_t)got;
+            }
+        }
+        pv[DSN_P_TARGET] = dsn_shm_post(myc);
+        pv[DSN_P_PHASE] = 61;
+        /* fall through */
+    case 61:
+        if ((st = dsn_shm_wait_all(base, pv, pv[DSN_P_TARGET], deadline))) return st;
+        pv[DSN_P_PHASE] = 0;
+        return DSN_SHM_DONE;
+    default:
+        return DSN_SHM_NOT_ELIGIBLE;
+    }
+#else
+    (void)base; (void)pv; (void)x; (void)out; (void)nb; (void)deadline;
+    return DSN_SHM_NOT_ELIGIBLE;
+#endif
 }
 
 /*
