@@ -420,14 +420,12 @@ class ProcessGroup:
         self._backend.allgather(ctx, buf, f)
         reduce_into(f, [buf[r * f.size:(r + 1) * f.size] for r in range(self.size)], op)
 
-    def _can_fast(self, async_op, x, out=None, symmetric_too=False):
-        """Whether an op on these arrays may try its C fast path (see _fast_coll);
-        inputs in symmetric memory have their own path unless ``symmetric_too``."""
+    def _can_fast(self, async_op, x, out=None):
+        """Whether an op on these arrays may try its C fast path (see _fast_coll)."""
         return (self._fast is not None and not async_op and type(x) is np.ndarray
                 and not x.dtype.hasobject
                 and (out is None or type(out) is np.ndarray and out.dtype == x.dtype)
-                and (symmetric_too or x.nbytes < self._sym_min
-                     or self._backend.find_symmetric(x) is None))
+                and (x.nbytes < self._sym_min or self._backend.find_symmetric(x) is None))
 
     def broadcast(self, x, src=0, async_op=False, timeout=None):
         """In place: every rank's ``x`` becomes ``src``'s."""
@@ -463,10 +461,9 @@ class ProcessGroup:
     def allgather(self, out, x, async_op=False, timeout=None):
         """``out`` (size x ``x.size`` elements, or a list of ``size`` arrays) gets every
         rank's ``x`` in rank order."""
-        # the single-copy kernel also for symmetric inputs: one copy either way, in C
-        cma = type(x) is np.ndarray and x.nbytes >= self._cma_min
-        if self._can_fast(async_op, x, out, symmetric_too=cma) and self._fast_coll(
-                "allgather", _ALLGATHER_CMA if cma else _ALLGATHER, x, out, -1, 0, timeout):
+        if self._can_fast(async_op, x, out) and self._fast_coll(
+                "allgather", _ALLGATHER_CMA if x.nbytes >= self._cma_min else _ALLGATHER,
+                x, out, -1, 0, timeout):
             return None
         f = self._arr(x, "allgather")
         buf, lst = self._flat_out(out, f, f.size * self.size, "allgather")

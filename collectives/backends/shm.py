@@ -714,9 +714,6 @@ class ShmTransport(Backend):
                 x[lo:hi] = slot
 
     def allgather(self, ctx, out, x):
-        if self.cma and x.nbytes >= self.cma_bytes and \
-                self._native_coll(ctx, COLL_ALLGATHER_CMA, x, out):
-            return  # one copy per piece, as the symmetric path below, but in C
         if self._sym and x.nbytes >= self.sym_bytes:
             found = self.find_symmetric(x)
             if found is not None:
@@ -726,7 +723,9 @@ class ShmTransport(Backend):
                 for r, v in enumerate(views):
                     out[r * m:(r + 1) * m] = v
                 return self._sym_done(ctx)
-        if not self._native_coll(ctx, _COLL_ALLGATHER, x, out):
+        kind = COLL_ALLGATHER_CMA if self.cma and x.nbytes >= self.cma_bytes \
+            else _COLL_ALLGATHER
+        if not self._native_coll(ctx, kind, x, out):
             self._gather(ctx, out, x, None)
 
     def gather(self, ctx, out, x, root):
