@@ -417,6 +417,27 @@ typedef struct {
     long long budget;
 } dsn_shm_call;
 
+/* code = dtype * 8 + op: 1 when the kernels take it (dtype and op filled in), else 0. */
+static int dsn_shm_code(long code, int *dtype, int *op)
+{
+    *dtype = (int)(code >> 3);
+    *op = (int)(code & 7);
+    return code >= 0 && *dtype <= DSN_F64 && *op <= DSN_PROD &&
+           !(*op == DSN_AVG && (*dtype == DSN_I32 || *dtype == DSN_I64));
+}
+
+/* The private words at addr: 1 when they describe a rank of a group (pv and the
+ * segment base filled in), else 0. */
+static int dsn_shm_state(void *addr, int32_t **pv, char **base)
+{
+    int32_t *p = (int32_t *)addr;
+    int n = p[DSN_P_N], me = p[DSN_P_RANK];
+    if (n < 1 || n > DSN_SHM_MAX_RANKS || me < 0 || me >= n) return 0;
+    *pv = p;
+    *base = (char *)addr - (size_t)me * DSN_SHM_CTRL;
+    return 1;
+}
+
 /* Parse (state_addr, x, code, budget_ns, ...). Returns 0 with c->view held, -1 with an
  * exception set (wrong argument types, null address), or 1 when x or code are not
  * eligible (nothing held, no exception): the caller returns DSN_SHM_NOT_ELIGIBLE. */
@@ -430,15 +451,8 @@ static int dsn_shm_parse(PyObject *const *args, const char *name, dsn_shm_call *
         PyErr_Format(PyExc_ValueError, "%s(): null state address", name);
         return -1;
     }
-    c->dtype = (int)(code >> 3);
-    c->op = (int)(code & 7);
-    if (code < 0 || c->dtype > DSN_F64 || c->op > DSN_PROD ||
-        (c->op == DSN_AVG && (c->dtype == DSN_I32 || c->dtype == DSN_I64)))
+    if (!dsn_shm_code(code, &c->dtype, &c->op) || !dsn_shm_state(addr, &c->pv, &c->base))
         return 1;
-    c->pv = (int32_t *)addr;
-    int n = c->pv[DSN_P_N], me = c->pv[DSN_P_RANK];
-    if (n < 1 || n > DSN_SHM_MAX_RANKS || me < 0 || me >= n) return 1;
-    c->base = (char *)addr - (size_t)me * DSN_SHM_CTRL;
     if (PyObject_GetBuffer(args[1], &c->view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
         PyErr_Clear();
         return 1;
@@ -534,8 +548,9 @@ static PyObject *py_shm_allreduce_sym(PyObject *self, PyObject *const *args, Py_
  *
  * The slot protocol's allgather (kind 1), gather (2), reduce_scatter (3) and
  * broadcast (4) in C (see dsn_shm_coll_run), and the single-copy allgather (5, see
- * dsn_shm_allgather_cma_run; status 4: a read failed, errno in the private words). code -1: a plain copy, counted in bytes
- * (kinds 1, 2, 4); else dtype * 8 + op as for shm_allreduce (kind 3 needs one). x is
+ * dsn_shm_allgather_cma_run; status 4: a read failed, errno in the private words).
+ * code -1: a plain copy, counted in bytes (kinds 1, 2, 4, 5); else dtype * 8 + op as
+ * for shm_allreduce (kind 3 needs one). x is
  * the input (broadcast: in and out, writable); out the output (None for broadcast and
  * on a gather's non-root ranks). Sizes: allgather / gather out = n * x; reduce_scatter
  * x = n * out. Same statuses as shm_allreduce; -1 (nothing touched) for any argument
@@ -558,39 +573,37 @@ static PyObject *py_shm_collective(PyObject *self, PyObject *const *args, Py_ssi
         PyErr_SetString(PyExc_ValueError, "shm_collective(): null state address");
         return NULL;
     }
-    PyObject *not_eligible = PyLong_FromLong(DSN_SHM_NOT_ELIGIBLE);
-    int32_t *pv = (int32_t *)addr;
-    int n = pv[DSN_P_N], me = pv[DSN_P_RANK];
-    if (n < 1 || n > DSN_SHM_MAX_RANKS || me < 0 || me >= n || pv[DSN_P_SLOT] <= 0 ||
+#define DSN_NOT_ELIGIBLE() PyLong_FromLong(DSN_SHM_NOT_ELIGIBLE)
+    int32_t *pv;
+    char *base;
+    if (!dsn_shm_state(addr, &pv, &base) || pv[DSN_P_SLOT] <= 0 ||
         kind < DSN_COLL_ALLGATHER || kind > DSN_COLL_ALLGATHER_CMA)
-        return not_eligible;
+        return DSN_NOT_ELIGIBLE();
+    int n = pv[DSN_P_N], me = pv[DSN_P_RANK];
     int dtype = 0, op = 0;
     size_t isz = 1;
     if (code >= 0) {
-        dtype = (int)(code >> 3);
-        op = (int)(code & 7);
-        if (dtype > DSN_F64 || op > DSN_PROD ||
-            (op == DSN_AVG && (dtype == DSN_I32 || dtype == DSN_I64)))
-            return not_eligible;
+        if (!dsn_shm_code(code, &dtype, &op)) return DSN_NOT_ELIGIBLE();
         isz = DTYPE_SIZES[dtype];
     } else if (kind == DSN_COLL_REDUCE_SCATTER) {
-        return not_eligible;
+        return DSN_NOT_ELIGIBLE();
     }
     if ((kind == DSN_COLL_GATHER || kind == DSN_COLL_BROADCAST) && (root < 0 || root >= n))
-        return not_eligible;
+        return DSN_NOT_ELIGIBLE();
     int need_out = kind == DSN_COLL_ALLGATHER || kind == DSN_COLL_REDUCE_SCATTER ||
                    kind == DSN_COLL_ALLGATHER_CMA || (kind == DSN_COLL_GATHER && me == root);
     Py_buffer xv, ov;
     int flags = PyBUF_C_CONTIGUOUS | (kind == DSN_COLL_BROADCAST ? PyBUF_WRITABLE : 0);
     if (PyObject_GetBuffer(args[2], &xv, flags) < 0) {
         PyErr_Clear();
-        return not_eligible;
+        return DSN_NOT_ELIGIBLE();
     }
     if (need_out && PyObject_GetBuffer(args[3], &ov, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
         PyErr_Clear();
         PyBuffer_Release(&xv);
-        return not_eligible;
+        return DSN_NOT_ELIGIBLE();
     }
+#undef DSN_NOT_ELIGIBLE
     size_t m = 0;
     int ok = code < 0 || ((size_t)xv.itemsize == isz && (!need_out || (size_t)ov.itemsize == isz));
     if (kind == DSN_COLL_REDUCE_SCATTER) {
@@ -604,7 +617,6 @@ static PyObject *py_shm_collective(PyObject *self, PyObject *const *args, Py_ssi
     ok = ok && (size_t)(uint32_t)pv[DSN_P_SLOT] / (isz * pieces) >= 1;
     int st = DSN_SHM_NOT_ELIGIBLE;
     if (ok) {
-        char *base = (char *)addr - (size_t)me * DSN_SHM_CTRL;
         char *out = kind == DSN_COLL_BROADCAST ? (char *)xv.buf : need_out ? (char *)ov.buf : NULL;
         Py_BEGIN_ALLOW_THREADS
         if (kind == DSN_COLL_ALLGATHER_CMA)
@@ -617,7 +629,6 @@ static PyObject *py_shm_collective(PyObject *self, PyObject *const *args, Py_ssi
     }
     if (need_out) PyBuffer_Release(&ov);
     PyBuffer_Release(&xv);
-    Py_DECREF(not_eligible);
     return PyLong_FromLong(st);
 }
 
