@@ -32,15 +32,12 @@ def build(lib, name, device="cpu"):
     (the ``deepseek`` or ``torch`` module), with model and data on ``device``."""
     nn, F = lib.nn, lib.nn.functional
     lib.manual_seed(0)
-    step = _build(lib, nn, F, name, lambda m: m.to(device))
-    return step
 
+    def dev(m):
+        return m.to(device)
 
-def _build(lib, nn, F, name, dev):
-    if name == "mlp":
-        model = dev(nn.Sequential(nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 1024),
-                                  nn.ReLU(), nn.Linear(1024, 10)))
-        x, y = dev(lib.randn(256, 784)), dev(lib.randint(0, 10, (256,)))
+    def classifier_step(model, x, y):
+        # forward + cross-entropy backward + SGD step (the MLP and the CNN)
         opt = lib.optim.SGD(model.parameters(), lr=0.01)
 
         def step():
@@ -48,6 +45,12 @@ def _build(lib, nn, F, name, dev):
             F.cross_entropy(model(x), y).backward()
             opt.step()
         return step
+
+    if name == "mlp":
+        model = dev(nn.Sequential(nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 1024),
+                                  nn.ReLU(), nn.Linear(1024, 10)))
+        return classifier_step(model, dev(lib.randn(256, 784)),
+                               dev(lib.randint(0, 10, (256,))))
     if name == "transformer":
         layer = dev(nn.TransformerEncoderLayer(256, 4, dim_feedforward=1024, dropout=0.0,
                                                batch_first=True))
@@ -62,14 +65,8 @@ def _build(lib, nn, F, name, dev):
             nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Flatten(), nn.Linear(32 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, 10)))
-        x, y = dev(lib.randn(64, 1, 28, 28)), dev(lib.randint(0, 10, (64,)))
-        opt = lib.optim.SGD(model.parameters(), lr=0.01)
-
-        def step():
-            opt.zero_grad()
-            F.cross_entropy(model(x), y).backward()
-            opt.step()
-        return step
+        return classifier_step(model, dev(lib.randn(64, 1, 28, 28)),
+                               dev(lib.randint(0, 10, (64,))))
     raise ValueError(f"unknown workload {name!r}; expected one of {WORKLOADS}")
 
 
