@@ -9,22 +9,10 @@ import numpy as np
 import pytest
 
 import collectives_cases as cases
-from deepseek.collectives import shm as _shm
 from deepseek.collectives.reduce_ops import BFLOAT16, ReduceOp, reduce_into
 from deepseek.testing.multiprocess import SpawnError, spawn_ranks
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def _no_leftovers(before):
-    assert {f for f in os.listdir("/dev/shm") if f.startswith(_shm.PREFIX)} <= before
-
-
-@pytest.fixture
-def shm_guard():
-    before = {f for f in os.listdir("/dev/shm") if f.startswith(_shm.PREFIX)}
-    yield
-    _no_leftovers(before)
 
 
 @pytest.mark.parametrize("world", [1, 2, 3, 4])

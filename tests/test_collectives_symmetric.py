@@ -8,19 +8,11 @@ import numpy as np
 import pytest
 
 from deepseek import collectives as C
-from deepseek.collectives import shm as _shm
 from deepseek.testing.multiprocess import spawn_ranks
 
 from collectives_cases import DTYPES, OPS, check_equal, inputs, reference
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture
-def shm_guard():
-    before = {f for f in os.listdir("/dev/shm") if f.startswith(_shm.PREFIX)}
-    yield
-    assert {f for f in os.listdir("/dev/shm") if f.startswith(_shm.PREFIX)} <= before
 
 
 def all_dtypes_ops(rank, world):
