@@ -374,8 +374,7 @@ class ProcessGroup:
         self._collective("symmetric_empty",
                          lambda ctx: box.append(b.alloc_symmetric(ctx, nbytes)), False,
                          timeout, {"shape": list(shape), "dtype": str(dtype)})
-        if b.sym_kernel is not None or self._fast is None:
-            self._sym_min = min(self._sym_min, b.sym_bytes)
+        self._sym_min = min(self._sym_min, b.sym_bytes)
         return box[0].view(dtype).reshape(shape)
 
     def _fast_finish(self, opname, resume, status, timeout):
