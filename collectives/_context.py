@@ -1,7 +1,7 @@
 """Per-call context a backend needs to wait and to explain a failure."""
 import time
 
-from .errors import CollectiveTimeoutError
+from .errors import CollectiveMismatchError, CollectiveTimeoutError
 
 
 class OpContext:
@@ -30,3 +30,19 @@ class OpContext:
             f"timed out after {self.timeout:g}s in {self.describe()}: waited for "
             f"{what} {missing} (global ranks {glob}) that did not arrive",
             op=self.op, seq=self.seq, group=self.group, rank=self.rank, missing=missing)
+
+    def mismatch_error(self, calls, source="collectives"):
+        """The error every rank raises when ranks called different collectives.
+
+        ``calls`` holds one dict per group rank (what that rank called: op, dtype,
+        nbytes, shape, root, ... -- whatever the caller could see); ``source`` says
+        which check found it (the normal per-call check or the debug mode). All
+        transports and the debug mode build the message here, so users see one
+        format.
+        """
+        lines = [f"  group rank {r} (global {self.ranks[r]}): "
+                 + (", ".join(f"{k}={c[k]}" for k in sorted(c)) if c else "unknown")
+                 for r, c in enumerate(calls)]
+        return CollectiveMismatchError(
+            f"{source}: ranks disagree on collective seq {self.seq} in group "
+            f"{self.group!r} (seen on rank {self.rank}):\n" + "\n".join(lines))

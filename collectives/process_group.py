@@ -297,11 +297,7 @@ class ProcessGroup:
                 pass
         calls = [json.loads(v) for v in vals]
         if any(c != calls[0] for c in calls):
-            lines = [f"  group rank {r} (global {self.ranks[r]}): "
-                     + ", ".join(f"{k}={c[k]}" for k in sorted(c)) for r, c in enumerate(calls)]
-            raise CollectiveMismatchError(
-                f"DEEPSEEK_DEBUG_COLLECTIVES: ranks disagree on collective seq {ctx.seq} "
-                f"in group {self.name!r} (seen on rank {self.rank}):\n" + "\n".join(lines))
+            raise ctx.mismatch_error(calls, "DEEPSEEK_DEBUG_COLLECTIVES")
 
     @staticmethod
     def _sig(x, **kw):
