@@ -22,12 +22,12 @@ import json
 import math
 import os
 import sys
-import tempfile
 import zlib
 
 import numpy as np
 
 from . import dtypes as _dt
+from ._atomic import write_atomic
 
 __all__ = ["save", "load", "save_file", "load_file", "CheckpointError", "FORMAT"]
 
@@ -69,39 +69,20 @@ def _host_array(x, what):
 
 
 def _write_atomic(path, header, arrays):
-    """Write header + arrays to ``path`` via a temp file in the same directory, fsync'd,
-    then renamed over ``path``: readers see the old file or the new one, never a part."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
+    """Write header + arrays to ``path`` atomically (see :mod:`deepseek._atomic`: readers
+    see the old file or the new one, and no temp file outlives an error or SIGTERM)."""
     hbytes = json.dumps(header, separators=(",", ":"), ensure_ascii=True,
                         allow_nan=False).encode("utf-8")
     hbytes += b" " * (-len(hbytes) % 8)  # the data section starts 8-byte aligned
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
-                               dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(len(hbytes).to_bytes(8, "little"))
-            f.write(hbytes)
-            for arr in arrays:
-                if arr.size:
-                    f.write(_bytes_view(arr))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:  # make the rename itself durable (best effort: not every OS/fs allows it)
-        dfd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+
+    def write(f):
+        f.write(len(hbytes).to_bytes(8, "little"))
+        f.write(hbytes)
+        for arr in arrays:
+            if arr.size:
+                f.write(_bytes_view(arr))
+
+    write_atomic(path, write)
 
 
 def _bytes_view(arr):
@@ -250,7 +231,8 @@ def _read(path, verify_crc=None):
         raw = f.read(n)
         try:
             header = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as e:
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
+            # RecursionError: a header nested thousands deep (json recurses per level)
             _fail(path, f"header is not valid JSON ({e}); the file is damaged or not a "
                   "safetensors file")
         if not isinstance(header, dict):
@@ -413,6 +395,10 @@ def load(path, map_location=None):
         _fail(path, f"written in checkpoint format {fmt!r}; this deepseek reads {FORMAT!r}")
     try:
         structure = json.loads(meta[_STRUCT_KEY])
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         _fail(path, f"the structure in the metadata is not valid JSON ({e})")
-    return _Decoder(path, arrays, device).decode(structure)
+    try:
+        return _Decoder(path, arrays, device).decode(structure)
+    except RecursionError:
+        _fail(path, "the structure in the metadata is nested too deeply to decode "
+              f"(Python's recursion limit is {sys.getrecursionlimit()})")

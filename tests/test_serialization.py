@@ -287,3 +287,77 @@ def test_load_never_unpickles(good, monkeypatch):
     evil.write_bytes(b"\x80\x04\x95" + b"\x00" * 40)
     with pytest.raises(CheckpointError):
         ds.load(evil)
+
+
+@pytest.mark.parametrize("depth", [100_000, 5_000])
+def test_deeply_nested_headers_are_checkpoint_errors(good, depth):
+    # json recurses per nesting level: a hostile file must not escape as RecursionError
+    deep = '{"x": ' + "[" * depth + "]" * depth + "}"
+    rewrite_header(good, lambda hd: hd["__metadata__"].update({"deepseek.structure": deep}))
+    with pytest.raises(CheckpointError, match="nested too deeply|not valid JSON") as e:
+        ds.load(good)
+    assert str(good) in str(e.value)
+    n, header, data = read_header(good)
+    h = ('{"a": ' + "[" * depth + "]" * depth + "}").encode()
+    h += b" " * (-len(h) % 8)
+    good.write_bytes(len(h).to_bytes(8, "little") + h + data)
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        ds.load(good)
+
+
+# ---- a writer killed mid-save ------------------------------------------------------------
+
+_SLOW_SAVER = r"""
+import sys, numpy as np, deepseek as ds
+big = ds.tensor(np.ones(32 << 20, np.float32))   # 128 MiB: each save takes a while
+print("ready", flush=True)
+while True:
+    ds.save({"w": big}, sys.argv[1])
+"""
+
+
+def _kill_mid_write(tmp_path, sig):
+    """Start a process that saves in a loop; send ``sig`` once a temp file exists."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    target = tmp_path / "ck.safetensors"
+    p = subprocess.Popen([sys.executable, "-c", _SLOW_SAVER, str(target)],
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        deadline = time.time() + 30
+        while not any(n.endswith(".tmp") for n in os.listdir(tmp_path)):
+            assert time.time() < deadline, "the saver never started a write"
+            time.sleep(0.002)
+        p.send_signal(sig)
+        assert p.wait(timeout=30) == -sig  # it still dies of the signal, as without us
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    return target
+
+
+def test_sigterm_mid_save_removes_the_temp_file(tmp_path):
+    import signal
+    _kill_mid_write(tmp_path, signal.SIGTERM)
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+
+
+def test_the_next_save_sweeps_temps_of_a_killed_writer_only(tmp_path):
+    import signal
+    target = _kill_mid_write(tmp_path, signal.SIGKILL)  # no handler can run: temp stays
+    stale = [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+    assert len(stale) == 1 and f".{os.getpid()}." not in stale[0]
+    # a temp of a live writer (this process) and one of another target are left alone
+    from deepseek._atomic import _host
+    mine = tmp_path / f".ck.safetensors.{_host()}.{os.getpid()}.abc.tmp"
+    mine.write_bytes(b"x")
+    other = tmp_path / (stale[0].replace(".ck.safetensors.", ".other.safetensors.", 1))
+    other.write_bytes(b"x")
+    ds.save({"v": ds.ones(2)}, target)
+    left = sorted(n for n in os.listdir(tmp_path) if n.endswith(".tmp"))
+    assert left == sorted([mine.name, other.name])
+    assert ds.load(target)["v"].tolist() == [1.0, 1.0]
