@@ -301,3 +301,12 @@ def test_multihead_attention_unbatched_and_3d_mask():
     np.testing.assert_allclose(w.detach().numpy(), tw.detach().numpy(), rtol=1e-5, atol=1e-6)
     with pytest.raises(RuntimeError, match=r"2D attn_mask is \(4, 4\), but should be \(5, 5\)"):
         m(ds.tensor(xb), ds.tensor(xb), ds.tensor(xb), attn_mask=ds.zeros(4, 4))
+
+
+def test_linear_with_an_integer_input_names_the_dtypes():
+    lin = nn.Linear(3, 4)
+    with pytest.raises(RuntimeError, match="same dtype, got input int64, weight float32"):
+        lin(ds.ones(2, 3, dtype=ds.int64))
+    with pytest.raises(RuntimeError, match="input float64, weight float32"):
+        lin(ds.ones(2, 3, dtype=ds.float64))
+    assert lin(ds.ones(2, 3)).shape == (2, 4)

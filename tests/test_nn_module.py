@@ -99,6 +99,23 @@ def test_load_state_dict_errors():
     assert float(net.fc1.weight.abs().sum()) == 0
 
 
+@pytest.mark.parametrize("value,says", [
+    ("hello", "got str 'hello'"),
+    (np.array(["a", "b"]), "array of dtype <U1"),
+    (object(), "got object"),
+])
+def test_load_state_dict_names_a_value_of_the_wrong_type(value, says):
+    net = nn.Sequential(nn.Linear(2, 2))
+    with pytest.raises(RuntimeError) as ei:
+        net.load_state_dict({"0.weight": value, "0.bias": ds.zeros(2)})
+    msg = str(ei.value)
+    assert 'parameter named "0.weight", expected a Tensor or a numeric array' in msg
+    assert says in msg and "size mismatch" not in msg
+    # plain numeric arrays and nested lists are still accepted
+    net.load_state_dict({"0.weight": [[1.0, 2.0], [3.0, 4.0]], "0.bias": np.zeros(2)})
+    assert net[0].weight.tolist() == [[1.0, 2.0], [3.0, 4.0]]
+
+
 def test_forward_hooks_and_handles():
     net = Net()
     calls = []

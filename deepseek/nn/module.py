@@ -523,13 +523,19 @@ class Module:
                 continue
             val = state_dict[key]
             arr = val._data if isinstance(val, Tensor) else val
-            if not hasattr(arr, "shape"):
+            if not hasattr(arr, "shape") or not hasattr(arr, "dtype"):
                 try:
                     arr = np.asarray(arr)
                 except Exception:
-                    error_msgs.append(f'While copying the parameter named "{key}", expected a '
-                                      f'Tensor or array in state_dict, got {type(val).__name__}.')
-                    continue
+                    arr = None
+            if arr is None or np.dtype(arr.dtype).kind not in "biufc":
+                # a string or an object array would otherwise surface as a "size
+                # mismatch" (np.asarray("hello") is 0-d) or a cast error
+                what = (f"an array of dtype {arr.dtype}" if hasattr(val, "dtype")
+                        else f"{type(val).__name__} {val!r:.40}")
+                error_msgs.append(f'While copying the parameter named "{key}", expected a '
+                                  f'Tensor or a numeric array in state_dict, got {what}.')
+                continue
             if tuple(arr.shape) != tuple(cur.shape):
                 error_msgs.append(f"size mismatch for {key}: copying a param with shape "
                                   f"{tuple(arr.shape)} from checkpoint, the shape in current model "

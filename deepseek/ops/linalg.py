@@ -64,6 +64,13 @@ class Linear(Function):
 
     @staticmethod
     def forward(ctx, x, w, b=None):
+        if x.dtype != w.dtype or (b is not None and b.dtype != w.dtype):
+            # PyTorch refuses mixed dtypes here too (numpy would promote, then fail to
+            # cast the bias add back, with a message about ufunc casting rules)
+            got = f"input {x.dtype}, weight {w.dtype}" + (f", bias {b.dtype}" if b is not None else "")
+            raise RuntimeError(f"linear: input, weight and bias must have the same dtype, got "
+                               f"{got}; convert the input first (e.g. x.to(weight.dtype) or "
+                               f"x.float())")
         if x.shape[-1] != w.shape[1]:
             raise RuntimeError(f"linear: input has {x.shape[-1]} features in its last dim "
                                f"(shape {tuple(x.shape)}) but the weight expects {w.shape[1]} "
