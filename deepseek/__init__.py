@@ -12,13 +12,32 @@ __version__ = "0.1.0"
 
 # Running from a source checkout without an install: the top-level folders
 # collectives/, launcher/, elastic/, native/ are mapped into this namespace by
-# package-dir in pyproject.toml; mirror that mapping here so `pytest` from the repo
-# root imports them. Installed copies already have them inside the package.
+# package-dir in pyproject.toml; mirror exactly that mapping here so `pytest` from the
+# repo root imports them (and nothing else of the checkout: no deepseek.tests or
+# deepseek.scripts). Installed copies already have them inside the package.
 _here = _os.path.dirname(_os.path.abspath(__file__))
+_MAPPED = ("collectives", "launcher", "elastic", "native")
 if not _os.path.isdir(_os.path.join(_here, "collectives")):
     _root = _os.path.dirname(_here)
     if _os.path.isfile(_os.path.join(_root, "collectives", "__init__.py")):
-        __path__.append(_root)  # noqa: F821  (package __path__)
+        import sys as _sys
+
+        class _CheckoutFinder:
+            """Finds deepseek.<folder> for the mapped top-level folders of a checkout."""
+
+            @staticmethod
+            def find_spec(fullname, path=None, target=None):
+                pkg, _, name = fullname.partition(".")
+                if pkg != "deepseek" or name not in _MAPPED:
+                    return None
+                import importlib.util as _util
+
+                folder = _os.path.join(_root, name)
+                return _util.spec_from_file_location(
+                    fullname, _os.path.join(folder, "__init__.py"),
+                    submodule_search_locations=[folder])
+
+        _sys.meta_path.append(_CheckoutFinder)
 
 _SUBMODULES = {
     "autograd", "nn", "optim", "data", "distributed", "testing", "amp", "jit",
@@ -27,8 +46,14 @@ _SUBMODULES = {
 }
 
 
+def _exists(name):
+    import importlib.util as _util
+
+    return _util.find_spec("deepseek." + name) is not None
+
+
 def __getattr__(name):
-    if name in _SUBMODULES:
+    if name in _SUBMODULES and _exists(name):  # planned ones (amp, jit, ...) may not be yet
         return _importlib.import_module("deepseek." + name)
     api = _importlib.import_module("deepseek._api")
     try:
@@ -41,4 +66,5 @@ def __getattr__(name):
 
 def __dir__():
     api = _importlib.import_module("deepseek._api")
-    return sorted(set(globals()) | _SUBMODULES | set(getattr(api, "__all__", ())))
+    return sorted(set(globals()) | {m for m in _SUBMODULES if _exists(m)}
+                  | set(getattr(api, "__all__", ())))
