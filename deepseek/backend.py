@@ -99,3 +99,20 @@ def to_device(array, device):
                            "(pip install 'deepseek[cuda]')")
     with _cupy.cuda.Device(device.index):
         return _cupy.asarray(array)
+
+
+def device_count():
+    """How many CUDA GPUs are visible (0 without cupy)."""
+    if _cupy is None:
+        return 0
+    try:
+        return int(_cupy.cuda.runtime.getDeviceCount())
+    except Exception:
+        return 0
+
+
+def set_device(index):
+    """Make GPU ``index`` the current device of this process (what new arrays use)."""
+    if _cupy is None:
+        raise RuntimeError("set_device: cupy is not installed (pip install 'deepseek[cuda]')")
+    _cupy.cuda.Device(int(index)).use()
