@@ -4,7 +4,10 @@
 host (same host id, published through the store) and POSIX shared memory works, the
 group gets a :class:`ShmTransport`; otherwise a :class:`ZmqTransport`.
 ``DEEPSEEK_CPU_TRANSPORT=shm|zmq`` forces one (tests use ``zmq`` to play two hosts on
-127.0.0.1); ``DEEPSEEK_HOST_ID`` overrides the host id.
+127.0.0.1); ``DEEPSEEK_HOST_ID`` overrides the host id. The ZeroMQ transport picks the
+address it advertises and listens on through :mod:`deepseek.collectives.netaddr`
+(``DEEPSEEK_ZMQ_HOST``, ``DEEPSEEK_SOCKET_IFNAME``, the route to ``MASTER_ADDR``;
+``DEEPSEEK_ZMQ_BIND``) and authenticates every message with the job's token.
 
 Shared-memory bootstrap: group rank 0 creates the segment and publishes its name, the
 others attach, everybody passes one barrier through the segment itself and then rank 0
