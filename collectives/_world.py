@@ -3,10 +3,12 @@
 ``deepseek.collectives.__getattr__``: it loads numpy and the process-group code, which
 ``import deepseek.collectives.store`` (the launcher) must not pay for."""
 import json
+import math
 import os
 import secrets
 import threading
 
+from .. import env as envvars
 from . import hang
 from .errors import CollectiveArgumentError, CollectiveError
 from .process_group import ProcessGroup
@@ -17,7 +19,19 @@ __all__ = [
     "hang_report", "available_backends",
 ]
 
-DEFAULT_TIMEOUT = float(os.environ.get("DEEPSEEK_COLLECTIVES_TIMEOUT", "300"))
+
+def default_timeout():
+    """The default timeout of blocking calls: ``DEEPSEEK_COLLECTIVES_TIMEOUT`` (seconds,
+    300 when unset), read and validated now (not at import, so a bad value is reported
+    by the call that uses it, naming the variable)."""
+    return envvars.get("DEEPSEEK_COLLECTIVES_TIMEOUT")
+
+
+def __getattr__(name):
+    # DEFAULT_TIMEOUT stays importable, read from the environment when asked for
+    if name == "DEFAULT_TIMEOUT":
+        return default_timeout()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class _State:
@@ -33,16 +47,12 @@ class _State:
         self.mpi_world = None
         self.info = None
         self.watchdog = None
-        self.timeout = DEFAULT_TIMEOUT
+        self.timeout = None     # init_process_group's timeout, once initialized
         self.deterministic = False
         self.lock = threading.Lock()
 
 
 _S = _State()
-
-
-def _truthy(v):
-    return str(v).strip().lower() in ("1", "true", "yes", "on")
 
 
 def available_backends():
@@ -69,9 +79,32 @@ def _choose_backend(backend, info):
         raise CollectiveArgumentError(
             f"unknown backend {backend!r}: expected auto, cpu, mpi or nccl")
     if backend == "auto":
-        backend = os.environ.get("DEEPSEEK_BACKEND", "").lower() or (
-            "mpi" if info.is_mpi and "mpi" in available_backends() else "cpu")
+        backend = envvars.get("DEEPSEEK_BACKEND")
+    if backend == "auto":
+        backend = "mpi" if info.is_mpi and "mpi" in available_backends() else "cpu"
     return backend
+
+
+def _seconds(value, what):
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        t = math.nan
+    if not (math.isfinite(t) and t > 0):
+        raise CollectiveArgumentError(
+            f"init_process_group: {what} must be a positive number of seconds, "
+            f"not {value!r}")
+    return t
+
+
+def _rendezvous_timeout(info, timeout):
+    """(seconds, where they come from) for the waits of init_process_group for the
+    other ranks: the launcher's rendezvous timeout when it set one, else ``timeout``."""
+    if info.rdzv_timeout is not None:
+        if info.launcher == "deepseek-run":
+            return info.rdzv_timeout, "deepseek-run --timeout"
+        return info.rdzv_timeout, "DEEPSEEK_RDZV_TIMEOUT"
+    return timeout, "init_process_group's timeout"
 
 
 def init_process_group(backend="auto", timeout=None, rank=None, world_size=None,
@@ -80,7 +113,11 @@ def init_process_group(backend="auto", timeout=None, rank=None, world_size=None,
 
     Rank, world size and the rendezvous store come from the environment (deepseek-run,
     torchrun-style variables, mpirun, srun; a plain process is a world of one) unless
-    given. ``timeout`` (seconds) is the default for every blocking wait of the group.
+    given. ``timeout`` (seconds; default ``DEEPSEEK_COLLECTIVES_TIMEOUT``, else 300) is
+    the default for every blocking wait of the group. Waiting for the other ranks to
+    arrive (reaching the store, the rendezvous) is bounded by the launcher's rendezvous
+    timeout when there is one (``deepseek-run --timeout``, ``DEEPSEEK_RDZV_TIMEOUT``),
+    else by ``timeout``; when it runs out the error names the ranks that never came.
     ``deterministic`` (default ``DEEPSEEK_DETERMINISTIC``) makes every reduction add
     the ranks' contributions in rank order (bitwise reproducible).
     """
@@ -90,11 +127,15 @@ def init_process_group(backend="auto", timeout=None, rank=None, world_size=None,
         if _S.default is not None:
             raise CollectiveError("init_process_group: already initialized "
                                   "(call destroy_process_group first)")
-        timeout = float(timeout if timeout is not None else DEFAULT_TIMEOUT)
+        # every setting from the environment is read (and validated) before anything
+        # is built, so a bad value leaves nothing half-initialized
+        timeout = default_timeout() if timeout is None else _seconds(timeout, "timeout")
         info = env.detect()
+        rdzv_timeout, rdzv_source = _rendezvous_timeout(info, timeout)
         backend = _choose_backend(backend, info)
         if deterministic is None:
-            deterministic = _truthy(os.environ.get("DEEPSEEK_DETERMINISTIC", "0"))
+            deterministic = envvars.get("DEEPSEEK_DETERMINISTIC")
+        hang_poll = envvars.get("DEEPSEEK_HANG_POLL")
         mpi_world = None
         if backend == "mpi":
             from .backends.mpi import MpiBackend
@@ -114,13 +155,22 @@ def init_process_group(backend="auto", timeout=None, rank=None, world_size=None,
 
                 store = LocalStore(timeout)
             elif info.world_size == world_size:
-                store = env.connect_store(info, timeout)
+                store = env.connect_store(info, timeout, connect_timeout=rdzv_timeout)
             else:
                 raise CollectiveArgumentError(
                     "init_process_group: rank/world_size given without a store")
         payload = json.dumps({"uid": secrets.token_hex(8), "pid": os.getpid()})
-        rdz = env.rendezvous(store, rank, world_size, timeout, tag="deepseek-pg",
-                             payload=payload)
+        try:
+            rdz = env.rendezvous(store, rank, world_size, rdzv_timeout, tag="deepseek-pg",
+                                 payload=payload)
+        except env.RendezvousTimeout as e:
+            if own:
+                _close_quietly(store)
+            raise env.RendezvousTimeout(
+                f"init_process_group timed out on rank {rank} after {rdzv_timeout:g}s (the "
+                f"rendezvous timeout, {rdzv_source}): {e.arrived} of {world_size} ranks "
+                f"arrived; missing ranks: {env._ranges(e.missing_ranks)}", e.arrived,
+                e.missing_ranks, e.keys) from None
         uid = json.loads(rdz[0])["uid"]
         _S.prefix = f"deepseek/pg/{uid}"
         _S.job_id = (info.job_id or uid)
@@ -135,9 +185,16 @@ def init_process_group(backend="auto", timeout=None, rank=None, world_size=None,
         _S.groups = [pg]
         if rank == 0 and world_size > 1:
             hang.publish_job(store, _S.prefix, world_size)
-        if world_size > 1 and os.environ.get("DEEPSEEK_HANG_POLL", "1") != "0":
-            _S.watchdog = hang.Watchdog(store, _S.prefix, rank)
+        if world_size > 1 and hang_poll > 0:
+            _S.watchdog = hang.Watchdog(store, _S.prefix, rank, interval=hang_poll)
         return pg
+
+
+def _close_quietly(store):
+    try:
+        store.close()
+    except Exception:  # noqa: BLE001 - already failing; the rendezvous error matters
+        pass
 
 
 def _build_group(ranks, global_rank, name, prefix, timeout, deterministic, debug,

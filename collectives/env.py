@@ -57,6 +57,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 
+from .. import env as envvars
 from .store import (ENV_STORE_ADDR, ENV_TOKEN, LocalStore, StoreClient, StoreError,
                     StoreServer, StoreTimeout, parse_address)
 
@@ -117,13 +118,15 @@ class JobInfo:
 # --------------------------------------------------------------------------- helpers
 
 def _int(env, *names, default=None):
+    """The first of ``names`` that is set, as an integer (launcher variables such as
+    RANK; the DEEPSEEK_* ones go through deepseek.env)."""
     for n in names:
         v = env.get(n)
         if v not in (None, ""):
             try:
                 return int(v)
             except ValueError:
-                raise ValueError(f"environment variable {n}={v!r} is not an integer") from None
+                raise envvars.EnvError(n, v, "an integer") from None
     return default
 
 
@@ -206,24 +209,28 @@ def _mpi_job_id(env, launcher: str, single_host: bool) -> str | None:
 def detect(environ=None) -> JobInfo:
     """Work out this process's place in the job from ``environ`` (default os.environ)."""
     env = os.environ if environ is None else environ
-    token = env.get(ENV_TOKEN) or None
-    timeout = env.get(ENV_RDZV_TIMEOUT)
-    rdzv_timeout = float(timeout) if timeout else None
+    token = envvars.get(ENV_TOKEN, env)
+    rdzv_timeout = envvars.get(ENV_RDZV_TIMEOUT, env)
 
     # deepseek-run: everything is spelled out, including the store.
-    if env.get(ENV_STORE_ADDR):
-        parse_address(env[ENV_STORE_ADDR])       # validate early
+    store_addr = envvars.get(ENV_STORE_ADDR, env)
+    if store_addr:
+        try:
+            parse_address(store_addr)       # validate early
+        except ValueError:
+            raise envvars.EnvError(ENV_STORE_ADDR, store_addr, "host:port") from None
         ws = _int(env, "WORLD_SIZE", default=1)
         lws = _int(env, "LOCAL_WORLD_SIZE", default=ws)
+        nnodes = envvars.get(ENV_NNODES, env)
         return JobInfo(
-            launcher=env.get(ENV_LAUNCHER, "deepseek-run"),
+            launcher=envvars.get(ENV_LAUNCHER, env) or "deepseek-run",
             rank=_int(env, "RANK", default=0), world_size=ws,
             local_rank=_int(env, "LOCAL_RANK", default=0), local_world_size=lws,
             node_rank=_int(env, "NODE_RANK", "GROUP_RANK", default=0),
-            num_nodes=_int(env, ENV_NNODES, default=max(1, ws // max(1, lws))),
+            num_nodes=nnodes if nnodes is not None else max(1, ws // max(1, lws)),
             master_addr=env.get("MASTER_ADDR"), master_port=_int(env, "MASTER_PORT"),
-            store_addr=env[ENV_STORE_ADDR], token=token,
-            job_id=env.get(ENV_RUN_ID), rdzv_timeout=rdzv_timeout)
+            store_addr=store_addr, token=token,
+            job_id=envvars.get(ENV_RUN_ID, env), rdzv_timeout=rdzv_timeout)
 
     # torchrun, or the same variables set by hand (torch's env:// convention).
     if env.get("RANK") not in (None, "") and env.get("WORLD_SIZE") not in (None, ""):
@@ -233,8 +240,9 @@ def detect(environ=None) -> JobInfo:
         addr = env.get("MASTER_ADDR") or ("127.0.0.1" if ws == lws else None)
         mport = _int(env, "MASTER_PORT")
         # torchrun's own store already listens on MASTER_PORT: take the next one.
-        port = _int(env, ENV_STORE_PORT,
-                    default=None if mport is None else mport + (1 if torchrun else 0))
+        port = envvars.get(ENV_STORE_PORT, env)
+        if port is None and mport is not None:
+            port = mport + (1 if torchrun else 0)
         if ws > 1 and (addr is None or port is None):
             raise ValueError("RANK and WORLD_SIZE are set but MASTER_ADDR/MASTER_PORT are "
                              "not: set both so the ranks can find each other")
@@ -327,8 +335,11 @@ def _finish_cluster(env, d, token, rdzv_timeout) -> JobInfo:
     addr = env.get("MASTER_ADDR") or d.get("first_host") or ("127.0.0.1" if single_host
                                                              else None)
     job_id = d.get("job_id") or _mpi_job_id(env, d["launcher"], single_host)
-    port = _int(env, "MASTER_PORT", ENV_STORE_PORT,
-                default=derive_port(job_id) if job_id else None)
+    port = _int(env, "MASTER_PORT")
+    if port is None:
+        port = envvars.get(ENV_STORE_PORT, env)
+    if port is None and job_id:
+        port = derive_port(job_id)
     derived = token is None
     if derived:
         token = derive_token(job_id, addr, port)
@@ -365,39 +376,82 @@ def _host_and_connect(host: str, port: int, token: str, timeout: float,
     return client
 
 
+_MPI_MSG_BYTES = 2048
+
+
+def _parse_mpi_msg(raw: bytes):
+    """(host, port, token) from rank 0's broadcast; StoreError when it is not one."""
+    import json
+
+    try:
+        msg = json.loads(raw.rstrip(b"\0").decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        msg = None
+    if isinstance(msg, dict) and isinstance(msg.get("error"), str):
+        raise StoreError(msg["error"])
+    if not (isinstance(msg, dict) and isinstance(msg.get("host"), str)
+            and type(msg.get("port")) is int and 0 < msg["port"] < 65536
+            and isinstance(msg.get("token"), str)):
+        raise StoreError("the store address broadcast by rank 0 over MPI is malformed: "
+                         f"expected JSON {{host, port, token}}, got {raw[:80]!r}")
+    return msg["host"], msg["port"], msg["token"]
+
+
 def _mpi_exchange(info: JobInfo, timeout: float):
-    """Rank 0 hosts on a free port and broadcasts (host, port, token) over MPI."""
+    """Rank 0 hosts on a free port and broadcasts (host, port, token) over MPI.
+
+    The message is JSON in a fixed-size byte buffer (``Ibcast``, polled up to
+    ``timeout``): mpi4py's lowercase ``bcast`` would unpickle what rank 0 sent. Setting
+    up MPI here also installs the abort-on-uncaught-exception hook (mpi_abort).
+    """
     from mpi4py import MPI  # imported only here: MPI_Init must not happen at import
+
+    import json
+
+    from . import mpi_abort
+    mpi_abort.install()
     comm = MPI.COMM_WORLD
     server = None
-    msg = None
+    buf = bytearray(_MPI_MSG_BYTES)
     if comm.Get_rank() == 0:
         multi = info.local_world_size != info.world_size
         bind = "0.0.0.0" if multi else "127.0.0.1"
         try:
             server = StoreServer(bind, 0, os.urandom(16).hex()).start()
             host = socket.gethostname() if multi else "127.0.0.1"
-            msg = (host, server.port, server._token.decode())
+            msg = {"host": host, "port": server.port, "token": server._token.decode()}
         except OSError as e:
-            msg = ("", 0, f"rank 0 cannot host the store: {e}")
-    host, port, token = comm.bcast(msg, root=0)
-    if not port:
-        raise StoreError(token)
+            msg = {"error": f"rank 0 cannot host the store: {e}"[:1000]}
+        raw = json.dumps(msg).encode()
+        buf[:len(raw)] = raw
+    req = comm.Ibcast([buf, MPI.BYTE], root=0)
+    end = time.monotonic() + timeout
+    while not req.Test():
+        if time.monotonic() > end:
+            raise StoreError(f"rank {comm.Get_rank()}: no store address from rank 0 over "
+                             f"MPI within {timeout:g}s")
+        time.sleep(1e-3)
+    host, port, token = _parse_mpi_msg(bytes(buf))
     client = StoreClient("127.0.0.1" if server else host, port, token, timeout=timeout)
     if server is not None:
         client._owned.append(server)
     return client
 
 
-def connect_store(info: JobInfo | None = None, timeout: float | None = None):
+def connect_store(info: JobInfo | None = None, timeout: float | None = None,
+                  connect_timeout: float | None = None):
     """Connect to (and on rank 0, host when needed) the job's store.
 
-    Returns a ``StoreClient`` -- closing it also stops a store this process hosts, so
-    call ``close()`` only after every rank is done with the store (e.g. after a final
-    barrier) -- or a ``LocalStore`` for a world of one process.
+    ``timeout`` is the client's default for every wait (default: the rendezvous
+    timeout, else 300 s); ``connect_timeout`` how long to keep trying to reach a store
+    another rank hosts (default ``timeout``; init_process_group passes the rendezvous
+    timeout). Returns a ``StoreClient`` -- closing it also stops a store this process
+    hosts, so call ``close()`` only after every rank is done with the store (e.g. after
+    a final barrier) -- or a ``LocalStore`` for a world of one process.
     """
     info = detect() if info is None else info
     timeout = float(timeout if timeout is not None else (info.rdzv_timeout or 300.0))
+    connect_timeout = timeout if connect_timeout is None else float(connect_timeout)
     if info.launcher == "deepseek-run" or (info.store_addr and not info.host_store
                                            and not info.is_mpi):
         if not info.store_addr:
@@ -405,7 +459,8 @@ def connect_store(info: JobInfo | None = None, timeout: float | None = None):
         if not info.token:
             raise StoreError(f"{ENV_STORE_ADDR} is set but {ENV_TOKEN} is not")
         host, port = parse_address(info.store_addr)
-        return StoreClient(host, port, info.token, timeout=timeout)
+        return StoreClient(host, port, info.token, timeout=timeout,
+                           connect_timeout=connect_timeout)
     if info.world_size <= 1:
         return LocalStore(timeout)
     if info.is_mpi and not info.extra.get("explicit_master"):
@@ -422,7 +477,8 @@ def connect_store(info: JobInfo | None = None, timeout: float | None = None):
     host, port = parse_address(info.store_addr)
     if info.host_store:
         return _host_and_connect(host, port, info.token, timeout, info.launcher)
-    return StoreClient(host, port, info.token, timeout=timeout, connect_timeout=timeout)
+    return StoreClient(host, port, info.token, timeout=timeout,
+                       connect_timeout=connect_timeout)
 
 
 # --------------------------------------------------------------------------- rendezvous

@@ -15,6 +15,8 @@ import threading
 import time
 import traceback
 
+from .. import env as envvars
+
 _pending = {}  # group name -> (op, seq, started) of the op running now
 _lock = threading.Lock()
 
@@ -59,15 +61,18 @@ def write_report(store, prefix, rank, error=None):
 
 
 class Watchdog:
-    """Daemon thread: on a hang request, write this rank's report once."""
+    """Daemon thread: on a hang request, write this rank's report once. ``interval``
+    (seconds, default ``DEEPSEEK_HANG_POLL``): time between checks; 0 starts no thread."""
 
     def __init__(self, store, prefix, rank, interval=None):
         self.store, self.prefix, self.rank = store, prefix, rank
-        self.interval = float(interval or os.environ.get("DEEPSEEK_HANG_POLL", "1.0"))
+        self.interval = envvars.get("DEEPSEEK_HANG_POLL") if interval is None \
+            else float(interval)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"deepseek-hang-{rank}",
                                         daemon=True)
-        self._thread.start()
+        if self.interval > 0:  # 0 would be a busy loop: 0 means "no watchdog"
+            self._thread.start()
 
     def _loop(self):
         key = f"{self.prefix}/hang/request"

@@ -13,6 +13,7 @@ multiprocessing resource tracker, which would unlink segments behind our back.
 """
 import mmap
 import os
+import re
 import secrets
 
 try:
@@ -28,9 +29,16 @@ def available():
     return _posixshmem is not None
 
 
+def safe_job_id(job_id):
+    """``job_id`` as it appears in segment names: letters and digits only, at most 16
+    (idempotent, so a caller that already cleaned it gets the same prefix)."""
+    return (re.sub(r"[^A-Za-z0-9]", "", str(job_id)) or "job")[:16]
+
+
 def job_prefix(job_id):
-    """The name prefix of every segment of job ``job_id``."""
-    return f"{PREFIX}{job_id}_"
+    """The name prefix of every segment of job ``job_id`` -- what the launcher sweeps
+    with :func:`cleanup_job` once the job's workers have ended."""
+    return f"{PREFIX}{safe_job_id(job_id)}_"
 
 
 def make_name(job_id, tag):

@@ -42,7 +42,7 @@ if not _os.path.isdir(_os.path.join(_here, "collectives")):
 _SUBMODULES = {
     "autograd", "nn", "optim", "data", "distributed", "testing", "amp", "jit",
     "quantization", "viz", "profiler", "hub", "native", "collectives", "launcher",
-    "elastic", "backend", "dtypes", "random", "serialization", "ops",
+    "elastic", "backend", "dtypes", "random", "serialization", "ops", "env", "trainer",
 }
 
 

@@ -5,7 +5,11 @@ hosts the job's rendezvous store (:mod:`deepseek.collectives.store`), spawns one
 per device with the torchrun environment (RANK, LOCAL_RANK, WORLD_SIZE, ...) plus
 ``DEEPSEEK_STORE_ADDR``/``DEEPSEEK_TOKEN``, prefixes their output with ``[rankN]:``,
 forwards signals, and when one worker fails stops the rest and exits with its code.
-See ``deepseek-run --help`` and :mod:`deepseek.launcher.cli`.
+However the job ends, no worker, process a worker started, or shared-memory segment
+of the job outlives it (:mod:`deepseek.launcher.agent`). ``--timeout`` bounds how long
+``init_process_group`` in the workers waits for the other ranks. See
+``deepseek-run --help``, :mod:`deepseek.launcher.cli`, and ``python -m deepseek.env``
+for every ``DEEPSEEK_*`` variable.
 
 This package must stay cheap to import: it never imports the tensor engine.
 """

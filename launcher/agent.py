@@ -12,6 +12,13 @@ Process hygiene, and why:
   that workers start and orphan (even ones that called setsid) are re-parented to us
   rather than to init, so the final sweep finds and kills them.
 * The store runs in threads of this process, so it cannot outlive it.
+* Once every worker and everything they started is gone -- however they ended:
+  success, failure, a worker killed with SIGKILL, SIGTERM/SIGINT/SIGHUP to us -- the
+  job's shared-memory segments still named in /dev/shm are unlinked (by the job's
+  prefix, :func:`deepseek.collectives.shm.cleanup_job`). The workers unlink each
+  segment as soon as every rank has attached it; this sweep covers a rank that dies
+  in the short window between creation and the last attach. (SIGKILL of deepseek-run
+  itself leaves no chance to sweep.)
 
 The main loop is single-threaded: a selector over all worker pipes plus a wakeup
 socket that signal handlers (SIGCHLD included) write to, so worker exits and signals
@@ -30,6 +37,7 @@ import time
 
 # deepseek.collectives is lazy (PEP 562): this loads store.py (stdlib only), not
 # numpy or the process-group code
+from ..collectives import shm
 from ..collectives.store import StoreClient, StoreError, StoreServer, new_token
 from .cli import Config, available_cores
 
@@ -305,6 +313,14 @@ class Agent:
                 except ChildProcessError:
                     pass
 
+    def _sweep_shm(self) -> list[str]:
+        """Unlink the job's shared-memory segments the workers left named in /dev/shm
+        (the workers get DEEPSEEK_RUN_ID=run_id, and segment names carry it); returns
+        their names."""
+        if not self.run_id:
+            return []
+        return shm.cleanup_job(self.run_id)
+
     # ------------------------------------------------------------------ main loop
     def run(self) -> int:
         c = self.c
@@ -398,6 +414,8 @@ class Agent:
                     stop_deadline = None
         finally:
             self._sweep_orphans()
+            # nothing of the job runs now that could still attach a segment
+            removed = self._sweep_shm()
             self._restore_signals()
             for w in getattr(self, "workers", []):
                 if w.log is not None:
@@ -405,6 +423,9 @@ class Agent:
             self.sel.close()
 
         code = self._finish(failed, got_signal)
+        if removed:
+            self.note(f"removed {len(removed)} shared-memory segment(s) the workers left "
+                      f"in {shm.SHM_DIR}: {', '.join(sorted(removed))}")
         self._close_store(code)
         return code
 
@@ -462,7 +483,8 @@ class Agent:
             if client is None:
                 client = StoreClient("127.0.0.1", self.port, self.token, timeout=5.0,
                                      connect_timeout=5.0)
-            wait = 1.0 + float(os.environ.get("DEEPSEEK_HANG_POLL", "1.0") or 1.0)
+            # give every rank's watchdog one poll to write its part
+            wait = 1.0 + (self.c.hang_poll or 1.0)
             return hang.collect_job_report(client, wait=min(wait, 10.0))
         except Exception as e:  # noqa: BLE001 - a report must never break the teardown
             return f"(hang report unavailable: {e})"

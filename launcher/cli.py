@@ -2,7 +2,11 @@
 
 Everything that can be refused is refused here, with one line on stderr and exit code
 2, before any process or socket exists (except the store port on node 0, which is
-bound here precisely so that a busy port is refused up front).
+bound here precisely so that a busy port is refused up front): each option is checked
+by its argparse ``type`` (the error names the option, what was expected and what
+came), and every ``DEEPSEEK_*`` variable the workers would inherit is checked against
+its declaration in :mod:`deepseek.env`, so a bad one is refused once, here, rather
+than by every worker.
 """
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ import argparse
 import os
 import sys
 from dataclasses import dataclass, field
+
+from .. import env as envvars
 
 PROG = "deepseek-run"
 
@@ -46,13 +52,18 @@ output and failures:
   (SIGKILL after --grace seconds); deepseek-run names the rank that failed first, its
   exit code or signal and the end of its stderr, and exits with that code (128+N for
   signal N). SIGINT/SIGTERM/SIGHUP to deepseek-run are forwarded to every worker; a
-  second Ctrl-C kills them. No worker or process they started outlives deepseek-run.
+  second Ctrl-C kills them. No worker or process they started outlives deepseek-run,
+  and neither does a shared-memory segment of the job in /dev/shm.
 
 multi-node:
   Node 0 hosts the store on --master-port; the other nodes connect to it within
   --timeout. The token must reach every node: export the same DEEPSEEK_TOKEN on each
   (deepseek-run refuses --nnodes > 1 without it). On one node a fresh random token is
-  made for every run."""
+  made for every run.
+
+environment variables:
+  python -m deepseek.env lists every DEEPSEEK_* variable deepseek reads (type,
+  default, current value, what it does); a bad value is refused here, naming it."""
 
 
 class UsageError(Exception):
@@ -77,6 +88,7 @@ class Config:
     target: str                      # script path or "-m module", for messages
     token: str | None = None
     env_token: bool = False
+    hang_poll: float = 1.0           # DEEPSEEK_HANG_POLL (seconds between watchdog polls)
     notes: list[str] = field(default_factory=list)
 
 
@@ -115,37 +127,61 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def _option(kind, lo=None, hi=None, lo_open=False, unit="", auto=False):
+    """An argparse ``type`` that checks a number the way deepseek.env checks a variable
+    (finite, within bounds); argparse prefixes its message with the option's name.
+    ``auto``: the word "auto" is accepted too (and returned as is)."""
+    var = envvars.Var("option", kind, None, "", unit=unit, lo=lo, hi=hi, lo_open=lo_open)
+
+    def convert(text):
+        if auto and text.strip().lower() == "auto":
+            return "auto"
+        try:
+            return var.parse(text)
+        except envvars.EnvError:
+            expected = var.expected() + (" or 'auto'" if auto else "")
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+
+    convert.__name__ = kind     # what argparse would name in its own messages
+    return convert
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description=DESCRIPTION, epilog=EPILOG,
                 usage="%(prog)s [options] script.py [args...]\n"
                       "       %(prog)s [options] -m module [args...]",
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--nproc", "--nproc-per-node", "--nproc_per_node", default="1",
-                   metavar="N|auto",
+                   type=_option("int", lo=1, auto=True), metavar="N|auto",
                    help="workers on this node (default 1); auto: one per GPU CuPy sees, "
                         "else one per CPU core")
-    p.add_argument("--nnodes", type=int, default=1, metavar="N",
+    p.add_argument("--nnodes", type=_option("int", lo=1), default=1, metavar="N",
                    help="number of nodes (default 1)")
-    p.add_argument("--node-rank", "--node_rank", type=int, default=0, metavar="R",
+    p.add_argument("--node-rank", "--node_rank", type=_option("int", lo=0), default=0,
+                   metavar="R",
                    help="this node's index, 0..nnodes-1 (default 0)")
     p.add_argument("--master-addr", "--master_addr", default="127.0.0.1", metavar="A",
                    help="address of node 0, where the store runs (default 127.0.0.1)")
-    p.add_argument("--master-port", "--master_port", type=int, default=0, metavar="P",
+    p.add_argument("--master-port", "--master_port", type=_option("int", lo=0, hi=65535),
+                   default=0, metavar="P",
                    help="port of the store on node 0; 0 or absent on one node: a free "
                         "port (required with --nnodes > 1)")
     p.add_argument("--log-dir", metavar="D",
                    help="also write each rank's output to D/rank<N>.log")
     p.add_argument("--no-prefix", action="store_true",
                    help="do not prefix output lines with [rankN]:")
-    p.add_argument("--timeout", type=float, default=300.0, metavar="S",
+    p.add_argument("--timeout", type=_option("float", lo=0, lo_open=True, unit="seconds"),
+                   default=300.0, metavar="S",
                    help="rendezvous timeout in seconds: how long ranks (and nodes) wait "
-                        "for each other (default 300)")
-    p.add_argument("--omp-threads", type=int, metavar="K",
+                        "for each other, init_process_group in the workers included "
+                        "(default 300)")
+    p.add_argument("--omp-threads", type=_option("int", lo=1), metavar="K",
                    help="OMP/OpenBLAS/MKL threads per worker (default: cores // nproc, "
                         "at least 1, unless OMP_NUM_THREADS is already set)")
     p.add_argument("--bind", choices=("none", "core"), default="none",
                    help="core: pin each worker to its own share of this node's cores")
-    p.add_argument("--grace", type=float, default=5.0, metavar="S",
+    p.add_argument("--grace", type=_option("float", lo=0, unit="seconds"), default=5.0,
+                   metavar="S",
                    help="seconds between SIGTERM and SIGKILL when stopping workers "
                         "(default 5)")
     return p
@@ -178,31 +214,15 @@ def parse_args(argv: list[str]) -> Config:
     parser = build_parser()
     ns = parser.parse_args(own)
 
-    if ns.nproc == "auto":
-        nproc = count_gpus() or len(available_cores())
-    else:
-        try:
-            nproc = int(ns.nproc)
-        except ValueError:
-            raise UsageError(f"--nproc must be a number or 'auto', not {ns.nproc!r}") from None
-    if nproc < 1:
-        raise UsageError(f"--nproc must be at least 1 (got {nproc})")
-    if ns.nnodes < 1:
-        raise UsageError(f"--nnodes must be at least 1 (got {ns.nnodes})")
-    if not 0 <= ns.node_rank < ns.nnodes:
+    # each value was checked by its option's type; what is left spans options
+    nproc = (count_gpus() or len(available_cores())) if ns.nproc == "auto" else ns.nproc
+    if ns.node_rank >= ns.nnodes:
         raise UsageError(f"--node-rank must be in 0..{ns.nnodes - 1} for --nnodes "
                          f"{ns.nnodes} (got {ns.node_rank})")
-    if not 0 <= ns.master_port <= 65535:
-        raise UsageError(f"--master-port must be in 0..65535 (got {ns.master_port})")
     if ns.nnodes > 1 and ns.master_port == 0:
         raise UsageError("--master-port is required with --nnodes > 1 "
                          "(every node must know where node 0's store is)")
-    if ns.timeout <= 0:
-        raise UsageError(f"--timeout must be positive (got {ns.timeout:g})")
-    if ns.grace < 0:
-        raise UsageError(f"--grace must be >= 0 (got {ns.grace:g})")
-    if ns.omp_threads is not None and ns.omp_threads < 1:
-        raise UsageError(f"--omp-threads must be at least 1 (got {ns.omp_threads})")
+    check_environment()
 
     if module is not None:
         if not module or module.startswith("-"):
@@ -218,7 +238,7 @@ def parse_args(argv: list[str]) -> Config:
         raise UsageError("no script given: deepseek-run [options] script.py [args] "
                          "(or -m module)")
 
-    token = os.environ.get("DEEPSEEK_TOKEN") or None
+    token = envvars.get("DEEPSEEK_TOKEN")
     if ns.nnodes > 1 and not token:
         raise UsageError("--nnodes > 1 needs the job's secret in DEEPSEEK_TOKEN on every "
                          "node, e.g. export DEEPSEEK_TOKEN=$(python -c \"import secrets; "
@@ -238,7 +258,27 @@ def parse_args(argv: list[str]) -> Config:
                   master_addr=ns.master_addr, master_port=ns.master_port,
                   log_dir=ns.log_dir, prefix=not ns.no_prefix, timeout=ns.timeout,
                   omp_threads=omp, omp_default=omp_default, bind=ns.bind, grace=ns.grace,
-                  command=command, target=target, token=token, env_token=bool(token))
+                  command=command, target=target, token=token, env_token=bool(token),
+                  hang_poll=envvars.get("DEEPSEEK_HANG_POLL"))
+
+
+# What deepseek-run sets for every worker (see agent.Agent._worker_env): whatever the
+# launcher's own environment says about these does not reach the workers.
+_SET_FOR_WORKERS = ("DEEPSEEK_STORE_ADDR", "DEEPSEEK_LAUNCHER", "DEEPSEEK_RUN_ID",
+                    "DEEPSEEK_NNODES", "DEEPSEEK_RDZV_TIMEOUT")
+
+
+def check_environment(environ=None):
+    """Refuse (UsageError) a ``DEEPSEEK_*`` variable the workers would inherit with a
+    value its declaration in deepseek.env does not accept. Undeclared DEEPSEEK_* names
+    are let through: a user's own variable may share the prefix."""
+    env = os.environ if environ is None else environ
+    for name in sorted(env):
+        if name in envvars.VARIABLES and name not in _SET_FOR_WORKERS:
+            try:
+                envvars.get(name, env)
+            except envvars.EnvError as e:
+                raise UsageError(f"environment variable {e}") from None
 
 
 def usage_error(message: str) -> int:

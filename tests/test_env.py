@@ -223,3 +223,38 @@ def test_under_real_mpiexec(tmp_path):
     rows = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert [r[:5] for r in rows] == [["mpich", 0, 2, 0, 2], ["mpich", 1, 2, 1, 2]]
     assert all(r[5] == ["0", "1"] for r in rows)
+
+
+DS_RUN = {"RANK": "0", "WORLD_SIZE": "2", "DEEPSEEK_STORE_ADDR": "h:1",
+          "DEEPSEEK_TOKEN": "t"}
+
+
+@pytest.mark.parametrize("extra,message", [
+    ({"DEEPSEEK_RDZV_TIMEOUT": "abc"},
+     "DEEPSEEK_RDZV_TIMEOUT='abc': expected a positive number of seconds"),
+    ({"DEEPSEEK_RDZV_TIMEOUT": "nan"},
+     "DEEPSEEK_RDZV_TIMEOUT='nan': expected a positive number of seconds"),
+    ({"DEEPSEEK_RDZV_TIMEOUT": "0"},
+     "DEEPSEEK_RDZV_TIMEOUT='0': expected a positive number of seconds"),
+    ({"DEEPSEEK_NNODES": "0"}, "DEEPSEEK_NNODES='0': expected an integer >= 1"),
+    ({"DEEPSEEK_STORE_ADDR": "nohostport"},
+     "DEEPSEEK_STORE_ADDR='nohostport': expected host:port"),
+    ({"RANK": "first"}, "RANK='first': expected an integer"),
+])
+def test_bad_values_name_the_variable(extra, message):
+    with pytest.raises(ValueError) as e:
+        detect(dict(DS_RUN, **extra))
+    assert str(e.value) == message
+
+
+def test_bad_store_port_names_the_variable():
+    env = {"RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "a", "MASTER_PORT": "5",
+           "DEEPSEEK_STORE_PORT": "http"}
+    with pytest.raises(ValueError, match=r"^DEEPSEEK_STORE_PORT='http': expected an "
+                                         r"integer in 1\.\.65535$"):
+        detect(env)
+    assert detect(dict(env, DEEPSEEK_STORE_PORT="4000")).store_addr == "a:4000"
+    mpi = {"OMPI_COMM_WORLD_RANK": "0", "OMPI_COMM_WORLD_SIZE": "2",
+           "OMPI_COMM_WORLD_LOCAL_SIZE": "2", "DEEPSEEK_STORE_PORT": "4001"}
+    assert detect(mpi).master_port == 4001
+    assert detect(dict(mpi, MASTER_PORT="4002")).master_port == 4002   # MASTER_PORT wins

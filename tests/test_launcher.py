@@ -194,6 +194,31 @@ def test_rendezvous_timeout_names_missing_rank(tmp_path):
                      r"missing ranks: 2", err), err
 
 
+LATE_SCRIPT = """\
+import os, time
+if os.environ["RANK"] == "1":
+    time.sleep(20)          # far longer than --timeout
+from deepseek import collectives as C
+C.init_process_group()
+"""
+
+
+def test_timeout_reaches_init_process_group(tmp_path):
+    """--timeout bounds init_process_group's wait for a late rank (it used to wait the
+    collectives' 300 s), and the error names the rank that never came."""
+    script = tmp_path / "late.py"
+    script.write_text(LATE_SCRIPT)
+    t0 = time.monotonic()
+    rc, out, err = launch(tmp_path, "--nproc", "2", "--timeout", "3", "--grace", "1",
+                          str(script), timeout=40)
+    took = time.monotonic() - t0
+    assert rc == 1, err
+    assert took < 15, f"took {took:.1f}s\n{err}"
+    assert "rank 0 (local rank 0" in err and "failed first: exit code 1" in err, err
+    assert ("init_process_group timed out on rank 0 after 3s (the rendezvous timeout, "
+            "deepseek-run --timeout): 1 of 2 ranks arrived; missing ranks: 1") in err, err
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -246,21 +271,61 @@ def test_wrong_token_on_second_node(tmp_path):
     finish(node0)
 
 
+_NPROC = "argument --nproc/--nproc-per-node/--nproc_per_node: "
+
+
 @pytest.mark.parametrize("args,message", [
-    (["--nproc", "0", "x.py"], "--nproc must be at least 1"),
+    (["--nproc", "0", "x.py"], _NPROC + "expected an integer >= 1 or 'auto', got '0'"),
+    (["--nproc", "two", "x.py"], _NPROC + "expected an integer >= 1 or 'auto', got 'two'"),
     (["--nproc", "2", "does_not_exist.py"], "script 'does_not_exist.py' not found"),
     (["--nnodes", "2", "--node-rank", "2", "--master-port", "1234", "x.py"],
      "--node-rank must be in 0..1"),
+    (["--nnodes", "0", "x.py"], "argument --nnodes: expected an integer >= 1, got '0'"),
+    (["--node-rank", "-1", "x.py"],
+     "argument --node-rank/--node_rank: expected an integer >= 0, got '-1'"),
+    (["--master-port", "70000", "x.py"],
+     "argument --master-port/--master_port: expected an integer in 0..65535, got '70000'"),
     (["--nproc", "2"], "no script given"),
     (["--bogus", "x.py"], "unrecognized arguments: --bogus"),
     (["--nnodes", "2", "--master-port", "1234", "x.py"], "DEEPSEEK_TOKEN"),
-    (["--timeout", "0", "x.py"], "--timeout must be positive"),
+    (["--timeout", "0", "x.py"],
+     "argument --timeout: expected a positive number of seconds, got '0'"),
+    (["--timeout", "-1", "x.py"],
+     "argument --timeout: expected a positive number of seconds, got '-1'"),
+    (["--timeout", "nan", "x.py"],
+     "argument --timeout: expected a positive number of seconds, got 'nan'"),
+    (["--timeout", "inf", "x.py"],
+     "argument --timeout: expected a positive number of seconds, got 'inf'"),
+    (["--timeout", "soon", "x.py"],
+     "argument --timeout: expected a positive number of seconds, got 'soon'"),
+    (["--grace", "-1", "x.py"], "argument --grace: expected a number of seconds >= 0, "
+                                "got '-1'"),
+    (["--grace", "nan", "x.py"], "argument --grace: expected a number of seconds >= 0, "
+                                 "got 'nan'"),
+    (["--omp-threads", "0", "x.py"],
+     "argument --omp-threads: expected an integer >= 1, got '0'"),
 ])
 def test_bad_arguments(tmp_path, args, message):
     (tmp_path / "x.py").write_text("print('must not run')\n")
     rc, out, err = launch(tmp_path, *args, timeout=30)
     assert rc == 2 and out == ""
     assert err.count("\n") == 1 and err.startswith("deepseek-run: error: ") and message in err
+
+
+@pytest.mark.parametrize("name,value,expected", [
+    ("DEEPSEEK_COLLECTIVES_TIMEOUT", "abc", "a positive number of seconds"),
+    ("DEEPSEEK_COLLECTIVES_TIMEOUT", "nan", "a positive number of seconds"),
+    ("DEEPSEEK_SHM_CHUNK", "lots", "a positive size in bytes"),
+    ("DEEPSEEK_CPU_TRANSPORT", "tcp", "one of auto, shm, zmq"),
+])
+def test_bad_environment_is_refused_before_any_worker(tmp_path, name, value, expected):
+    """A DEEPSEEK_* variable every worker would inherit is checked once, up front."""
+    (tmp_path / "x.py").write_text("print('must not run')\n")
+    rc, out, err = launch(tmp_path, "--nproc", "2", "x.py", timeout=30, **{name: value})
+    assert rc == 2 and out == "", err
+    assert err.startswith(f"deepseek-run: error: environment variable {name}={value!r}: "
+                          f"expected {expected}")
+    assert err.count("\n") == 1 and "(see deepseek-run --help)" in err
 
 
 def test_busy_explicit_port(tmp_path):
@@ -277,7 +342,8 @@ def test_help(tmp_path):
     assert rc == 0
     for word in ("--nproc", "--nnodes", "--node-rank", "--master-addr", "--master-port",
                  "--log-dir", "--no-prefix", "--timeout", "--omp-threads", "--bind",
-                 "examples:", "-m module", "DEEPSEEK_TOKEN", "CUDA_VISIBLE_DEVICES"):
+                 "examples:", "-m module", "DEEPSEEK_TOKEN", "CUDA_VISIBLE_DEVICES",
+                 "python -m deepseek.env"):
         assert word in out
 
 
