@@ -34,6 +34,16 @@ def main():
     w1.wait(30)
     w2.wait(30)
     assert (got == prv).all()
+    # a big message (rendezvous protocol) through the polled Isend / Iprobe + Irecv
+    big = np.empty(1 << 20, np.float32)
+    w1 = pg.send(np.full(1 << 20, rank, np.float32), nxt, tag=4, async_op=True)
+    pg.recv(big, prv, tag=4)
+    w1.wait(30)
+    assert (big == prv).all()
+    # setting up the MPI world installed the abort-on-uncaught-exception hook
+    from deepseek.collectives import mpi_abort
+
+    assert mpi_abort.installed() and sys.excepthook is mpi_abort._excepthook
     ws = [pg.allreduce(np.full(1000, i, np.float64), async_op=True) for i in range(20)]
     for w in ws:
         w.wait(30)
