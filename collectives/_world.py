@@ -250,7 +250,7 @@ def new_group(ranks=None, timeout=None, deterministic=None, debug=None):
     det = _S.deterministic if deterministic is None else bool(deterministic)
     mpi_sub = None
     if _S.backend == "mpi" and len(ranks) > 1:
-        mpi_sub = _S.mpi_world.subgroup(ranks)  # collective over the world
+        mpi_sub = _S.mpi_world.subgroup(ranks, timeout)  # collective over the world
     if me not in ranks:
         return None
     # the ranks are part of the key: disjoint groups made by the k-th call on different

@@ -74,17 +74,14 @@ class MpiBackend(Backend):
         gen = mpi_abort.new_generation()
         return cls(MPI.COMM_WORLD, gen=gen, cid=f"{gen}.0")
 
-    def subgroup(self, ranks):
+    def subgroup(self, ranks, timeout):
         """A backend on the sub-communicator of ``ranks`` (collective over all ranks).
 
-        ``Split`` blocks inside MPI, so an ``Ibarrier`` (which polls, with the timeout
-        of ``DEEPSEEK_COLLECTIVES_TIMEOUT``) makes sure every rank is there first.
+        ``Split`` blocks inside MPI, so an ``Ibarrier`` (which polls, with ``timeout``
+        seconds: the new group's timeout) makes sure every rank is there first.
         """
-        from ... import env as envvars
-
         comm = self.comm
         self._nsub += 1
-        timeout = envvars.get("DEEPSEEK_COLLECTIVES_TIMEOUT")
         ctx = OpContext("new_group", self.coll_started + 1, timeout, "default", self.rank,
                         self.ranks)
         self.barrier(ctx)
