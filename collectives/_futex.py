@@ -13,9 +13,10 @@ timeout and the waiter re-checks: a missed wake costs at most ``MAX_SLEEP`` seco
 never a hang. Without a usable futex (not Linux) the wait degrades to short sleeps.
 """
 import ctypes
-import os
 import platform
 import time
+
+from .. import env as _envvars
 
 _SYS_FUTEX = {"x86_64": 202, "aarch64": 98, "ppc64le": 221, "s390x": 238}.get(
     platform.machine())
@@ -28,7 +29,7 @@ class _Timespec(ctypes.Structure):
 
 
 def _load():
-    if _SYS_FUTEX is None or os.environ.get("DEEPSEEK_NO_FUTEX") == "1":
+    if _SYS_FUTEX is None or _envvars.get("DEEPSEEK_NO_FUTEX"):
         return None
     try:
         libc = ctypes.CDLL(None, use_errno=True)

@@ -8,10 +8,10 @@ algorithm reduces element *i* as ``((x0 + x1) + x2) + ...`` whatever the chunkin
 float16/bfloat16 accumulate in float32 and round once at the end.
 """
 import enum
-import os
 
 import numpy as np
 
+from .. import env as _envvars
 from .errors import CollectiveArgumentError
 
 try:  # bfloat16 is a registered numpy dtype from ml_dtypes (a declared dependency)
@@ -91,7 +91,7 @@ _NATIVE = False
 # Below this many elements numpy is faster (the native wrapper's argument checks cost a
 # few microseconds). Both paths give the same bits (checked by the tests), so the
 # switch does not break deterministic results across sizes.
-NATIVE_MIN_ELEMS = int(os.environ.get("DEEPSEEK_NATIVE_REDUCE_MIN", "16384"))
+NATIVE_MIN_ELEMS = _envvars.get("DEEPSEEK_NATIVE_REDUCE_MIN")
 _NATIVE_DTYPES = {np.dtype(np.float32), np.dtype(np.float16), np.dtype(np.float64),
                   np.dtype(np.int32), np.dtype(np.int64)} | (
                       {BFLOAT16} if BFLOAT16 is not None else set())

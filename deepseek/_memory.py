@@ -6,8 +6,9 @@ and trim thresholds keeps freed blocks on the heap for reuse. Set
 DEEPSEEK_MALLOC_TUNING=0 to leave malloc alone.
 """
 import ctypes
-import os
 import sys
+
+from . import env as _envvars
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -18,7 +19,7 @@ def tune_malloc(threshold=1 << 30):
     """Raise glibc's mmap/trim thresholds once per process; False where not applicable."""
     if _done[0]:
         return True
-    if os.environ.get("DEEPSEEK_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
+    if not _envvars.get("DEEPSEEK_MALLOC_TUNING") or not sys.platform.startswith("linux"):
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")

@@ -70,10 +70,10 @@ they agree to the last bit in practice and are tested to tight tolerances.
 """
 import contextlib
 import importlib
-import os
 
 import numpy as np
 
+from .. import env as _envvars  # the stdlib-only variable registry (no engine)
 from . import _checks as _c
 from . import _fallback
 
@@ -104,7 +104,7 @@ def available():
         return False
     if _forced is not None:
         return _forced
-    return os.environ.get("DEEPSEEK_NATIVE", "1").strip().lower() not in ("0", "false", "off", "no")
+    return _envvars.get("DEEPSEEK_NATIVE")
 
 
 def isa():

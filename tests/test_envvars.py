@@ -31,10 +31,6 @@ NOT_YET_MIGRATED = {
     "collectives/backends/shm.py",
     "collectives/backends/zmq.py",
     "collectives/process_group.py",
-    "collectives/reduce_ops.py",
-    "collectives/_futex.py",
-    "native/__init__.py",
-    "deepseek/_memory.py",
 }
 DIRECT_READ = re.compile(
     r"""(environ(\.get)?\s*[\[(]\s*|getenv\(\s*|_env_(bytes|seconds)\(\s*)["']DEEPSEEK_""")
