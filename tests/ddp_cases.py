@@ -169,3 +169,92 @@ def fp16_overflow_grads(rank, world):
     (_loss(model, x, y) * 1e6).backward()  # this rank's own fp32 gradient
     local = {n: p.grad.numpy().copy() for n, p in model.named_parameters()}
     return got, local, dict(ddp.wire_dtype_counts)
+
+
+def hook_params(rank, world, kind, steps=2, bucket_cap_mb=0.001):
+    """Train ``steps`` steps with a comm hook of ``kind``; returns the final params, the
+    bucket indices the hook saw per call (with is_last), the bucket count and the wire
+    counters."""
+    import deepseek as ds
+    import deepseek.distributed as dist
+    from deepseek.collectives import ReduceOp
+    from deepseek.distributed import comm_hooks
+    from deepseek.distributed.ddp import DistributedDataParallel
+    from deepseek.distributed.futures import Future
+    from deepseek.collectives import get_default_group
+    dist.init_process_group()
+    pg = get_default_group()
+    model = _model(seed=rank)
+    seen = []
+
+    def sum_then_scale(state, bucket):
+        # the hook's own state; allreduce SUM, then divide: the value is a new array
+        state["calls"] += 1
+        seen.append((bucket.index(), bucket.is_last()))
+        buf = bucket.buffer()
+        work = state["group"].allreduce(buf, ReduceOp.SUM, async_op=True)
+        return Future.from_work(work, buf).then(lambda fut: fut.value() / state["group"].size)
+
+    def tensor_valued(state, bucket):
+        # a blocking deepseek.distributed.all_reduce on a tensor; the value is a Tensor
+        seen.append((bucket.index(), bucket.is_last()))
+        t = ds.from_numpy(bucket.buffer().copy())
+        dist.all_reduce(t)
+        return Future.completed(t / world)
+
+    def legacy(bucket):
+        seen.append((bucket.index(), bucket.is_last()))
+        return pg.allreduce(bucket.buffer(), ReduceOp.AVG, async_op=True)
+
+    if kind == "legacy":
+        ddp = DistributedDataParallel(model, bucket_cap_mb=bucket_cap_mb, comm_hook=legacy)
+    else:
+        ddp = DistributedDataParallel(model, bucket_cap_mb=bucket_cap_mb)
+        if kind == "sum_then_scale":
+            ddp.register_comm_hook({"calls": 0, "group": pg}, sum_then_scale)
+        elif kind == "tensor_valued":
+            ddp.register_comm_hook(None, tensor_valued)
+        else:  # the built-in hooks by name, e.g. "fp16_compress_hook"
+            ddp.register_comm_hook(pg, getattr(comm_hooks, kind))
+    opt = ds.optim.SGD(ddp.parameters(), lr=0.1)
+    per = GLOBAL_BATCH // world
+    for s in range(steps):
+        x, y = _data(s)
+        xs, ys = x[rank * per:(rank + 1) * per], y[rank * per:(rank + 1) * per]
+        opt.zero_grad()
+        _loss(ddp, xs, ys).backward()
+        opt.step()
+    params = {n: p.detach().numpy().copy() for n, p in model.named_parameters()}
+    return params, [list(t) for t in seen], len(ddp.buckets), dict(ddp.wire_dtype_counts)
+
+
+def hook_registration_errors(rank, world):
+    """The messages of the refused register_comm_hook calls."""
+    from deepseek.distributed import init_process_group
+    from deepseek.distributed.comm_hooks import allreduce_hook, fp16_compress_hook
+    from deepseek.distributed.ddp import DistributedDataParallel
+    init_process_group()
+    msgs = {}
+    ddp = DistributedDataParallel(_model())
+    ddp.register_comm_hook(None, allreduce_hook)
+    try:
+        ddp.register_comm_hook(None, allreduce_hook)
+    except RuntimeError as e:
+        msgs["twice"] = str(e)
+    ddp = DistributedDataParallel(_model())
+    x, y = _data(0)
+    _loss(ddp, x, y).backward()
+    try:
+        ddp.register_comm_hook(None, allreduce_hook)
+    except RuntimeError as e:
+        msgs["after_backward"] = str(e)
+    ddp = DistributedDataParallel(_model(), compression="fp16")
+    try:
+        ddp.register_comm_hook(None, fp16_compress_hook)
+    except RuntimeError as e:
+        msgs["after_compression"] = str(e)
+    try:
+        DistributedDataParallel(_model(), compression="bf16", comm_hook=lambda b: None)
+    except ValueError as e:
+        msgs["both"] = str(e)
+    return msgs

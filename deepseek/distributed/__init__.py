@@ -13,6 +13,12 @@ counter. ``group=None`` means the default group; ranks given as ``src``/``dst`` 
 
 ``broadcast_object_list``/``all_gather_object`` move small JSON-serialisable values;
 nothing is ever unpickled. Also here: ``DDPStrategy`` and ``DistributedDataParallel``.
+
+Submodules (imported on first use, so ``import deepseek.distributed`` stays cheap):
+``buckets`` (``GradBucket``: flat gradient buffers, shared by DDP and ZeRO),
+``comm_hooks`` (how DDP reduces a bucket: ``allreduce_hook``, ``fp16_compress_hook``,
+``bf16_compress_hook``), ``futures`` (``Future``, what a hook returns) and
+``functional`` (collectives with a backward, for tensor parallelism).
 """
 import importlib
 import json
@@ -31,15 +37,22 @@ __all__ = [
     "gather", "scatter", "send", "recv", "isend", "irecv", "broadcast_object_list",
     "all_gather_object", "symmetric_empty", "ReduceOp", "ProcessGroup", "Work",
     "CollectiveError",
-    "DDPStrategy", "DistributedDataParallel",
+    "DDPStrategy", "DistributedDataParallel", "GradBucket", "Future",
+    "Strategy", "SingleDeviceStrategy",
+    "buckets", "comm_hooks", "functional", "futures",
 ]
 
-_LAZY = {"DDPStrategy": ".strategy", "DistributedDataParallel": ".ddp"}
+_LAZY = {"DDPStrategy": ".strategy", "DistributedDataParallel": ".ddp",
+         "GradBucket": ".buckets", "Future": ".futures",
+         "Strategy": ".strategy", "SingleDeviceStrategy": ".strategy"}
+_SUBMODULES = ("buckets", "comm_hooks", "functional", "futures", "ddp", "strategy")
 
 
 def __getattr__(name):
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    if name in _SUBMODULES:
+        return importlib.import_module("." + name, __name__)
     raise AttributeError(f"module 'deepseek.distributed' has no attribute {name!r}")
 
 
