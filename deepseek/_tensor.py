@@ -52,6 +52,7 @@ class Tensor:
     # ---- basic properties -------------------------------------------------------
     @property
     def shape(self):
+        """The shape as a ``deepseek.Size`` (a tuple)."""
         return Size(self._data.shape)
 
     def size(self, dim=None):
@@ -62,33 +63,41 @@ class Tensor:
 
     @property
     def dtype(self):
+        """The element dtype (a numpy dtype; ``deepseek.float32`` ...)."""
         return self._data.dtype
 
     @property
     def device(self):
+        """The device the data lives on (``cpu`` or ``cuda:N``)."""
         return device_of(self._data)
 
     @property
     def is_cuda(self):
+        """True when the data lives on a CUDA device."""
         return self.device.type == "cuda"
 
     @property
     def ndim(self):
+        """Number of dimensions."""
         return self._data.ndim
 
     def dim(self):
+        """Number of dimensions (PyTorch's ``dim()``)."""
         return self._data.ndim
 
     def numel(self):
+        """Number of elements."""
         return int(self._data.size)
 
     nelement = numel
 
     def element_size(self):
+        """Size of one element in bytes."""
         return self._data.itemsize
 
     @property
     def is_leaf(self):
+        """True for a tensor no op produced with grad (a leaf of the autograd graph)."""
         return self.grad_fn is None
 
     @property
@@ -109,6 +118,7 @@ class Tensor:
 
     @property
     def _version(self):
+        """How many in-place writes the storage has seen (the version counter)."""
         return self._vc[0]
 
     def _bump_version(self):
@@ -117,6 +127,7 @@ class Tensor:
 
     @property
     def grad(self):
+        """The accumulated gradient (a Tensor), or None."""
         return self._grad
 
     @grad.setter
@@ -158,6 +169,7 @@ class Tensor:
         return self._data.reshape(()).item()
 
     def tolist(self):
+        """The data as (nested) Python lists of numbers, copied to the CPU."""
         return to_device(self._data, "cpu").tolist()
 
     def numpy(self):
@@ -200,41 +212,53 @@ class Tensor:
         return out
 
     def cpu(self):
+        """The tensor on the CPU (itself when already there)."""
         return self.to("cpu")
 
     def cuda(self, device=None):
+        """The tensor on CUDA device ``device`` (the current one by default)."""
         return self.to("cuda" if device is None else f"cuda:{device}")
 
     def float(self):
+        """``self.to(float32)``."""
         return self.to(_dt.float32)
 
     def double(self):
+        """``self.to(float64)``."""
         return self.to(_dt.float64)
 
     def half(self):
+        """``self.to(float16)``."""
         return self.to(_dt.float16)
 
     def bfloat16(self):
+        """``self.to(bfloat16)``."""
         return self.to(_dt.bfloat16)
 
     def int(self):
+        """``self.to(int32)``."""
         return self.to(_dt.int32)
 
     def long(self):
+        """``self.to(int64)``."""
         return self.to(_dt.int64)
 
     def bool(self):
+        """``self.to(bool)``."""
         return self.to(_dt.bool_)
 
     def type(self, dtype=None):
+        """The dtype as a string (no argument), or ``self.to(dtype)``."""
         if dtype is None:
             return f"deepseek.{self.dtype.name}"
         return self.to(dtype)
 
     def type_as(self, other):
+        """``self.to(other.dtype)``."""
         return self.to(other.dtype)
 
     def is_floating_point(self):
+        """True for a floating dtype (float16, bfloat16, float32, float64)."""
         return _dt.is_floating(self.dtype)
 
     # ---- autograd ------------------------------------------------------------
@@ -245,11 +269,13 @@ class Tensor:
         return t
 
     def detach_(self):
+        """Detach in place: drop grad_fn and requires_grad; returns self."""
         self.grad_fn = None
         self.requires_grad = False
         return self
 
     def requires_grad_(self, requires_grad=True):
+        """Set requires_grad (leaves of floating dtype only); returns self."""
         if self.grad_fn is not None and not requires_grad:
             raise RuntimeError("you can only change requires_grad flags of leaf variables")
         if requires_grad and not _dt.is_floating(self.dtype):
@@ -328,12 +354,14 @@ class Tensor:
         return self
 
     def zero_(self):
+        """Fill with zeros in place; returns self."""
         self._check_inplace()
         self._data[...] = 0
         self._vc[0] += 1
         return self
 
     def fill_(self, value):
+        """Fill with ``value`` in place; returns self."""
         self._check_inplace()
         self._data[...] = value._data if isinstance(value, Tensor) else value
         self._vc[0] += 1

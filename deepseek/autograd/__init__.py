@@ -2,11 +2,13 @@
 from .grad_mode import (no_grad, enable_grad, inference_mode, set_grad_enabled,
                         is_grad_enabled)
 from .function import Function, Context, register_dispatch_hook
+from .dispatch_mode import DispatchMode, dispatch_mode, active_modes
 from .gradcheck import gradcheck, GradcheckError
 
 __all__ = ["Function", "Context", "backward", "grad", "no_grad", "enable_grad",
            "inference_mode", "set_grad_enabled", "is_grad_enabled", "gradcheck",
-           "GradcheckError", "register_dispatch_hook"]
+           "GradcheckError", "register_dispatch_hook", "DispatchMode", "dispatch_mode",
+           "active_modes"]
 
 
 def _seed_grads(tensors, grad_tensors, who):

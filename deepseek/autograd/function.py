@@ -1,30 +1,54 @@
 """Function: one op = one forward/backward pair on raw backend arrays.
 
 ``Function.apply`` is the single dispatch point of the engine: autograd records the
-graph here, and dispatch hooks (AMP casting, JIT tracing, the profiler) are called
-here, so a new op works with all of them at once.
+graph here, and everything that intercepts ops (AMP casting, JIT tracing, the
+profiler) does it here, so a new op works with all of them at once. Two ways in:
+
+- dispatch modes (``deepseek.autograd.dispatch_mode``): per thread, nestable
+  context managers, the innermost sees the op first;
+- global dispatch hooks (``register_dispatch_hook``): pre/post callables seen by
+  every thread.
+
+Which Function backs which public op, and its autocast policy, is recorded in the op
+table ``deepseek.ops.registry``.
 
 The context object ``ctx`` passed to forward/backward is also the graph node.
 """
 import itertools
 
 from .grad_mode import _state
+from . import dispatch_mode as _dm
 
 _seq = itertools.count()
 
 # Callables hook(fn_cls, args, kwargs) -> (args, kwargs) run before every op; see
-# register_dispatch_hook. An empty list costs one truth test per op.
+# register_dispatch_hook.
 _dispatch_hooks = []
 # Callables hook(fn_cls, args, kwargs, outputs) run after every op.
 _post_dispatch_hooks = []
+# True while a pre hook is installed or any thread has a dispatch mode entered: the
+# one truth test ``apply`` pays when nothing intercepts ops.
+_hooked = False
+
+
+def _refresh_hooked():
+    """Recompute ``_hooked`` (called when hooks or modes come and go)."""
+    global _hooked
+    _hooked = bool(_dispatch_hooks) or _dm.any_entered()
 
 
 def register_dispatch_hook(pre=None, post=None):
-    """Install hooks around every op; returns a handle with ``remove()``."""
+    """Install hooks around every op (all threads); returns a handle with ``remove()``.
+
+    ``pre(fn_cls, args, kwargs)`` returns the (args, kwargs) the op runs with;
+    ``post(fn_cls, args, kwargs, result)`` sees the result. For per-thread, nestable
+    interception use a dispatch mode instead (``deepseek.autograd.DispatchMode``).
+    """
     if pre is not None:
         _dispatch_hooks.append(pre)
     if post is not None:
         _post_dispatch_hooks.append(post)
+    _refresh_hooked()
 
     class _Handle:
         def remove(self_inner):
@@ -32,6 +56,7 @@ def register_dispatch_hook(pre=None, post=None):
                 _dispatch_hooks.remove(pre)
             if post is not None and post in _post_dispatch_hooks:
                 _post_dispatch_hooks.remove(post)
+            _refresh_hooked()
     return _Handle()
 
 
@@ -149,7 +174,11 @@ class Function:
 
     @classmethod
     def apply(cls, *args, **kwargs):
-        if _dispatch_hooks:
+        """Run the op on tensors/values: dispatch modes and hooks, forward, graph record."""
+        if _hooked:
+            modes = _dm._modes.get()
+            if modes:
+                return _dm.run_in_mode(cls, args, kwargs, modes)
             for hook in _dispatch_hooks:
                 args, kwargs = hook(cls, args, kwargs)
         arrays = []

@@ -410,6 +410,7 @@ def sub(a, b, alpha=1):
 
 
 def mul(a, b):
+    """a * b elementwise (broadcast, PyTorch type promotion)."""
     a, b = prepare_binary(a, b, "mul")
     try:
         return Mul.apply(a, b)
@@ -450,6 +451,7 @@ def _rounded_div(a, b, mode):
 
 
 def pow(a, b):
+    """a ** b elementwise (broadcast); either may be a Python number."""
     a, b = prepare_binary(a, b, "pow")
     try:
         return Pow.apply(a, b)
@@ -458,6 +460,7 @@ def pow(a, b):
 
 
 def maximum(a, b):
+    """Elementwise maximum of a and b (broadcast); ties split the gradient."""
     a, b = prepare_binary(a, b, "maximum")
     try:
         return Maximum.apply(a, b)
@@ -466,6 +469,7 @@ def maximum(a, b):
 
 
 def minimum(a, b):
+    """Elementwise minimum of a and b (broadcast); ties split the gradient."""
     a, b = prepare_binary(a, b, "minimum")
     try:
         return Minimum.apply(a, b)
@@ -502,23 +506,78 @@ def clamp(a, min=None, max=None):
 
 
 def gelu(a, approximate="none"):
+    """GELU: x * Phi(x) (``approximate='tanh'``: the tanh approximation)."""
     return Gelu.apply(a, approximate=approximate)
 
 
-def neg(a): return Neg.apply(a)
-def abs_(a): return Abs.apply(a)
-def exp(a): return Exp.apply(_floating(a))
-def log(a): return Log.apply(_floating(a))
-def sqrt(a): return Sqrt.apply(_floating(a))
-def rsqrt(a): return Rsqrt.apply(_floating(a))
-def sin(a): return Sin.apply(_floating(a))
-def cos(a): return Cos.apply(_floating(a))
-def tanh(a): return Tanh.apply(_floating(a))
-def sigmoid(a): return Sigmoid.apply(_floating(a))
-def relu(a): return Relu.apply(a)
-def silu(a): return Silu.apply(_floating(a))
-def sign(a): return Sign.apply(a)
-def square(a): return mul(a, a)
+def neg(a):
+    """-a elementwise."""
+    return Neg.apply(a)
+
+
+def abs_(a):
+    """|a| elementwise (gradient 0 at 0, like PyTorch)."""
+    return Abs.apply(a)
+
+
+def exp(a):
+    """e ** a elementwise (integer inputs become the default float dtype)."""
+    return Exp.apply(_floating(a))
+
+
+def log(a):
+    """Natural logarithm elementwise (integer inputs become the default float dtype)."""
+    return Log.apply(_floating(a))
+
+
+def sqrt(a):
+    """Square root elementwise (integer inputs become the default float dtype)."""
+    return Sqrt.apply(_floating(a))
+
+
+def rsqrt(a):
+    """1 / sqrt(a) elementwise (integer inputs become the default float dtype)."""
+    return Rsqrt.apply(_floating(a))
+
+
+def sin(a):
+    """Sine elementwise (integer inputs become the default float dtype)."""
+    return Sin.apply(_floating(a))
+
+
+def cos(a):
+    """Cosine elementwise (integer inputs become the default float dtype)."""
+    return Cos.apply(_floating(a))
+
+
+def tanh(a):
+    """Hyperbolic tangent elementwise (integer inputs become the default float dtype)."""
+    return Tanh.apply(_floating(a))
+
+
+def sigmoid(a):
+    """1 / (1 + exp(-a)) elementwise, finite for large |a|."""
+    return Sigmoid.apply(_floating(a))
+
+
+def relu(a):
+    """max(a, 0) elementwise (gradient 0 at 0)."""
+    return Relu.apply(a)
+
+
+def silu(a):
+    """a * sigmoid(a) elementwise (SiLU / swish)."""
+    return Silu.apply(_floating(a))
+
+
+def sign(a):
+    """-1, 0 or 1 by the sign of each element; gradient 0."""
+    return Sign.apply(a)
+
+
+def square(a):
+    """a * a elementwise."""
+    return mul(a, a)
 
 
 def _floating(a):

@@ -142,10 +142,12 @@ class Tri(Function):
 
 
 def getitem(a, index):
+    """``a[index]``: basic indexing gives views, advanced indexing copies (scatter-add gradient)."""
     return Getitem.apply(a, index=normalize_index(index))
 
 
 def index_put(a, index, value):
+    """A copy of ``a`` with ``a[index] = value`` (differentiable in both)."""
     if not isinstance(value, Tensor):
         value = Tensor._make(xp_of(a._data).asarray(value, dtype=a.dtype))
     elif value.dtype != a.dtype:
@@ -171,6 +173,7 @@ def gather(a, dim, index):
 
 
 def masked_fill(a, mask, value):
+    """``a`` with ``value`` where the bool ``mask`` (broadcast) is True."""
     m = mask._data if isinstance(mask, Tensor) else np.asarray(mask)
     if m.dtype != np.bool_:
         raise RuntimeError(f"masked_fill only supports boolean masks, but got mask with dtype {m.dtype}")
@@ -180,8 +183,10 @@ def masked_fill(a, mask, value):
 
 
 def tril(a, diagonal=0):
+    """The lower triangle (elements above diagonal ``diagonal`` zeroed)."""
     return Tri.apply(a, diagonal, False)
 
 
 def triu(a, diagonal=0):
+    """The upper triangle (elements below diagonal ``diagonal`` zeroed)."""
     return Tri.apply(a, diagonal, True)

@@ -359,10 +359,12 @@ def l1_loss(input, target, size_average=None, reduce=None, reduction="mean"):
 
 
 def smooth_l1_loss(input, target, size_average=None, reduce=None, reduction="mean", beta=1.0):
+    """0.5 d**2 / beta where |d| < beta, else |d| - 0.5 beta (d = input - target), reduced."""
     return _pointwise(SmoothL1Loss, "smooth_l1_loss", input, target, reduction, beta=float(beta))
 
 
 def huber_loss(input, target, reduction="mean", delta=1.0):
+    """0.5 d**2 where |d| <= delta, else delta (|d| - 0.5 delta) (d = input - target), reduced."""
     return _pointwise(HuberLoss, "huber_loss", input, target, reduction, delta=float(delta))
 
 

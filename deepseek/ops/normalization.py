@@ -264,6 +264,7 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
 
 
 def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
+    """Normalise each of ``num_groups`` channel groups per sample, then weight and bias per channel."""
     _float_check(input, "group_norm")
     C = input.shape[1] if input.ndim >= 2 else 0
     if input.ndim < 2 or C % num_groups:
@@ -275,6 +276,7 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
 
 
 def rms_norm(input, normalized_shape, weight=None, eps=None):
+    """x / sqrt(mean(x**2) + eps) over the trailing ``normalized_shape`` dims, times weight."""
     _float_check(input, "rms_norm")
     if isinstance(normalized_shape, (int, np.integer)):
         normalized_shape = (int(normalized_shape),)

@@ -249,35 +249,41 @@ def _avg_pool(nd, op, input, kernel_size, stride, padding, ceil_mode, count_incl
 
 def max_pool1d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                return_indices=False):
+    """Max over sliding windows of the last dim (N, C, L) or (C, L)."""
     return _max_pool(1, "max_pool1d", input, kernel_size, stride, padding, dilation, ceil_mode,
                      return_indices)
 
 
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                return_indices=False):
+    """Max over sliding windows of the last 2 dims."""
     return _max_pool(2, "max_pool2d", input, kernel_size, stride, padding, dilation, ceil_mode,
                      return_indices)
 
 
 def max_pool3d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                return_indices=False):
+    """Max over sliding windows of the last 3 dims."""
     return _max_pool(3, "max_pool3d", input, kernel_size, stride, padding, dilation, ceil_mode,
                      return_indices)
 
 
 def avg_pool1d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
+    """Average over sliding windows of the last dim."""
     return _avg_pool(1, "avg_pool1d", input, kernel_size, stride, padding, ceil_mode,
                      count_include_pad, None)
 
 
 def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
                divisor_override=None):
+    """Average over sliding windows of the last 2 dims."""
     return _avg_pool(2, "avg_pool2d", input, kernel_size, stride, padding, ceil_mode,
                      count_include_pad, divisor_override)
 
 
 def avg_pool3d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
                divisor_override=None):
+    """Average over sliding windows of the last 3 dims."""
     return _avg_pool(3, "avg_pool3d", input, kernel_size, stride, padding, ceil_mode,
                      count_include_pad, divisor_override)
 
@@ -299,12 +305,15 @@ def _adaptive(nd, op, input, output_size):
 
 
 def adaptive_avg_pool1d(input, output_size):
+    """Average pooling to a fixed output length (PyTorch's window rule)."""
     return _adaptive(1, "adaptive_avg_pool1d", input, output_size)
 
 
 def adaptive_avg_pool2d(input, output_size):
+    """Average pooling to a fixed output size of the last 2 dims."""
     return _adaptive(2, "adaptive_avg_pool2d", input, output_size)
 
 
 def adaptive_avg_pool3d(input, output_size):
+    """Average pooling to a fixed output size of the last 3 dims."""
     return _adaptive(3, "adaptive_avg_pool3d", input, output_size)

@@ -201,6 +201,7 @@ def sum(a, dim=None, keepdim=False, dtype=None):
 
 
 def mean(a, dim=None, keepdim=False):
+    """Mean over ``dim`` (all dims when None) of a floating tensor."""
     _float_input(a, "mean")
     return Mean.apply(a, axes=normalize_dims(dim, a.ndim, "mean"), keepdim=keepdim)
 
@@ -214,6 +215,7 @@ def var(a, dim=None, unbiased=None, keepdim=False, correction=None):
 
 
 def std(a, dim=None, unbiased=None, keepdim=False, correction=None):
+    """Standard deviation: sqrt of ``var`` with the same arguments."""
     from .elementwise import sqrt
     return sqrt(var(a, dim, unbiased, keepdim, correction))
 
@@ -253,11 +255,13 @@ def amin(a, dim=None, keepdim=False):
 
 
 def prod(a, dim=None, keepdim=False):
+    """Product over one ``dim`` (all elements when None); zeros get exact gradients."""
     axis = normalize_dims(dim, a.ndim, "prod")
     return Prod.apply(a, axis=None if not axis else axis[0], keepdim=keepdim)
 
 
 def logsumexp(a, dim, keepdim=False):
+    """log(sum(exp(a))) over ``dim``, computed stably."""
     _float_input(a, "logsumexp")
     axes = normalize_dims(dim, a.ndim, "logsumexp")
     return Logsumexp.apply(a, axes=axes, keepdim=keepdim)
@@ -286,4 +290,5 @@ def argmax(a, dim=None, keepdim=False):
 
 
 def argmin(a, dim=None, keepdim=False):
+    """Index of the min (flattened when ``dim`` is None); never differentiable."""
     return _arg(a, dim, keepdim, False)

@@ -188,6 +188,7 @@ def _wrap(d, n, op):
 
 
 def reshape(a, *shape):
+    """The same elements in a new shape (one dim may be -1); a view when possible."""
     shape = _resolve_shape(_dims_arg(shape), a.numel())
     if shape == a.shape:
         return a
@@ -205,6 +206,7 @@ def view(a, *shape):
 
 
 def permute(a, *dims):
+    """A view with the dims reordered as ``dims``."""
     dims = _dims_arg(dims)
     if len(dims) != a.ndim:
         raise RuntimeError(f"permute: number of dims don't match: tensor has {a.ndim} dims, "
@@ -216,6 +218,7 @@ def permute(a, *dims):
 
 
 def transpose(a, dim0, dim1):
+    """A view with dims ``dim0`` and ``dim1`` swapped."""
     n = a.ndim
     if n == 0:
         return a
@@ -226,12 +229,14 @@ def transpose(a, dim0, dim1):
 
 
 def t(a):
+    """Transpose of a matrix (tensors of fewer than two dims unchanged); a view."""
     if a.ndim > 2:
         raise RuntimeError(f"t() expects a tensor with <= 2 dimensions, got {a.ndim}")
     return transpose(a, 0, 1) if a.ndim == 2 else a
 
 
 def expand(a, *shape):
+    """A broadcast view of ``shape`` (-1 keeps a dim; new leading dims allowed)."""
     shape = _dims_arg(shape)
     if len(shape) < a.ndim:
         raise RuntimeError(f"expand: the number of sizes provided ({len(shape)}) must be greater "
@@ -256,14 +261,17 @@ def expand(a, *shape):
 
 
 def expand_as(a, other):
+    """``a.expand(other.shape)``."""
     return expand(a, other.shape)
 
 
 def broadcast_to(a, shape):
+    """``expand`` to ``shape`` (numpy's name)."""
     return expand(a, shape)
 
 
 def squeeze(a, dim=None):
+    """Drop size-1 dims (all, or ``dim`` when it has size 1); a view."""
     if dim is None:
         shape = tuple(s for s in a.shape if s != 1)
     else:
@@ -274,12 +282,14 @@ def squeeze(a, dim=None):
 
 
 def unsqueeze(a, dim):
+    """Insert a size-1 dim at ``dim``; a view."""
     d = _wrap(dim, a.ndim + 1, "unsqueeze")
     shape = tuple(a.shape[:d]) + (1,) + tuple(a.shape[d:])
     return Reshape.apply(a, shape=shape)
 
 
 def flatten(a, start_dim=0, end_dim=-1):
+    """Merge dims ``start_dim`` .. ``end_dim`` into one; a 0-d tensor becomes 1-d."""
     if a.ndim == 0:
         return reshape(a, 1)
     s = _wrap(start_dim, a.ndim, "flatten")
@@ -293,6 +303,7 @@ def flatten(a, start_dim=0, end_dim=-1):
 
 
 def unflatten(a, dim, sizes):
+    """Split dim ``dim`` into ``sizes``."""
     d = _wrap(dim, a.ndim, "unflatten")
     return reshape(a, tuple(a.shape[:d]) + tuple(sizes) + tuple(a.shape[d + 1:]))
 
@@ -366,19 +377,23 @@ def chunk(a, chunks, dim=0):
 
 
 def cast(a, dtype):
+    """The tensor converted to ``dtype`` (the gradient flows back in the input dtype)."""
     from .. import dtypes as dt
     return Cast.apply(a, dtype=dt.as_dtype(dtype))
 
 
 def to_device(a, device):
+    """The tensor copied to ``device`` (the gradient flows back to the source)."""
     return ToDevice.apply(a, device=device)
 
 
 def contiguous(a):
+    """The tensor itself when C-contiguous, else a contiguous copy."""
     if a._data.flags.c_contiguous:
         return a
     return Contiguous.apply(a)
 
 
 def clone(a):
+    """A copy with its own memory; the gradient flows through."""
     return Clone.apply(a)

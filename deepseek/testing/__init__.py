@@ -4,6 +4,10 @@
   ``deepseek.autograd.gradcheck``), ``assert_close`` (with a report of the worst
   element), ``compare_with_torch`` / ``compare_with_numpy`` (parity of outputs and
   gradients against a reference on the same data);
+- declarative op checks (``deepseek.testing.op_checks``): describe an op with an
+  ``OpInfo`` (sample inputs, numpy/PyTorch references, dtypes, in-place variants)
+  and ``run_op_checks(info)`` runs what deepseek's own op table suite runs:
+  forward parity, float64 gradcheck (no PyTorch needed), dtypes, in-place checks;
 - multi-process tests: ``spawn_ranks(fn, world_size, timeout)`` (from
   ``deepseek.testing.multiprocess``, loaded on first use so importing this package
   never depends on it).
@@ -12,12 +16,21 @@ import importlib as _importlib
 
 from .ops import (make_tensor, check_gradients, assert_close, compare_with_torch,  # noqa: F401
                   compare_with_numpy, torch_available, default_tolerances)
+from ..ops.opinfo import (OpInfo, SampleInput, Shape, samples, unary_samples,  # noqa: F401
+                          binary_samples, reduction_samples)
+from .op_checks import (CHECKS, applicable_checks, op_check_cases, op_check_id,  # noqa: F401
+                        run_op_checks, check_forward_numpy, check_forward_torch,
+                        check_op_gradients, check_dtypes, check_inplace, check_methods)
 
 _LAZY = {"spawn_ranks": "multiprocess", "SpawnError": "multiprocess",
          "RankFailure": "multiprocess"}
 
 __all__ = ["make_tensor", "check_gradients", "assert_close", "compare_with_torch",
-           "compare_with_numpy", "torch_available", "default_tolerances", *_LAZY]
+           "compare_with_numpy", "torch_available", "default_tolerances",
+           "OpInfo", "SampleInput", "Shape", "samples", "unary_samples", "binary_samples",
+           "reduction_samples", "CHECKS", "applicable_checks", "op_check_cases", "op_check_id",
+           "run_op_checks", "check_forward_numpy", "check_forward_torch", "check_op_gradients",
+           "check_dtypes", "check_inplace", "check_methods", *_LAZY]
 
 
 def __getattr__(name):
