@@ -30,8 +30,21 @@ needs_mpi = pytest.mark.skipif(not _mpi_ok(), reason="needs mpi4py and mpiexec")
 pytestmark = pytest.mark.timeout(120)
 
 
+def _mpich_segments():
+    try:
+        return {n for n in os.listdir("/dev/shm") if n.startswith("mpich_shm_")}
+    except OSError:
+        return set()
+
+
 def _run(n, *args, limit=90):
-    """(exit code, output, unix time it ended) of ``mpiexec -n n worker args``."""
+    """(exit code, output, unix time it ended) of ``mpiexec -n n worker args``.
+
+    A job ended by MPI_Abort leaves MPICH's own shared-memory segments behind (MPICH
+    cannot unlink them when its ranks are killed); once the job is gone, the ones that
+    appeared while it ran are removed, so the suite leaves /dev/shm as it found it.
+    """
+    before = _mpich_segments()
     env = {k: v for k, v in os.environ.items()
            if k not in ("RANK", "WORLD_SIZE", "DEEPSEEK_STORE_ADDR", "MASTER_ADDR",
                         "MASTER_PORT", "LOCAL_RANK", "DEEPSEEK_COLLECTIVES_TIMEOUT")}
@@ -51,6 +64,11 @@ def _run(n, *args, limit=90):
             os.killpg(p.pid, signal.SIGKILL)  # stragglers of a job that did end
         except ProcessLookupError:
             pass
+        for name in _mpich_segments() - before:
+            try:
+                os.unlink(os.path.join("/dev/shm", name))
+            except OSError:
+                pass
 
 
 def _failed_at(out):
