@@ -182,9 +182,27 @@ def test_worker_threads_keep_the_order():
             return i
 
     inits = []
-    dl = DataLoader(Slow(), batch_size=3, num_workers=3, worker_init_fn=inits.append)
+    dl = DataLoader(Slow(), batch_size=3, num_workers=3, worker_init_fn=inits.append,
+                    worker_mode="thread")
     assert sum((b.tolist() for b in dl), []) == list(range(40))
     assert sorted(inits) == [0, 1, 2][:len(inits)] and inits
     assert threading.get_ident() not in seen
     with pytest.raises(ValueError, match="num_workers"):
         DataLoader(Slow(), num_workers=-1)
+    with pytest.raises(ValueError, match="worker_mode"):
+        DataLoader(Slow(), num_workers=1, worker_mode="fiber")
+
+
+def test_worker_processes_are_the_default(shm_guard):
+    import os
+
+    class Pid(Dataset):
+        def __len__(self):
+            return 6
+
+        def __getitem__(self, i):
+            return np.array([i, os.getpid()])
+
+    rows = np.concatenate([b.numpy() for b in DataLoader(Pid(), batch_size=2, num_workers=2)])
+    assert rows[:, 0].tolist() == list(range(6))
+    assert os.getpid() not in set(rows[:, 1].tolist()) and len(set(rows[:, 1].tolist())) == 2

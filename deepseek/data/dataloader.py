@@ -1,11 +1,20 @@
-"""DataLoader: batches of a dataset (PyTorch's arguments and semantics), and collation."""
+"""DataLoader: batches of a dataset (PyTorch's arguments and semantics), and collation.
+
+With ``num_workers > 0`` batches are loaded in worker *processes* that hand them over
+through shared memory (deepseek.data._procs; ``worker_mode="thread"`` keeps the
+older in-process threads). ``state_dict()`` / ``load_state_dict()`` resume mid-epoch
+(deepseek.data._resume).
+"""
+import collections
 import collections.abc
+import functools
 import itertools
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from . import _resume
 from .dataset import IterableDataset
 from .sampler import SequentialSampler, RandomSampler, BatchSampler
 
@@ -89,8 +98,26 @@ _worker_local = threading.local()
 
 
 def get_worker_info():
-    """In a loader worker thread: its (id, num_workers, seed, dataset); else None."""
-    return getattr(_worker_local, "info", None)
+    """In a loader worker (process or thread): its (id, num_workers, seed, dataset);
+    else None."""
+    from . import _worker
+    return getattr(_worker_local, "info", None) or _worker.info
+
+
+def fetch_batch(collate_fn, auto_collation, dataset, index):
+    """One batch (or one sample without auto-collation) from the indices of one step
+    (what a loader and its workers run)."""
+    if auto_collation:
+        if collate_fn is default_collate:
+            gather = getattr(dataset, "_get_batch", None)
+            if gather is not None:
+                out = gather(index)
+                if out is not None:
+                    return out
+        getitems = getattr(dataset, "__getitems__", None)
+        samples = getitems(index) if getitems is not None else [dataset[i] for i in index]
+        return collate_fn(samples)
+    return collate_fn(dataset[index])
 
 
 class DataLoader:
@@ -99,10 +126,23 @@ class DataLoader:
     Arguments (PyTorch's): ``batch_size`` (None: no batching), ``shuffle`` (a new random
     order every epoch), ``sampler`` / ``batch_sampler`` (your own order; exclusive with
     ``shuffle`` and, for batch_sampler, with batch_size/drop_last), ``drop_last``,
-    ``collate_fn``, ``generator`` (a deepseek.Generator: reproducible shuffling), and
-    ``num_workers``: 0 loads in the calling thread; N > 0 loads batches ahead in N
-    threads (numpy releases the GIL in the copies), still in order. deepseek extension:
-    ``seed=`` is shorthand for ``generator=deepseek.Generator().manual_seed(seed)``.
+    ``collate_fn``, ``generator`` (a deepseek.Generator: reproducible shuffling),
+    ``timeout`` (seconds to wait for each batch from the workers; 0: forever),
+    ``worker_init_fn(worker_id)``, ``multiprocessing_context`` ("fork", "forkserver",
+    "spawn" or a context; default: fork when this process runs no other thread, else
+    forkserver), ``prefetch_factor`` (batches in flight per worker, default 2) and
+    ``persistent_workers`` (keep the workers from one epoch to the next).
+
+    ``num_workers``: 0 loads in the calling thread; N > 0 loads in N worker processes,
+    still in sampler order, each batch written into shared memory and handed over as
+    views without pickling or copying (see deepseek.data._procs: what a held batch
+    keeps, how failures are reported). Batches must then be made of arrays, tensors,
+    numbers, strings and containers of them. deepseek extensions: ``seed=`` is
+    shorthand for ``generator=deepseek.Generator().manual_seed(seed)``;
+    ``worker_mode="thread"`` loads in N threads instead (no pickling of the dataset,
+    but Python code holds the GIL); ``copy=True`` copies each batch out of shared
+    memory (its slot is reused at once); ``loader.stats`` says how long the loop waited
+    for its batches.
 
     Map-style datasets that can gather a whole batch at once (TensorDataset, a Subset of
     one) are read with one gather per tensor instead of one call per sample.
@@ -112,16 +152,20 @@ class DataLoader:
                  num_workers=0, collate_fn=None, pin_memory=False, drop_last=False, timeout=0,
                  worker_init_fn=None, multiprocessing_context=None, generator=None, *,
                  prefetch_factor=None, persistent_workers=False, pin_memory_device="",
-                 in_order=True, seed=None):
+                 in_order=True, seed=None, worker_mode="process", copy=False):
         if not isinstance(num_workers, int) or num_workers < 0:
             raise ValueError(f"num_workers option should be a non-negative integer, got "
                              f"{num_workers!r}")
-        if multiprocessing_context is not None:
-            raise NotImplementedError("DataLoader loads in threads (num_workers > 0), not "
-                                      "processes: multiprocessing_context is not supported")
+        if worker_mode not in ("process", "thread"):
+            raise ValueError(f"worker_mode must be 'process' or 'thread', got {worker_mode!r}")
         if prefetch_factor is not None and num_workers == 0:
             raise ValueError("prefetch_factor option could only be specified in multiprocessing "
                              "(num_workers > 0)")
+        if prefetch_factor is not None and (not isinstance(prefetch_factor, int)
+                                            or prefetch_factor < 1):
+            raise ValueError(f"prefetch_factor must be a positive integer, got {prefetch_factor!r}")
+        if persistent_workers and num_workers == 0:
+            raise ValueError("persistent_workers option needs num_workers > 0")
         if timeout < 0:
             raise ValueError("timeout option should be non-negative")
         if seed is not None:
@@ -133,12 +177,23 @@ class DataLoader:
         self.num_workers = num_workers
         self.prefetch_factor = 2 if prefetch_factor is None else prefetch_factor
         self.pin_memory = pin_memory
+        self.pin_memory_device = pin_memory_device
         self.timeout = timeout
         self.worker_init_fn = worker_init_fn
+        self.multiprocessing_context = multiprocessing_context
+        self.persistent_workers = persistent_workers
+        self.worker_mode = worker_mode
+        self.copy = copy
         self.generator = generator
+        self.seed = seed
         self.shuffle = shuffle
         self.batch_sampler_given = batch_sampler is not None
         self._iterable = isinstance(dataset, IterableDataset)
+        self.stats = _resume.LoaderStats()
+        self._pool = None           # persistent workers
+        self._epoch = 0             # epochs completed (and the auto-sharded sampler's epoch)
+        self._tracker = None
+        self._resume_state = None
 
         if self._iterable:
             if shuffle not in (None, False):
@@ -168,9 +223,9 @@ class DataLoader:
             raise ValueError(f"batch_size should be a positive integer value, but got "
                              f"batch_size={batch_size!r}")
 
+        self._auto_sharded = False
         if sampler is None and not self._iterable:
-            sampler = (RandomSampler(dataset, generator=generator) if shuffle
-                       else SequentialSampler(dataset))
+            sampler = self._default_sampler(dataset, shuffle, generator)
         if batch_size is not None and batch_sampler is None and not self._iterable:
             batch_sampler = BatchSampler(sampler, batch_size, drop_last)
         self.batch_size = batch_size
@@ -181,6 +236,10 @@ class DataLoader:
         if collate_fn is None:
             collate_fn = default_collate if self._auto_collation else default_convert
         self.collate_fn = collate_fn
+
+    def _default_sampler(self, dataset, shuffle, generator):
+        return (RandomSampler(dataset, generator=generator) if shuffle
+                else SequentialSampler(dataset))
 
     @property
     def _index_sampler(self):
@@ -195,18 +254,7 @@ class DataLoader:
         return len(self._index_sampler)
 
     def _fetch(self, index):
-        """One batch (or one sample without auto-collation) from the indices of one step."""
-        if self._auto_collation:
-            if self.collate_fn is default_collate:
-                gather = getattr(self.dataset, "_get_batch", None)
-                if gather is not None:
-                    out = gather(index)
-                    if out is not None:
-                        return out
-            getitems = getattr(self.dataset, "__getitems__", None)
-            samples = getitems(index) if getitems is not None else [self.dataset[i] for i in index]
-            return self.collate_fn(samples)
-        return self.collate_fn(self.dataset[index])
+        return fetch_batch(self.collate_fn, self._auto_collation, self.dataset, index)
 
     def _iter_iterable(self):
         it = iter(self.dataset)
@@ -220,23 +268,88 @@ class DataLoader:
                 return
             yield self.collate_fn(chunk)
 
+    # ---- one epoch --------------------------------------------------------------
+
+    def _epoch_indices(self):
+        """(tracker, the epoch's batch indices), starting where a loaded state says."""
+        resume, self._resume_state = self._resume_state, None
+        s = self.sampler
+        kind = _resume.sampler_kind(s)
+        per_sample = self.batch_size is not None and not self.batch_sampler_given
+        unit = "sample" if (per_sample or self.batch_size is None) and \
+            not self.batch_sampler_given else "batch"
+        if kind == "distributed":
+            if self._auto_sharded:
+                s.set_epoch(self._epoch)
+            if resume is not None and resume["epoch"] == s.epoch:
+                s.set_start(resume["position"])
+            tracker = _resume.Tracker(s.epoch, s._start_position(), s.num_replicas, unit, kind)
+            samples = iter(s)
+            skip = 0
+        else:
+            if resume is not None and resume.get("rng") is not None and kind == "random":
+                s._replay = resume["rng"]
+            skip = resume["position"] if resume is not None else 0
+            tracker = _resume.Tracker(self._epoch, skip, 1, unit, kind)
+            samples = iter(s) if s is not None else None
+            if kind == "random":
+                tracker.rng = s.epoch_rng_state
+        if per_sample:
+            if skip:
+                samples = itertools.islice(samples, skip, None)
+            indices = _resume.batched(samples, self.batch_size, self.drop_last)
+        elif self.batch_size is None and not self.batch_sampler_given:
+            indices = itertools.islice(samples, skip, None) if skip else samples
+        else:   # the user's batch_sampler: skip the batches already seen
+            indices = iter(self.batch_sampler)
+            if skip:
+                indices = itertools.islice(indices, skip, None)
+        return tracker, _resume.counting(indices, tracker, per_sample)
+
+    def _epoch_done(self, tracker):
+        self._epoch = tracker.epoch + 1
+
     def __iter__(self):
         if self._iterable:
             if self.num_workers > 0:
                 raise NotImplementedError("DataLoader: num_workers > 0 is not supported for "
                                           "an IterableDataset (its stream can't be split "
-                                          "between threads); use num_workers=0")
+                                          "between workers); use num_workers=0")
             return self._iter_iterable()
+        tracker, indices = self._epoch_indices()
+        self._tracker = tracker
         if self.num_workers == 0:
-            return (self._fetch(index) for index in self._index_sampler)
-        return self._iter_threads()
+            inner = (self._fetch(index) for index in indices)
+        elif self.worker_mode == "thread":
+            inner = self._iter_threads(indices)
+        else:
+            inner = self._iter_processes(indices)
+        if self.pin_memory:
+            from ._pin import pin_iter
+            inner = pin_iter(inner, self.pin_memory_device)
+        return _resume.EpochIter(inner, tracker, self.stats, self._epoch_done)
 
-    def _iter_threads(self):
+    def _base_seed(self):
+        return int(np.random.SeedSequence().entropy % (2 ** 32)) if self.generator is None \
+            else int(self.generator.numpy.integers(0, 2 ** 32))
+
+    def _iter_processes(self, indices):
+        from ._procs import ProcessIter, WorkerPool
+        pool = self._pool
+        if pool is None or pool.closed:
+            pool = WorkerPool(self.dataset,
+                              functools.partial(fetch_batch, self.collate_fn, self._auto_collation),
+                              self.num_workers, self._base_seed(), self.worker_init_fn,
+                              self.multiprocessing_context, self.prefetch_factor)
+            self._pool = pool if self.persistent_workers else None
+        it = ProcessIter(pool, indices, self.timeout, own_pool=not self.persistent_workers)
+        return _copying(it) if self.copy else it
+
+    def _iter_threads(self, indices):
         """Fetch up to num_workers * prefetch_factor batches ahead, yield them in order."""
         counter = itertools.count()
         lock = threading.Lock()
-        base_seed = int(np.random.SeedSequence().entropy % (2 ** 32)) if self.generator is None \
-            else int(self.generator.numpy.integers(0, 2 ** 32))
+        base_seed = self._base_seed()
 
         def init():
             with lock:
@@ -249,7 +362,6 @@ class DataLoader:
         pool = ThreadPoolExecutor(max_workers=self.num_workers, initializer=init,
                                   thread_name_prefix="deepseek-dataloader")
         try:
-            indices = iter(self._index_sampler)
             pending = collections.deque()
             for index in itertools.islice(indices, ahead):
                 pending.append(pool.submit(self._fetch, index))
@@ -263,10 +375,92 @@ class DataLoader:
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
+    # ---- state ------------------------------------------------------------------
+
+    def state_dict(self):
+        """Where this loader stands: JSON-able data that :meth:`load_state_dict` of a
+        loader over the same dataset (same batch size, sampler kind and seed; with a
+        DistributedSampler any number of ranks) resumes from at the next unseen sample.
+        Mid-epoch it is the running epoch's position; after a complete epoch, the start
+        of the next one."""
+        tr, s = self._tracker, self.sampler
+        kind = _resume.sampler_kind(s)
+        replicas = s.num_replicas if kind == "distributed" else 1
+        unit = "batch" if self.batch_sampler_given else "sample"
+        state = {"version": _resume.VERSION, "kind": kind, "num_replicas": replicas,
+                 "batch_size": self.batch_size, "unit": unit, "rng": None}
+        if tr is not None and not tr.done:          # mid-epoch
+            state.update(epoch=tr.epoch, position=tr.position(), rng=tr.rng)
+        elif tr is None and self._resume_state is not None:   # loaded, not yet iterated
+            state.update(self._resume_state)
+        else:                                       # the start of the next epoch
+            epoch = self._epoch
+            if tr is None and kind == "distributed" and not self._auto_sharded:
+                epoch = s.epoch
+            state.update(epoch=epoch, position=0)
+            if kind == "random" and s.generator is not None:
+                state["rng"] = s.generator.numpy.bit_generator.state
+        return state
+
+    def load_state_dict(self, state):
+        """Resume at the position ``state`` (from :meth:`state_dict`) records: the next
+        ``iter(loader)`` starts at the first sample not yet seen. With a
+        DistributedSampler the sampler's epoch is set to the state's, and the rest of
+        that epoch is split between this loader's ranks (which may be more or fewer
+        than the saving ones)."""
+        state = _resume.check_state(state)
+        kind = _resume.sampler_kind(self.sampler)
+        if (state["kind"] == "distributed") != (kind == "distributed"):
+            raise ValueError(f"DataLoader.load_state_dict: the state is of a loader with a "
+                             f"{state['kind']} sampler, this one's is {kind}")
+        if kind != "distributed" and state["num_replicas"] != 1:
+            raise ValueError("DataLoader.load_state_dict: a state of several ranks needs a "
+                             "DistributedSampler")
+        if state.get("batch_size") != self.batch_size and state["unit"] == "batch":
+            raise ValueError("DataLoader.load_state_dict: the state counts batches of "
+                             f"{state.get('batch_size')}, this loader's are {self.batch_size}")
+        if kind == "distributed":
+            if not self._auto_sharded:
+                self.sampler.set_epoch(state["epoch"])
+        self._epoch = int(state["epoch"])
+        self._resume_state = {"epoch": int(state["epoch"]), "position": int(state["position"]),
+                              "rng": state.get("rng")}
+        self._tracker = None
+
+    def close(self):
+        """Stop persistent workers now (they also stop when the loader is collected)."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
     def __repr__(self):
-        return (f"DataLoader(dataset={type(self.dataset).__name__}, batch_size={self.batch_size}, "
-                f"shuffle={bool(self.shuffle)}, drop_last={self.drop_last}, "
-                f"num_workers={self.num_workers})")
+        return (f"{type(self).__name__}(dataset={type(self.dataset).__name__}, "
+                f"batch_size={self.batch_size}, shuffle={bool(self.shuffle)}, "
+                f"drop_last={self.drop_last}, num_workers={self.num_workers})")
+
+
+def _copying(it):
+    try:
+        for batch in it:
+            yield _copy_out(batch)
+    finally:
+        it.close()
+
+
+def _copy_out(batch):
+    """``batch`` with every array copied out of its shared-memory slot."""
+    from .._tensor import Tensor
+    if isinstance(batch, Tensor):
+        return Tensor._make(batch._data.copy())
+    if isinstance(batch, np.ndarray):
+        return batch.copy()
+    if isinstance(batch, dict):
+        return {k: _copy_out(v) for k, v in batch.items()}
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
+        return type(batch)(*(_copy_out(v) for v in batch))
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_copy_out(v) for v in batch)
+    return batch
 
 
 _DONE = object()

@@ -39,6 +39,28 @@ class DistributedSampler:
         """Use a different shuffle in every epoch (the same on all ranks)."""
         self.epoch = int(epoch)
 
+    def set_start(self, position, epoch=None):
+        """Resume ``epoch`` (default: the current one) at ``position`` of its global
+        order: the first ``position`` samples of the epoch's shuffled order (over all
+        ranks) count as seen. The rest is split between this sampler's ranks, which
+        may be more or fewer than the ranks that saw the first part (an elastic
+        restart), without repeating or skipping a sample; padding (``drop_last=False``)
+        only tops up the rest to a multiple of ``num_replicas``. Other epochs start
+        at 0."""
+        self._start = (self.epoch if epoch is None else int(epoch), int(position))
+
+    def _start_position(self):
+        start = getattr(self, "_start", None)
+        return start[1] if start is not None and start[0] == self.epoch else 0
+
+    def _split(self, m):
+        """(samples per rank, total) for ``m`` samples still to hand out."""
+        if self.drop_last and m % self.num_replicas:
+            per = m // self.num_replicas
+        else:
+            per = math.ceil(m / self.num_replicas)
+        return per, per * self.num_replicas
+
     def __iter__(self):
         n = len(self.dataset)
         if self.shuffle:
@@ -46,13 +68,21 @@ class DistributedSampler:
             indices = rng.permutation(n)
         else:
             indices = np.arange(n)
-        if not self.drop_last:
-            pad = self.total_size - n
-            if pad > 0:
-                indices = np.concatenate([indices, np.resize(indices, pad)]) if n else indices
+        start = self._start_position()
+        if start >= n > 0:
+            return iter([])
+        rest = indices[start:]
+        per, total = self._split(len(rest))
+        pad = total - len(rest)
+        if pad > 0:
+            rest = np.concatenate([rest, np.resize(indices, pad)]) if n else rest
         else:
-            indices = indices[:self.total_size]
-        return iter(indices[self.rank:self.total_size:self.num_replicas].tolist())
+            rest = rest[:total]
+        return iter(rest[self.rank:total:self.num_replicas].tolist())
 
     def __len__(self):
-        return self.num_samples
+        start = self._start_position()
+        if not start:
+            return self.num_samples
+        n = len(self.dataset)
+        return 0 if start >= n else self._split(n - start)[0]

@@ -66,7 +66,17 @@ class RandomSampler(Sampler):
 
     def __iter__(self):
         n = len(self.data_source)
-        rng = _numpy_rng(self.generator)
+        replay, self._replay = getattr(self, "_replay", None), None
+        if replay is not None:
+            # a loader resuming mid-epoch: draw this epoch's order again from the state
+            # its stream had when the order was first drawn
+            rng = self.generator.numpy if self.generator is not None else \
+                np.random.Generator(np.random.PCG64())
+            rng.bit_generator.state = replay
+        else:
+            rng = _numpy_rng(self.generator)
+        #: the stream's state before this epoch's draw (what a loader's state_dict saves)
+        self.epoch_rng_state = rng.bit_generator.state
         if self.replacement:
             return iter(rng.integers(0, n, size=self.num_samples).tolist())
         full, rest = divmod(self.num_samples, n)

@@ -9,6 +9,12 @@ drop_last, collate_fn, workers) over exactly the indices still to come. Anything
 (custom samplers, iterable datasets, plain iterables of batches) is iterated as it
 is, skipping consumed batches by reading them; in a job of several workers it must
 then shard the data itself, which custom samplers cannot: refused.
+
+The checkpoint's loop position (epoch, batches consumed) with the sampler's seed and
+the world size that wrote it is the loader's state (what ``DataLoader.state_dict``
+records): a resume on another number of workers (:meth:`Feed.resume`) starts at the
+same place of the epoch's global order and splits the rest between the new workers,
+no sample repeated or skipped (``DistributedSampler.set_start``).
 """
 import itertools
 
@@ -21,6 +27,7 @@ class Feed:
         self.loader = loader
         self.info = _loader_info(loader)
         self.sampler = None
+        self._resume = None     # (epoch, global position, batches in that epoch)
         if self.info is None:
             return
         kind = self.info["sampler"]
@@ -39,8 +46,25 @@ class Feed:
         else:
             self.info = None  # a custom order on one worker: iterate as it is
 
+    def resume(self, epoch, skip, saved_world):
+        """The checkpoint was taken after ``skip`` batches of ``epoch`` by
+        ``saved_world`` workers: with another number of workers now, continue that
+        epoch at the same place of its global order (the first ``skip * batch_size *
+        saved_world`` samples are seen) instead of at batch ``skip`` of the new split."""
+        if self.info is None or not skip or saved_world == self.sampler.num_replicas:
+            return
+        bs = self.info["batch_size"]
+        position = skip * bs * saved_world
+        self.sampler.set_epoch(epoch)
+        self.sampler.set_start(position, epoch)
+        left = len(self.sampler)
+        per = left // bs if self.info["drop_last"] else -(-left // bs)
+        self._resume = (epoch, position, skip + per)
+
     def num_batches(self):
         """Batches per epoch on this worker (None: unknown until the source ends)."""
+        if self._resume is not None:
+            return self._resume[2]
         if self.info is not None:
             n, bs = len(self.sampler), self.info["batch_size"]
             return n // bs if self.info["drop_last"] else -(-n // bs)
@@ -55,7 +79,12 @@ class Feed:
             return zip(itertools.count(skip), itertools.islice(iter(self.loader), skip, None))
         self.sampler.set_epoch(epoch)
         bs = self.info["batch_size"]
-        indices = list(self.sampler)[skip * bs:]
+        if self._resume is not None and self._resume[0] == epoch:
+            indices = list(self.sampler)     # the rest of the global order, split anew
+        else:
+            self.sampler.set_start(0, epoch)
+            indices = list(self.sampler)[skip * bs:]
+        self._resume = None
         return zip(itertools.count(skip), iter(_rebuild_loader(self.loader, self.info, indices)))
 
 
@@ -105,7 +134,12 @@ def _rebuild_loader(loader, info, indices):
     workers = getattr(loader, "num_workers", 0)
     if workers:
         kwargs.update(num_workers=workers, prefetch_factor=loader.prefetch_factor,
-                      worker_init_fn=loader.worker_init_fn)
+                      worker_init_fn=loader.worker_init_fn, timeout=loader.timeout,
+                      multiprocessing_context=getattr(loader, "multiprocessing_context", None),
+                      worker_mode=getattr(loader, "worker_mode", "process"),
+                      copy=getattr(loader, "copy", False))
+    if getattr(loader, "pin_memory", False):
+        kwargs.update(pin_memory=True, pin_memory_device=loader.pin_memory_device)
     return type(loader)(info["dataset"], **kwargs)
 
 

@@ -206,6 +206,9 @@ class Trainer:
                 restore_training_state(self, ckpt)
             seed = self._sampler_seed()
             train = Feed(train_dataloaders, strategy, seed)
+            if ckpt is not None:   # on another world size: the same place, split anew
+                train.resume(self._loop.epoch, self._loop.batch_in_epoch,
+                             ckpt["sampler"]["world_size"])
             vals = [Feed(v, strategy, seed) for v in as_list(val_dataloaders)]
             self._hooks("on_fit_start")
             FitLoop(self, train, vals).run()

@@ -1,0 +1,279 @@
+"""Data loading: deepseek's FastDataLoader next to its threaded loader and PyTorch's.
+
+Three measurements, the systems interleaved round by round (the machine may be shared:
+medians over --reps rounds, and the ratios of the medians):
+
+* throughput: batches/s in steady state (from the first batch to the last), and the
+  CPU time per batch of the whole run (main + workers, start-up included), with a
+  CPU-heavy Python transform -- per-sample augmentation of a 3x64x64 uint8 image in
+  numpy, many calls on 8x8 patches that hold the GIL (about --sample-ms ms per
+  sample, calibrated at start) -- at
+  1 and 2 workers: deepseek FastDataLoader (worker processes, shared-memory handover),
+  deepseek DataLoader(worker_mode="thread"), torch.utils.data.DataLoader;
+* handover: ms per batch of a large batch that costs nothing to make (256x3x64x64
+  float32 = 12.6 MB; the dataset returns it ready, batch_size=None) with one worker, and
+  the same batch collated from 256 samples: what moving it to the main process costs;
+* input-bound: a training loop whose step is --step-ms of Python work (holding the
+  GIL, as an eager framework's step does) with a transform of about 80% of that per
+  batch (threads then share the GIL with the step; processes do not); the loader's own wait per step (``loader.stats``; the profiler is not built
+  yet) for FastDataLoader and the threaded loader, one worker.
+
+    python scripts/bench_data.py [--reps 3] [--batches 16] [--json out.json]
+"""
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import numpy as np
+
+IMG = (3, 64, 64)
+
+
+def _augment(img, rng, rounds):
+    """A per-sample augmentation written the way Python data pipelines often are: a
+    random crop and flip, then ``rounds`` passes of per-patch contrast jitter over the
+    16x16 patches of one channel -- numpy calls on 256 elements each, too small for
+    numpy to release the GIL, so the Python interpreter is busy throughout."""
+    y, x = rng.integers(0, 8, 2)
+    out = np.zeros(IMG, np.float32)
+    crop = img[:, y:y + 56, x:x + 56].astype(np.float32)
+    if rng.random() < 0.5:
+        crop = crop[:, :, ::-1]
+    out[:, 4:60, 4:60] = crop
+    for r in range(rounds):
+        c = r % 3
+        for py in range(0, 64, 16):
+            for px in range(0, 64, 16):
+                p = out[c, py:py + 16, px:px + 16]
+                m = p.mean()
+                p -= m
+                p *= 0.9 + 0.2 * rng.random()
+                p += m
+    return out
+
+
+class Images:
+    """A map-style dataset of random images with :func:`_augment` (works with both
+    frameworks: returns numpy arrays)."""
+
+    def __init__(self, n, rounds):
+        self.data = np.random.default_rng(0).integers(0, 255, (n,) + IMG, dtype=np.uint8)
+        self.rounds = rounds
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        rng = np.random.default_rng(i)
+        return _augment(self.data[i], rng, self.rounds), i
+
+
+class Ready:
+    """``n`` times the same ready-made batch (or sample): only the handover costs."""
+
+    def __init__(self, n, shape):
+        self.n, self.arr = n, np.random.default_rng(0).random(shape, dtype=np.float32)
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return self.arr
+
+
+def calibrate(sample_ms):
+    """Rounds of :func:`_augment` that take about ``sample_ms`` ms per sample here."""
+    d1, d2 = Images(8, 1), Images(8, 2)
+    t = []
+    for d in (d1, d2):
+        t0 = time.perf_counter()
+        for _ in range(3):
+            for i in range(8):
+                d[i]
+        t.append((time.perf_counter() - t0) / 24)
+    per_round = max(t[1] - t[0], 1e-5)
+    base = max(t[0] - per_round, 0.0)
+    return max(1, round((sample_ms / 1e3 - base) / per_round))
+
+
+def make_loader(system, dataset, workers, **kw):
+    if system == "deepseek":
+        from deepseek.data import FastDataLoader
+        return FastDataLoader(dataset, num_workers=workers, **kw)
+    if system == "threads":
+        from deepseek.data import DataLoader
+        return DataLoader(dataset, num_workers=workers, worker_mode="thread", **kw)
+    import torch.utils.data as tud
+    return tud.DataLoader(dataset, num_workers=workers, **kw)
+
+
+def _cpu():
+    """CPU seconds of this process (all threads) and of its reaped children."""
+    import resource
+    c = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + c.ru_utime + c.ru_stime
+
+
+def steady_rate(loader, batches):
+    """(batches/s after the first batch, seconds to the first batch, CPU ms per batch
+    of the whole run: main process, threads and the workers once reaped)."""
+    import gc
+    c0 = _cpu()
+    t_start = time.perf_counter()
+    it = iter(loader)
+    next(it)
+    t0 = time.perf_counter()
+    n = 0
+    for _ in it:
+        n += 1
+        if n == batches:
+            break
+    t1 = time.perf_counter()
+    del it
+    gc.collect()
+    time.sleep(0.05)
+    cpu = _cpu() - c0
+    return n / (t1 - t0), t0 - t_start, cpu / (n + 1) * 1e3
+
+
+def per_batch_ms(loader, batches):
+    it = iter(loader)
+    for _ in range(2):
+        next(it)                # warm: slots made, pages touched
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        b = next(it)
+        del b
+    dt = time.perf_counter() - t0
+    del it
+    return dt / batches * 1e3
+
+
+def busy(ms):
+    end = time.perf_counter() + ms / 1e3
+    x = 0
+    while time.perf_counter() < end:
+        x += 1
+    return x
+
+
+def input_bound(system, dataset, batch_size, step_ms, steps):
+    loader = make_loader(system, dataset, 1, batch_size=batch_size)
+    it = iter(loader)
+    next(it)
+    loader.stats.reset()
+    for _ in range(steps):
+        next(it)
+        busy(step_ms)
+    wait = loader.stats.wait_per_batch * 1e3
+    del it
+    return wait
+
+
+def med(xs):
+    return statistics.median(xs)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--batches", type=int, default=16, help="timed batches per run")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--sample-ms", type=float, default=1.0)
+    ap.add_argument("--step-ms", type=float, default=30.0)
+    ap.add_argument("--systems", default="deepseek,threads,torch")
+    ap.add_argument("--json", metavar="PATH")
+    args = ap.parse_args(argv)
+    systems = args.systems.split(",")
+    try:
+        import torch  # noqa: F401
+        torch.set_num_threads(1)
+    except ImportError:
+        systems = [s for s in systems if s != "torch"]
+    results = {"throughput": {}, "handover": {}, "input_bound": {}}
+
+    rounds = calibrate(args.sample_ms)
+    images = Images(args.batch_size * (args.batches + 2) * 2, rounds)
+    t0 = time.perf_counter()
+    for i in range(32):
+        images[i]
+    sample_ms = (time.perf_counter() - t0) / 32 * 1e3
+    print(f"transform: {sample_ms:.2f} ms/sample ({rounds} rounds), batch {args.batch_size}: "
+          f"{sample_ms * args.batch_size:.1f} ms of transform per batch", flush=True)
+
+    # ---- throughput
+    for rep in range(args.reps):
+        for workers in (1, 2):
+            for system in systems:
+                loader = make_loader(system, images, workers, batch_size=args.batch_size)
+                rate, first, cpu = steady_rate(loader, args.batches)
+                del loader
+                results["throughput"].setdefault(f"{system}/{workers}", []).append(rate)
+                results.setdefault("cpu_ms", {}).setdefault(f"{system}/{workers}", []).append(cpu)
+    print("\nthroughput, batches/s (median of %d; higher is better)" % args.reps)
+    print(f"{'workers':>8} " + " ".join(f"{s:>10}" for s in systems) +
+          "   fast/torch  fast/threads")
+    for workers in (1, 2):
+        row = {s: med(results["throughput"][f"{s}/{workers}"]) for s in systems}
+        line = f"{workers:>8} " + " ".join(f"{row[s]:>10.2f}" for s in systems)
+        if "torch" in row:
+            line += f"   {row['deepseek'] / row['torch']:>10.2f}"
+        else:
+            line += " " * 13
+        if "threads" in row:
+            line += f"  {row['deepseek'] / row['threads']:>12.2f}"
+        print(line, flush=True)
+    print("CPU ms per batch, whole run incl. worker start-up (median; a machine-load-"
+          "independent view of the same runs)")
+    for workers in (1, 2):
+        print(f"{workers:>8} " + " ".join(
+            f"{med(results['cpu_ms'][f'{s}/{workers}']):>10.1f}" for s in systems))
+
+    # ---- handover
+    big = (256,) + IMG
+    hand_systems = [s for s in systems if s != "threads"]
+    for rep in range(args.reps):
+        for system in hand_systems:
+            ready = Ready(args.batches + 4, big)
+            ms = per_batch_ms(make_loader(system, ready, 1, batch_size=None), args.batches)
+            results["handover"].setdefault(f"{system}/ready", []).append(ms)
+            samples = Ready((args.batches + 4) * 256, IMG)
+            ms = per_batch_ms(make_loader(system, samples, 1, batch_size=256), args.batches)
+            results["handover"].setdefault(f"{system}/collated", []).append(ms)
+    print(f"\nhandover of a 256x3x64x64 float32 batch ({np.prod(big) * 4 / 1e6:.1f} MB), "
+          "1 worker, ms/batch (median of %d; lower is better)" % args.reps)
+    print(f"{'batch':>22} " + " ".join(f"{s:>10}" for s in hand_systems) + "   torch/fast")
+    for kind, label in (("ready", "ready-made (no collate)"), ("collated", "collated from 256")):
+        row = {s: med(results["handover"][f"{s}/{kind}"]) for s in hand_systems}
+        line = f"{label:>22} " + " ".join(f"{row[s]:>10.2f}" for s in hand_systems)
+        if "torch" in row:
+            line += f"   {row['torch'] / row['deepseek']:>10.2f}"
+        print(line, flush=True)
+
+    # ---- input-bound
+    per_batch = max(1, int(args.step_ms * 0.8 / max(sample_ms, 1e-3)))
+    ib_systems = [s for s in systems if s in ("deepseek", "threads")]
+    for rep in range(args.reps):
+        for system in ib_systems:
+            w = input_bound(system, images, per_batch, args.step_ms, args.batches)
+            results["input_bound"].setdefault(system, []).append(w)
+    print(f"\ninput-bound? step {args.step_ms:.0f} ms of Python work, transform "
+          f"{per_batch * sample_ms:.1f} ms/batch, 1 worker: loader wait per step, ms "
+          "(loader.stats; median of %d)" % args.reps)
+    for system in ib_systems:
+        w = med(results["input_bound"][system])
+        print(f"{system:>10}: {w:8.2f} ms  ({w / args.step_ms * 100:5.1f}% of the step)")
+
+    results["config"] = {"sample_ms": sample_ms, "rounds": rounds, "batch_size": args.batch_size,
+                         "batches": args.batches, "reps": args.reps, "step_ms": args.step_ms}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
