@@ -7,10 +7,16 @@ it (see :mod:`deepseek.collectives.env`).
 
 Server
 ------
-``StoreServer(host="127.0.0.1", port=0, token=..., max_value_size=64 MiB)``
-    ``.start() -> self`` binds (``OSError`` if the port is busy) and serves from daemon
-    threads in this process; ``.port``, ``.host``, ``.address`` (``"host:port"``);
-    ``.close()`` (idempotent; wakes blocked waiters with an error); context manager.
+``StoreServer(host="127.0.0.1", port=0, token=..., max_value_size=64 MiB,
+handshake_timeout=2.0, max_connections=None, refusal_log_interval=10.0)``
+    ``.start() -> self`` binds (``OSError`` if the port is busy) and serves every
+    connection from one daemon thread (a selector loop; blocking gets are parked, not
+    given a thread); ``.port``, ``.host``, ``.address`` (``"host:port"``),
+    ``.num_connections``; ``.close()`` (idempotent; wakes blocked waiters with an
+    error); context manager. Connections that do not authenticate within
+    ``handshake_timeout`` are dropped; refusals are logged rate-limited. It lives in
+    :mod:`deepseek.collectives.store_server` (loaded on first use of the name here),
+    whose docstring covers flood handling.
 
 Client
 ------
@@ -52,7 +58,8 @@ Protocol and security
 Every message is a frame: a 4-byte big-endian length and a payload. On connect the
 server sends ``b"DSKV\\x01"`` and a random 32-byte nonce; the client answers
 ``HMAC-SHA256(token, nonce)`` and its 16-byte client id. A wrong answer is refused with
-an error frame and logged (logger ``deepseek.store``, with the peer address); the token
+an error frame and logged (logger ``deepseek.store``: the first refusal with the peer
+address, then a summary at most every ``refusal_log_interval`` seconds); the token
 itself never crosses the network. Requests are ``op:u8 seq:u64 nargs:u8`` followed by
 length-prefixed arguments; replies are ``status:u8`` and length-prefixed fields.
 Garbage is answered with an error (and the connection dropped when the framing itself
@@ -71,11 +78,14 @@ import hmac
 import hashlib
 import logging
 import os
-import selectors
 import socket
 import struct
 import threading
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:       # resolved at run time by __getattr__ below
+    from .store_server import StoreServer
 
 __all__ = [
     "StoreServer", "StoreClient", "LocalStore", "StoreError", "StoreTimeout",
@@ -84,6 +94,17 @@ __all__ = [
 ]
 
 log = logging.getLogger("deepseek.store")
+
+
+def __getattr__(name):
+    # PEP 562: the server lives in store_server.py, which imports this module's
+    # protocol pieces; resolving it lazily keeps that one-way (no import cycle) and
+    # keeps a worker that only needs the client from loading the server.
+    if name == "StoreServer":
+        from .store_server import StoreServer
+        globals()["StoreServer"] = StoreServer
+        return StoreServer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 ENV_STORE_ADDR = "DEEPSEEK_STORE_ADDR"
 ENV_TOKEN = "DEEPSEEK_TOKEN"
@@ -286,237 +307,6 @@ class _KV:
     def num_keys(self):
         with self._cond:
             return len(self._data)
-
-
-# --------------------------------------------------------------------------- server
-
-class StoreServer:
-    """Hosts the job's store from daemon threads of this process."""
-
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, token=None, *,
-                 max_value_size: int = DEFAULT_MAX_VALUE, handshake_timeout: float = 10.0,
-                 max_connections: int = 4096):
-        self.host = host
-        self._port = port
-        self._token = _token_bytes(token)
-        self.max_value_size = max_value_size
-        self._frame_limit = max_value_size + _OVERHEAD
-        self._handshake_timeout = handshake_timeout
-        self._max_connections = max_connections
-        self._kv = _KV()
-        self._last: dict[bytes, tuple[int, bytes]] = {}   # client id -> (seq, reply)
-        self._last_lock = threading.Lock()
-        self._conns: set[socket.socket] = set()
-        self._conns_lock = threading.Lock()
-        self._listener: socket.socket | None = None
-        self._wake_r = self._wake_w = None
-        self._thread: threading.Thread | None = None
-        self._closed = False
-
-    # -- lifecycle
-    def start(self) -> "StoreServer":
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            # REUSEADDR only lets us rebind a port in TIME_WAIT; a live listener on the
-            # port still makes bind() fail, which is what "busy port" detection needs.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((self.host, self._port))
-            sock.listen(1024)
-        except OSError:
-            sock.close()
-            raise
-        self._listener = sock
-        self._port = sock.getsockname()[1]
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._thread = threading.Thread(target=self._accept_loop, name="deepseek-store",
-                                        daemon=True)
-        self._thread.start()
-        return self
-
-    @property
-    def port(self) -> int:
-        return self._port
-
-    @property
-    def address(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self._port}"
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._kv.close()
-        if self._wake_w is not None:
-            try:
-                self._wake_w.send(b"x")
-            except OSError:
-                pass
-        with self._conns_lock:
-            conns = list(self._conns)
-        for c in conns:
-            try:
-                c.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(5)
-        for s in (self._listener, self._wake_r, self._wake_w):
-            if s is not None:
-                s.close()
-
-    def __enter__(self):
-        if self._listener is None:
-            self.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    # -- serving
-    def _accept_loop(self):
-        sel = selectors.DefaultSelector()
-        sel.register(self._listener, selectors.EVENT_READ)
-        sel.register(self._wake_r, selectors.EVENT_READ)
-        try:
-            while not self._closed:
-                for key, _ in sel.select():
-                    if key.fileobj is self._wake_r or self._closed:
-                        return
-                    try:
-                        conn, peer = self._listener.accept()
-                    except OSError:
-                        continue
-                    with self._conns_lock:
-                        if len(self._conns) >= self._max_connections:
-                            log.warning("store: refusing %s: too many connections", peer)
-                            conn.close()
-                            continue
-                        self._conns.add(conn)
-                    threading.Thread(target=self._serve, args=(conn, peer),
-                                     name="deepseek-store-conn", daemon=True).start()
-        finally:
-            sel.close()
-
-    def _serve(self, conn: socket.socket, peer) -> None:
-        try:
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            client_id = self._handshake(conn, peer)
-            if client_id is None:
-                return
-            while not self._closed:
-                try:
-                    payload = _recv_frame(conn, self._frame_limit)
-                except _FrameTooLarge as e:
-                    # We cannot skip the body without reading it: answer and hang up.
-                    log.warning("store: request of %d bytes from %s exceeds the limit",
-                                e.args[0], peer)
-                    _send_frame(conn, _reply(_ERR, b"request too large (%d bytes, limit %d)"
-                                             % (e.args[0], self._frame_limit)))
-                    return
-                _send_frame(conn, self._handle(client_id, payload))
-        except (EOFError, OSError):
-            pass
-        except Exception:  # never let one connection take the server down
-            log.exception("store: unexpected error serving %s", peer)
-        finally:
-            with self._conns_lock:
-                self._conns.discard(conn)
-            try:
-                conn.close()
-            except OSError:
-                pass
-
-    def _handshake(self, conn, peer):
-        conn.settimeout(self._handshake_timeout)
-        nonce = os.urandom(_NONCE)
-        conn.sendall(_MAGIC + nonce)
-        try:
-            answer = _recv_frame(conn, 256)
-        except _FrameTooLarge:
-            answer = b""
-        except (EOFError, OSError):
-            log.warning("store: %s disconnected or timed out before authenticating", peer)
-            return None
-        expected = hmac.new(self._token, nonce, hashlib.sha256).digest()
-        if len(answer) != _NONCE + _CLIENT_ID or not hmac.compare_digest(answer[:_NONCE],
-                                                                         expected):
-            log.warning("store: refused connection from %s: bad token", peer)
-            try:
-                _send_frame(conn, _reply(_AUTH, b"authentication failed"))
-            except OSError:
-                pass
-            return None
-        _send_frame(conn, _reply(_OK))
-        conn.settimeout(None)
-        return answer[_NONCE:]
-
-    def _handle(self, client_id: bytes, payload: bytes) -> bytes:
-        try:
-            if len(payload) < _HEADER.size:
-                raise ValueError("short request")
-            op, seq, nargs = _HEADER.unpack_from(payload)
-            args = _unpack_fields(payload, _HEADER.size, nargs)
-        except (ValueError, struct.error) as e:
-            return _reply(_ERR, f"malformed request: {e}".encode())
-        if op in _MUTATING:
-            with self._last_lock:
-                last = self._last.get(client_id)
-            if last is not None and last[0] == seq:
-                return last[1]          # a resend after a reconnect: apply once
-        try:
-            reply = self._dispatch(op, args)
-        except StoreError as e:
-            reply = _reply(_ERR, str(e).encode())
-        except (ValueError, UnicodeDecodeError, struct.error, IndexError) as e:
-            reply = _reply(_ERR, f"bad arguments for op {op}: {e}".encode())
-        if op in _MUTATING:
-            with self._last_lock:
-                self._last[client_id] = (seq, reply)
-        return reply
-
-    def _dispatch(self, op: int, args: list[bytes]) -> bytes:
-        kv = self._kv
-
-        def keys_from(fields):
-            return [f.decode() for f in fields]
-
-        if op == _SET:
-            key, value = args
-            if len(value) > self.max_value_size:
-                raise StoreError(f"value for {key.decode()!r} is {len(value)} bytes, "
-                                 f"over the limit of {self.max_value_size}")
-            kv.set(key.decode(), value)
-            return _reply(_OK)
-        if op in (_GET, _MULTIGET, _WAIT):
-            (timeout,) = _F64.unpack(args[0])
-            keys = keys_from(args[1:])
-            if op == _WAIT:
-                missing = kv.wait(keys, timeout)
-                values = []
-            else:
-                values, missing = kv.get(keys, timeout)
-            if missing:
-                return _reply(_TIMEOUT, *(k.encode() for k in missing))
-            return _reply(_OK, *values)
-        if op == _ADD:
-            key, amount = args
-            (amount,) = _I64.unpack(amount)
-            return _reply(_OK, _I64.pack(kv.add(key.decode(), amount)))
-        if op == _CAS:
-            key, expected, desired = args
-            return _reply(_OK, kv.compare_set(key.decode(), expected, desired))
-        if op == _CHECK:
-            return _reply(_OK, *(k.encode() for k in kv.missing(keys_from(args))))
-        if op == _DELETE:
-            (key,) = args
-            return _reply(_OK, b"1" if kv.delete(key.decode()) else b"0")
-        if op == _NUMKEYS:
-            return _reply(_OK, _I64.pack(kv.num_keys()))
-        if op == _PING:
-            return _reply(_OK)
-        raise StoreError(f"unknown op {op}")
 
 
 # --------------------------------------------------------------------------- client
