@@ -255,13 +255,20 @@ def _dump_stacks(procs, files):
             os.kill(p.pid, signal.SIGUSR1)
         except OSError:
             pass
-    time.sleep(0.5)
-    out = []
-    for p, f in zip(procs, files):
+    def read(f):
         try:
             with open(f) as fh:
-                text = fh.read().strip()
+                return fh.read().strip()
         except OSError:
-            text = ""
+            return ""
+
+    # faulthandler writes from a signal handler as soon as the process runs again: on
+    # a loaded machine that can take a while, so wait for every dump (up to 3 s)
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline and not all(read(f) for f in files):
+        time.sleep(0.05)
+    out = []
+    for p, f in zip(procs, files):
+        text = read(f)
         out.append(f"--- {p.name} (pid {p.pid}) ---\n{text or '(no stack dumped)'}")
     return "\n".join(out)
