@@ -18,7 +18,9 @@ Submodules (imported on first use, so ``import deepseek.distributed`` stays chea
 ``buckets`` (``GradBucket``: flat gradient buffers, shared by DDP and ZeRO),
 ``comm_hooks`` (how DDP reduces a bucket: ``allreduce_hook``, ``fp16_compress_hook``,
 ``bf16_compress_hook``), ``futures`` (``Future``, what a hook returns) and
-``functional`` (collectives with a backward, for tensor parallelism).
+``functional`` (collectives with a backward, for tensor parallelism), ``zero``
+(``ZeroRedundancyOptimizer``, ZeRO-1), ``fsdp`` (``FullyShardedDataParallel``,
+ZeRO-2/3) and ``checkpoint`` (sharded checkpoints that reshard on load).
 """
 import importlib
 import json
@@ -39,13 +41,17 @@ __all__ = [
     "CollectiveError",
     "DDPStrategy", "DistributedDataParallel", "GradBucket", "Future",
     "Strategy", "SingleDeviceStrategy",
-    "buckets", "comm_hooks", "functional", "futures",
+    "ZeroRedundancyOptimizer", "FullyShardedDataParallel", "ZeROStrategy",
+    "buckets", "comm_hooks", "functional", "futures", "fsdp", "checkpoint",
 ]
 
 _LAZY = {"DDPStrategy": ".strategy", "DistributedDataParallel": ".ddp",
          "GradBucket": ".buckets", "Future": ".futures",
-         "Strategy": ".strategy", "SingleDeviceStrategy": ".strategy"}
-_SUBMODULES = ("buckets", "comm_hooks", "functional", "futures", "ddp", "strategy")
+         "Strategy": ".strategy", "SingleDeviceStrategy": ".strategy",
+         "ZeroRedundancyOptimizer": ".zero", "FullyShardedDataParallel": ".fsdp",
+         "ZeROStrategy": ".strategy"}
+_SUBMODULES = ("buckets", "comm_hooks", "functional", "futures", "ddp", "strategy", "zero",
+               "fsdp", "checkpoint")
 
 
 def __getattr__(name):

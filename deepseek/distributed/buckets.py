@@ -4,7 +4,9 @@ A :class:`GradBucket` is one flat array holding the gradients of a run of parame
 (``param.grad`` becomes a view of its slot once filled, so later backwards accumulate
 straight into it) plus the bookkeeping of one backward: which slots are filled. It
 knows nothing about how it is communicated: DDP hands it to a comm hook
-(``comm_hooks.py``) when it is full, and ZeRO-2/3 will reduce-scatter the same buckets.
+(``comm_hooks.py``) when it is full, and FSDP (ZeRO-2/3, ``fsdp/``) reduce-scatters
+the same buckets (padded to a multiple of the group size with ``pad_to``, and released
+after their reduction with ``release``/``materialize``).
 
 :func:`build_buckets` partitions parameters into buckets the same way on every rank
 (reverse order: gradients arrive roughly last layer first; a small first bucket, as
@@ -41,20 +43,24 @@ class GradBucket:
         is_last: whether this is the last bucket launched in a backward.
     """
 
-    def __init__(self, index, params, names, dtype, alloc=_plain_zeros, is_last=False):
+    def __init__(self, index, params, names, dtype, alloc=_plain_zeros, is_last=False,
+                 pad_to=1):
         self._index = index
         self.params = params
         self.names = names
         self._alloc = alloc
         self._is_last = is_last
+        self.dtype = np.dtype(dtype)
         sizes = [p.numel() for p in params]
         self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self.numel = int(self.offsets[-1])
-        self.flat = alloc(self.numel, dtype)
-        self.views = [Tensor._make(self.flat[self.offsets[i]:self.offsets[i + 1]].reshape(p.shape))
-                      for i, p in enumerate(params)]
-        for v in self.views:
-            v._inplace_grad = True  # the engine accumulates into it in place
+        # ZeRO reduce-scatters the bucket: its buffer is padded (with zeros that no
+        # parameter sees) to a multiple of the group size; DDP's pad_to is 1
+        self.padded_numel = max(1, -(-self.numel // pad_to)) * pad_to if pad_to > 1 \
+            else self.numel
+        self.flat = None
+        self.views = None
+        self.materialize()
         self.ready = [False] * len(params)
         self.n_ready = 0
         self.work = None        # what the comm hook returned for this backward
@@ -134,6 +140,26 @@ class GradBucket:
             self.ready[i] = True
             self.n_ready += 1
 
+    # ---- a buffer that comes and goes (ZeRO-2/3) -------------------------------------
+    def materialize(self):
+        """(Re)allocate the flat buffer and the gradient views over it (zero-filled)."""
+        self.flat = self._alloc(self.padded_numel, self.dtype)
+        self.views = [Tensor._make(self.flat[self.offsets[i]:self.offsets[i + 1]].reshape(p.shape))
+                      for i, p in enumerate(self.params)]
+        for v in self.views:
+            v._inplace_grad = True  # the engine accumulates into it in place
+
+    def release(self):
+        """Drop the flat buffer (ZeRO-2/3, once its reduce-scatter is done: the full
+        gradient does not outlive its reduction); :meth:`materialize` makes a new one.
+        The parameters' ``grad`` must be cleared by the caller (they are views)."""
+        self.flat = None
+        self.views = None
+        self._wire = {}
+
+    def is_materialized(self):
+        return self.flat is not None
+
     def reset(self):
         """Forget this backward (slots unready, no pending work); scratch stays."""
         self.ready = [False] * len(self.params)
@@ -146,14 +172,15 @@ class GradBucket:
 
 
 def build_buckets(named_params, cap_bytes, alloc=_plain_zeros,
-                  first_cap_bytes=FIRST_BUCKET_BYTES):
+                  first_cap_bytes=FIRST_BUCKET_BYTES, pad_to=1):
     """Partition ``named_params`` ([(name, param)], in model order) into GradBuckets.
 
     Parameters are taken in reverse order (gradients arrive roughly last layer first);
     a bucket closes when the next parameter would take it past its cap (the first
     bucket's cap is ``min(cap_bytes, first_cap_bytes)``) or has another dtype. Pure
     function of the parameters' shapes and dtypes, so every rank of a group builds
-    the same buckets in the same order."""
+    the same buckets in the same order. ``pad_to``: each buffer is padded to a multiple
+    of it (ZeRO: the group size, so that it reduce-scatters into equal shards)."""
     groups, cur, cur_names, cur_bytes = [], [], [], 0
     for name, p in reversed(named_params):
         cap = min(cap_bytes, first_cap_bytes) if not groups else cap_bytes
@@ -165,5 +192,6 @@ def build_buckets(named_params, cap_bytes, alloc=_plain_zeros,
         cur_bytes += p._data.nbytes
     if cur:
         groups.append((cur, cur_names))
-    return [GradBucket(i, ps, ns, ps[0].dtype, alloc, is_last=(i == len(groups) - 1))
+    return [GradBucket(i, ps, ns, ps[0].dtype, alloc, is_last=(i == len(groups) - 1),
+                       pad_to=pad_to)
             for i, (ps, ns) in enumerate(groups)]

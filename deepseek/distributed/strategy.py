@@ -59,7 +59,7 @@ import contextlib
 import os
 from dataclasses import dataclass
 
-__all__ = ["Strategy", "SingleDeviceStrategy", "DDPStrategy"]
+__all__ = ["Strategy", "SingleDeviceStrategy", "DDPStrategy", "ZeROStrategy"]
 
 _OPS = ("sum", "mean", "max", "min")
 
@@ -338,6 +338,114 @@ class DDPStrategy(Strategy):
     def barrier(self, name=None):
         if self.world_size > 1:
             self.process_group.barrier()
+
+
+@dataclass
+class ZeROStrategy(DDPStrategy):
+    """ZeRO data parallelism: ``stage=1`` shards the optimizer state (DDP +
+    ZeroRedundancyOptimizer), ``2`` also the gradients (FSDP SHARD_GRAD_OP), ``3`` also
+    the parameters (FSDP FULL_SHARD, one unit per submodule the ``auto_wrap_policy``
+    picks). The optimizers ``configure_optimizers`` made keep their ``param_groups``
+    (so lr schedulers keep working); their state lives in the sharded optimizer.
+
+    Stages 2/3 wrap the model in ``setup_optimizers`` (the loop calls
+    ``configure_optimizers`` between ``setup`` and it, on the unwrapped parameters);
+    their optimizers must have one set of options for all groups. The Trainer's
+    single-file checkpoints hold the full model; the sharded optimizer state of stages
+    2/3 goes through ``deepseek.distributed.checkpoint`` instead (``optimizer_state``
+    raises). ``offload_optimizer`` (ZeRO-Offload) is the GPU path: not available yet.
+    """
+
+    stage: int = 2
+    offload_optimizer: bool = False
+    auto_wrap_policy: object = None
+    _fsdp: object = None
+
+    def __post_init__(self):
+        if self.stage not in (1, 2, 3):
+            raise ValueError(f"ZeROStrategy: stage must be 1, 2 or 3, got {self.stage!r}")
+        if self.offload_optimizer:
+            raise NotImplementedError("ZeROStrategy(offload_optimizer=True) is the GPU path "
+                                      "(ZeRO-Offload): not available yet")
+        Strategy.__init__(self)
+
+    def setup(self, trainer):
+        if self.stage == 1:
+            return super().setup(trainer)
+        self.trainer = trainer
+        self.model = self.module  # wrapped in setup_optimizers (see the class docstring)
+
+    def setup_optimizers(self, optimizers):
+        from .zero import ZeroRedundancyOptimizer
+        out = []
+        if self.stage >= 2 and optimizers:
+            from .fsdp import FullyShardedDataParallel
+            self.model = FullyShardedDataParallel(
+                _StepModule(self.module), process_group=self.process_group,
+                sharding_strategy="SHARD_GRAD_OP" if self.stage == 2 else "FULL_SHARD",
+                auto_wrap_policy=self.auto_wrap_policy, bucket_cap_mb=self.bucket_cap_mb)
+        for opt in optimizers:
+            cls = type(opt)
+            opts = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+            if self.stage == 1:
+                z = ZeroRedundancyOptimizer(opt.param_groups, optimizer_class=cls,
+                                            process_group=self.process_group, **opt.defaults)
+                z.param_groups = opt.param_groups  # the schedulers' groups
+                out.append(z)
+                continue
+            if any(o != opts[0] for o in opts):
+                raise NotImplementedError("ZeROStrategy(stage=2/3): parameter groups with "
+                                          "different options are not supported")
+            new = cls(list(self.model.parameters()), **opts[0])
+            opt.param_groups[0]["params"] = new.param_groups[0]["params"]
+            del opt.param_groups[1:]
+            new.param_groups = opt.param_groups  # the schedulers' groups, now on shards
+            out.append(new)
+        return out
+
+    def teardown(self):
+        if self.stage == 1:
+            return super().teardown()
+        # the user's module stays sharded (its parameters live in the FSDP shards):
+        # model_state_dict() still gathers it through the wrapper
+        self._fsdp = self.model if self.model is not self.module else self._fsdp
+        self.model = self.module
+
+    def training_step(self, batch, batch_idx):
+        return self.model(batch, batch_idx)
+
+    def block_backward_sync(self):
+        return self.model.no_sync()
+
+    def sync_gradients(self, optimizers):
+        if self.stage == 1:
+            return super().sync_gradients(optimizers)
+        raise NotImplementedError("ZeROStrategy(stage=2/3): a window cut short inside "
+                                  "no_sync is not supported")
+
+    def clip_gradients(self, optimizers, max_norm):
+        if self.stage == 1:
+            return super().clip_gradients(optimizers, max_norm)
+        self.model.clip_grad_norm_(max_norm)  # the global norm over every shard
+
+    def model_state_dict(self):
+        if self.stage == 1:
+            return self.module.state_dict()
+        fsdp = self.model if self.model is not self.module else self._fsdp
+        if fsdp is None:
+            return self.module.state_dict()
+        sd = fsdp.state_dict()
+        return {k[len("model."):]: v for k, v in sd.items()}
+
+    def optimizer_state(self, optimizer):
+        if self.stage == 1:
+            optimizer.consolidate_state_dict(to=self.process_group.ranks[0])
+            return optimizer.state_dict() if self.is_global_zero else {}
+        raise NotImplementedError("ZeROStrategy(stage=2/3): the optimizer state is sharded; "
+                                  "save it with deepseek.distributed.checkpoint")
+
+    def load_optimizer_state(self, optimizer, state):
+        optimizer.load_state_dict(state)
 
 
 def optimizer_params(optimizers):

@@ -85,8 +85,12 @@ def check_strategy(strategy):
         return DDPStrategy()
     if strategy == "single_device":
         return SingleDeviceStrategy()
+    if strategy in ("zero1", "zero2", "zero3"):
+        from ..distributed.strategy import ZeROStrategy
+        return ZeROStrategy(stage=int(strategy[-1]))
     raise ValueError(f"strategy={strategy!r} is not supported; use None/'auto', 'ddp', "
-                     f"'single_device', a deepseek.distributed.DDPStrategy(...) or another "
+                     f"'single_device', 'zero1'/'zero2'/'zero3', a "
+                     f"deepseek.distributed.DDPStrategy(...) or another "
                      f"deepseek.distributed.Strategy")
 
 

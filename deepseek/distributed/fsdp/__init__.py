@@ -1,0 +1,11 @@
+"""FullyShardedDataParallel (ZeRO-2/3) and its wrap policies (PyTorch's
+``torch.distributed.fsdp`` names). ``fully_sharded.py`` is the module and its
+per-iteration hooks, ``flat_param.py`` the sharded flat parameters of one unit,
+``wrap.py`` the auto-wrap policies, ``_memory.py`` the releasable gathered buffers."""
+from .fully_sharded import BackwardPrefetch, FullyShardedDataParallel, ShardingStrategy
+from .wrap import ModuleWrapPolicy, size_based_auto_wrap_policy
+
+FSDP = FullyShardedDataParallel
+
+__all__ = ["FullyShardedDataParallel", "FSDP", "ShardingStrategy", "BackwardPrefetch",
+           "ModuleWrapPolicy", "size_based_auto_wrap_policy"]

@@ -1,0 +1,499 @@
+"""FullyShardedDataParallel: ZeRO-2 (SHARD_GRAD_OP) and ZeRO-3 (FULL_SHARD).
+
+PyTorch FSDP's shape::
+
+    model = FullyShardedDataParallel(model, sharding_strategy="FULL_SHARD",
+                                     auto_wrap_policy=ModuleWrapPolicy({Block}))
+    opt = optim.AdamW(model.parameters(), lr=1e-3)    # the sharded flat parameters
+    loss = loss_fn(model(x), y); loss.backward()
+    model.clip_grad_norm_(1.0); opt.step()
+
+Units. Every FSDP instance is a unit: the wrapped module's parameters not managed by
+an inner instance go into the unit's :class:`FlatParamHandle` (one per dtype). The
+auto-wrap policy wraps submodules (bottom-up) into inner instances, so that under
+FULL_SHARD only one unit's full parameters exist at a time (plus the one prefetched).
+The outermost instance is the *root*: it owns the per-iteration bookkeeping (the
+execution order of the units, the end-of-backward callback, pending reductions).
+
+One iteration, FULL_SHARD:
+
+* forward of a unit: all-gather its parameters (waiting for a prefetch when there is
+  one; ``forward_prefetch`` starts the next unit's gather), run the module, release
+  the full parameters (``reshard_after_forward``; not the root's, which backward
+  needs first), and hook the outputs' gradients;
+* the first gradient reaching a unit's output re-gathers its parameters and starts
+  the gather of the unit that runs backward next (``backward_prefetch``);
+* each original parameter's post-accumulate-grad hook fills its bucket; a full bucket
+  is reduce-scattered asynchronously (the buckets of DDP, ``buckets.py``), so the
+  reduction of late layers overlaps the backward of early ones, and a bucket whose
+  reduction finished is released at once (the full gradient never outlives it);
+  a unit whose gradients are all in flight releases its full parameters;
+* when backward ends (a callback queued on the engine) every reduction is waited and
+  unused parameters contribute zeros.
+
+SHARD_GRAD_OP keeps the full parameters between steps (4 bytes per parameter) and
+re-gathers them, all units at once and asynchronously at the start of the next
+forward, only after the optimizer changed the shards. NO_SHARD is DDP.
+
+Not here (yet): ``mixed_precision`` (deepseek.amp does not exist yet) and
+``cpu_offload`` (the GPU path); both raise NotImplementedError.
+"""
+import contextlib
+import math
+from collections import OrderedDict
+
+import numpy as np
+
+from ... import nn
+from ..._tensor import Tensor
+from ...autograd.engine import queue_callback
+from ...autograd.grad_mode import is_grad_enabled, no_grad
+from ...collectives import ReduceOp, get_default_group
+from .flat_param import FlatParamHandle
+
+__all__ = ["FullyShardedDataParallel", "ShardingStrategy", "BackwardPrefetch"]
+
+
+class ShardingStrategy:
+    """PyTorch's names (strings are accepted too)."""
+    FULL_SHARD = "FULL_SHARD"          # ZeRO-3
+    SHARD_GRAD_OP = "SHARD_GRAD_OP"    # ZeRO-2
+    NO_SHARD = "NO_SHARD"              # DDP
+
+
+class BackwardPrefetch:
+    BACKWARD_PRE = "BACKWARD_PRE"
+    BACKWARD_POST = "BACKWARD_POST"
+
+
+def _strategy_name(s):
+    name = getattr(s, "name", s)
+    if name not in ("FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD"):
+        raise ValueError(f"sharding_strategy must be 'FULL_SHARD', 'SHARD_GRAD_OP' or "
+                         f"'NO_SHARD', got {s!r}")
+    return name
+
+
+class FullyShardedDataParallel(nn.Module):
+    """Shard a module's parameters, gradients and optimizer state over a group.
+
+    Args (PyTorch FSDP's names):
+        module: the model (the same on every rank; rank 0's values are broadcast
+            when ``sync_module_states``).
+        process_group: the data-parallel group (default: the default group).
+        sharding_strategy: "FULL_SHARD" (ZeRO-3), "SHARD_GRAD_OP" (ZeRO-2),
+            "NO_SHARD" (returns the behaviour of DDP: use DistributedDataParallel).
+        auto_wrap_policy: ``policy(module, recurse, nonwrapped_numel) -> bool``
+            (``fsdp.wrap``: :class:`ModuleWrapPolicy`, ``size_based_auto_wrap_policy``),
+            or a set of module classes; which submodules become units of their own.
+        backward_prefetch: "BACKWARD_PRE" (default: gather the next unit when a
+            unit's backward starts) or None.
+        forward_prefetch: gather the next unit while the current one computes.
+        bucket_cap_mb: gradient bucket size inside a unit (DDP's meaning).
+        mixed_precision, cpu_offload: not supported yet (raise).
+    """
+
+    def __init__(self, module, process_group=None, sharding_strategy="FULL_SHARD",
+                 cpu_offload=False, auto_wrap_policy=None,
+                 backward_prefetch=BackwardPrefetch.BACKWARD_PRE, mixed_precision=None,
+                 ignored_modules=None, param_init_fn=None, device_id=None,
+                 sync_module_states=True, forward_prefetch=False, limit_all_gathers=True,
+                 use_orig_params=False, bucket_cap_mb=25, _exclude=()):
+        super().__init__()
+        strategy = _strategy_name(sharding_strategy)
+        if strategy == "NO_SHARD":
+            raise NotImplementedError("sharding_strategy='NO_SHARD' is DDP: use "
+                                      "deepseek.distributed.DistributedDataParallel")
+        if mixed_precision is not None:
+            raise NotImplementedError("FullyShardedDataParallel: mixed_precision lands with "
+                                      "deepseek.amp, which does not exist yet")
+        if cpu_offload and getattr(cpu_offload, "offload_params", True):
+            raise NotImplementedError("FullyShardedDataParallel: cpu_offload is the GPU path "
+                                      "(ZeRO-Offload), not available yet")
+        pg = process_group or get_default_group()
+        self.process_group = pg
+        self.sharding_strategy = strategy
+        self._reshard = strategy == "FULL_SHARD"
+        self.forward_prefetch = bool(forward_prefetch)
+        self.backward_prefetch = backward_prefetch
+        self._cap = int(bucket_cap_mb * (1 << 20))
+        if auto_wrap_policy is not None:
+            from .wrap import auto_wrap
+            auto_wrap(module, auto_wrap_policy, lambda m, exclude: FullyShardedDataParallel(
+                m, process_group=pg, sharding_strategy=strategy,
+                backward_prefetch=backward_prefetch, forward_prefetch=forward_prefetch,
+                sync_module_states=sync_module_states, bucket_cap_mb=bucket_cap_mb,
+                _exclude=exclude))
+        self._fsdp_wrapped_module = module
+        exclude = {id(p) for p in _exclude}
+        entries, places = _collect(module, exclude)
+        by_dtype = OrderedDict()
+        for pid, (names, p) in entries.items():
+            by_dtype.setdefault(p._data.dtype, []).append((names, p))
+        self._handles = [FlatParamHandle(ents, pg, self._reshard, self._cap,
+                                         sync_module_states)
+                         for ents in by_dtype.values()]
+        n = 0
+        for h in self._handles:
+            for fp in h.flat_params:
+                self.register_parameter("_flat_param" + (f"_{n}" if n else ""), fp)
+                n += 1
+        # the originals leave the modules' parameter lists (parameters() yields the
+        # flat shards) but stay attributes, so the module's forward runs unchanged
+        for mod, attr, p in places:
+            del mod._parameters[attr]
+            object.__setattr__(mod, attr, p)
+            hidden = mod.__dict__.setdefault("_fsdp_hidden", [])
+            if attr not in hidden:
+                hidden.append(attr)
+        self._hooks = []
+        for h in self._handles:
+            for p in h.params:
+                self._hooks.append(p.register_post_accumulate_grad_hook(
+                    lambda p, h=h: self._root._on_grad(self, h, p)))
+        self._root = self
+        for m in module.modules():
+            if isinstance(m, FullyShardedDataParallel):
+                m._root = self
+        # root bookkeeping (used on the root only)
+        self.require_backward_grad_sync = True
+        self._in_backward = False
+        self._sync_this_backward = True
+        self._exec_order = []
+        self._order = []           # last iteration's forward order of the units
+        self._launched = []        # (handle, bucket index) in launch order
+        self._pre_bw_done = False
+        self.peak_resident = (0, 0)  # most (full param, full grad) bytes held at once
+
+    # ---- the units ----------------------------------------------------------------------
+    @property
+    def module(self):
+        return self._fsdp_wrapped_module
+
+    def _units(self):
+        return [m for m in self.modules() if isinstance(m, FullyShardedDataParallel)]
+
+    def _all_handles(self):
+        return [h for u in self._units() for h in u._handles]
+
+    # ---- forward -----------------------------------------------------------------------
+    def forward(self, *args, **kwargs):
+        root = self._root
+        if root is self:
+            self._pre_root_forward()
+        root._exec_order.append(self)
+        for h in self._handles:
+            h.unshard()
+        root._track()
+        if root.forward_prefetch and self._reshard:
+            nxt = root._next_in_order(self, +1)
+            if nxt is not None:
+                for h in nxt._handles:
+                    h.unshard(async_op=True)
+        out = self._fsdp_wrapped_module(*args, **kwargs)
+        grad = is_grad_enabled()
+        if self._reshard and (root is not self or not grad):
+            for h in self._handles:
+                h.reshard()
+        if grad:
+            self._pre_bw_done = False
+            _register_output_hooks(out, self._pre_backward)
+        return out
+
+    def _pre_root_forward(self):
+        if self._exec_order:
+            self._order = self._exec_order
+        self._exec_order = []
+        # ZeRO-2: the optimizer changed the shards; gather every unit now, in forward
+        # order, asynchronously: each unit waits for its own at its forward
+        if not self._reshard:
+            units = self._order or self._units()
+            for u in units:
+                for h in u._handles:
+                    if h.needs_gather():
+                        h.unshard(async_op=True)
+
+    def _next_in_order(self, unit, step):
+        order = self._order
+        try:
+            i = order.index(unit)
+        except ValueError:
+            return None
+        j = i + step
+        return order[j] if 0 <= j < len(order) else None
+
+    # ---- backward ----------------------------------------------------------------------
+    def _pre_backward(self, grad):
+        if self._pre_bw_done:
+            return None
+        self._pre_bw_done = True
+        root = self._root
+        for h in self._handles:
+            h.unshard()
+        if self._reshard and root.backward_prefetch is not None:
+            order = root._exec_order or root._order
+            try:
+                i = order.index(self)
+            except ValueError:
+                i = 0
+            if i > 0:
+                for h in order[i - 1]._handles:
+                    if not h.all_launched() or not h.is_gathered():
+                        h.unshard(async_op=True)
+        root._track()
+        return None
+
+    def _on_grad(self, unit, h, p):
+        # runs on the root, for a parameter of ``unit``
+        if not self._in_backward:
+            self._begin_backward()
+        k = h.fill(p)
+        self._track()
+        if k is None or not self._sync_this_backward:
+            return
+        h.launch(k)
+        self._launched.append((h, k))
+        self._poll()
+        if unit._reshard and unit is not self and h.all_launched():
+            h.reshard()
+
+    def _begin_backward(self):
+        self._in_backward = True
+        self._sync_this_backward = self.require_backward_grad_sync
+        if self._sync_this_backward:
+            for h in self._all_handles():
+                h.begin_backward()
+        queue_callback(self._finalize)
+
+    def _poll(self):
+        """Finish (and free) the reductions that are done, oldest first."""
+        while self._launched:
+            h, k = self._launched[0]
+            work = h.buckets[k].work[0]
+            if work is not None and not work.is_completed():
+                return
+            self._launched.pop(0)
+            h.finish(k)
+
+    def _finalize(self):
+        try:
+            handles = self._all_handles()
+            if self._sync_this_backward:
+                for h in handles:
+                    h.complete_missing()
+                    for k, b in enumerate(h.buckets):
+                        if not h.launched[k]:
+                            h.launch(k)
+                            self._launched.append((h, k))
+                while self._launched:
+                    h, k = self._launched.pop(0)
+                    h.finish(k)
+            for h in handles:
+                if self._reshard:
+                    h.reshard()
+        finally:
+            self._in_backward = False
+            for u in self._units():
+                u._pre_bw_done = False
+            for h in self._all_handles():
+                for b in h.buckets:
+                    b.reset()
+
+    @contextlib.contextmanager
+    def no_sync(self):
+        """Accumulate gradients locally (full, unsharded) without communication; the
+        first backward outside reduce-scatters the sum (PyTorch's semantics)."""
+        root = self._root
+        prev = root.require_backward_grad_sync
+        root.require_backward_grad_sync = False
+        try:
+            yield
+        finally:
+            root.require_backward_grad_sync = prev
+
+    # ---- gradient clipping ----------------------------------------------------------------
+    def clip_grad_norm_(self, max_norm, norm_type=2.0):
+        """Clip the gradients of every shard to a *global* norm (over all ranks' shards;
+        padding is zero and adds nothing); returns the total norm before clipping."""
+        norm_type = float(norm_type)
+        grads = [fp._grad._data for h in self._root._all_handles() for fp in h.flat_params
+                 if fp._grad is not None]
+        pg = self.process_group
+        if norm_type == math.inf:
+            local = np.array([max((float(np.abs(g).max()) for g in grads if g.size),
+                                  default=0.0)])
+            pg.allreduce(local, ReduceOp.MAX)
+            total = float(local[0])
+        else:
+            local = np.array([sum(float(np.sum(np.abs(g.astype(np.float64)) ** norm_type))
+                                  for g in grads)])
+            pg.allreduce(local, ReduceOp.SUM)
+            total = float(local[0]) ** (1.0 / norm_type)
+        coef = float(max_norm) / (total + 1e-6)
+        if coef < 1.0:
+            for fp in (fp for h in self._root._all_handles() for fp in h.flat_params):
+                g = fp._grad
+                if g is not None:
+                    g._data *= g._data.dtype.type(coef)
+                    g._bump_version()
+        return Tensor._make(np.asarray(total, dtype=np.float32))
+
+    # ---- state --------------------------------------------------------------------------
+    def _named_originals(self):
+        """(clean fqn, param) for every original parameter (each name of a tied one)."""
+        for name, kind, t in _walk(self._fsdp_wrapped_module, ""):
+            if kind == "param":
+                yield name, t
+
+    def _handle_of(self):
+        out = {}
+        for h in self._all_handles():
+            for p in h.params:
+                out[id(p)] = h
+        return out
+
+    def state_dict(self, *args, destination=None, prefix="", keep_vars=False):
+        """The *full* state dict (PyTorch's FULL_STATE_DICT), on every rank, with the
+        names of the unwrapped model: each unit is gathered in turn, copied, and
+        released again (ZeRO-3)."""
+        out = OrderedDict() if destination is None else destination
+        owner = self._handle_of()
+        gathered = set()
+        with no_grad():
+            for name, kind, t in _walk(self._fsdp_wrapped_module, ""):
+                h = owner.get(id(t)) if kind == "param" else None
+                if h is not None and id(h) not in gathered:
+                    h.unshard()
+                    gathered.add(id(h))
+                out[prefix + name] = Tensor._make(np.array(t._data, copy=True))
+            if self._reshard:
+                for h in self._all_handles():
+                    h.reshard()
+        return out
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Load a full state dict (the unwrapped model's names) into the shards."""
+        owner = self._handle_of()
+        names = [(n, k, t) for n, k, t in _walk(self._fsdp_wrapped_module, "")]
+        if strict:
+            missing = [n for n, _, _ in names if n not in state_dict]
+            extra = sorted(set(state_dict) - {n for n, _, _ in names})
+            if missing or extra:
+                raise RuntimeError(f"FullyShardedDataParallel.load_state_dict: missing keys "
+                                   f"{missing[:10]}, unexpected keys {extra[:10]}")
+        with no_grad():
+            for name, kind, t in names:
+                if name not in state_dict:
+                    continue
+                v = state_dict[name]
+                v = v._data if isinstance(v, Tensor) else np.asarray(v)
+                if tuple(v.shape) != tuple(t.shape):
+                    raise RuntimeError(f"load_state_dict: {name} has shape {tuple(v.shape)} in "
+                                       f"the state dict but {tuple(t.shape)} in the model")
+                h = owner.get(id(t)) if kind == "param" else None
+                if h is None:
+                    t._data[...] = v
+                    t._bump_version()
+                    continue
+                j = next(i for i, q in enumerate(h.params) if q is t)
+                flat = v.reshape(-1)
+                for e, a, b, view in h.local_pieces():
+                    if e == j:
+                        view[...] = flat[a:b]
+            for h in self._all_handles():
+                for fp in h.flat_params:
+                    fp._bump_version()  # ZeRO-2 regathers; ZeRO-3 gathers anyway
+                h._gathered = False if h.releasable else h._gathered
+
+    def sharded_pieces(self):
+        """(clean fqn, param shape, start, end, shard view) of every piece of an
+        original parameter this rank holds: what a sharded checkpoint writes."""
+        out = []
+        names = {}
+        for name, t in self._named_originals():
+            names.setdefault(id(t), []).append(name)
+        for h in self._all_handles():
+            for j, a, b, view in h.local_pieces():
+                p = h.params[j]
+                out.append((names[id(p)], tuple(p.shape), a, b, view, h, j))
+        return out
+
+    def memory_stats(self):
+        """Bytes this rank holds now: ``params`` (shards + gathered full parameters),
+        ``grads`` (shard gradients + full gradient buckets), and the peak of gathered
+        full parameters / full gradients seen so far (``peak_full_params``,
+        ``peak_full_grads``)."""
+        hs = self._root._all_handles()
+        fps = [fp for h in hs for fp in h.flat_params]
+        # ZeRO-2's shards are views of the full parameters: counted once, there
+        shard = sum(fp._data.nbytes for h in hs if h.releasable for fp in h.flat_params)
+        sgrad = sum(fp._grad._data.nbytes for fp in fps if fp._grad is not None)
+        full = sum(h.resident_bytes()[0] for h in hs)
+        fgrad = sum(h.resident_bytes()[1] for h in hs)
+        return {"params": shard + full, "grads": sgrad + fgrad,
+                "peak_full_params": self._root.peak_resident[0],
+                "peak_full_grads": self._root.peak_resident[1]}
+
+    def _track(self):
+        full = grads = 0
+        for h in self._all_handles():
+            f, g = h.resident_bytes()
+            full, grads = full + f, grads + g
+        pf, pg_ = self.peak_resident
+        self.peak_resident = (max(pf, full), max(pg_, grads))
+
+    def __getstate__(self):
+        raise TypeError("FullyShardedDataParallel cannot be pickled; save its state_dict()")
+
+
+def _register_output_hooks(out, fn):
+    if isinstance(out, Tensor):
+        if out.requires_grad:
+            out.register_hook(fn)
+    elif isinstance(out, (list, tuple)):
+        for o in out:
+            _register_output_hooks(o, fn)
+    elif isinstance(out, dict):
+        for o in out.values():
+            _register_output_hooks(o, fn)
+
+
+def _walk(module, prefix):
+    """(clean fqn, "param"/"buffer", tensor) over the unwrapped model, in module order:
+    FSDP wrappers are transparent and hidden originals are included."""
+    if isinstance(module, FullyShardedDataParallel):
+        yield from _walk(module._fsdp_wrapped_module, prefix)
+        return
+    for attr, p in module._parameters.items():
+        if p is not None:
+            yield prefix + attr, "param", p
+    for attr in module.__dict__.get("_fsdp_hidden", ()):
+        yield prefix + attr, "param", module.__dict__[attr]
+    for attr, b in module._buffers.items():
+        if b is not None and attr not in module._non_persistent_buffers_set:
+            yield prefix + attr, "buffer", b
+    for name, child in module._modules.items():
+        if child is not None:
+            yield from _walk(child, prefix + name + ".")
+
+
+def _collect(module, exclude):
+    """The parameters this unit manages: every requires-grad parameter still in a
+    module's parameter list below ``module`` (inner units took theirs out already),
+    except ``exclude``. Returns ({id: (fqns, param)}, [(module, attr, param)])."""
+    entries, places = OrderedDict(), []
+
+    def visit(mod, prefix):
+        if isinstance(mod, FullyShardedDataParallel):
+            visit(mod._fsdp_wrapped_module, prefix)
+            return
+        for attr, p in list(mod._parameters.items()):
+            if p is None or not p.requires_grad or id(p) in exclude:
+                continue
+            entries.setdefault(id(p), ([], p))[0].append(prefix + attr)
+            places.append((mod, attr, p))
+        for name, child in mod._modules.items():
+            if child is not None:
+                visit(child, prefix + name + ".")
+    visit(module, "")
+    return entries, places

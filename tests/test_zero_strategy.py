@@ -1,0 +1,27 @@
+"""ZeROStrategy on the Trainer's Strategy seam: Trainer(strategy='zero1'/'zero2'/'zero3')."""
+import numpy as np
+import pytest
+
+import zero_cases as cases
+from deepseek.testing.multiprocess import spawn_ranks
+
+
+def test_short_forms_make_zero_strategies():
+    from deepseek.distributed import ZeROStrategy
+    from deepseek.trainer.config import check_strategy
+    for n in (1, 2, 3):
+        s = check_strategy(f"zero{n}")
+        assert isinstance(s, ZeROStrategy) and s.stage == n
+    with pytest.raises(ValueError):
+        ZeROStrategy(stage=4)
+
+
+def test_every_stage_trains_like_ddp_through_the_trainer(shm_guard):
+    ddp = spawn_ranks(cases.trainer_fit, 2, timeout=180, args=("ddp",))
+    for stage in ("zero1", "zero2", "zero3"):
+        got = spawn_ranks(cases.trainer_fit, 2, timeout=180, args=(stage,))
+        for r in range(2):
+            assert set(got[r]) == set(ddp[r])
+            for k in ddp[r]:
+                np.testing.assert_allclose(got[r][k], ddp[r][k], rtol=1e-5, atol=1e-6,
+                                           err_msg=f"{stage} rank {r} {k}")

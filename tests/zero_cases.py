@@ -1,0 +1,315 @@
+"""Rank functions for tests/test_zero*.py (module-level so spawned ranks import them).
+
+Every run trains ``steps`` steps on the same global batches (``_data``) and returns the
+final *full* parameters, so a ZeRO run can be compared with DDP and with one process on
+the whole batch. ``stage``: "single" (one process, no wrapper), 0 (DDP), 1
+(DDP + ZeroRedundancyOptimizer), 2 (FSDP SHARD_GRAD_OP), 3 (FSDP FULL_SHARD).
+"""
+import contextlib
+
+import numpy as np
+
+GLOBAL_BATCH = 12
+IN, HID, OUT = 7, 20, 5        # 7*20+20 = 160 etc: sizes that do not divide by 3 or 4
+VOCAB, DIM, SEQ = 13, 10, 5
+
+
+def build_model(kind="mlp", seed=0, hid=HID, layers=3):
+    import deepseek as ds
+    import deepseek.nn as nn
+    import deepseek.nn.functional as F
+
+    class Block(nn.Module):
+        def __init__(self, d):
+            super().__init__()
+            self.fc = nn.Linear(d, d)
+
+        def forward(self, x):
+            return self.fc(x).tanh() + x
+
+    class MLP(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp = nn.Linear(IN, hid)
+            self.blocks = nn.ModuleList([Block(hid) for _ in range(layers)])
+            self.out = nn.Linear(hid, OUT)
+
+        def forward(self, x):
+            h = self.inp(x).tanh()
+            for b in self.blocks:
+                h = b(h)
+            return self.out(h)
+
+    class Attn(nn.Module):
+        def __init__(self, d):
+            super().__init__()
+            self.norm = nn.LayerNorm(d)
+            self.qkv = nn.Linear(d, 3 * d, bias=False)
+            self.proj = nn.Linear(d, d)
+            self.d = d
+
+        def forward(self, x):
+            h = self.norm(x)
+            q, k, v = self.qkv(h).chunk(3, dim=-1)
+            a = F.softmax(q @ k.transpose(-1, -2) * (1.0 / self.d ** 0.5), dim=-1)
+            return x + self.proj(a @ v)
+
+    class TinyLM(nn.Module):
+        """A transformer whose output layer is its embedding (tied weights)."""
+
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(VOCAB, DIM)
+            self.blocks = nn.ModuleList([Attn(DIM) for _ in range(2)])
+            self.norm = nn.LayerNorm(DIM)
+
+        def forward(self, ids):
+            h = self.emb(ids)
+            for b in self.blocks:
+                h = b(h)
+            return F.linear(self.norm(h), self.emb.weight)
+
+    ds.manual_seed(seed)
+    return {"mlp": MLP, "lm": TinyLM}[kind]()
+
+
+def _data(kind, step):
+    rng = np.random.default_rng(100 + step)
+    if kind == "mlp":
+        x = rng.standard_normal((GLOBAL_BATCH, IN)).astype(np.float32)
+        y = rng.integers(0, OUT, GLOBAL_BATCH)
+    else:
+        x = rng.integers(0, VOCAB, (GLOBAL_BATCH, SEQ))
+        y = rng.integers(0, VOCAB, (GLOBAL_BATCH, SEQ))
+    return x, y
+
+
+def _loss(model, kind, x, y):
+    import deepseek as ds
+    import deepseek.nn.functional as F
+    out = model(ds.tensor(x))
+    if kind == "lm":
+        return F.cross_entropy(out.reshape(-1, VOCAB), ds.tensor(y.reshape(-1)))
+    return F.cross_entropy(out, ds.tensor(y))
+
+
+def make_optimizer(params, opt):
+    import deepseek as ds
+    if opt == "adamw":
+        return ds.optim.AdamW(params, lr=1e-2, weight_decay=0.01)
+    return ds.optim.SGD(params, lr=0.1, momentum=0.9)
+
+
+def _opt_class(opt):
+    import deepseek as ds
+    if opt == "adamw":
+        return ds.optim.AdamW, {"lr": 1e-2, "weight_decay": 0.01}
+    return ds.optim.SGD, {"lr": 0.1, "momentum": 0.9}
+
+
+def wrap(model, stage, opt, pg=None, wrap_blocks=True, **fsdp_kwargs):
+    """(what runs the forward, the optimizer) for a ZeRO stage."""
+    import deepseek.distributed as dist
+    if stage in ("single", 0, 1):
+        if stage == "single":
+            runner = model
+        else:
+            runner = dist.DistributedDataParallel(model, process_group=pg)
+        if stage == 1:
+            cls, hp = _opt_class(opt)
+            return runner, dist.ZeroRedundancyOptimizer(runner.parameters(), optimizer_class=cls,
+                                                         process_group=pg, **hp)
+        return runner, make_optimizer(runner.parameters(), opt)
+    from deepseek.distributed.fsdp import ModuleWrapPolicy
+    policy = None
+    if wrap_blocks:
+        blocks = {type(m) for name, m in model.named_modules() if name.startswith("blocks.")
+                  and name.count(".") == 1}
+        policy = ModuleWrapPolicy(blocks)
+    fsdp = dist.FullyShardedDataParallel(
+        model, sharding_strategy={2: "SHARD_GRAD_OP", 3: "FULL_SHARD"}[stage],
+        auto_wrap_policy=policy, process_group=pg, **fsdp_kwargs)
+    return fsdp, make_optimizer(fsdp.parameters(), opt)
+
+
+def full_params(runner, stage):
+    if stage in (2, 3):
+        sd = runner.state_dict()
+    else:
+        model = runner.module if stage in (0, 1) else runner
+        sd = model.state_dict()
+    return {k: np.array(v.numpy(), copy=True) for k, v in sd.items()}
+
+
+def _init():
+    import deepseek.distributed as dist
+    if not dist.is_initialized():
+        dist.init_process_group()
+
+
+def train(rank, world, stage, kind="mlp", opt="adamw", steps=10, accum=1, clip=None,
+          seed_offset=True, **fsdp_kwargs):
+    """Train ``steps`` steps; returns the final full parameters (every rank)."""
+    from deepseek.nn.utils import clip_grad_norm_
+    if stage != "single":
+        _init()
+    model = build_model(kind, seed=rank if (seed_offset and stage != "single") else 0)
+    runner, optimizer = wrap(model, stage, opt, **fsdp_kwargs)
+    per = GLOBAL_BATCH // world
+    norms = []
+    for s in range(steps):
+        x, y = _data(kind, s)
+        xs, ys = x[rank * per:(rank + 1) * per], y[rank * per:(rank + 1) * per]
+        optimizer.zero_grad()
+        m = per // accum
+        for i in range(accum):
+            sync = contextlib.nullcontext() if (i == accum - 1 or stage == "single") \
+                else runner.no_sync()
+            with sync:
+                (_loss(runner, kind, xs[i * m:(i + 1) * m], ys[i * m:(i + 1) * m])
+                 * (1.0 / accum)).backward()
+        if clip is not None:
+            if stage in (2, 3):
+                norms.append(float(runner.clip_grad_norm_(clip)))
+            else:
+                norms.append(float(clip_grad_norm_(model.parameters(), clip)))
+        optimizer.step()
+    return full_params(runner, stage), norms
+
+
+def train_many(rank, world, stage, configs):
+    """``train`` for each config (a dict of its keyword arguments), in one job."""
+    return [train(rank, world, stage, **cfg) for cfg in configs]
+
+
+def _state_bytes(opt):
+    from deepseek._tensor import Tensor
+    inner = getattr(opt, "optim", opt)  # ZeroRedundancyOptimizer keeps its inner one
+    total = 0
+    for st in inner.state.values():
+        for v in st.values():
+            if isinstance(v, Tensor) and v._data.ndim:  # (the 0-d step counter: no)
+                total += v._data.nbytes
+    return total
+
+
+def memory(rank, world, stages=(0, 1, 2, 3), hid=64, layers=16):
+    """Bytes per parameter this rank holds for each stage, after a backward (the
+    optimizer has stepped once before, so its state exists), next to the formula."""
+    _init()
+    out = {}
+    for stage in stages:
+        model = build_model("mlp", hid=hid, layers=layers)
+        nparam = sum(p.numel() for p in model.parameters())
+        unit_max = max(sum(p.numel() for p in b.parameters()) for b in model.blocks)
+        runner, opt = wrap(model, stage, "adamw")
+        per = GLOBAL_BATCH // world
+        for s in range(2):
+            x, y = _data("mlp", s)
+            opt.zero_grad()
+            _loss(runner, "mlp", x[rank * per:(rank + 1) * per],
+                  y[rank * per:(rank + 1) * per]).backward()
+            if s == 0:
+                opt.step()
+        if stage in (0, 1):
+            params = sum(f.buffer.nbytes for f in opt._flats) if stage == 1 else \
+                sum(p._data.nbytes for p in model.parameters())
+            grads = sum(b.flat.nbytes for b in runner.buckets)
+            gathered = 0
+        else:
+            st = runner.memory_stats()
+            params, grads = st["params"], st["grads"]
+            gathered = st["peak_full_params"] if stage == 3 else 0
+        state = _state_bytes(opt)
+        n = world
+        formula = {0: 16, 1: 4 + 4 + 8 / n, 2: 4 + 12 / n, 3: 16 / n}[stage]
+        if stage == 3:
+            formula += 4 * unit_max / nparam
+        out[stage] = {"measured": (params + grads + state + gathered) / nparam,
+                      "formula": formula, "params": params / nparam, "grads": grads / nparam,
+                      "state": state / nparam, "gathered": gathered / nparam}
+    return out
+
+
+def zero1_state_roundtrip(rank, world):
+    """consolidate_state_dict on rank 0 gives the same state as a plain AdamW on DDP;
+    load_state_dict of it into a fresh ZeRO optimizer continues identically."""
+    _init()
+    res = {}
+    for stage in (0, 1):
+        model = build_model("mlp")
+        runner, opt = wrap(model, stage, "adamw")
+        per = GLOBAL_BATCH // world
+        for s in range(3):
+            x, y = _data("mlp", s)
+            opt.zero_grad()
+            _loss(runner, "mlp", x[rank * per:(rank + 1) * per],
+                  y[rank * per:(rank + 1) * per]).backward()
+            opt.step()
+        if stage == 1:
+            opt.consolidate_state_dict(to=0)
+            if rank != 0:
+                try:
+                    opt.state_dict()
+                    res["nonroot_raises"] = False
+                except RuntimeError:
+                    res["nonroot_raises"] = True
+                sd = None
+            else:
+                sd = opt.state_dict()
+        else:
+            sd = opt.state_dict()
+        res[stage] = None if sd is None else {
+            str(k): {n: np.array(v.numpy()) for n, v in st.items()}
+            for k, st in sd["state"].items()}
+    # load rank 0's consolidated full state (shared through a file) into a new optimizer
+    return res
+
+
+def ckpt_save(rank, world, stage, path, steps=2):
+    """Train ``steps`` steps with ``stage`` and save a sharded checkpoint; returns the
+    full parameters."""
+    import deepseek.distributed.checkpoint as dcp
+    _init()
+    model = build_model("lm")
+    runner, opt = wrap(model, stage, "sgd")
+    per = GLOBAL_BATCH // world
+    for s in range(steps):
+        x, y = _data("lm", s)
+        opt.zero_grad()
+        _loss(runner, "lm", x[rank * per:(rank + 1) * per], y[rank * per:(rank + 1) * per]).backward()
+        opt.step()
+    dcp.save(dcp.get_state_dict(runner), path)
+    return full_params(runner, stage)
+
+
+def ckpt_load(rank, world, stage, path):
+    """Build a fresh (differently initialised) model under ``stage``, load the
+    checkpoint, return the full parameters."""
+    import deepseek.distributed.checkpoint as dcp
+    if stage != "single":
+        _init()
+    model = build_model("lm", seed=123)
+    if stage == "single":
+        runner = model
+    else:
+        runner, _ = wrap(model, stage, "sgd")
+    dcp.load(dcp.get_state_dict(runner), path)
+    return full_params(runner, stage if stage != "single" else "single")
+
+
+def trainer_fit(rank, world, strategy):
+    """Trainer(strategy=...) for two epochs accumulating 2 micro-batches (the model of
+    tests/scripts/trainer_model.py); returns the unwrapped model's parameters."""
+    import os
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts"))
+    import trainer_model as tm
+    import deepseek
+    t = deepseek.Trainer(accelerator="cpu", strategy=strategy, seed=0, max_epochs=2,
+                         accumulate_grad_batches=2, gradient_clip_val=1.0,
+                         enable_progress_bar=False)
+    model = tm.make_model(optimizer="sgd", lr=0.1)
+    t.fit(model, tm.make_loader(batch_size=8))
+    return tm.params(model) if strategy in ("zero1", "ddp") else \
+        {k: np.array(v.numpy()) for k, v in t.strategy.model_state_dict().items()}
