@@ -178,6 +178,10 @@ VARIABLES: dict[str, Var] = _declare(
         "how long init_process_group waits for every rank to arrive (deepseek-run "
         "--timeout); unset: the collectives timeout", unit="seconds", lo=0, lo_open=True,
         set_by="deepseek-run"),
+    Var("DEEPSEEK_RESTART_COUNT", "int", 0,
+        "how many times the job restarted before this attempt (deepseek-run "
+        "--max-restarts; torchrun's TORCHELASTIC_RESTART_COUNT)", lo=0,
+        set_by="deepseek-run"),
     Var("DEEPSEEK_STORE_PORT", "int", None,
         "port of the store rank 0 hosts when no deepseek-run does (default: "
         "MASTER_PORT, else derived from the job id)", lo=1, hi=65535),
@@ -216,6 +220,19 @@ VARIABLES: dict[str, Var] = _declare(
     Var("DEEPSEEK_ZMQ_CONNECT_TIMEOUT", "float", 60.0,
         "how long the ZeroMQ transport waits for each peer's handshake (at most the "
         "group timeout)", unit="seconds", lo=0, lo_open=True),
+    Var("DEEPSEEK_ZMQ_HEARTBEAT", "float", 2.0,
+        "seconds between ZeroMQ pings on idle connections; a peer silent for 5 of them "
+        "counts as lost (a partition, a dead host); 0 turns pings off", unit="seconds",
+        lo=0),
+    Var("DEEPSEEK_HIER_SPLIT_BYTES", "bytes", 64 << 10,
+        "hierarchical allreduce (groups spanning hosts) splits messages from this size "
+        "over every local rank's link (smaller: through one leader per host)", lo=0),
+    Var("DEEPSEEK_ZMQ_BULK_BYTES", "bytes", 256 << 10,
+        "allreduce across hosts moves per-peer segments from this size over raw TCP "
+        "streams (zero-copy, pipelined) instead of ZeroMQ messages; 0: never", lo=0),
+    Var("DEEPSEEK_TCP_CHUNK_BYTES", "bytes", 1 << 20,
+        "pipeline chunk of the raw TCP streams: reduced and sent on while the next one "
+        "arrives", lo=4096),
     Var("DEEPSEEK_SHM_CHUNK", "bytes", 1 << 20,
         "shared-memory slot size (rounded up to 4 KiB, at least 4 KiB)", lo=0,
         lo_open=True),
@@ -248,6 +265,17 @@ VARIABLES: dict[str, Var] = _declare(
         "use the C kernels when built; 0 forces the numpy fallback"),
     Var("DEEPSEEK_MALLOC_TUNING", "bool", True,
         "raise glibc's mmap/trim thresholds once per process (0 leaves malloc alone)"),
+    # ---- the JIT (deepseek.jit)
+    Var("DEEPSEEK_JIT_CACHE_DIR", "str", None,
+        "where compiled JIT kernels (.so, keyed by source hash) are kept (default: "
+        "$XDG_CACHE_HOME/deepseek/jit, else ~/.cache/deepseek/jit)"),
+    Var("DEEPSEEK_JIT_BACKEND", "choice", "auto",
+        "fused elementwise kernels of deepseek.jit: c (system compiler, $CC or cc), "
+        "numexpr, numpy, or auto (the first that works, in that order)",
+        choices=("auto", "c", "numexpr", "numpy")),
+    Var("DEEPSEEK_JIT_MAX_GRAPHS", "int", 8,
+        "how many input signatures a compiled callable keeps graphs for (least "
+        "recently used is dropped beyond)", lo=1),
     Var("DEEPSEEK_TRAINER_RESULT_DIR", "str", None,
         "where rank 0 of workers a Trainer launched leaves each fit's result",
         set_by="deepseek.Trainer"),
