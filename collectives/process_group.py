@@ -6,7 +6,10 @@ group's worker threads (``async_op=True``), turns a backend failure into a broke
 group (later calls re-raise at once; the peers are told through ``backend.abort`` so
 they fail fast instead of timing out), writes hang reports, and in debug mode
 (``DEEPSEEK_DEBUG_COLLECTIVES=1``) checks through the store that all ranks call the
-same collective with the same shape, dtype and root before running it.
+same collective with the same shape, dtype and root before running it. (Without it,
+the shared-memory transport still compares every call's op, dtype, byte count, root
+and reduce op through its slots, and raises the same CollectiveMismatchError on every
+rank: collectives/backends/shm.py, "Signatures".)
 
 Ranks given to the methods (``src``, ``dst``, ``root``) are *group* ranks.
 """
@@ -93,6 +96,7 @@ class ProcessGroup:
             self._cma_min = backend.cma_bytes if backend.cma else float("inf")
             self._fast_addr = backend.state_addr
             self._fast_ops = {}
+            self._copy_codes = {}  # dtype -> the kernel's code for a plain copy
             for (dt, opname), code in backend._codes.items():
                 if str(dt) == "bfloat16":
                     continue  # bfloat16 needs a uint16 view: the general path
@@ -392,10 +396,16 @@ class ProcessGroup:
         """allgather / gather / reduce_scatter / broadcast wholly in C (the shm
         transport's kernel), like the allreduce fast path; False when not taken (the
         kernel refused the arguments before touching anything, or an async op is in
-        flight): the general path then runs, and raises for bad arguments."""
+        flight): the general path then runs, and raises for bad arguments. ``code``
+        None: a plain copy, which still tells the kernel the dtype (the ranks compare
+        it, see collectives/backends/shm.py)."""
         if self._worker._pending or not self._lock.acquire(False):
             return False
         try:
+            if code is None:
+                code = self._copy_codes.get(x.dtype)
+                if code is None:
+                    code = self._copy_codes[x.dtype] = self._backend.copy_code(x.dtype)
             st = self._coll_kernel(self._fast_addr, kind, x, out, code, root, 20_000_000)
             if st < 0:
                 return False
@@ -425,7 +435,7 @@ class ProcessGroup:
     def broadcast(self, x, src=0, async_op=False, timeout=None):
         """In place: every rank's ``x`` becomes ``src``'s."""
         if self._can_fast(async_op, x) and type(src) is int and 0 <= src < self.size \
-                and self._fast_coll("broadcast", _BROADCAST, x, None, -1, src, timeout):
+                and self._fast_coll("broadcast", _BROADCAST, x, None, None, src, timeout):
             return None
         f = self._arr(x, "broadcast", writable=True)
         src = self._rank_arg(src, "src")
@@ -458,7 +468,7 @@ class ProcessGroup:
         rank's ``x`` in rank order."""
         if self._can_fast(async_op, x, out) and self._fast_coll(
                 "allgather", _ALLGATHER_CMA if x.nbytes >= self._cma_min else _ALLGATHER,
-                x, out, -1, 0, timeout):
+                x, out, None, 0, timeout):
             return None
         f = self._arr(x, "allgather")
         buf, lst = self._flat_out(out, f, f.size * self.size, "allgather")
@@ -480,7 +490,7 @@ class ProcessGroup:
         if type(dst) is int and 0 <= dst < self.size:
             mine = out if self.rank == dst else None
             if (mine is not None or self.rank != dst) and self._can_fast(async_op, x, mine) \
-                    and self._fast_coll("gather", _GATHER, x, mine, -1, dst, timeout):
+                    and self._fast_coll("gather", _GATHER, x, mine, None, dst, timeout):
                 return None
         f = self._arr(x, "gather")
         dst = self._rank_arg(dst, "dst")

@@ -2,8 +2,9 @@
 
 Layout of the group's segment (``n`` ranks, slot size ``C``, p2p slot size ``P``)::
 
-    ctrl    n x 1024 B     per rank: step, sleepers, abort, pid; private state (own
-                           cache line, words 32..); reason text (from byte 512)
+    ctrl    n x 1024 B     per rank: step, sleepers, abort, pid, two signature slots
+                           (words 4..11, see "Signatures"); private state (own cache
+                           line, words 32..); reason text (from byte 512)
     chan    n*n x 64 B     per ordered pair (src, dst): sent, sleepers, acked, sleepers
     in      n x 2 x C      per rank, two halves (double buffering)
     out     2 x C          result area of reduce-scatter + allgather
@@ -46,6 +47,34 @@ publishes where its piece is, and every rank reads the others' straight into its
 output. The group probes this once when it starts (``probe_cma``) and uses it only if
 it works between every pair of ranks; ``DEEPSEEK_SHM_CMA=0`` turns it off.
 
+Signatures: ranks that call different collectives (one in a barrier while the others
+allreduce; a different dtype, size, root or reduce op) would read each other's slots
+and return wrong results. So every collective, in Python and in C, publishes its
+signature -- kind, reduce op, root, dtype, byte count, and this rank's count of
+collectives begun so far (``_P_OPS``; it catches a rank that skipped one, e.g. an
+empty op that needs no round) -- in its ctrl block before the first post of each
+round, and compares it with the peers' after the first wait of the round: a
+difference raises CollectiveMismatchError (``ctx.mismatch_error``, the message the
+debug mode gives) before any data is used. A rank compares the peers it waited for
+(a broadcast's non-roots: the root); ranks whose part waits for nobody (a broadcast
+root, a gather's non-roots) find the difference when their next round begins, which
+compares the previous round's signatures of every peer, or through the abort of a
+rank that found it. The words sit on the step word's cache line, which the waiting
+peer has just read anyway, so the check costs a few loads.
+
+There are two signature slots, one per parity of the round counter, and round r writes
+slot r & 1. Why a rank moving on cannot overwrite a signature a slow peer has still to
+read: the peer reads my slot of round r after my first post of round r. I can begin
+round r+1 once everybody posted the first step of round r -- the slow peer may not
+have read my slot yet, but round r+1 writes the other slot. Round r+2 needs everybody's
+first post of round r+1, which the slow peer makes only after it finished round r,
+reading included. So every op claims a round, the symmetric and single-copy ones too,
+though they use no slot: writing a signature without the wait of a round's start
+would let a fast rank overwrite the one a slow peer is about to compare (the wait is
+already met in lockstep, so it costs nothing). The same argument makes the check at
+the start of round r+1 sound: every peer has posted round r then, and none can be past
+round r+1, so slot r & 1 still holds round r.
+
 Every reduction adds the ranks' contributions in rank order (reduce_into), in both
 algorithms, so the result is bitwise identical whatever the size, the chunking and the
 algorithm: ``deterministic`` groups cost nothing here.
@@ -64,6 +93,7 @@ ranks (noisy; re-measure on new hardware): the reduce-scatter path wins from abo
 caches): about 8.5 vs 6 vs 7 GB/s at 1-4 MiB messages.
 """
 import os
+import sys
 import time
 import zlib
 
@@ -71,9 +101,10 @@ import numpy as np
 
 from .. import _futex
 from .. import shm as _shm
+from .._context import OpContext
 from ..errors import (CollectiveArgumentError, CollectiveError, CollectiveMismatchError,
                       PeerFailureError)
-from ..reduce_ops import reduce_into
+from ..reduce_ops import ReduceOp, reduce_into
 from .base import Backend
 
 CTRL_BYTES = 1024
@@ -84,18 +115,43 @@ _STEP, _SLEEP, _ABORT, _PID = 0, 1, 2, 3
 # ... and this rank's private state, on a cache line of its own; shared with the C
 # allreduce (native/src/dsn_shm.h), which runs on the same words
 (_P_N, _P_RANK, _P_IN_OFF, _P_OUT_OFF, _P_SLOT, _P_RS_BYTES, _P_SPIN_MAX, _P_SPIN_CUR,
- _P_ROUND, _P_PREV, _P_HASPREV, _P_PHASE, _P_CHUNK, _P_TARGET, _P_ERRNO) = range(32, 47)
+ _P_ROUND, _P_PREV, _P_HASPREV, _P_PHASE, _P_CHUNK, _P_TARGET, _P_ERRNO,
+ _P_OPS, _P_INOP, _P_SIG) = range(32, 50)
 _REASON_OFF = 512
 # statuses of the C allreduce
 NATIVE_DONE, NATIVE_PENDING, NATIVE_ABORT, NATIVE_MISMATCH, NATIVE_CMA_FAILED = 0, 1, 2, 3, 4
+NATIVE_SIG_MISMATCH = 5
 NATIVE_NOT_ELIGIBLE = -1
+# shared ctrl words: the two signature slots (see "Signatures" above; dsn_shm.h), each
+# kind | reduce << 4 | root << 8 | dtype id << 16, count of collectives, nbytes low, high
+_SIG, _SIG_WORDS = 4, 4
+(_K_ALLREDUCE, _K_BROADCAST, _K_REDUCE, _K_ALLGATHER, _K_GATHER, _K_SCATTER,
+ _K_REDUCE_SCATTER, _K_ALL_TO_ALL, _K_BARRIER, _K_ALLREDUCE_SYM, _K_ALLGATHER_SYM,
+ _K_REDUCE_SCATTER_SYM) = range(1, 13)
+_KIND_NAMES = {_K_ALLREDUCE: "allreduce", _K_BROADCAST: "broadcast", _K_REDUCE: "reduce",
+               _K_ALLGATHER: "allgather", _K_GATHER: "gather", _K_SCATTER: "scatter",
+               _K_REDUCE_SCATTER: "reduce_scatter", _K_ALL_TO_ALL: "all_to_all",
+               _K_BARRIER: "barrier",
+               _K_ALLREDUCE_SYM: "allreduce (symmetric buffer)",
+               _K_ALLGATHER_SYM: "allgather (symmetric buffer)",
+               _K_REDUCE_SCATTER_SYM: "reduce_scatter (symmetric buffer)"}
+_ROOTED = (_K_BROADCAST, _K_REDUCE, _K_GATHER, _K_SCATTER)
+_REDUCING = (_K_ALLREDUCE, _K_REDUCE, _K_REDUCE_SCATTER, _K_ALLREDUCE_SYM,
+             _K_REDUCE_SCATTER_SYM)
+# reduce ops as the C kernels number them (deepseek.native.REDUCE_OPS)
+_RED_CODES = {ReduceOp.SUM: 0, ReduceOp.AVG: 1, ReduceOp.MAX: 2, ReduceOp.MIN: 3,
+              ReduceOp.PRODUCT: 4}
+_RED_NAMES = {c: op.name for op, c in _RED_CODES.items()}
+# Python reads and writes a signature as two int64 words (fewer, cheaper memoryview
+# accesses): (word 0 | count << 32) and the byte count, for a little-endian machine
+_LITTLE = sys.byteorder == "little"
+_M64, _H64 = (1 << 64) - 1, 1 << 63
 # kinds of the C collectives (dsn_shm.h)
 _COLL_ALLGATHER, _COLL_GATHER, _COLL_REDUCE_SCATTER, _COLL_BROADCAST = 1, 2, 3, 4
-COLL_ALLGATHER_CMA = 5
+COLL_ALLGATHER_CMA, _COLL_BARRIER = 5, 6
 # shared ctrl words: this process's address of the segment (low, high; for the
 # cross-memory-attach probe) and the probe's verdict (1 works, 2 does not)
 _SEG_ADDR, _CMA_OK = 24, 26
-_CMA_LEN = 30  # where the single-copy allgather publishes its size (dsn_shm.h)
 # shared ctrl words where a symmetric allreduce publishes its piece (dsn_shm.h)
 _SYM_SIG, _SYM_SIG_LEN = 16, 5
 # int32 words inside a channel block
@@ -134,6 +190,57 @@ def _reached(cur, target):
 
 def _wrap(v):
     return ((v + _H32) & _M32) - _H32
+
+
+# dtype ids of the signatures: the C kernels' dtypes are theirs + 1 (dsn_shm.h computes
+# it from the kernel code; deepseek.native._DTYPE_CODES), the others fixed here, so that
+# every process picks the same id without the native module
+_DTYPE_IDS = {np.dtype(np.float32): 1, np.dtype(np.float16): 2, np.dtype(np.int32): 4,
+              np.dtype(np.int64): 5, np.dtype(np.float64): 6, np.dtype(np.bool_): 7,
+              np.dtype(np.int8): 8, np.dtype(np.uint8): 9, np.dtype(np.int16): 10,
+              np.dtype(np.uint16): 11, np.dtype(np.uint32): 12, np.dtype(np.uint64): 13,
+              np.dtype(np.complex64): 14, np.dtype(np.complex128): 15}
+if _BF16 is not None:
+    _DTYPE_IDS[_BF16] = 3
+_DTYPE_NAMES = {i: str(dt) for dt, i in _DTYPE_IDS.items()}
+
+
+def _dtype_id(dtype):
+    """The signature's id of ``dtype`` (1..255, the same in every process)."""
+    i = _DTYPE_IDS.get(dtype)
+    if i is None:
+        # anything else: a stable hash of the full description (byte order included)
+        dtype = np.dtype(dtype)
+        i = _DTYPE_IDS.get(dtype) or 16 + zlib.crc32(dtype.str.encode()) % 240
+        _DTYPE_IDS[dtype] = i
+        _DTYPE_NAMES.setdefault(i, str(dtype))
+    return i
+
+
+def _wrap64(v):
+    return ((v + _H64) & _M64) - _H64
+
+
+def _decode_sig(sig, seq=None):
+    """What a rank's signature words say (the four int32 words), as the fields of
+    ``ctx.mismatch_error`` (empty: the slot was never written)."""
+    w0, _, lo, hi = sig
+    kind = w0 & 15
+    if not kind:
+        return {}
+    d = {"op": _KIND_NAMES.get(kind, f"kind {kind}")}
+    if kind != _K_BARRIER:
+        dt = (w0 >> 16) & 0xFF
+        d["dtype"] = _DTYPE_NAMES.get(dt, f"dtype id {dt}")
+        d["nbytes"] = (hi & _M32) << 32 | (lo & _M32)
+    if kind in _ROOTED:
+        d["root"] = (w0 >> 8) & 0xFF
+    if kind in _REDUCING:
+        r = (w0 >> 4) & 15
+        d["reduce"] = _RED_NAMES.get(r, f"op {r}")
+    if seq is not None:
+        d["seq"] = seq
+    return d
 
 
 def _sig_code(dtype, op):
@@ -175,6 +282,7 @@ class ShmTransport(Backend):
         buf = segment.buf
         self._u8 = np.frombuffer(buf, dtype=np.uint8)
         self._w = memoryview(buf).cast("i")
+        self._q = memoryview(buf).cast("q")  # the signatures, two int64 words each
         self._addr = self._u8.ctypes.data
         off = 0
         self._ctrl_off = off
@@ -189,6 +297,7 @@ class ShmTransport(Backend):
         self._step_idx = [(self._ctrl_off + r * CTRL_BYTES) // 4 + _STEP for r in range(n)]
         self._my = self._step_idx[rank]
         self._pv = self._ctrl_word(rank, 0)  # + _P_* = a private word
+        self._qsig = self._pv // 2 + _SIG // 2  # this rank's signature slots, int64 index
         self.rs_bytes = rs_bytes
         # the C allreduce (GIL released, no Python per chunk) when the native kernels
         # are in use; otherwise the numpy implementation below, same protocol
@@ -208,9 +317,13 @@ class ShmTransport(Backend):
         except Exception:  # noqa: BLE001 - optional at run time
             self.kernel = None
         self.sym_kernel = self.coll_kernel = None
+        self._barrier_kernel = None
         if self.kernel is not None:
             self.sym_kernel = _native.shm_sym_kernel()
             self.coll_kernel = _native.shm_coll_kernel()
+            kernel, addr, dummy = self.coll_kernel, self.state_addr, np.empty(0, np.uint8)
+            self._barrier_kernel = lambda budget: kernel(addr, _COLL_BARRIER, dummy, None,
+                                                         -1, 0, budget)
         #: allreduce of a symmetric buffer takes the zero-copy path from this size on
         self.sym_bytes = _env_bytes("DEEPSEEK_SHM_SYM_BYTES", 32 << 10)
         self._sym = []          # SymmetricRegion records of this group
@@ -230,6 +343,7 @@ class ShmTransport(Backend):
         self._sent = [0] * n   # messages this rank posted to each dst
         self._acked = [0] * n  # messages this rank consumed from each src
         self._stash = {}       # (src, tag) -> list of received arrays of other tags
+        self._checked_round = None  # the last round whose signatures this rank compared
         self._closed = False
 
     # --- low-level words -----------------------------------------------------
@@ -374,14 +488,30 @@ class ShmTransport(Backend):
 
     def _check_abort(self, ctx):
         w = self._w
-        for p in self._peers:
-            if w[self._ctrl_word(p, _ABORT)]:
-                off = self._ctrl_off + p * CTRL_BYTES + _REASON_OFF
-                raw = bytes(self._u8[off: off + CTRL_BYTES - _REASON_OFF])
-                reason = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
-                raise PeerFailureError(
-                    f"{ctx.describe()}: group rank {p} (global rank {ctx.ranks[p]}) "
-                    f"aborted the group: {reason or 'no reason given'}", peers=[p])
+        aborted = [p for p in self._peers if w[self._ctrl_word(p, _ABORT)]]
+        if not aborted:
+            return
+        reasons = {}
+        for p in aborted:
+            off = self._ctrl_off + p * CTRL_BYTES + _REASON_OFF
+            raw = bytes(self._u8[off: off + CTRL_BYTES - _REASON_OFF])
+            reasons[p] = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+        found = [p for p in aborted if reasons[p].startswith(CollectiveMismatchError.__name__)]
+        if found:
+            # a peer found that the ranks called different collectives: the same error
+            # here, with its finding -- preferably first-hand (a peer that only relays
+            # another's abort quotes the table later in its reason, truncated)
+            def first_hand(q):
+                i = reasons[q].find("ranks disagree")
+                return i if i >= 0 else len(reasons[q]) + 1
+            p = min(found, key=first_hand)
+            raise CollectiveMismatchError(
+                f"{ctx.describe()}: group rank {p} (global rank {ctx.ranks[p]}) "
+                f"found mismatched collectives and aborted the group: {reasons[p]}")
+        p = aborted[0]
+        raise PeerFailureError(
+            f"{ctx.describe()}: group rank {p} (global rank {ctx.ranks[p]}) "
+            f"aborted the group: {reasons[p] or 'no reason given'}", peers=[p])
 
     def _check_alive(self, ctx, peers):
         import psutil
@@ -417,15 +547,83 @@ class ShmTransport(Backend):
         _futex.wake(self._addr + self._my * 4)  # whoever sleeps on our counter
 
     # --- rounds ----------------------------------------------------------------
-    def _begin_round(self, ctx):
-        """Start a round; returns the buffer half it may use (see module doc)."""
+    def _begin_round(self, ctx, sig):
+        """Start a round of the op with signature ``sig`` (from _op_sig); returns the
+        buffer half it may use (see module doc). Checks the previous round's
+        signatures of every peer (see "Signatures")."""
         w, pv = self._w, self._pv
         if w[pv + _P_HASPREV]:
             self._wait_all(ctx, self._peers, w[pv + _P_PREV])
+            prev = w[pv + _P_ROUND]
+            if prev != self._checked_round:  # else compared already, in that round
+                self._check_sig(ctx, self._peers, prev & 1)
         r = w[pv + _P_ROUND] = _wrap(w[pv + _P_ROUND] + 1)
         w[pv + _P_HASPREV] = 1
         w[pv + _P_PREV] = _wrap(w[self._my] + 1)
+        q = self._qsig + (r & 1) * 2
+        self._q[q], self._q[q + 1] = sig
         return r & 1
+
+    # --- signatures (see "Signatures" in the module doc) ---------------------------
+    def _op_sig(self, kind, dtype=None, nbytes=0, root=0, op=None):
+        """Count a collective begun here (in Python) and return its signature as the
+        two int64 words _begin_round writes."""
+        w, i = self._w, self._pv + _P_OPS
+        count = w[i] + 1
+        if count == _H32:
+            count = -_H32  # int32 wrap
+        w[i] = count
+        word = kind | (root & 0xFF) << 8
+        if op is not None:
+            word |= _RED_CODES[op] << 4
+        if dtype is not None:
+            word |= (_DTYPE_IDS.get(dtype) or _dtype_id(dtype)) << 16
+        if _LITTLE:  # count << 32 | word is already the signed int64 of the pair
+            return count << 32 | word, nbytes
+        return _wrap64(word << 32 | (count & _M32)), _wrap64(  # pragma: no cover
+            (nbytes & _M32) << 32 | nbytes >> 32)
+
+    def copy_code(self, dtype):
+        """The C collectives' ``code`` for a plain copy of ``dtype``: -1 - its
+        signature id (dsn_module.c), so C and Python ops compare the same dtype."""
+        return -1 - _dtype_id(dtype)
+
+    def _check_sig(self, ctx, peers, slot):
+        """Raise the mismatch error unless the ``peers`` (which have posted the step
+        that follows their signature) published the same signature in ``slot``."""
+        qv, stride = self._q, CTRL_BYTES // 8
+        q = self._qsig + slot * 2
+        a, b = qv[q], qv[q + 1]
+        base = q - self.rank * stride
+        for p in peers:
+            i = base + p * stride
+            if qv[i] != a or qv[i + 1] != b:
+                raise self._sig_mismatch(ctx, _SIG + slot * _SIG_WORDS)
+        if peers is self._peers:
+            self._checked_round = self._w[self._pv + _P_ROUND]
+
+    def _sig_mismatch(self, ctx, word=None):
+        """The CollectiveMismatchError for the signatures at ``word`` of every rank's
+        ctrl block (default: the slot the last check read, which the C kernels leave in
+        a private word), as ``ctx.mismatch_error`` words it."""
+        w = self._w
+        if word is None:
+            word = w[self._pv + _P_SIG]
+        sigs = [tuple(w[q: q + _SIG_WORDS]) for q in
+                (self._ctrl_word(r, word) for r in range(self.size))]
+        mine = sigs[self.rank]
+        # how many collectives ago the one that differs began here: 0 but where this
+        # rank found it only when its next op began (see "Signatures")
+        lag = _wrap(w[self._pv + _P_OPS] - mine[1])
+        seq = ctx.seq - lag
+        same = all(s[1] == mine[1] for s in sigs if s[0] & 15)
+        calls = [_decode_sig(s, None if same else seq + _wrap(s[1] - mine[1])) for s in sigs]
+        if not lag:
+            return ctx.mismatch_error(calls, source="collectives")
+        err = OpContext(ctx.op, seq, ctx.timeout, ctx.group, ctx.rank,
+                        ctx.ranks).mismatch_error(calls, source="collectives")
+        return CollectiveMismatchError(f"{err}\n(found on this rank when it began "
+                                       f"{ctx.describe()})")
 
     def _in(self, r, half, dtype, count, offset_bytes=0):
         off = self._in_off + (r * 2 + half) * self.C + offset_bytes
@@ -444,9 +642,12 @@ class ShmTransport(Backend):
 
     # --- collectives -------------------------------------------------------------
     def barrier(self, ctx):
-        self._begin_round(ctx)
+        if self._barrier_kernel is not None and self._drive(ctx, self._barrier_kernel):
+            return  # in C: about a microsecond less than the Python version below
+        h = self._begin_round(ctx, self._op_sig(_K_BARRIER))
         s = self._post()
         self._wait_all(ctx, self._peers, s)
+        self._check_sig(ctx, self._peers, h)
 
     # --- the C allreduce -------------------------------------------------------------
     def native_code(self, x, op):
@@ -469,10 +670,10 @@ class ShmTransport(Backend):
         kernel = self.sym_kernel
         return self._drive(ctx, lambda budget: kernel(addr, x, code, budget, table), status)
 
-    def _drive(self, ctx, call, status=None, mismatch=None):
-        """Call a resumable C kernel (``call(budget_ns) -> status``) until it is done;
-        ``mismatch(ctx)`` makes the error for the ranks disagreeing (default: on a
-        symmetric buffer piece)."""
+    def _drive(self, ctx, call, status=None):
+        """Call a resumable C kernel (``call(budget_ns) -> status``) until it is done,
+        turning its statuses into the errors: ranks in different collectives, on
+        different symmetric buffer pieces, aborts, dead peers, the deadline."""
         if status is None:
             status = call(50_000_000)
         next_alive = time.perf_counter() + 0.5
@@ -481,8 +682,10 @@ class ShmTransport(Backend):
                 return False
             if status == NATIVE_ABORT:
                 self._check_abort(ctx)
+            if status == NATIVE_SIG_MISMATCH:
+                raise self._sig_mismatch(ctx)
             if status == NATIVE_MISMATCH:
-                raise (mismatch or self._sym_mismatch)(ctx)
+                raise self._sym_mismatch(ctx)
             if status == NATIVE_CMA_FAILED:
                 self._check_alive(ctx, self._peers)
                 err = self._w[self._pv + _P_ERRNO]
@@ -497,30 +700,23 @@ class ShmTransport(Backend):
             status = call(int(min(0.05, max(ctx.deadline - now, 0.0)) * 1e9) + 1000)
         return True
 
-    def _native_coll(self, ctx, kind, x, out, code=-1, root=0, status=None):
+    def _native_coll(self, ctx, kind, x, out, code=None, root=0, status=None):
         """Run (or, given the ``status`` of a first call, finish) allgather / gather /
         reduce_scatter / broadcast (``kind``, as in native/src/dsn_shm.h) in C; False
         when the kernel is not there or refused the arguments before touching anything
-        (the Python version then runs)."""
+        (the Python version then runs). ``code`` None: a plain copy (copy_code)."""
         kernel = self.coll_kernel
         if kernel is None or type(x) is not np.ndarray or \
                 (out is not None and type(out) is not np.ndarray):
             return False
+        if code is None:
+            code = self.copy_code(x.dtype)
         if x.dtype == _BF16:
             x = x.view(np.uint16)
             out = None if out is None else out.view(np.uint16)
         addr = self.state_addr
         return self._drive(ctx, lambda budget: kernel(addr, kind, x, out, code, root, budget),
-                           status, self._cma_mismatch)
-
-    def _cma_mismatch(self, ctx):
-        sizes = []
-        for r in range(self.size):
-            q = self._ctrl_word(r, _CMA_LEN)
-            sizes.append((self._w[q] & _M32) | (self._w[q + 1] & _M32) << 32)
-        return CollectiveMismatchError(
-            f"{ctx.describe()}: the ranks passed allgather inputs of different sizes "
-            f"(bytes by group rank: {sizes})")
+                           status)
 
     def native_missing(self):
         """Peers that have not reached what the C allreduce waits for."""
@@ -538,8 +734,9 @@ class ShmTransport(Backend):
             return
         n, dt, me = self.size, x.dtype, self.rank
         rs = x.nbytes >= self.rs_bytes and x.size >= n
+        sig = self._op_sig(_K_ALLREDUCE, dt, x.nbytes, op=op)
         for lo, hi in self._chunks(x.size, dt.itemsize):
-            h = self._begin_round(ctx)
+            h = self._begin_round(ctx, sig)
             m = hi - lo
             chunk = x[lo:hi]
             mine = self._in(me, h, dt, m)
@@ -547,6 +744,7 @@ class ShmTransport(Backend):
                 mine[...] = chunk
                 s = self._post()
                 self._wait_all(ctx, self._peers, s)
+                self._check_sig(ctx, self._peers, h)
                 reduce_into(chunk, [self._in(r, h, dt, m) for r in range(n)], op)
                 continue
             # reduce-scatter + allgather. The peers never read this rank's own segment
@@ -557,6 +755,7 @@ class ShmTransport(Backend):
             mine[b:] = chunk[b:]
             s = self._post()
             self._wait_all(ctx, self._peers, s)
+            self._check_sig(ctx, self._peers, h)
             out = self._outbuf(h, dt, m)
             reduce_into(out[a:b], [chunk[a:b] if r == me else self._in(r, h, dt, m)[a:b]
                                    for r in range(n)], op)
@@ -627,15 +826,18 @@ class ShmTransport(Backend):
                 self._sym_tables[key] = hit
         return hit[0]
 
-    def _sym_peers(self, ctx, x, region, off, code=0):
+    def _sym_peers(self, ctx, x, region, off, code, opsig):
         """Every rank's copy of ``x`` (a symmetric piece), once all have arrived and
-        shown that they passed the same piece (the C kernel's check, in Python)."""
+        shown that they called the same op (``opsig``) and passed the same piece (the
+        C kernel's checks, in Python)."""
+        slot = self._begin_round(ctx, opsig)  # no slot used, but a signature's place
         w, base = self._w, self._ctrl_word(self.rank, _SYM_SIG)
         sig = [region.id, off & _M32, off >> 32, x.size & _M32, code]
         for i, v in enumerate(sig):
             w[base + i] = _wrap(v)
         s = self._post()
         self._wait_all(ctx, self._peers, s)
+        self._check_sig(ctx, self._peers, slot)
         mine = list(w[base: base + _SYM_SIG_LEN])
         for p in self._peers:
             q = self._ctrl_word(p, _SYM_SIG)
@@ -668,7 +870,8 @@ class ShmTransport(Backend):
             if self.native_allreduce(ctx, x, code, table=self.symmetric_table(x)):
                 return
         n, me = self.size, self.rank
-        views = self._sym_peers(ctx, x, region, off, _sig_code(x.dtype, op))
+        views = self._sym_peers(ctx, x, region, off, _sig_code(x.dtype, op),
+                                self._op_sig(_K_ALLREDUCE_SYM, x.dtype, x.nbytes, op=op))
         a, b = x.size * me // n, x.size * (me + 1) // n
         # into a temporary: reduce_into lets out alias only its first input
         seg = reduce_into(np.empty(b - a, x.dtype), [v[a:b] for v in views], op)
@@ -679,17 +882,20 @@ class ShmTransport(Backend):
     def reduce(self, ctx, x, root, op):
         n, dt = self.size, x.dtype
         rs = x.nbytes >= self.rs_bytes and x.size >= n
+        sig = self._op_sig(_K_REDUCE, dt, x.nbytes, root, op)
         for lo, hi in self._chunks(x.size, dt.itemsize):
-            h = self._begin_round(ctx)
+            h = self._begin_round(ctx, sig)
             m = hi - lo
             self._in(self.rank, h, dt, m)[...] = x[lo:hi]
             s = self._post()
             if not rs:
                 if self.rank == root:
                     self._wait_all(ctx, self._peers, s)
+                    self._check_sig(ctx, self._peers, h)
                     reduce_into(x[lo:hi], [self._in(r, h, dt, m) for r in range(n)], op)
                 continue
             self._wait_all(ctx, self._peers, s)
+            self._check_sig(ctx, self._peers, h)
             a, b = m * self.rank // n, m * (self.rank + 1) // n
             out = self._outbuf(h, dt, m)
             reduce_into(out[a:b], [self._in(r, h, dt, m)[a:b] for r in range(n)], op)
@@ -702,8 +908,9 @@ class ShmTransport(Backend):
         if self._native_coll(ctx, _COLL_BROADCAST, x, None, root=root):
             return
         dt = x.dtype
+        sig = self._op_sig(_K_BROADCAST, dt, x.nbytes, root)
         for lo, hi in self._chunks(x.size, dt.itemsize):
-            h = self._begin_round(ctx)
+            h = self._begin_round(ctx, sig)
             slot = self._in(root, h, dt, hi - lo)
             if self.rank == root:
                 slot[...] = x[lo:hi]
@@ -711,6 +918,7 @@ class ShmTransport(Backend):
             else:
                 s = self._post()
                 self._wait_all(ctx, [root], s)
+                self._check_sig(ctx, [root], h)
                 x[lo:hi] = slot
 
     def allgather(self, ctx, out, x):
@@ -718,7 +926,8 @@ class ShmTransport(Backend):
             found = self.find_symmetric(x)
             if found is not None:
                 self.sym_ops += 1
-                views = self._sym_peers(ctx, x, *found, code=-1)
+                views = self._sym_peers(ctx, x, *found, -1,
+                                        self._op_sig(_K_ALLGATHER_SYM, x.dtype, x.nbytes))
                 m = x.size
                 for r, v in enumerate(views):
                     out[r * m:(r + 1) * m] = v
@@ -735,20 +944,24 @@ class ShmTransport(Backend):
 
     def _gather(self, ctx, out, x, root):
         n, dt, m = self.size, x.dtype, x.size
+        sig = self._op_sig(_K_ALLGATHER, dt, x.nbytes) if root is None else \
+            self._op_sig(_K_GATHER, dt, x.nbytes, root)
         for lo, hi in self._chunks(m, dt.itemsize):
-            h = self._begin_round(ctx)
+            h = self._begin_round(ctx, sig)
             self._in(self.rank, h, dt, hi - lo)[...] = x[lo:hi]
             s = self._post()
             if root is not None and self.rank != root:
                 continue
             self._wait_all(ctx, self._peers, s)
+            self._check_sig(ctx, self._peers, h)
             for r in range(n):
                 out[r * m + lo: r * m + hi] = self._in(r, h, dt, hi - lo)
 
     def scatter(self, ctx, out, x, root):
         n, dt, m = self.size, out.dtype, out.size
+        sig = self._op_sig(_K_SCATTER, dt, out.nbytes, root)
         for lo, hi in self._chunks(m, dt.itemsize):
-            h = self._begin_round(ctx)
+            h = self._begin_round(ctx, sig)
             if self.rank == root:
                 for r in range(n):
                     self._in(r, h, dt, hi - lo)[...] = x[r * m + lo: r * m + hi]
@@ -757,19 +970,22 @@ class ShmTransport(Backend):
             else:
                 s = self._post()
                 self._wait_all(ctx, [root], s)
+                self._check_sig(ctx, [root], h)
                 out[lo:hi] = self._in(self.rank, h, dt, hi - lo)
 
-    def _pieces_in(self, ctx, x, m, lo, hi, dt):
+    def _pieces_in(self, ctx, x, m, lo, hi, dt, sig):
         """Copy piece chunks x[j*m+lo : j*m+hi] (j = 0..n-1, but not j = rank: only
-        this rank needs its own piece, and reads it from x) into this rank's slot."""
+        this rank needs its own piece, and reads it from x) into this rank's slot, in a
+        round of the op with signature ``sig``, and wait for every peer's."""
         n, c = self.size, hi - lo
-        h = self._begin_round(ctx)
+        h = self._begin_round(ctx, sig)
         mine = self._in(self.rank, h, dt, n * c)
         for j in range(n):
             if j != self.rank:
                 mine[j * c:(j + 1) * c] = x[j * m + lo: j * m + hi]
         s = self._post()
         self._wait_all(ctx, self._peers, s)
+        self._check_sig(ctx, self._peers, h)
         return h, c
 
     def reduce_scatter(self, ctx, out, x, op):
@@ -779,14 +995,17 @@ class ShmTransport(Backend):
             if found is not None:
                 self.sym_ops += 1
                 me = self.rank
-                views = self._sym_peers(ctx, x, *found, code=-2 - _sig_code(x.dtype, op))
+                views = self._sym_peers(ctx, x, *found, -2 - _sig_code(x.dtype, op),
+                                        self._op_sig(_K_REDUCE_SCATTER_SYM, out.dtype,
+                                                     out.nbytes, op=op))
                 reduce_into(out, [v[me * m:(me + 1) * m] for v in views], op)
                 return self._sym_done(ctx)
         code = self.native_code(out, op)
         if code is not None and self._native_coll(ctx, _COLL_REDUCE_SCATTER, x, out, code):
             return
+        sig = self._op_sig(_K_REDUCE_SCATTER, dt, out.nbytes, op=op)
         for lo, hi in self._chunks(m, dt.itemsize, n):
-            h, c = self._pieces_in(ctx, x, m, lo, hi, dt)
+            h, c = self._pieces_in(ctx, x, m, lo, hi, dt, sig)
             me = self.rank
             reduce_into(out[lo:hi],
                         [x[me * m + lo: me * m + hi] if r == me else
@@ -796,8 +1015,9 @@ class ShmTransport(Backend):
     def all_to_all(self, ctx, out, x):
         n, dt = self.size, x.dtype
         m = x.size // n
+        sig = self._op_sig(_K_ALL_TO_ALL, dt, x.nbytes)
         for lo, hi in self._chunks(m, dt.itemsize, n):
-            h, c = self._pieces_in(ctx, x, m, lo, hi, dt)
+            h, c = self._pieces_in(ctx, x, m, lo, hi, dt, sig)
             me = self.rank
             for r in range(n):
                 out[r * m + lo: r * m + hi] = x[me * m + lo: me * m + hi] if r == me else \
@@ -898,7 +1118,8 @@ class ShmTransport(Backend):
         self._sym = []
         self._sym_tables = {}
         self._w.release()
-        self._w = None
+        self._q.release()
+        self._w = self._q = None
         self._u8 = None
         self.seg.close()
 

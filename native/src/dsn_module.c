@@ -473,9 +473,10 @@ static int dsn_shm_parse(PyObject *const *args, const char *name, dsn_shm_call *
  * rank's ctrl block in the group's segment (its private words from word 32), code is
  * dtype * 8 + op, budget_ns bounds the time spent waiting for peers in this call.
  * Returns 0 done, 1 pending (call again with the same x to resume), 2 a peer aborted,
- * -1 not eligible (x not a writable C-contiguous buffer of that item size, bad code;
- * nothing was touched). METH_FASTCALL and no Python objects built: this is the
- * small-message latency path.
+ * 5 the ranks called different collectives (signatures differ; see dsn_shm.h), -1 not
+ * eligible (x not a writable C-contiguous buffer of that item size, bad code; nothing
+ * was touched). METH_FASTCALL and no Python objects built: this is the small-message
+ * latency path.
  */
 static PyObject *py_shm_allreduce(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -491,10 +492,14 @@ static PyObject *py_shm_allreduce(PyObject *self, PyObject *const *args, Py_ssiz
         return PyLong_FromLong(DSN_SHM_NOT_ELIGIBLE);
     }
     int st;
+    int32_t sig[DSN_SIG_WORDS];
+    dsn_shm_sig(sig, DSN_SIG_ALLREDUCE, c.op, 0, c.dtype + 1, (uint64_t)c.view.len);
+    dsn_shm_op_begin(c.pv, sig);
     Py_BEGIN_ALLOW_THREADS
     st = dsn_shm_allreduce_run(K, c.base, c.pv, (char *)c.view.buf, c.count, c.dtype, c.op,
-                               c.isz, dsn_now_ns() + c.budget);
+                               c.isz, sig, dsn_now_ns() + c.budget);
     Py_END_ALLOW_THREADS
+    dsn_shm_op_end(c.pv, st);
     PyBuffer_Release(&c.view);
     return PyLong_FromLong(st);
 }
@@ -535,10 +540,14 @@ static PyObject *py_shm_allreduce_sym(PyObject *self, PyObject *const *args, Py_
                                   (int32_t)(uint32_t)(off >> 32), (int32_t)(uint32_t)c.count,
                                   (int32_t)(c.dtype * 8 + c.op)};
     int st;
+    int32_t opsig[DSN_SIG_WORDS];
+    dsn_shm_sig(opsig, DSN_SIG_ALLREDUCE_SYM, c.op, 0, c.dtype + 1, (uint64_t)c.view.len);
+    dsn_shm_op_begin(c.pv, opsig);
     Py_BEGIN_ALLOW_THREADS
     st = dsn_shm_sym_allreduce_run(K, c.base, c.pv, bufs, sig, c.count, c.dtype, c.op,
-                                   c.isz, dsn_now_ns() + c.budget);
+                                   c.isz, opsig, dsn_now_ns() + c.budget);
     Py_END_ALLOW_THREADS
+    dsn_shm_op_end(c.pv, st);
     PyBuffer_Release(&c.view);
     return PyLong_FromLong(st);
 }
@@ -547,10 +556,12 @@ static PyObject *py_shm_allreduce_sym(PyObject *self, PyObject *const *args, Py_
  * shm_collective(state_addr, kind, x, out, code, root, budget_ns) -> status
  *
  * The slot protocol's allgather (kind 1), gather (2), reduce_scatter (3) and
- * broadcast (4) in C (see dsn_shm_coll_run), and the single-copy allgather (5, see
- * dsn_shm_allgather_cma_run; status 4: a read failed, errno in the private words).
- * code -1: a plain copy, counted in bytes (kinds 1, 2, 4, 5); else dtype * 8 + op as
- * for shm_allreduce (kind 3 needs one). x is
+ * broadcast (4) in C (see dsn_shm_coll_run), the single-copy allgather (5, see
+ * dsn_shm_allgather_cma_run; status 4: a read failed, errno in the private words) and
+ * the barrier (6: x, out, code and root are ignored; pass any buffer and None).
+ * code < 0: a plain copy, counted in bytes (kinds 1, 2, 4, 5), and -1 - code is the
+ * dtype id the ranks compare (collectives/backends/shm.py picks it); else dtype * 8 + op
+ * as for shm_allreduce (kind 3 needs one). x is
  * the input (broadcast: in and out, writable); out the output (None for broadcast and
  * on a gather's non-root ranks). Sizes: allgather / gather out = n * x; reduce_scatter
  * x = n * out. Same statuses as shm_allreduce; -1 (nothing touched) for any argument
@@ -577,8 +588,22 @@ static PyObject *py_shm_collective(PyObject *self, PyObject *const *args, Py_ssi
     int32_t *pv;
     char *base;
     if (!dsn_shm_state(addr, &pv, &base) || pv[DSN_P_SLOT] <= 0 ||
-        kind < DSN_COLL_ALLGATHER || kind > DSN_COLL_ALLGATHER_CMA)
+        kind < DSN_COLL_ALLGATHER || kind > DSN_COLL_BARRIER)
         return DSN_NOT_ELIGIBLE();
+#ifndef DSN_HAVE_CMA
+    /* refuse before the op is counted (dsn_shm_op_begin): Python then runs it */
+    if (kind == DSN_COLL_ALLGATHER_CMA) return DSN_NOT_ELIGIBLE();
+#endif
+    if (kind == DSN_COLL_BARRIER) {
+        int32_t sig[DSN_SIG_WORDS];
+        int st;
+        dsn_shm_sig(sig, DSN_SIG_BARRIER, 0, 0, 0, 0);
+        dsn_shm_op_begin(pv, sig);
+        Py_BEGIN_ALLOW_THREADS
+        st = dsn_shm_barrier_run(base, pv, sig, dsn_now_ns() + budget);
+        Py_END_ALLOW_THREADS
+        return PyLong_FromLong(dsn_shm_op_end(pv, st));
+    }
     int n = pv[DSN_P_N], me = pv[DSN_P_RANK];
     int dtype = 0, op = 0;
     size_t isz = 1;
@@ -618,14 +643,24 @@ static PyObject *py_shm_collective(PyObject *self, PyObject *const *args, Py_ssi
     int st = DSN_SHM_NOT_ELIGIBLE;
     if (ok) {
         char *out = kind == DSN_COLL_BROADCAST ? (char *)xv.buf : need_out ? (char *)ov.buf : NULL;
+        static const int sig_kinds[] = {0, DSN_SIG_ALLGATHER, DSN_SIG_GATHER,
+                                        DSN_SIG_REDUCE_SCATTER, DSN_SIG_BROADCAST,
+                                        DSN_SIG_ALLGATHER};
+        int rooted = kind == DSN_COLL_GATHER || kind == DSN_COLL_BROADCAST;
+        int32_t sig[DSN_SIG_WORDS];
+        dsn_shm_sig(sig, sig_kinds[kind], kind == DSN_COLL_REDUCE_SCATTER ? op : 0,
+                    rooted ? (int)root : 0,
+                    code >= 0 ? dtype + 1 : (int)(-1 - code), (uint64_t)m * isz);
+        dsn_shm_op_begin(pv, sig);
         Py_BEGIN_ALLOW_THREADS
         if (kind == DSN_COLL_ALLGATHER_CMA)
-            st = dsn_shm_allgather_cma_run(base, pv, (const char *)xv.buf, out, m * isz,
+            st = dsn_shm_allgather_cma_run(base, pv, (const char *)xv.buf, out, m * isz, sig,
                                            dsn_now_ns() + budget);
         else
             st = dsn_shm_coll_run(K, base, pv, (int)kind, (const char *)xv.buf, out, m,
-                                  (int)root, dtype, op, isz, dsn_now_ns() + budget);
+                                  (int)root, dtype, op, isz, sig, dsn_now_ns() + budget);
         Py_END_ALLOW_THREADS
+        dsn_shm_op_end(pv, st);
     }
     if (need_out) PyBuffer_Release(&ov);
     PyBuffer_Release(&xv);

@@ -6,7 +6,8 @@
  * other collective in Python on the same words:
  *
  *   ctrl block of rank r at base + r * DSN_SHM_CTRL (int32 words):
- *     0 step (posted progress counter, wrapping), 1 sleepers flag, 2 abort, 3 pid;
+ *     0 step (posted progress counter, wrapping), 1 sleepers flag, 2 abort, 3 pid,
+ *     4..11 the two signature slots (see below);
  *     32.. this rank's private state (geometry, round counter, resumable op state),
  *     on its own cache line so that peers polling the step word do not see it change.
  *   in:  per rank two halves of one slot (double buffering), `slot` bytes each
@@ -21,6 +22,13 @@
  * the call's deadline returns DSN_SHM_PENDING with the state saved in the private
  * words; calling again with the same array resumes. So the caller (Python) decides
  * about timeouts, peer liveness and signals, and C never blocks for long.
+ *
+ * Every collective, here and in Python, publishes its signature (what it is: op kind,
+ * reduce op, root, dtype, byte count, and the rank's count of collectives so far) in
+ * one of two slots of its ctrl block before its first post of each round, and compares
+ * it with the peers' after the first wait of the round: ranks that called different
+ * collectives fail with DSN_SHM_SIG_MISMATCH instead of mixing unrelated data. See
+ * "Signatures" in collectives/backends/shm.py for the slots and why two suffice.
  */
 #ifndef DSN_SHM_H
 #define DSN_SHM_H
@@ -50,18 +58,33 @@ enum { DSN_W_STEP = 0, DSN_W_SLEEP = 1, DSN_W_ABORT = 2, DSN_W_PID = 3 };
 enum {
     DSN_P_N = 32, DSN_P_RANK, DSN_P_IN_OFF, DSN_P_OUT_OFF, DSN_P_SLOT, DSN_P_RS_BYTES,
     DSN_P_SPIN_MAX, DSN_P_SPIN_CUR, DSN_P_ROUND, DSN_P_PREV, DSN_P_HASPREV,
-    DSN_P_PHASE, DSN_P_CHUNK, DSN_P_TARGET, DSN_P_ERRNO
+    DSN_P_PHASE, DSN_P_CHUNK, DSN_P_TARGET, DSN_P_ERRNO,
+    /* collectives begun so far (the signature's count), whether a C op is under way
+     * (so that resuming it does not count it again), and the word of the signature
+     * slot the last check read (for the error the caller builds) */
+    DSN_P_OPS, DSN_P_INOP, DSN_P_SIG
 };
 /* statuses (must match collectives/backends/shm.py) */
 enum { DSN_SHM_DONE = 0, DSN_SHM_PENDING = 1, DSN_SHM_ABORT = 2, DSN_SHM_MISMATCH = 3,
        DSN_SHM_NOT_ELIGIBLE = -1 };
+#define DSN_SHM_SIG_MISMATCH 5
+/* signature slots (shared words on the step word's cache line, which a waiting peer has
+ * just read anyway): slot s at DSN_W_SIG + 4 s holds kind | reduce << 4 | root << 8 |
+ * dtype << 16, the count of collectives, and the byte count (low, high) */
+enum { DSN_W_SIG = 4, DSN_SIG_WORDS = 4 };
+/* signature kinds (must match collectives/backends/shm.py) */
+enum {
+    DSN_SIG_ALLREDUCE = 1, DSN_SIG_BROADCAST, DSN_SIG_REDUCE, DSN_SIG_ALLGATHER,
+    DSN_SIG_GATHER, DSN_SIG_SCATTER, DSN_SIG_REDUCE_SCATTER, DSN_SIG_ALL_TO_ALL,
+    DSN_SIG_BARRIER, DSN_SIG_ALLREDUCE_SYM, DSN_SIG_ALLGATHER_SYM, DSN_SIG_REDUCE_SCATTER_SYM
+};
 /* shared words (second cache line of the ctrl block) where a symmetric allreduce
  * publishes what it was given, for the peers to compare: allocation id, byte offset
  * in the region (low, high), element count (low), kernel code */
 enum { DSN_W_SYM = 16, DSN_W_SYM_LEN = 5 };
-/* shared words of the single-copy allgather: the address of x in its process and its
- * byte count (low, high each) */
-enum { DSN_W_CMA_ADDR = 28, DSN_W_CMA_LEN = 30 };
+/* shared words of the single-copy allgather: the address of x in its process (low,
+ * high); the sizes are compared through the signatures */
+enum { DSN_W_CMA_ADDR = 28 };
 #define DSN_SHM_CMA_FAILED 4
 #define DSN_SHM_MAX_RANKS 256
 #define DSN_SHM_SPIN_MIN_NS 100000LL     /* adaptive spin floor, see dsn_shm_wait_all */
@@ -197,19 +220,86 @@ static int dsn_shm_wait_all(char *base, int32_t *pv, int32_t target, int64_t dea
     return DSN_SHM_DONE;
 }
 
+/* The signature of a collective (see DSN_W_SIG): kind, reduce op, root, dtype id (the
+ * kernel's dtype + 1, or what Python chose for a plain copy), byte count; word 1, the
+ * count of collectives, is filled in by dsn_shm_op_begin. */
+static inline void dsn_shm_sig(int32_t *sig, int kind, int reduce, int root, int dtype_id,
+                               uint64_t nbytes)
+{
+    sig[0] = (int32_t)((uint32_t)kind | (uint32_t)reduce << 4 | (uint32_t)(root & 0xff) << 8 |
+                       (uint32_t)(dtype_id & 0xff) << 16);
+    sig[1] = 0;
+    sig[2] = (int32_t)(uint32_t)nbytes;
+    sig[3] = (int32_t)(uint32_t)(nbytes >> 32);
+}
+
+/* A C op starts (counted once, however often a PENDING call is resumed): fill in the
+ * count of collectives. */
+static inline void dsn_shm_op_begin(int32_t *pv, int32_t *sig)
+{
+    if (!pv[DSN_P_INOP]) {
+        pv[DSN_P_INOP] = 1;
+        pv[DSN_P_OPS] = (int32_t)((uint32_t)pv[DSN_P_OPS] + 1u);
+    }
+    sig[1] = pv[DSN_P_OPS];
+}
+
+/* The op is over unless it only paused (PENDING, or ABORT, which Python turns into an
+ * exception but which leaves the state resumable). */
+static inline int dsn_shm_op_end(int32_t *pv, int st)
+{
+    if (st != DSN_SHM_PENDING && st != DSN_SHM_ABORT) pv[DSN_P_INOP] = 0;
+    return st;
+}
+
+/* Publish this op's signature in slot `slot` (before the post the peers wait for). */
+static inline void dsn_shm_put_sig(char *base, int32_t *pv, int slot, const int32_t *sig)
+{
+    int32_t *myc = dsn_ctrl(base, pv[DSN_P_RANK]);
+    int w = DSN_W_SIG + slot * DSN_SIG_WORDS;
+    for (int i = 0; i < DSN_SIG_WORDS; i++) myc[w + i] = sig[i];
+    pv[DSN_P_SIG] = w;
+}
+
+/* After waiting for peer p (or, p < 0, for every peer) to post: 0 when its signature in
+ * the slot of pv[DSN_P_SIG] equals this rank's, else DSN_SHM_SIG_MISMATCH (the op
+ * state reset: the caller raises and the group is broken). */
+static inline int dsn_shm_check_sig(char *base, int32_t *pv, int p)
+{
+    int n = pv[DSN_P_N], me = pv[DSN_P_RANK], w = pv[DSN_P_SIG];
+    const int32_t *mine = dsn_ctrl(base, me) + w;
+    for (int r = p < 0 ? 0 : p; r < (p < 0 ? n : p + 1); r++) {
+        if (r == me) continue;
+        const int32_t *theirs = dsn_ctrl(base, r) + w;
+        if (theirs[0] != mine[0] || theirs[1] != mine[1] || theirs[2] != mine[2] ||
+            theirs[3] != mine[3]) {
+            pv[DSN_P_PHASE] = 0;
+            pv[DSN_P_CHUNK] = 0;
+            return DSN_SHM_SIG_MISMATCH;
+        }
+    }
+    return DSN_SHM_DONE;
+}
+
 /* Begin a round: once every peer posted the first step of the previous round, nobody
- * reads the half used two rounds ago any more; claim it (ROUND & 1 is the half).
- * Resumable: a PENDING return leaves the round unclaimed. */
-static int dsn_shm_begin_round(char *base, int32_t *pv, int64_t deadline)
+ * reads the half used two rounds ago any more; claim it (ROUND & 1 is the half) and
+ * publish sig in the signature slot of the same parity. The peers' signatures of the
+ * previous round are compared too (all of them have posted it now): that catches the
+ * ranks whose part of a mismatched op waited for nobody (a broadcast root) at their
+ * next op. Resumable: a PENDING return leaves the round unclaimed. */
+static int dsn_shm_begin_round(char *base, int32_t *pv, const int32_t *sig, int64_t deadline)
 {
     if (pv[DSN_P_HASPREV]) {
         pv[DSN_P_TARGET] = pv[DSN_P_PREV];
         int st = dsn_shm_wait_all(base, pv, pv[DSN_P_TARGET], deadline);
         if (st) return st;
+        pv[DSN_P_SIG] = DSN_W_SIG + (pv[DSN_P_ROUND] & 1) * DSN_SIG_WORDS;
+        if ((st = dsn_shm_check_sig(base, pv, -1))) return st;
     }
     pv[DSN_P_ROUND] = (int32_t)((uint32_t)pv[DSN_P_ROUND] + 1u);
     pv[DSN_P_HASPREV] = 1;
     pv[DSN_P_PREV] = (int32_t)((uint32_t)dsn_ctrl(base, pv[DSN_P_RANK])[DSN_W_STEP] + 1u);
+    dsn_shm_put_sig(base, pv, pv[DSN_P_ROUND] & 1, sig);
     return DSN_SHM_DONE;
 }
 
@@ -237,7 +327,8 @@ static inline void dsn_shm_chunk_done(int32_t *pv)
 
 /* The allreduce state machine (see the file comment); x holds count elements. */
 static int dsn_shm_allreduce_run(const dsn_kernels *k, char *base, int32_t *pv, char *x,
-                                 size_t count, int dtype, int op, size_t isz, int64_t deadline)
+                                 size_t count, int dtype, int op, size_t isz,
+                                 const int32_t *sig, int64_t deadline)
 {
     int n = pv[DSN_P_N], me = pv[DSN_P_RANK];
     size_t C = (size_t)(uint32_t)pv[DSN_P_SLOT];
@@ -254,7 +345,7 @@ static int dsn_shm_allreduce_run(const dsn_kernels *k, char *base, int32_t *pv, 
         int h;
         switch (pv[DSN_P_PHASE]) {
         case 0:
-            if ((st = dsn_shm_begin_round(base, pv, deadline))) return st;
+            if ((st = dsn_shm_begin_round(base, pv, sig, deadline))) return st;
             h = pv[DSN_P_ROUND] & 1;
             {
                 char *mine = in + ((size_t)me * 2 + (size_t)h) * C;
@@ -270,6 +361,7 @@ static int dsn_shm_allreduce_run(const dsn_kernels *k, char *base, int32_t *pv, 
             /* fall through */
         case 1:
             if ((st = dsn_shm_wait_all(base, pv, pv[DSN_P_TARGET], deadline))) return st;
+            if ((st = dsn_shm_check_sig(base, pv, -1))) return st;
             h = pv[DSN_P_ROUND] & 1;
             if (!rs) {
                 for (int r = 0; r < n; r++) ptrs[r] = in + ((size_t)r * 2 + (size_t)h) * C;
@@ -322,11 +414,31 @@ static int dsn_shm_allreduce_run(const dsn_kernels *k, char *base, int32_t *pv, 
  * Resumable like the allreduce (phases 0 and 20).
  */
 enum { DSN_COLL_ALLGATHER = 1, DSN_COLL_GATHER = 2, DSN_COLL_REDUCE_SCATTER = 3,
-       DSN_COLL_BROADCAST = 4, DSN_COLL_ALLGATHER_CMA = 5 };
+       DSN_COLL_BROADCAST = 4, DSN_COLL_ALLGATHER_CMA = 5, DSN_COLL_BARRIER = 6 };
+
+/* Barrier: one round, post, wait for all, compare signatures (phases 0 and 30). */
+static int dsn_shm_barrier_run(char *base, int32_t *pv, const int32_t *sig, int64_t deadline)
+{
+    int st;
+    switch (pv[DSN_P_PHASE]) {
+    case 0:
+        if ((st = dsn_shm_begin_round(base, pv, sig, deadline))) return st;
+        pv[DSN_P_TARGET] = dsn_shm_post(dsn_ctrl(base, pv[DSN_P_RANK]));
+        pv[DSN_P_PHASE] = 30;
+        /* fall through */
+    case 30:
+        if ((st = dsn_shm_wait_all(base, pv, pv[DSN_P_TARGET], deadline))) return st;
+        if ((st = dsn_shm_check_sig(base, pv, -1))) return st;
+        pv[DSN_P_PHASE] = 0;
+        return DSN_SHM_DONE;
+    default:
+        return DSN_SHM_NOT_ELIGIBLE;
+    }
+}
 
 static int dsn_shm_coll_run(const dsn_kernels *k, char *base, int32_t *pv, int kind,
                             const char *x, char *out, size_t m, int root, int dtype, int op,
-                            size_t isz, int64_t deadline)
+                            size_t isz, const int32_t *sig, int64_t deadline)
 {
     int n = pv[DSN_P_N], me = pv[DSN_P_RANK];
     size_t C = (size_t)(uint32_t)pv[DSN_P_SLOT];
@@ -340,7 +452,7 @@ static int dsn_shm_coll_run(const dsn_kernels *k, char *base, int32_t *pv, int k
 #define DSN_SLOT(r) (in + ((size_t)(r) * 2 + (size_t)(pv[DSN_P_ROUND] & 1)) * C)
         switch (pv[DSN_P_PHASE]) {
         case 0:
-            if ((st = dsn_shm_begin_round(base, pv, deadline))) return st;
+            if ((st = dsn_shm_begin_round(base, pv, sig, deadline))) return st;
             if (kind == DSN_COLL_REDUCE_SCATTER) {
                 for (int j = 0; j < n; j++)   /* my own piece is read from x */
                     if (j != me)
@@ -357,10 +469,12 @@ static int dsn_shm_coll_run(const dsn_kernels *k, char *base, int32_t *pv, int k
                 if (me != root) {
                     if ((st = dsn_shm_wait_peer(base, pv, root, pv[DSN_P_TARGET], deadline)))
                         return st;
+                    if ((st = dsn_shm_check_sig(base, pv, root))) return st;
                     memcpy(out + lo * isz, DSN_SLOT(root), c * isz);
                 }
             } else if (kind != DSN_COLL_GATHER || me == root) {
                 if ((st = dsn_shm_wait_all(base, pv, pv[DSN_P_TARGET], deadline))) return st;
+                if ((st = dsn_shm_check_sig(base, pv, -1))) return st;
                 if (kind == DSN_COLL_REDUCE_SCATTER) {
                     for (int r = 0; r < n; r++)
                         ptrs[r] = r == me ? x + ((size_t)me * m + lo) * isz
@@ -384,14 +498,16 @@ static int dsn_shm_coll_run(const dsn_kernels *k, char *base, int32_t *pv, int k
 /*
  * Single-copy allgather through cross-memory attach (process_vm_readv: the kernel
  * copies straight from a peer's x into out), for large messages where staging through
- * the slots would copy every byte twice. Publish x's address and size, post, wait for
- * all; check the sizes agree (MISMATCH); copy my x into out and read every peer's;
+ * the slots would copy every byte twice. Claim a round (it uses no slot, but its
+ * signature goes where a round's does), publish x's address, post, wait for all; check
+ * the signatures agree (SIG_MISMATCH: sizes or ops differ); copy my x into out and read
+ * every peer's;
  * post, wait for all (nobody reads my x any more). The group turns it on only after
  * every rank could read every peer this way (collectives/backends/shm.py). Phases
  * 60/61; CMA_FAILED, with errno in the private word DSN_P_ERRNO, when a read fails.
  */
 static int dsn_shm_allgather_cma_run(char *base, int32_t *pv, const char *x, char *out,
-                                     size_t nb, int64_t deadline)
+                                     size_t nb, const int32_t *sig, int64_t deadline)
 {
 #ifdef DSN_HAVE_CMA
     int n = pv[DSN_P_N], me = pv[DSN_P_RANK];
@@ -399,20 +515,15 @@ static int dsn_shm_allgather_cma_run(char *base, int32_t *pv, const char *x, cha
     int st;
     switch (pv[DSN_P_PHASE]) {
     case 0:
+        if ((st = dsn_shm_begin_round(base, pv, sig, deadline))) return st;
         myc[DSN_W_CMA_ADDR] = (int32_t)(uint32_t)(uintptr_t)x;
         myc[DSN_W_CMA_ADDR + 1] = (int32_t)(uint32_t)((uint64_t)(uintptr_t)x >> 32);
-        myc[DSN_W_CMA_LEN] = (int32_t)(uint32_t)nb;
-        myc[DSN_W_CMA_LEN + 1] = (int32_t)(uint32_t)((uint64_t)nb >> 32);
         pv[DSN_P_TARGET] = dsn_shm_post(myc);
         pv[DSN_P_PHASE] = 60;
         /* fall through */
     case 60:
         if ((st = dsn_shm_wait_all(base, pv, pv[DSN_P_TARGET], deadline))) return st;
-        for (int p = 0; p < n; p++)
-            if (memcmp(dsn_ctrl(base, p) + DSN_W_CMA_LEN, myc + DSN_W_CMA_LEN, 8)) {
-                pv[DSN_P_PHASE] = 0;
-                return DSN_SHM_MISMATCH;
-            }
+        if ((st = dsn_shm_check_sig(base, pv, -1))) return st;
         memcpy(out + (size_t)me * nb, x, nb);
         for (int p = 0; p < n; p++) {
             if (p == me) continue;
@@ -443,7 +554,7 @@ static int dsn_shm_allgather_cma_run(char *base, int32_t *pv, const char *x, cha
         return DSN_SHM_NOT_ELIGIBLE;
     }
 #else
-    (void)base; (void)pv; (void)x; (void)out; (void)nb; (void)deadline;
+    (void)base; (void)pv; (void)x; (void)out; (void)nb; (void)sig; (void)deadline;
     return DSN_SHM_NOT_ELIGIBLE;
 #endif
 }
@@ -451,10 +562,12 @@ static int dsn_shm_allgather_cma_run(char *base, int32_t *pv, const char *x, cha
 /*
  * Allreduce of a symmetric buffer: every rank's x lives in shared memory that all ranks
  * map (bufs[r] is rank r's x as mapped in this process), so no staging copy is needed.
- * Publish what x is (sig: allocation id, offset, count, code), post (my x holds my
- * input), wait for all, and check that every peer passed the same piece: reading a
- * different one would silently mix unrelated data, so a difference returns MISMATCH on
- * every rank (each compares with all). Then reduce my 1/n segment from every rank's x
+ * Claim a round (it uses no slot, but its signature, opsig, goes where a round's does),
+ * publish what x is (sig: allocation id, offset, count, code), post (my x holds my
+ * input), wait for all, and check that every peer called the same op (else
+ * SIG_MISMATCH) and passed the same piece: reading a different one would silently mix
+ * unrelated data, so a difference returns MISMATCH on every rank (each compares with
+ * all). Then reduce my 1/n segment from every rank's x
  * in rank order into my x, block by block, and copy each block from L1 into every
  * peer's x; post, wait for all (nobody reads or writes my x any more). Each rank reads
  * the message once and writes it once, half of what staging through slots costs.
@@ -462,7 +575,8 @@ static int dsn_shm_allgather_cma_run(char *base, int32_t *pv, const char *x, cha
  */
 static int dsn_shm_sym_allreduce_run(const dsn_kernels *k, char *base, int32_t *pv,
                                      char *const *bufs, const int32_t *sig, size_t count,
-                                     int dtype, int op, size_t isz, int64_t deadline)
+                                     int dtype, int op, size_t isz, const int32_t *opsig,
+                                     int64_t deadline)
 {
     int n = pv[DSN_P_N], me = pv[DSN_P_RANK];
     int32_t *myc = dsn_ctrl(base, me);
@@ -470,12 +584,14 @@ static int dsn_shm_sym_allreduce_run(const dsn_kernels *k, char *base, int32_t *
     int st;
     switch (pv[DSN_P_PHASE]) {
     case 0:
+        if ((st = dsn_shm_begin_round(base, pv, opsig, deadline))) return st;
         for (int i = 0; i < DSN_W_SYM_LEN; i++) myc[DSN_W_SYM + i] = sig[i];
         pv[DSN_P_TARGET] = dsn_shm_post(myc);
         pv[DSN_P_PHASE] = 10;
         /* fall through */
     case 10:
         if ((st = dsn_shm_wait_all(base, pv, pv[DSN_P_TARGET], deadline))) return st;
+        if ((st = dsn_shm_check_sig(base, pv, -1))) return st;
         for (int p = 0; p < n; p++)
             if (memcmp(dsn_ctrl(base, p) + DSN_W_SYM, myc + DSN_W_SYM,
                        DSN_W_SYM_LEN * sizeof(int32_t))) {
