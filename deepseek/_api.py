@@ -13,40 +13,67 @@ from .random import Generator, manual_seed, seed, initial_seed, get_rng_state, s
 from .ops import *  # noqa: E402,F401,F403
 from .ops import abs, max, min, sum, pow  # noqa: E402,F401  (shadow builtins like torch does)
 from .ops.creation import (zeros, ones, empty, full, zeros_like, ones_like, empty_like,  # noqa: E402
-                           full_like, arange, linspace, eye, randn, rand, randint, randperm,
-                           normal, bernoulli, multinomial)
+                           full_like, arange, linspace, logspace, eye, randn, rand, randint, randperm,
+                           normal, bernoulli, multinomial, randn_like, rand_like, randint_like)
+from .dtypes import int16 as short  # noqa: E402,F401
+from ._api_extra import (finfo, iinfo, dtype, compile, set_printoptions, get_num_threads,  # noqa: E402,F401
+                         set_num_threads, use_deterministic_algorithms,
+                         are_deterministic_algorithms_enabled, set_float32_matmul_precision,
+                         get_float32_matmul_precision, is_nonzero, is_complex, result_type,
+                         can_cast, typename, dropout, broadcast_tensors, broadcast_shapes,
+                         chain_matmul, rsub)
 
 as_tensor = tensor
 
 
 def is_floating_point(t):
+    """True when ``t`` has a floating dtype."""
     return t.is_floating_point()
 
 
 def numel(t):
+    """Number of elements of ``t``."""
     return t.numel()
 
 
-def softmax(x, dim):
+def softmax(x, dim, dtype=None):
+    """``nn.functional.softmax``."""
     from .nn import functional as F
-    return F.softmax(x, dim)
+    return F.softmax(x, dim, dtype=dtype)
 
 
-def log_softmax(x, dim):
+def log_softmax(x, dim, dtype=None):
+    """``nn.functional.log_softmax``."""
     from .nn import functional as F
-    return F.log_softmax(x, dim)
+    return F.log_softmax(x, dim, dtype=dtype)
 
 
-def save(obj, path):
-    """Save nested dicts/lists of tensors and plain values (safetensors + JSON, atomic)."""
+def save(obj, f, **kwargs):
+    """Save nested dicts/lists of tensors and plain values (safetensors + JSON, atomic)
+    to a path or a writable binary file object. Never pickles: saving a whole module
+    raises and says to save its ``state_dict()``."""
     from .serialization import save as _save
-    return _save(obj, path)
+    return _save(obj, f, **kwargs)
 
 
-def load(path, map_location=None):
-    """Load what ``deepseek.save`` wrote; never unpickles."""
+def load(f, map_location=None, weights_only=None, **kwargs):
+    """Load what ``deepseek.save`` wrote, or a PyTorch ``.pt`` checkpoint (tensors and
+    plain containers only: PyTorch's ``weights_only=True``), from a path or a file
+    object; never unpickles arbitrary objects."""
     from .serialization import load as _load
-    return _load(path, map_location=map_location)
+    return _load(f, map_location=map_location, weights_only=weights_only, **kwargs)
+
+
+# Submodules named like PyTorch's that deepseek/__init__ does not list itself.
+_LAZY_MODULES = {"cuda", "backends", "accelerator", "linalg"}
+
+
+def compile(model, **kwargs):
+    """``deepseek.compile(model)``: trace on the first call, retrace on a new input
+    signature; fused, memory-planned inference and autograd-replayed training (see
+    ``deepseek.jit.compile`` for the options)."""
+    from .jit import compile as _compile
+    return _compile(model, **kwargs)
 
 
 def __getattr__(name):
@@ -54,4 +81,15 @@ def __getattr__(name):
     if name == "Trainer":
         from .trainer import Trainer
         return Trainer
+    if name == "autocast":  # deepseek.autocast is deepseek.amp.autocast, like torch.autocast
+        from .amp import autocast
+        return autocast
+    if name in _LAZY_MODULES:
+        import importlib
+        return importlib.import_module("deepseek." + name)
     raise AttributeError(name)
+
+
+# PyTorch's dtype aliases; last, since ``float``/``int`` shadow the builtins in this module
+float = float32  # noqa: A001,E305
+int = int32  # noqa: A001

@@ -422,20 +422,8 @@ class Tensor:
     __hash__ = object.__hash__
 
     def __repr__(self):
-        body = np.array2string(np.asarray(to_device(self._data, "cpu"), dtype=np.float64
-                                          if self.dtype == _dt.bfloat16 else None),
-                               separator=", ", prefix="tensor(", precision=4,
-                               threshold=200, edgeitems=3)
-        extra = []
-        if self.dtype not in (_dt.float32, _dt.int64, _dt.bool_):
-            extra.append(f"dtype=deepseek.{self.dtype.name}")
-        if self.device.type != "cpu":
-            extra.append(f"device='{self.device}'")
-        if self.grad_fn is not None:
-            extra.append(f"grad_fn=<{self.grad_fn.name()}>")
-        elif self.requires_grad:
-            extra.append("requires_grad=True")
-        return "tensor(" + body + "".join(", " + e for e in extra) + ")"
+        from ._tensor_str import tensor_repr  # PyTorch's print format
+        return tensor_repr(self)
 
     def __reduce_ex__(self, protocol):
         # Tensors cross process boundaries (spawned data loaders, spawn_ranks) as arrays.

@@ -182,13 +182,21 @@ class _Encoder:
                                     f"({k!r}); keys must be str, int, float, bool, None or tuples")
                 items.append([self.encode(k, f"{where} key"), self.encode(v, f"{where}[{k!r}]")])
             return {"__dict__": items}
+        from .nn.module import Module
+        if isinstance(obj, Module):
+            raise TypeError(f"save: {where} is a whole module ({type(obj).__name__}); deepseek never "
+                            "pickles objects: save its weights with save(model.state_dict(), f) and "
+                            "rebuild the model in code, then model.load_state_dict(load(f))")
         raise TypeError(f"save: {where} is a {type(obj).__module__}.{type(obj).__qualname__}; "
                         "only Tensors, numpy arrays, dict/list/tuple and str/int/float/bool/None "
                         "can be saved (nothing is pickled)")
 
 
-def save(obj, path):
-    """Save ``obj`` (nested dict/list/tuple of Tensors, arrays and JSON values) to ``path``.
+def save(obj, path, **kwargs):
+    """Save ``obj`` (nested dict/list/tuple of Tensors, arrays and JSON values) to ``path``
+    (a path, or a writable binary file object such as ``io.BytesIO``). PyTorch's extra
+    arguments (``pickle_protocol``, ``_use_new_zipfile_serialization``) are accepted and
+    ignored: nothing is pickled.
 
     One safetensors file, written atomically (temp file in the same directory, fsync,
     rename): a crash leaves the previous file intact. ``model.state_dict()`` and
@@ -204,7 +212,28 @@ def save(obj, path):
     meta = {_FORMAT_KEY: FORMAT,
             _STRUCT_KEY: json.dumps(structure, separators=(",", ":"), allow_nan=False),
             _CRC_KEY: f"{crc:08x}"}
+    if _is_file_object(path, "write"):
+        _write_stream(path, {"__metadata__": meta, **header}, arrays)
+        return
     _write_atomic(path, {"__metadata__": meta, **header}, arrays)
+
+
+def _is_file_object(f, method):
+    return not isinstance(f, (str, bytes, os.PathLike)) and hasattr(f, method)
+
+
+def _write_stream(f, header, arrays):
+    """The same bytes ``_write_atomic`` writes, to a binary file object."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        tmp = os.path.join(d, "ckpt.safetensors")
+        _write_atomic(tmp, header, arrays)
+        with open(tmp, "rb") as src:
+            while True:
+                chunk = src.read(1 << 24)
+                if not chunk:
+                    break
+                f.write(chunk)
 
 
 # ---- reading ------------------------------------------------------------------------------
@@ -368,8 +397,13 @@ class _Decoder:
         return {k: self.decode(v) for k, v in s.items()}
 
 
-def load(path, map_location=None):
+def load(path, map_location=None, weights_only=None, mmap=None, **kwargs):
     """Load what :func:`save` wrote: the same nesting, Tensors as deepseek Tensors.
+
+    ``path`` may be a path or a readable binary file object. A PyTorch checkpoint
+    (``torch.save``'s zip format) is read by ``deepseek._torch_pt`` with PyTorch's
+    ``weights_only=True`` rules: tensors, parameters and plain containers only, any
+    other object refused (``weights_only=False`` is refused too: never unpickled).
 
     ``map_location``: None or "cpu" keeps tensors on the CPU; "cuda"/"cuda:N" (or a
     ``deepseek.device``) moves them there. Raises :class:`CheckpointError` (a ValueError)
@@ -377,6 +411,25 @@ def load(path, map_location=None):
     safetensors file (no deepseek structure) loads as a flat ``{name: Tensor}`` dict.
     Nothing is ever unpickled.
     """
+    if weights_only is False:
+        raise ValueError("load(weights_only=False) is not supported: deepseek never unpickles "
+                         "arbitrary objects; tensors and plain containers load with the default")
+    if _is_file_object(path, "read"):
+        data = path.read()
+        if data[:2] == b"PK":
+            from ._torch_pt import load_pt_bytes
+            return _to_device(load_pt_bytes(data, "<file object>"), map_location)
+        import tempfile
+        with tempfile.TemporaryDirectory() as d:
+            tmp = os.path.join(d, "ckpt.safetensors")
+            with open(tmp, "wb") as f:
+                f.write(data)
+            return load(tmp, map_location=map_location)
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    if magic == b"PK":
+        from ._torch_pt import load_pt
+        return _to_device(load_pt(path), map_location)
     device = None
     if map_location is not None:
         if callable(map_location) or isinstance(map_location, dict):
@@ -402,3 +455,17 @@ def load(path, map_location=None):
     except RecursionError:
         _fail(path, "the structure in the metadata is nested too deeply to decode "
               f"(Python's recursion limit is {sys.getrecursionlimit()})")
+
+
+def _to_device(obj, map_location):
+    """Move the tensors of a loaded structure to ``map_location`` (None / 'cpu': stay)."""
+    from ._tensor import Tensor
+    if map_location is None or str(map_location) == "cpu":
+        return obj
+    if isinstance(obj, Tensor):
+        return obj.to(str(map_location))
+    if isinstance(obj, dict):
+        return type(obj)((k, _to_device(v, map_location)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_device(v, map_location) for v in obj)
+    return obj

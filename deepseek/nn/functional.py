@@ -242,3 +242,221 @@ def multi_head_attention_forward(query, key, value, num_heads, in_proj_weight, i
         if w is not None:
             w = squeeze(w, 0)
     return out, w
+
+
+# ---- added for PyTorch API coverage (ops in deepseek/ops/activation.py, resample.py) ------
+from ..ops.activation import (hardsigmoid, hardswish, softsign, tanhshrink, selu, celu,  # noqa: E402
+                              threshold, hardshrink, softshrink, glu, prelu, rrelu)
+from ..ops.activation import elu  # noqa: E402,F811  (one Function, exact at 0)
+from ..ops.resample import (interpolate, upsample, conv_transpose1d, conv_transpose2d,  # noqa: E402
+                            conv_transpose3d, max_unpool1d, max_unpool2d, max_unpool3d,
+                            pixel_shuffle, pixel_unshuffle, fold, unfold_patches as unfold)
+
+
+def upsample_nearest(input, size=None, scale_factor=None):
+    """Deprecated: ``interpolate(mode='nearest')``."""
+    return interpolate(input, size, scale_factor, mode="nearest")
+
+
+def upsample_bilinear(input, size=None, scale_factor=None):
+    """Deprecated: ``interpolate(mode='bilinear', align_corners=True)``."""
+    return interpolate(input, size, scale_factor, mode="bilinear", align_corners=True)
+
+
+def kl_div(input, target, size_average=None, reduce=None, reduction="mean", log_target=False):
+    """KL divergence with ``input`` in log space: target * (log target - input)."""
+    from ..ops.elementwise import sub, mul, exp as _e, log as _l, where as _w
+    from ..ops.reduction import sum as _s, mean as _m
+    if log_target:
+        pointwise = mul(_e(target), sub(target, input))
+    else:
+        pointwise = _w(target > 0, mul(target, sub(_l(_clamp(target, min=1e-45)), input)), 0.0)
+    if reduction == "batchmean":
+        return _s(pointwise) / input.shape[0] if input.ndim else _s(pointwise)
+    return _reduce(pointwise, reduction, "kl_div")
+
+
+def _reduce(x, reduction, op):
+    from ..ops.reduction import sum as _s, mean as _m
+    if reduction == "mean":
+        return _m(x)
+    if reduction == "sum":
+        return _s(x)
+    if reduction == "none":
+        return x
+    raise ValueError(f"{reduction} is not a valid value for reduction")
+
+
+def pairwise_distance(x1, x2, p=2.0, eps=1e-6, keepdim=False):
+    """``||x1 - x2 + eps||_p`` over the last dim."""
+    from ..ops.reduction_extra import vector_norm
+    from ..ops.elementwise import sub, add
+    return vector_norm(add(sub(x1, x2), eps), p, dim=-1, keepdim=keepdim)
+
+
+def margin_ranking_loss(input1, input2, target, margin=0.0, size_average=None, reduce=None,
+                        reduction="mean"):
+    """max(0, -target * (input1 - input2) + margin)."""
+    from ..ops.elementwise import sub, mul, add
+    return _reduce(_relu(add(mul(mul(sub(input1, input2), target), -1.0), margin)), reduction,
+                   "margin_ranking_loss")
+
+
+def hinge_embedding_loss(input, target, margin=1.0, size_average=None, reduce=None, reduction="mean"):
+    """input where target == 1, max(0, margin - input) where target == -1."""
+    from ..ops.elementwise import sub, add
+    neg = _relu(sub(margin, input))
+    out = add(_where(target == 1, input, 0.0), _where(target == -1, neg, 0.0))
+    return _reduce(out, reduction, "hinge_embedding_loss")
+
+
+def triplet_margin_loss(anchor, positive, negative, margin=1.0, p=2.0, eps=1e-6, swap=False,
+                        size_average=None, reduce=None, reduction="mean"):
+    """max(d(a, p) - d(a, n) + margin, 0) with pairwise p-norm distances."""
+    from ..ops.elementwise import sub, add
+    dp = pairwise_distance(anchor, positive, p, eps)
+    dn = pairwise_distance(anchor, negative, p, eps)
+    if swap:
+        dn = _minimum(dn, pairwise_distance(positive, negative, p, eps))
+    return _reduce(_relu(add(sub(dp, dn), margin)), reduction, "triplet_margin_loss")
+
+
+def soft_margin_loss(input, target, size_average=None, reduce=None, reduction="mean"):
+    """log(1 + exp(-target * input))."""
+    from ..ops.elementwise import mul
+    return _reduce(softplus(mul(mul(input, target), -1.0)), reduction, "soft_margin_loss")
+
+
+def poisson_nll_loss(input, target, log_input=True, full=False, size_average=None, eps=1e-8,
+                     reduce=None, reduction="mean"):
+    """Poisson negative log likelihood (``log_input``: exp(input) - target * input)."""
+    from ..ops.elementwise import sub, mul, add
+    if log_input:
+        loss = sub(_exp(input), mul(target, input))
+    else:
+        loss = sub(input, mul(target, _log(add(input, eps))))
+    if full:
+        raise NotImplementedError("poisson_nll_loss(full=True) is not implemented")
+    return _reduce(loss, reduction, "poisson_nll_loss")
+
+
+def gaussian_nll_loss(input, target, var, full=False, eps=1e-6, reduction="mean"):
+    """0.5 * (log(max(var, eps)) + (input - target)**2 / max(var, eps)) (+ const with ``full``)."""
+    import math
+    from ..ops.elementwise import sub, mul, add, div
+    v = _clamp(var, min=eps)
+    d = sub(input, target)
+    loss = mul(add(_log(v), div(mul(d, d), v)), 0.5)
+    if full:
+        loss = add(loss, 0.5 * math.log(2 * math.pi))
+    return _reduce(loss, reduction, "gaussian_nll_loss")
+
+
+def cosine_embedding_loss(input1, input2, target, margin=0.0, size_average=None, reduce=None,
+                          reduction="mean"):
+    """1 - cos(x1, x2) where target == 1, max(0, cos(x1, x2) - margin) where target == -1."""
+    from ..ops.elementwise import sub
+    cos = cosine_similarity(input1, input2, dim=-1)
+    out = _where(target == 1, sub(1.0, cos), _relu(sub(cos, margin)))
+    return _reduce(out, reduction, "cosine_embedding_loss")
+
+
+def gumbel_softmax(logits, tau=1.0, hard=False, eps=1e-10, dim=-1):
+    """Softmax of (logits + Gumbel noise) / tau; ``hard``: one-hot in forward, soft gradient."""
+    from ..ops.creation import rand
+    from ..ops.elementwise import add, div, sub, mul
+    u = rand(*logits.shape, dtype=logits.dtype)
+    g = mul(_log(mul(_log(add(u, eps)), -1.0)), -1.0)
+    y = softmax(div(add(logits, g), tau), dim)
+    if not hard:
+        return y
+    from ..ops.reduction import argmax
+    from ..ops.shape_extra import scatter
+    idx = argmax(y.detach(), dim, keepdim=True)
+    hard_y = scatter(y.detach() * 0, dim, idx, 1.0)
+    return add(sub(hard_y, y.detach()), y)
+
+
+def local_response_norm(input, size, alpha=1e-4, beta=0.75, k=1.0):
+    """Normalise each channel by its neighbours' squared sum (across channels)."""
+    from ..ops.elementwise import mul, add, div
+    from ..ops.padding import pad as _pad
+    from ..ops.scan import cumsum
+    from ..ops.indexing import getitem
+    sq = mul(input, input)
+    c = input.shape[1]
+    padded = _pad(sq, (0, 0) * (input.ndim - 2) + (size // 2, (size - 1) // 2))
+    cs = cumsum(padded, 1)
+    zero = mul(getitem(cs, (slice(None), slice(0, 1))), 0.0)
+    from ..ops.shape import cat
+    cs = cat([zero, cs], 1)
+    win = getitem(cs, (slice(None), slice(size, size + c))) - getitem(cs, (slice(None), slice(0, c)))
+    return div(input, (add(mul(win, alpha / size), k)) ** beta)
+
+
+def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None,
+                  use_input_stats=True, momentum=0.1, eps=1e-5):
+    """Normalise each (sample, channel) over its spatial dims (group_norm with one channel per group)."""
+    if not use_input_stats:
+        raise NotImplementedError("instance_norm(use_input_stats=False) is not implemented")
+    return group_norm(input, input.shape[1], weight, bias, eps)
+
+
+def adaptive_max_pool1d(input, output_size, return_indices=False):
+    """Max over PyTorch's adaptive windows (start floor(i*L/o), end ceil((i+1)*L/o))."""
+    return _adaptive_max(input, (output_size,), return_indices)
+
+
+def adaptive_max_pool2d(input, output_size, return_indices=False):
+    """2-d adaptive max pooling (see ``adaptive_max_pool1d``)."""
+    os_ = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
+    return _adaptive_max(input, os_, return_indices)
+
+
+def _adaptive_max(input, out, return_indices):
+    from ..ops.shape import stack
+    from ..ops.indexing import getitem
+    from ..ops.reduction import amax
+    if return_indices:
+        raise NotImplementedError("adaptive_max_pool(return_indices=True) is not implemented")
+    nd = len(out)
+    sp = input.shape[-nd:]
+    out = tuple(s if o is None else o for o, s in zip(out, sp))
+
+    def pool(x, d):
+        if d == nd:
+            return x
+        L, o = sp[d], out[d]
+        ax = x.ndim - nd + d
+        parts = [amax(getitem(x, (slice(None),) * ax + (slice((i * L) // o, -(-((i + 1) * L) // o)),)),
+                      dim=ax, keepdim=True) for i in range(o)]
+        from ..ops.shape import cat
+        return pool(cat(parts, ax), d + 1)
+    return pool(input, 0)
+
+
+def affine_grid(theta, size, align_corners=False):
+    """Sampling grid (N, H, W, 2) of the affine maps ``theta`` (N, 2, 3)."""
+    from ..ops.creation import linspace, ones
+    from ..ops.shape import stack, reshape
+    n, c, h, w = size
+
+    def lin(k):
+        if k == 1:
+            return linspace(0.0, 0.0, 1, dtype=theta.dtype)
+        t = linspace(-1.0, 1.0, k, dtype=theta.dtype)
+        return t if align_corners else t * ((k - 1) / k)
+    xs = reshape(lin(w), (1, w)).expand(h, w)
+    ys = reshape(lin(h), (h, 1)).expand(h, w)
+    base = stack([xs, ys, ones(h, w, dtype=theta.dtype)], -1)           # (H, W, 3)
+    return _matmul(reshape(base, (1, h * w, 3)), theta.transpose(1, 2)).reshape(n, h, w, 2)
+
+
+__all__ += ["hardsigmoid", "hardswish", "softsign", "tanhshrink", "selu", "celu", "threshold",
+            "hardshrink", "softshrink", "glu", "prelu", "rrelu", "interpolate", "upsample",
+            "upsample_nearest", "upsample_bilinear", "conv_transpose1d", "conv_transpose2d",
+            "conv_transpose3d", "max_unpool1d", "max_unpool2d", "max_unpool3d", "pixel_shuffle",
+            "pixel_unshuffle", "fold", "unfold", "kl_div", "pairwise_distance", "margin_ranking_loss",
+            "hinge_embedding_loss", "triplet_margin_loss", "soft_margin_loss", "poisson_nll_loss",
+            "gaussian_nll_loss", "cosine_embedding_loss", "gumbel_softmax", "local_response_norm",
+            "instance_norm", "adaptive_max_pool1d", "adaptive_max_pool2d", "affine_grid"]

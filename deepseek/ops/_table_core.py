@@ -93,7 +93,7 @@ ELEMENTWISE = [
             dtypes=FLOATING),
     _binary("pow", E.pow, E.Pow, np.power, lambda t, a, b: t.pow(a, b), low=0.5, high=2.0,
             methods=("pow",), operators=("__pow__",), reflected=("__rpow__",), inplace=("pow_",),
-            autocast="fp32", dtypes=FLOATING),
+            autocast="fp32", autocast_cpu="none", dtypes=FLOATING),
     _binary("maximum", E.maximum, E.Maximum, np.maximum, lambda t, a, b: t.maximum(a, b),
             methods=("maximum",), scalar=None),
     _binary("minimum", E.minimum, E.Minimum, np.minimum, lambda t, a, b: t.minimum(a, b),
@@ -122,11 +122,11 @@ ELEMENTWISE = [
            operators=("__neg__",)),
     _unary("abs", E.abs_, E.Abs, np.abs, lambda t, x: t.abs(x), out_dtype=None,
            operators=("__abs__",)),
-    _unary("exp", E.exp, E.Exp, np.exp, lambda t, x: t.exp(x), autocast="fp32"),
-    _unary("log", E.log, E.Log, np.log, lambda t, x: t.log(x), low=0.2, high=3.0, autocast="fp32"),
+    _unary("exp", E.exp, E.Exp, np.exp, lambda t, x: t.exp(x), autocast="fp32", autocast_cpu="none"),
+    _unary("log", E.log, E.Log, np.log, lambda t, x: t.log(x), low=0.2, high=3.0, autocast="fp32", autocast_cpu="none"),
     _unary("sqrt", E.sqrt, E.Sqrt, np.sqrt, lambda t, x: t.sqrt(x), low=0.2, high=3.0),
     _unary("rsqrt", E.rsqrt, E.Rsqrt, lambda x: 1 / np.sqrt(x), lambda t, x: t.rsqrt(x), low=0.2,
-           high=3.0, inplace=False, autocast="fp32"),
+           high=3.0, inplace=False, autocast="fp32", autocast_cpu="none"),
     _unary("sin", E.sin, E.Sin, np.sin, lambda t, x: t.sin(x), low=-3.0, high=3.0),
     _unary("cos", E.cos, E.Cos, np.cos, lambda t, x: t.cos(x), low=-3.0, high=3.0),
     _unary("tanh", E.tanh, E.Tanh, np.tanh, lambda t, x: t.tanh(x), low=-3.0, high=3.0),
@@ -186,7 +186,7 @@ def _torch_max(name):
 
 
 REDUCTIONS = [
-    OpInfo("sum", R.sum, R.Sum, methods=("sum",), autocast="fp32", sample_inputs=reduction_samples(),
+    OpInfo("sum", R.sum, R.Sum, methods=("sum",), autocast="fp32", autocast_cpu="none", sample_inputs=reduction_samples(),
            ref_numpy=lambda x, dim=None, keepdim=False: np.sum(x, axis=dim, keepdims=keepdim),
            ref_torch=lambda t, x, dim=None, keepdim=False: t.sum(x, _tdim(dim), keepdim=keepdim),
            dtypes=FLOATING + ("int64", "bool"), out_dtype=lambda d: d if d in FLOATING else "int64"),
@@ -223,7 +223,7 @@ REDUCTIONS = [
            ref_numpy=lambda x, dim=None, keepdim=False: np.prod(x, axis=dim, keepdims=keepdim),
            ref_torch=lambda t, x, dim=None, keepdim=False: t.prod(x) if dim is None else t.prod(x, dim, keepdim=keepdim),
            dtypes=("float32", "float64")),
-    OpInfo("logsumexp", R.logsumexp, R.Logsumexp, methods=("logsumexp",), autocast="fp32",
+    OpInfo("logsumexp", R.logsumexp, R.Logsumexp, methods=("logsumexp",), autocast="fp32", autocast_cpu="none",
            sample_inputs=reduction_samples(dims=(0, 1, -1, (0, 2))), ref_numpy=_logsumexp_np,
            ref_torch=lambda t, x, dim, keepdim=False: t.logsumexp(x, dim, keepdim=keepdim),
            dtypes=FLOATING),
@@ -446,11 +446,11 @@ def _softmax_np(x, dim):
 
 
 SOFTMAX = [
-    OpInfo("softmax", SM.softmax, SM.Softmax, methods=("softmax",), autocast="fp32",
+    OpInfo("softmax", SM.softmax, SM.Softmax, methods=("softmax",), autocast="fp32", autocast_cpu="none",
            sample_inputs=samples(((Shape((3, 4)), -1), {}), ((Shape((2, 3, 4)), 1), {}), ((Shape((5,)), 0), {}),
                                  ((Shape((3, 4)), 0), {}, "noncontiguous", True)),
            ref_numpy=_softmax_np, ref_torch=lambda t, x, d: t.softmax(x, d), dtypes=FLOATING),
-    OpInfo("log_softmax", SM.log_softmax, SM.LogSoftmax, methods=("log_softmax",), autocast="fp32",
+    OpInfo("log_softmax", SM.log_softmax, SM.LogSoftmax, methods=("log_softmax",), autocast="fp32", autocast_cpu="none",
            sample_inputs=samples(((Shape((3, 4)), -1), {}), ((Shape((2, 3, 4)), 1), {}),
                                  ((Shape((3, 4)), 0), {}, "noncontiguous", True)),
            ref_numpy=lambda x, d: np.log(_softmax_np(x, d)), ref_torch=lambda t, x, d: t.log_softmax(x, d),

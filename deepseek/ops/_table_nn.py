@@ -63,13 +63,25 @@ def _conv(nd):
                   ref_numpy=_conv_np, ref_torch=_tF(f"conv{nd}d"))
 
 
+def _fp32_if_3d(args, kwargs):
+    """CPU autocast policy of the pools: PyTorch's CPU fp32 list has only the 3-d ones
+    (args[1] is the kernel, or the output size, with one entry per spatial dim)."""
+    return "fp32" if len(args) > 1 and len(args[1]) == 3 else "none"
+
+
+def _fp32_if_reflect(args, kwargs):
+    """CPU autocast policy of pad: reflection and replication pads are on PyTorch's CPU
+    fp32 list, constant and circular ones are not (IndexPad.apply(input, pairs, mode))."""
+    return "fp32" if len(args) > 2 and args[2] in ("reflect", "replicate") else "none"
+
+
 def _pool(kind, nd):
     x = (1, 2) + (4,) * nd
     if kind == "max":
-        return OpInfo(f"max_pool{nd}d", getattr(P, f"max_pool{nd}d"), P.MaxPoolNd,
+        return OpInfo(f"max_pool{nd}d", getattr(P, f"max_pool{nd}d"), P.MaxPoolNd, autocast_cpu=_fp32_if_3d,
                       sample_inputs=samples(((Shape(x), 2), {}), ((Shape(x), 3, 1), {}, "overlap")),
                       ref_numpy=lambda x, k, s=None: _pool_np(x, k, s, np.max), ref_torch=_tF(f"max_pool{nd}d"))
-    return OpInfo(f"avg_pool{nd}d", getattr(P, f"avg_pool{nd}d"), P.AvgPoolNd,
+    return OpInfo(f"avg_pool{nd}d", getattr(P, f"avg_pool{nd}d"), P.AvgPoolNd, autocast_cpu=_fp32_if_3d,
                   sample_inputs=samples(((Shape(x), 2), {}), ((Shape(x), 3, 1), {}, "overlap")),
                   ref_numpy=lambda x, k, s=None: _pool_np(x, k, s, np.mean), ref_torch=_tF(f"avg_pool{nd}d"))
 
@@ -77,7 +89,7 @@ def _pool(kind, nd):
 def _adaptive(nd):
     x = (1, 2) + (5,) * nd
     ref = _adaptive_nd_np
-    return OpInfo(f"adaptive_avg_pool{nd}d", getattr(P, f"adaptive_avg_pool{nd}d"), P.AdaptiveAvgPoolNd,
+    return OpInfo(f"adaptive_avg_pool{nd}d", getattr(P, f"adaptive_avg_pool{nd}d"), P.AdaptiveAvgPoolNd, autocast_cpu=_fp32_if_3d,
                   sample_inputs=samples(((Shape(x), 3), {})), ref_numpy=ref,
                   ref_torch=_tF(f"adaptive_avg_pool{nd}d"))
 
@@ -123,15 +135,15 @@ def _batch_norm_torch(t, x, rm, rv, *a, **k):
     return t.nn.functional.batch_norm(x, rm, rv, *a, **k)
 
 NORM = [
-    OpInfo("layer_norm", N.layer_norm, N.LayerNorm, autocast="fp32",
+    OpInfo("layer_norm", N.layer_norm, N.LayerNorm, autocast="fp32", autocast_cpu="none",
            sample_inputs=samples(((Shape((2, 3, 4)), (4,), Shape((4,)), Shape((4,))), {}, "affine"),
                                  ((Shape((2, 3, 4)), (3, 4)), {}, "two dims, no affine")),
            ref_numpy=_layer_norm_np, ref_torch=_tF("layer_norm")),
-    OpInfo("rms_norm", N.rms_norm, N.RMSNorm, autocast="fp32",
+    OpInfo("rms_norm", N.rms_norm, N.RMSNorm, autocast="fp32", autocast_cpu="none",
            sample_inputs=samples(((Shape((2, 3, 4)), (4,), Shape((4,))), {"eps": 1e-6}, "weight"),
                                  ((Shape((2, 3, 4)), (4,)), {"eps": 1e-6}, "no weight")),
            ref_numpy=_rms_norm_np, ref_torch=_tF("rms_norm")),
-    OpInfo("group_norm", N.group_norm, N.GroupNorm, autocast="fp32",
+    OpInfo("group_norm", N.group_norm, N.GroupNorm, autocast="fp32", autocast_cpu="none",
            sample_inputs=samples(((Shape((2, 4, 3)), 2, Shape((4,)), Shape((4,))), {})),
            ref_numpy=_group_norm_np, ref_torch=_tF("group_norm")),
     OpInfo("batch_norm", N.batch_norm, N.BatchNorm,
@@ -260,7 +272,7 @@ OTHER = [
                                  ((Shape((1, 2, 3, 4)), Shape((1, 2, 3, 4)), Shape((1, 2, 3, 4))),
                                   {"is_causal": True}, "causal")),
            ref_numpy=_sdpa_np, ref_torch=_tF("scaled_dot_product_attention")),
-    OpInfo("pad", PD.pad, (PD.ConstantPad, PD.IndexPad),
+    OpInfo("pad", PD.pad, (PD.ConstantPad, PD.IndexPad), autocast_cpu=_fp32_if_reflect,
            sample_inputs=samples(((Shape((2, 3, 4)), (1, 2)), {}, "constant"),
                                  ((Shape((2, 3, 4)), (1, 0, 2, 1)), {"value": 1.5}, "constant value"),
                                  ((Shape((2, 3, 4)), (2, 1)), {"mode": "reflect"}, "reflect"),

@@ -121,12 +121,39 @@ def randint(low, high=None, size=None, dtype=None, device=None, generator=None):
     if size is None:
         raise TypeError("randint() missing required argument 'size'")
     if high <= low:
-        raise ValueError(f"randint: expected low < high, got low={low}, high={high}")
+        raise RuntimeError(f"random_ expects 'from' to be less than 'to', but got from={low} >= to={high}")
     arr = _rng(generator).integers(low, high, size=_shape((size,) if isinstance(size, int) else tuple(size)))
     return _finish(arr.astype(_dt.as_dtype(dtype or _dt.int64)), device, False)
 
 
+def randn_like(input, dtype=None, device=None, requires_grad=False, generator=None):
+    """Standard normal samples with the shape (and, unless given, dtype and device) of ``input``."""
+    return randn(*input.shape, dtype=dtype or input.dtype, device=device or input.device,
+                 requires_grad=requires_grad, generator=generator)
+
+
+def rand_like(input, dtype=None, device=None, requires_grad=False, generator=None):
+    """Uniform [0, 1) samples with the shape (and, unless given, dtype and device) of ``input``."""
+    return rand(*input.shape, dtype=dtype or input.dtype, device=device or input.device,
+                requires_grad=requires_grad, generator=generator)
+
+
+def randint_like(input, low=0, high=None, dtype=None, device=None, generator=None):
+    """Integers in [low, high) with the shape (and, unless given, dtype and device) of ``input``."""
+    if high is None:
+        low, high = 0, low
+    return randint(low, high, tuple(input.shape), dtype=dtype or input.dtype,
+                   device=device or input.device, generator=generator)
+
+
+def logspace(start, end, steps, base=10.0, dtype=None, device=None, requires_grad=False):
+    """``steps`` values ``base ** x`` for x evenly spaced from start to end."""
+    arr = np.logspace(start, end, steps, base=base).astype(_float_dtype(dtype))
+    return _finish(arr, device, requires_grad)
+
+
 def randperm(n, dtype=None, device=None, generator=None):
+    """A random permutation of 0..n-1 (int64 by default)."""
     return _finish(_rng(generator).permutation(n).astype(_dt.as_dtype(dtype or _dt.int64)), device, False)
 
 

@@ -67,7 +67,8 @@ class Div(Function):
 class Pow(Function):
     @staticmethod
     def forward(ctx, a, b):
-        out = a ** b
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out = a ** b  # 0 ** -1 is inf, (-1) ** 0.5 nan: PyTorch's values, no warnings
         ctx.save_for_backward(a, b, out)
         return out
 
@@ -86,10 +87,16 @@ class Pow(Function):
                 # d/da a**0 is 0, also at a == 0 (PyTorch): not 0 * inf
                 ga = unbroadcast(g * xp.where(b == 0, 0, d).astype(d.dtype, copy=False), shape_of(a))
         if na[1]:
+            # PyTorch: out * log(a), except 0 where a == 0 and b >= 0 (so 0 ** b has no
+            # nan gradient); a == 0 with b < 0 gives -inf, a < 0 gives nan, as there
             with np.errstate(divide="ignore", invalid="ignore"):
-                loga = xp.where(a > 0, xp.log(xp.where(a > 0, a, 1)), 0) if not isinstance(a, (int, float)) \
-                    else (math.log(a) if a > 0 else 0.0)
-            gb = unbroadcast(g * out * loga, shape_of(b))
+                if isinstance(a, (int, float)):
+                    loga = math.log(a) if a > 0 else (-math.inf if a == 0 else math.nan)
+                    d = out * loga
+                    d = xp.where(b >= 0, 0, d) if a == 0 else d
+                else:
+                    d = xp.where((a == 0) & (b >= 0), 0, out * xp.log(a))
+            gb = unbroadcast((g * d).astype(g.dtype, copy=False), shape_of(b))
         return ga, gb
 
 
@@ -441,13 +448,22 @@ def _rounded_div(a, b, mode):
     aa = a._data if isinstance(a, Tensor) else a
     bb = b._data if isinstance(b, Tensor) else b
     xp = xp_of(aa, bb)
-    with no_grad():
+    if mode not in ("floor", "trunc"):
+        raise RuntimeError(f"div expected rounding_mode to be one of None, 'trunc', or 'floor' but found '{mode}'")
+    # integer division by zero is an error in PyTorch (not numpy's silent 0)
+    if getattr(bb, "dtype", None) is not None and bb.dtype.kind in "biu" and \
+            getattr(aa, "dtype", np.dtype(type(aa))).kind in "biu" and bool((bb == 0).any()):
+        raise RuntimeError("ZeroDivisionError")
+    if isinstance(bb, int) and bb == 0 and getattr(aa, "dtype", None) is not None and aa.dtype.kind in "biu":
+        raise RuntimeError("ZeroDivisionError")
+    with no_grad(), np.errstate(divide="ignore", invalid="ignore"):
         if mode == "floor":
             return Tensor._make(xp.asarray(xp.floor_divide(aa, bb)))
-        if mode == "trunc":
-            q = aa / bb
-            return Tensor._make(xp.asarray(xp.trunc(q).astype(xp.result_type(aa, bb))))
-    raise ValueError(f"div: rounding_mode must be None, 'floor' or 'trunc', got {mode!r}")
+        rt = xp.result_type(aa, bb)
+        if rt.kind in "iu":  # exact for integers: |a| // |b| with the sign of a / b
+            q = (xp.abs(aa) // xp.abs(bb)) * xp.sign(aa) * xp.sign(bb)
+            return Tensor._make(xp.asarray(q).astype(rt, copy=False))
+        return Tensor._make(xp.asarray(xp.trunc(aa / bb)).astype(rt, copy=False))
 
 
 def pow(a, b):
@@ -482,11 +498,27 @@ def where(cond, a, b):
     c = cond._data if isinstance(cond, Tensor) else np.asarray(cond)
     if c.dtype != np.bool_:
         raise TypeError(f"where: condition must be a bool tensor, got dtype {c.dtype}")
+    if not isinstance(a, Tensor) and not isinstance(b, Tensor):
+        a, b = _scalar_pair(a, b, cond)
     a, b = prepare_binary(a, b, "where")
     try:
         return Where.apply(c, a, b)
     except ValueError as e:
         raise broadcast_error("where", e, c, a, b) from None
+
+
+def _scalar_pair(a, b, cond):
+    """``where(cond, 4, 2)``: two Python scalars make tensors of PyTorch's result dtype
+    (int64 for ints, the default float dtype when either is a float, bool for bools)."""
+    from .. import dtypes
+    if isinstance(a, bool) and isinstance(b, bool):
+        dt = np.bool_
+    elif isinstance(a, float) or isinstance(b, float):
+        dt = dtypes.get_default_dtype()
+    else:
+        dt = np.int64
+    xp = xp_of(cond._data) if isinstance(cond, Tensor) else np
+    return Tensor._make(xp.asarray(a, dtype=dt)), Tensor._make(xp.asarray(b, dtype=dt))
 
 
 def clamp(a, min=None, max=None):

@@ -169,6 +169,10 @@ def gather(a, dim, index):
         if d != axis and idx.shape[d] > a.shape[d]:
             raise RuntimeError(f"gather(): size of index {tuple(idx.shape)} must not exceed "
                                f"the input {tuple(a.shape)} in dim {d} (dim {axis} excepted)")
+    n = a.shape[axis]
+    if idx.size and (int(idx.min()) < -n or int(idx.max()) >= n):  # PyTorch: RuntimeError
+        bad = int(idx.max()) if int(idx.max()) >= n else int(idx.min())
+        raise RuntimeError(f"index {bad} is out of bounds for dimension {axis} with size {n}")
     return Gather.apply(a, axis, idx)
 
 

@@ -295,6 +295,7 @@ def normalize(input, p=2.0, dim=1, eps=1e-12):
     from .elementwise import div
     if p == 2:
         norm = pow(_sum(input * input, dim=dim, keepdim=True), 0.5)
-    else:
-        norm = pow(_sum(pow(abs_(input), p), dim=dim, keepdim=True), 1.0 / p)
+    else:  # p = 0 counts nonzeros, p = inf takes the max: the vector norm's definitions
+        from .reduction_extra import vector_norm
+        norm = vector_norm(input, p, dim=dim, keepdim=True)
     return div(input, clamp(norm, min=eps))

@@ -63,7 +63,11 @@ class OpInfo:
     operators       dunder methods (``__add__``); same form as ``methods``
     reflected       reflected operators (``__radd__``: ``op(other, self)``)
     inplace         in-place methods (``add_``, ``__iadd__``): ``self`` takes the result
-    autocast        one of AUTOCAST_POLICIES
+    autocast        one of AUTOCAST_POLICIES (PyTorch's CUDA lists; the default device)
+    autocast_cpu    the policy on the CPU where PyTorch's CPU lists differ (None: same as
+                    ``autocast``); a policy, or ``fn(args, kwargs) -> policy`` of the
+                    ``Function.apply`` call when it depends on the call (one Function
+                    backs max_pool1d/2d/3d, and only the 3-d one is on the CPU fp32 list)
     differentiable  whether the op has a backward (False: outputs never require grad)
     sample_inputs   ``fn(rng) -> iterable of SampleInput`` (numpy data in float64)
     ref_numpy       ``fn(*args, **kwargs)`` on numpy arrays: the reference result
@@ -87,6 +91,7 @@ class OpInfo:
     reflected: tuple = ()
     inplace: tuple = ()
     autocast: str = "none"
+    autocast_cpu: Optional[object] = None
     differentiable: bool = True
     sample_inputs: Optional[Callable] = None
     ref_numpy: Optional[Callable] = None
@@ -103,8 +108,21 @@ class OpInfo:
         if self.autocast not in AUTOCAST_POLICIES:
             raise ValueError(f"OpInfo({self.name}): autocast must be one of {AUTOCAST_POLICIES}, "
                              f"got {self.autocast!r}")
+        if not (self.autocast_cpu is None or callable(self.autocast_cpu)
+                or self.autocast_cpu in AUTOCAST_POLICIES):
+            raise ValueError(f"OpInfo({self.name}): autocast_cpu must be None, a callable or one "
+                             f"of {AUTOCAST_POLICIES}, got {self.autocast_cpu!r}")
         if not isinstance(self.functions, tuple):
             self.functions = (self.functions,)
+
+    def autocast_for(self, device_type="cuda", args=(), kwargs=None):
+        """This entry's autocast policy on ``device_type`` for one call's arguments."""
+        p = self.autocast
+        if device_type == "cpu" and self.autocast_cpu is not None:
+            p = self.autocast_cpu
+            if callable(p):
+                p = p(args, kwargs or {})
+        return p
 
     def samples(self, seed=0):
         """The op's sample inputs, drawn from a private seeded stream (a list)."""

@@ -101,7 +101,12 @@ def pad(input, pad, mode="constant", value=None):
         raise ValueError(f"pad: unknown mode {mode!r}; expected 'constant', 'reflect', "
                          "'replicate' or 'circular'")
     if any(l < 0 or r < 0 for l, r in pairs):
-        raise RuntimeError(f"pad: negative padding is only supported in constant mode, got {pad}")
+        # negative padding crops first; the rest pads the cropped input (PyTorch's order)
+        from .indexing import getitem
+        lead = input.ndim - nd
+        input = getitem(input, (slice(None),) * lead + tuple(
+            slice(-min(l, 0), input.shape[lead + i] + min(r, 0)) for i, (l, r) in enumerate(pairs)))
+        pairs = tuple((max(l, 0), max(r, 0)) for l, r in pairs)
     return IndexPad.apply(input, pairs, mode)
 
 

@@ -192,30 +192,41 @@ def _float_input(a, op):
                            "convert it with .float()")
 
 
-def sum(a, dim=None, keepdim=False, dtype=None):
+def sum(a, dim=None, keepdim=False, dtype=None, *, axis=None):
     """Sum over ``dim`` (all dims when None); bool/int inputs sum to int64 like PyTorch."""
+    if axis is not None:  # numpy's name, accepted by PyTorch too
+        dim = axis
     axes = normalize_dims(dim, a.ndim, "sum")
     if dtype is None and a.dtype.kind in "biu":
         dtype = np.int64
     return Sum.apply(a, axes=axes, keepdim=keepdim, dtype=None if dtype is None else _dt.as_dtype(dtype))
 
 
-def mean(a, dim=None, keepdim=False):
+def mean(a, dim=None, keepdim=False, *, axis=None, dtype=None):
     """Mean over ``dim`` (all dims when None) of a floating tensor."""
+    if axis is not None:  # numpy's name, accepted by PyTorch too
+        dim = axis
+    if dtype is not None:
+        from .shape import cast
+        a = cast(a, _dt.as_dtype(dtype))
     _float_input(a, "mean")
     return Mean.apply(a, axes=normalize_dims(dim, a.ndim, "mean"), keepdim=keepdim)
 
 
-def var(a, dim=None, unbiased=None, keepdim=False, correction=None):
+def var(a, dim=None, unbiased=None, keepdim=False, correction=None, *, axis=None):
     """Variance; ``correction=1`` (unbiased, the default) or ``unbiased=False`` (0)."""
+    if axis is not None:  # numpy's name, accepted by PyTorch too
+        dim = axis
     _float_input(a, "var")
     if correction is None:
         correction = 1 if unbiased is None or unbiased else 0
     return Var.apply(a, axes=normalize_dims(dim, a.ndim, "var"), correction=correction, keepdim=keepdim)
 
 
-def std(a, dim=None, unbiased=None, keepdim=False, correction=None):
+def std(a, dim=None, unbiased=None, keepdim=False, correction=None, *, axis=None):
     """Standard deviation: sqrt of ``var`` with the same arguments."""
+    if axis is not None:  # numpy's name, accepted by PyTorch too
+        dim = axis
     from .elementwise import sqrt
     return sqrt(var(a, dim, unbiased, keepdim, correction))
 
@@ -234,34 +245,49 @@ def _maxmin(a, dim, keepdim, is_max, other=None):
     return ValuesIndices(v, i)
 
 
-def max(a, dim=None, keepdim=False):
+def max(a, dim=None, keepdim=False, *, axis=None):
     """Max of all elements, or (values, indices) along ``dim``."""
+    if axis is not None:  # numpy's name, accepted by PyTorch too
+        dim = axis
     return _maxmin(a, dim, keepdim, True)
 
 
-def min(a, dim=None, keepdim=False):
+def min(a, dim=None, keepdim=False, *, axis=None):
     """Min of all elements, or (values, indices) along ``dim``."""
+    if axis is not None:  # numpy's name, accepted by PyTorch too
+        dim = axis
     return _maxmin(a, dim, keepdim, False)
 
 
-def amax(a, dim=None, keepdim=False):
+def amax(a, dim=None, keepdim=False, *, axis=None):
     """Max over ``dim`` (an int, a tuple, or all dims); ties share the gradient."""
+    if axis is not None:  # numpy's name, accepted by PyTorch too
+        dim = axis
     return AmaxAmin.apply(a, is_max=True, axes=normalize_dims(dim, a.ndim, "amax"), keepdim=keepdim)
 
 
-def amin(a, dim=None, keepdim=False):
+def amin(a, dim=None, keepdim=False, *, axis=None):
     """Min over ``dim`` (an int, a tuple, or all dims); ties share the gradient."""
+    if axis is not None:  # numpy's name, accepted by PyTorch too
+        dim = axis
     return AmaxAmin.apply(a, is_max=False, axes=normalize_dims(dim, a.ndim, "amin"), keepdim=keepdim)
 
 
-def prod(a, dim=None, keepdim=False):
+def prod(a, dim=None, keepdim=False, *, axis=None, dtype=None):
     """Product over one ``dim`` (all elements when None); zeros get exact gradients."""
+    if axis is not None:  # numpy's name, accepted by PyTorch too
+        dim = axis
+    if dtype is not None:
+        from .shape import cast
+        a = cast(a, _dt.as_dtype(dtype))
     axis = normalize_dims(dim, a.ndim, "prod")
     return Prod.apply(a, axis=None if not axis else axis[0], keepdim=keepdim)
 
 
-def logsumexp(a, dim, keepdim=False):
+def logsumexp(a, dim=None, keepdim=False, *, axis=None):
     """log(sum(exp(a))) over ``dim``, computed stably."""
+    if axis is not None:  # numpy's name, accepted by PyTorch too
+        dim = axis
     _float_input(a, "logsumexp")
     axes = normalize_dims(dim, a.ndim, "logsumexp")
     return Logsumexp.apply(a, axes=axes, keepdim=keepdim)
@@ -284,11 +310,15 @@ def _arg(a, dim, keepdim, is_max):
     return Tensor._make(idx.astype(np.int64, copy=False))
 
 
-def argmax(a, dim=None, keepdim=False):
+def argmax(a, dim=None, keepdim=False, *, axis=None):
     """Index of the max (flattened when ``dim`` is None); never differentiable."""
+    if axis is not None:  # numpy's name, accepted by PyTorch too
+        dim = axis
     return _arg(a, dim, keepdim, True)
 
 
-def argmin(a, dim=None, keepdim=False):
+def argmin(a, dim=None, keepdim=False, *, axis=None):
     """Index of the min (flattened when ``dim`` is None); never differentiable."""
+    if axis is not None:  # numpy's name, accepted by PyTorch too
+        dim = axis
     return _arg(a, dim, keepdim, False)

@@ -11,14 +11,15 @@ Everything that needs to know about all ops reads it here:
   run every check on every entry, and a test fails when a ``Function`` subclass of
   ``deepseek.ops`` is not in any entry (``unregistered_functions``).
 
-Entries live in ``_table_core`` (tensor ops) and ``_table_nn`` (functional ops).
+Entries live in ``_table_core`` (tensor ops) and ``_table_nn`` (functional ops), and
+``_table_math`` / ``_table_nn_more`` (the ops added for PyTorch API coverage).
 """
 from ..autograd.function import Function
 from .opinfo import OpInfo, AUTOCAST_POLICIES  # noqa: F401  (re-exported)
-from . import _table_core, _table_nn
+from . import _table_core, _table_nn, _table_math, _table_nn_more
 from . import tensor_methods as _tm
 
-OP_TABLE = tuple(_table_core.ENTRIES + _table_nn.ENTRIES)
+OP_TABLE = tuple(_table_core.ENTRIES + _table_nn.ENTRIES + _table_math.ENTRIES + _table_nn_more.ENTRIES)
 
 _BY_NAME = {}
 for _e in OP_TABLE:
@@ -49,13 +50,18 @@ def entries_of(fn_cls):
     return list(_BY_FUNCTION.get(fn_cls, ()))
 
 
-def autocast_policy(fn_cls):
+def autocast_policy(fn_cls, device_type="cuda", args=(), kwargs=None):
     """Autocast policy of Function class ``fn_cls``: 'lower', 'fp32', 'promote' or 'none'.
 
-    A class shared by entries of different policies takes the strictest (fp32 over
-    promote over lower over none); an unknown class (a user op) is 'none'."""
+    ``device_type`` picks PyTorch's list of that device ('cpu' reads the entries'
+    ``autocast_cpu``, which may depend on the call's ``args``/``kwargs``). The entries
+    that list ``fn_cls`` first (its own ops) decide; a composite op that merely uses
+    it (addmm uses Add) does not. Among several, the strictest wins (fp32 over promote
+    over lower over none); an unknown class (a user op) is 'none'."""
     order = ("fp32", "promote", "lower", "none")
-    pols = {e.autocast for e in _BY_FUNCTION.get(fn_cls, ())}
+    entries = _BY_FUNCTION.get(fn_cls, ())
+    own = [e for e in entries if e.functions[0] is fn_cls] or entries
+    pols = {e.autocast_for(device_type, args, kwargs) for e in own}
     return next((p for p in order if p in pols), "none")
 
 

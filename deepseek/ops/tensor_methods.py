@@ -162,6 +162,89 @@ def new_tensor(self, data, dtype=None):
     return Tensor(data, dtype=dtype or self.dtype, device=self.device)
 
 
+def __format__(self, format_spec):
+    """``f"{loss:.4f}"``: a 0-d tensor formats as its Python number; others only with an
+    empty spec (their repr), as in PyTorch."""
+    if self.ndim == 0:
+        return self.item().__format__(format_spec)
+    if format_spec:
+        raise TypeError("unsupported format string passed to Tensor.__format__")
+    return repr(self)
+
+
+def new_empty(self, *size, dtype=None):
+    """An uninitialised tensor of ``size`` with self's dtype (unless given) and device."""
+    return _ops().creation.empty(*size, dtype=dtype or self.dtype, device=self.device)
+
+
+def is_contiguous(self, memory_format=None):
+    """True when the data is laid out C-contiguously."""
+    return bool(self._data.flags.c_contiguous)
+
+
+def stride(self, dim=None):
+    """Strides in elements (of ``dim``, or all as a tuple)."""
+    st = tuple(s // self._data.itemsize for s in self._data.strides)
+    return st if dim is None else st[dim]
+
+
+def storage_offset(self):
+    """0: every deepseek tensor starts at its own data (views included)."""
+    return 0
+
+
+def data_ptr(self):
+    """Address of the first element."""
+    d = self._data
+    return d.__array_interface__["data"][0] if hasattr(d, "__array_interface__") else int(d.data.ptr)
+
+
+def squeeze_(self, dim=None):
+    """In-place ``squeeze``: self takes the squeezed shape."""
+    return _reshape_inplace(self, _ops().squeeze(self.detach(), dim).shape)
+
+
+def unsqueeze_(self, dim):
+    """In-place ``unsqueeze``: self takes the new shape."""
+    return _reshape_inplace(self, _ops().unsqueeze(self.detach(), dim).shape)
+
+
+def _reshape_inplace(self, shape):
+    self._check_inplace()
+    self._data = self._data.reshape(shape)
+    self._bump_version()
+    return self
+
+
+def __contains__(self, element):
+    """``element in tensor``: any element equals it."""
+    return bool((self._data == (element._data if isinstance(element, Tensor) else element)).any())
+
+
+def __lshift__(self, other):
+    """``self << other`` (integer tensors; no gradient)."""
+    o = other._data if isinstance(other, Tensor) else other
+    return Tensor._make(self._data << o)
+
+
+def __rshift__(self, other):
+    """``self >> other`` (integer tensors; no gradient)."""
+    o = other._data if isinstance(other, Tensor) else other
+    return Tensor._make(self._data >> o)
+
+
+def apply_(self, callable):
+    """Apply a Python function to every element, in place (CPU tensors, slow, no gradient)."""
+    self._check_inplace()
+    flat = self._data.reshape(-1)
+    for i in range(flat.size):
+        flat[i] = callable(flat[i].item())
+    self._bump_version()
+    return self
+
+
 PLAIN_METHODS = (repeat, view_as, reshape_as, normal_, uniform_, bernoulli_,
-                 new_zeros, new_ones, new_full, new_tensor)
+                 new_zeros, new_ones, new_full, new_tensor, __format__, new_empty, is_contiguous,
+                 stride, storage_offset, data_ptr, squeeze_, unsqueeze_, __contains__, __lshift__,
+                 __rshift__, apply_)
 PROPERTIES = (mT, T)

@@ -14,3 +14,16 @@ from .container import Sequential, ModuleList, ModuleDict, ParameterList, Parame
 from .loss import (CrossEntropyLoss, NLLLoss, MSELoss, L1Loss, SmoothL1Loss, HuberLoss, BCELoss,
                    BCEWithLogitsLoss)
 from .transformer import TransformerEncoderLayer, TransformerEncoder
+from .rnn import RNNBase, RNN, LSTM, GRU, RNNCellBase, RNNCell, LSTMCell, GRUCell
+from .transformer_decoder import TransformerDecoderLayer, TransformerDecoder, Transformer
+from .extra import (Hardsigmoid, Hardswish, Softsign, Tanhshrink, SELU, CELU, Threshold, Hardshrink,
+                    Softshrink, LogSigmoid, GLU, RReLU, PReLU, Softmax2d, PixelShuffle, PixelUnshuffle,
+                    ChannelShuffle, AdaptiveMaxPool1d, AdaptiveMaxPool2d, LocalResponseNorm,
+                    ConvTranspose1d, ConvTranspose2d, ConvTranspose3d, Upsample, UpsamplingNearest2d,
+                    UpsamplingBilinear2d, ZeroPad1d, ZeroPad2d, ZeroPad3d, ConstantPad1d, ConstantPad2d,
+                    ConstantPad3d, ReflectionPad1d, ReflectionPad2d, ReflectionPad3d, ReplicationPad1d,
+                    ReplicationPad2d, ReplicationPad3d, CircularPad1d, CircularPad2d, CircularPad3d,
+                    InstanceNorm1d, InstanceNorm2d, InstanceNorm3d, MaxUnpool1d, MaxUnpool2d, MaxUnpool3d,
+                    CosineSimilarity, PairwiseDistance, Fold, Unfold, KLDivLoss, MarginRankingLoss,
+                    HingeEmbeddingLoss, TripletMarginLoss, SoftMarginLoss, PoissonNLLLoss, GaussianNLLLoss,
+                    CosineEmbeddingLoss)
