@@ -255,8 +255,6 @@ def test_progress_bar_redraws_one_line_on_a_terminal(monkeypatch):
 
 @pytest.mark.parametrize("kwargs, error, match", [
     ({"precision": "8-bit"}, ValueError, "'32', '16-mixed', 'bf16-mixed'"),
-    ({"precision": "16-mixed"}, NotImplementedError, "deepseek.amp"),
-    ({"precision": "bf16-mixed"}, NotImplementedError, "deepseek.amp"),
     ({"devices": 0}, ValueError, "devices must be >= 1"),
     ({"devices": "two"}, TypeError, "devices must be an int"),
     ({"accelerator": "tpu"}, ValueError, "'cpu', 'gpu'"),

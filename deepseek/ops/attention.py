@@ -115,7 +115,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     if not _dt.is_floating(query.dtype):
         raise RuntimeError(f"scaled_dot_product_attention: expected floating point inputs, got "
                            f"dtype {query.dtype}")
-    if not (query.dtype == key.dtype == value.dtype):
+    if not (query.dtype == key.dtype == value.dtype) and not _autocast_casts(query):
         raise RuntimeError(f"scaled_dot_product_attention: query, key and value must have the same "
                            f"dtype, got {query.dtype}, {key.dtype} and {value.dtype}")
     if query.shape[-1] != key.shape[-1] or key.shape[-2] != value.shape[-2]:
@@ -151,6 +151,12 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
             mask = mask._data
     return SDPA.apply(query, key, value, mask, scale=scale, is_causal=bool(is_causal),
                       dropout_p=float(dropout_p), need_weights=need_weights)
+
+
+def _autocast_casts(t):
+    # under autocast the mixed dtypes are cast at dispatch (deepseek.amp)
+    from ..amp.autocast_mode import casts_inputs_of
+    return casts_inputs_of(t)
 
 
 def _repeat_heads(t, rep):

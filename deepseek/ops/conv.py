@@ -6,6 +6,7 @@ the inner loop -- and multiplies it by the (C_out, C_in * kernel) weight matrix.
 result is (C_out, N, *out) in memory and is returned as an (N, C_out, *out) view.
 Backward is two more GEMMs (weight grad: g @ cols.T; column grad: W.T @ g) and a
 col2im that adds each kernel offset's slab back into the padded input gradient.
+On the CPU, fp16/bf16 GEMMs run through ``_lowp`` (fp32 sgemm, rounded once).
 """
 import itertools
 import math
@@ -16,6 +17,14 @@ from .. import dtypes as _dt
 from ..autograd.function import Function
 from .._tensor import Tensor
 from ._util import xp_of
+from . import _lowp
+
+
+def _mm(a, b, out_dtype):
+    """``a @ b``; fp16/bf16 CPU operands through the fp32 sgemm path."""
+    if _lowp.applies(a, b):
+        return _lowp.matmul(a, b, out_dtype=out_dtype)
+    return a @ b
 
 
 def _tuple(v, n, name, op):
@@ -78,9 +87,9 @@ class ConvNd(Function):
                            tuple(s * st for s, st in zip(ss, stride)))
         cols = xp.ascontiguousarray(view).reshape(G, (C // G) * K, N * P)
         if G == 1:
-            y = w.reshape(O, -1) @ cols[0]
+            y = _mm(w.reshape(O, -1), cols[0], x.dtype)
         else:
-            y = (w.reshape(G, O // G, -1) @ cols).reshape(O, N * P)
+            y = _mm(w.reshape(G, O // G, -1), cols, x.dtype).reshape(O, N * P)
         if y.dtype != x.dtype:
             y = y.astype(x.dtype)
         y = y.reshape((O, N) + out)
@@ -107,18 +116,21 @@ class ConvNd(Function):
         if na[1]:
             cols = ctx.cols
             if G == 1:
-                gw = g2[0] @ cols[0].T
+                gw = _mm(g2[0], cols[0].T, g.dtype)
             else:
-                gw = g2 @ cols.transpose(0, 2, 1)
+                gw = _mm(g2, cols.transpose(0, 2, 1), g.dtype)
             gw = gw.reshape((O, C // G) + tuple(k)).astype(g.dtype, copy=False)
         if len(na) > 2 and na[2] and ctx.has_bias:
-            gb = g2.reshape(O, -1).sum(axis=1)
+            if _lowp.applies(g2):  # accumulate in fp32
+                gb = _lowp.from_f32(_lowp.to_f32(g2.reshape(O, -1)).sum(axis=1), g.dtype)
+            else:
+                gb = g2.reshape(O, -1).sum(axis=1)
         if na[0]:
             w = ctx.w
             if G == 1:
-                gcols = w.reshape(O, -1).T @ g2[0]
+                gcols = _mm(w.reshape(O, -1).T, g2[0], g.dtype)
             else:
-                gcols = w.reshape(G, O // G, -1).transpose(0, 2, 1) @ g2
+                gcols = _mm(w.reshape(G, O // G, -1).transpose(0, 2, 1), g2, g.dtype)
             gcols = gcols.reshape((C,) + tuple(k) + (N,) + tuple(out))
             # col2im in (C, N, *spatial) layout (that of gcols), returned as an (N, C, ...) view
             gxp = xp.zeros((C, N) + tuple(pshape[2:]), dtype=g.dtype)
@@ -137,6 +149,11 @@ class ConvNd(Function):
         return gx, gw, gb
 
 
+def _autocast_casts(t):
+    from ..amp.autocast_mode import casts_inputs_of  # only reached on mixed dtypes
+    return casts_inputs_of(t)
+
+
 def _conv(nd, op, input, weight, bias, stride, padding, dilation, groups):
     from .shape import cast
     if not isinstance(input, Tensor) or not isinstance(weight, Tensor):
@@ -151,14 +168,14 @@ def _conv(nd, op, input, weight, bias, stride, padding, dilation, groups):
                            f"got input of shape {tuple(input.shape)}")
     if not _dt.is_floating(input.dtype):
         raise RuntimeError(f"{op}: expected a floating point input, got dtype {input.dtype}")
-    if input.dtype != weight.dtype:
+    if input.dtype != weight.dtype and not _autocast_casts(input):
         raise RuntimeError(f"{op}: input dtype {input.dtype} and weight dtype {weight.dtype} "
                            "should be the same")
     if bias is not None:
         if tuple(bias.shape) != (weight.shape[0],):
             raise RuntimeError(f"{op}: expected bias of shape ({weight.shape[0]},) for weight of "
                                f"shape {tuple(weight.shape)}, got bias of shape {tuple(bias.shape)}")
-        if bias.dtype != input.dtype:
+        if bias.dtype != input.dtype and not _autocast_casts(input):
             bias = cast(bias, input.dtype)
     if unbatched:
         from .shape import unsqueeze

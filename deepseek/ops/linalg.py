@@ -1,6 +1,12 @@
-"""matmul (batched, broadcast) and the fused linear op."""
+"""matmul (batched, broadcast) and the fused linear op.
+
+On the CPU, fp16/bf16 operands go through the blocked low-precision GEMM of
+``_lowp`` (fp32 panels through sgemm, output rounded once) instead of numpy's
+scalar-loop matmul for those dtypes; the gradients too, with fp32 accumulation.
+"""
 from ..autograd.function import Function
 from ._util import unbroadcast, xp_of, prepare_binary
+from . import _lowp
 
 
 class Matmul(Function):
@@ -15,6 +21,11 @@ class Matmul(Function):
             raise RuntimeError(f"matmul: shapes {tuple(a.shape)} and {tuple(b.shape)} cannot be "
                                f"multiplied ({ka} != {kb})")
         ctx.save_for_backward(a, b)
+        if _lowp.applies(a, b):
+            if a.ndim >= 2 and b.ndim == 2:  # fold the batch into rows: one blocked GEMM
+                return _lowp.mm(a.reshape(-1, ka), b, out_dtype=a.dtype).reshape(
+                    a.shape[:-1] + (b.shape[1],))
+            return _lowp.matmul(a, b, out_dtype=a.dtype)
         out = a @ b
         if out.dtype != a.dtype:  # numpy computes bfloat16 products in float32
             out = out.astype(a.dtype)
@@ -23,8 +34,24 @@ class Matmul(Function):
     @staticmethod
     def backward(ctx, g):
         a, b = ctx.saved_tensors
-        xp = xp_of(g)
         na = ctx.needs_input_grad
+        if _lowp.applies(a, b, g):
+            if a.ndim >= 2 and b.ndim == 2 and g.shape[:-1] == a.shape[:-1]:
+                g2 = g.reshape(-1, g.shape[-1])
+                ga = _lowp.mm(g2, b, trans_b=True, out_dtype=a.dtype).reshape(a.shape) \
+                    if na[0] else None
+                gb = _lowp.mm_tn(a.reshape(-1, a.shape[-1]), g2, out_dtype=b.dtype) \
+                    if na[1] else None
+                return ga, gb
+            # general shapes: the fp32 formulas on widened operands, rounded once
+            ga, gb = Matmul._grads(_lowp.to_f32(a), _lowp.to_f32(b), _lowp.to_f32(g), na)
+            return (None if ga is None else _lowp.from_f32(ga, a.dtype),
+                    None if gb is None else _lowp.from_f32(gb, b.dtype))
+        return Matmul._grads(a, b, g, na)
+
+    @staticmethod
+    def _grads(a, b, g, na):
+        xp = xp_of(g)
         if a.ndim == 1 and b.ndim == 1:  # dot product: g is 0-d
             return (g * b if na[0] else None), (g * a if na[1] else None)
         a2 = a[None, :] if a.ndim == 1 else a          # (.., n, k)
@@ -77,6 +104,9 @@ class Linear(Function):
                                f"(weight shape {tuple(w.shape)})")
         ctx.save_for_backward(x, w)
         ctx.has_bias = b is not None
+        if _lowp.applies(x, w):  # bias added in fp32 before the output is rounded
+            return _lowp.mm(x.reshape(-1, x.shape[-1]), w, trans_b=True, bias=b,
+                            out_dtype=x.dtype).reshape(x.shape[:-1] + (w.shape[0],))
         if x.ndim > 2:
             # one 2-D GEMM over all leading dims: numpy would loop a GEMM per batch row,
             # and the big one threads better
@@ -94,6 +124,12 @@ class Linear(Function):
         x, w = ctx.saved_tensors
         na = ctx.needs_input_grad
         g2 = g.reshape(-1, g.shape[-1])
+        if _lowp.applies(x, w, g):
+            gx = _lowp.mm(g2, w, out_dtype=x.dtype).reshape(g.shape[:-1] + (w.shape[1],)) \
+                if na[0] else None
+            gw = _lowp.mm_tn(g2, x.reshape(-1, x.shape[-1]), out_dtype=w.dtype) if na[1] else None
+            gb = _lowp.colsum(g2, out_dtype=w.dtype) if ctx.has_bias and na[2] else None
+            return gx, gw, gb
         gx = (g2 @ w).reshape(g.shape[:-1] + (w.shape[1],)) if na[0] else None
         gw = (g2.T @ x.reshape(-1, x.shape[-1])) if na[1] else None
         gb = g2.sum(axis=0) if ctx.has_bias and na[2] else None

@@ -2,7 +2,7 @@
 (Lightning's accelerator connector, in small)."""
 import numpy as np
 
-_PRECISIONS = {"32": "32", "32-true": "32", "16-mixed": "16-mixed", "16": "16-mixed",
+_PRECISIONS = {"32": "32", "32-true": "32", 32: "32", "16-mixed": "16-mixed", "16": "16-mixed",
                "bf16-mixed": "bf16-mixed", "bf16": "bf16-mixed"}
 _ACCELERATORS = ("cpu", "gpu", "cuda", "auto")
 
@@ -29,11 +29,7 @@ def check_precision(precision):
     if key not in _PRECISIONS:
         raise ValueError(f"precision={precision!r} is not supported; use one of "
                          f"'32', '16-mixed', 'bf16-mixed'")
-    value = _PRECISIONS[key]
-    if value != "32":
-        raise NotImplementedError(f"precision={value!r} not yet: mixed precision lands with "
-                                  f"deepseek.amp; use precision='32' for now")
-    return value
+    return _PRECISIONS[key]
 
 
 def check_accelerator(accelerator):

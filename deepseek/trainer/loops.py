@@ -70,11 +70,12 @@ class FitLoop:
             t._logs.start()
             sync = contextlib.nullcontext() if last_micro else strategy.block_backward_sync()
             with sync:
-                out = strategy.training_step(batch, batch_idx)
+                with t.precision_plugin.forward_context():
+                    out = strategy.training_step(batch, batch_idx)
                 loss = training_loss(out)
                 scaled = loss / w_size if w_size > 1 else loss
                 hooks("on_before_backward", scaled)
-                strategy.backward(scaled)
+                strategy.backward(t.precision_plugin.scale_loss(scaled))
                 hooks("on_after_backward")
             window_loss += float(loss.detach().item())
             window_n += 1
@@ -119,9 +120,11 @@ class FitLoop:
         for opt in t.optimizers:
             hooks("on_before_optimizer_step", opt)
         if t.gradient_clip_val is not None:
+            t.precision_plugin.unscale(t.optimizers)  # clip the true gradients
             strategy.clip_gradients(t.optimizers, t.gradient_clip_val)
         for opt in t.optimizers:
-            strategy.optimizer_step(opt)
+            t.precision_plugin.optimizer_step(opt, strategy)
+        t.precision_plugin.after_steps()
         for opt in t.optimizers:
             hooks("on_before_zero_grad", opt)
             strategy.zero_grad(opt)
@@ -148,7 +151,8 @@ def run_validation(trainer, feeds):
                     batch = strategy.batch_to_device(batch)
                     hooks("on_validation_batch_start", batch, batch_idx, loader_idx)
                     t._logs.start()
-                    out = strategy.validation_step(batch, batch_idx)
+                    with trainer.precision_plugin.forward_context():
+                        out = strategy.validation_step(batch, batch_idx)
                     logged = t._logs.current
                     if not logged and out is not None:
                         # nothing logged: the returned loss is the metric

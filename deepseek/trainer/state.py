@@ -91,6 +91,7 @@ def dump_checkpoint(trainer):
         "sampler": {"seed": trainer._sampler_seed(), "world_size": trainer.world_size},
         "callback_metrics": dict(trainer.callback_metrics),
         "callbacks": {},
+        "precision_state": trainer.precision_plugin.state_dict(),
     }
     for cb in trainer.callbacks:
         state = cb.state_dict()
@@ -159,6 +160,7 @@ def restore_training_state(trainer, ckpt):
     for s, st in zip(trainer.lr_scheduler_configs, saved):
         s["scheduler"].load_state_dict(st)
     trainer._loop.load_state_dict(ckpt["loop"])
+    trainer.precision_plugin.load_state_dict(ckpt.get("precision_state"))
     states = ckpt["rng"]
     # the same world size: each rank continues its own streams; otherwise (a restart
     # on another number of workers) rank r takes rank r % saved's

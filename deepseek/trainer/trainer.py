@@ -87,7 +87,8 @@ class Trainer:
             divided by the number of micro-batches in its window, gradient
             synchronisation is skipped on all but the last.
         gradient_clip_val: clip the global gradient norm to this before each step.
-        precision: '32'; '16-mixed' and 'bf16-mixed' are reserved for deepseek.amp.
+        precision: '32-true' (alias '32'), 'bf16-mixed' (bf16 autocast) or '16-mixed'
+            (fp16 autocast and a GradScaler); parameters stay float32.
         log_every_n_steps: progress lines (when stderr is not a terminal) every n steps.
         checkpoint_dir: where rank 0 writes ``last.ckpt`` (and ModelCheckpoint's
             default folder).
@@ -103,6 +104,8 @@ class Trainer:
                  enable_progress_bar=True, callbacks=None):
         self.precision = config.check_precision(precision)
         self.accelerator = config.check_accelerator(accelerator)
+        from .precision import Precision
+        self.precision_plugin = Precision(self.precision, self.accelerator)
         self._job = config.detect_job()
         self.devices = config.check_devices(devices, self.accelerator, self._job)
         self._strategy = config.check_strategy(strategy)

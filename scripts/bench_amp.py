@@ -1,0 +1,176 @@
+"""Mixed precision on the CPU: step time and activation memory, fp32 against bf16
+autocast, side by side with PyTorch's CPU autocast in the same run.
+
+    python scripts/bench_amp.py [--reps 5] [--quick] [--json]
+
+Models: the transformer encoder layer (d 256, 4 heads, seq 128, batch 16) and an MLP
+(784-1024-1024-10, batch 256). A step is forward + backward + SGD step; times are
+medians over ``--reps`` steps after a warm-up, the configurations interleaved.
+Peak memory of forward+backward is measured with tracemalloc (numpy reports every
+array allocation to it): the peak above what was allocated before the forward, in a
+separate, untimed run. The GEMM table compares a (M, K) @ (K, N) product in fp32
+(OpenBLAS sgemm), in bf16 through numpy/ml_dtypes (what a naive autocast would run)
+and in bf16 through deepseek's blocked low-precision GEMM.
+"""
+import argparse
+import json
+import statistics
+import time
+import tracemalloc
+
+import numpy as np
+
+import deepseek as ds
+from deepseek.amp import autocast
+
+
+def _transformer(lib, nn):
+    layer = nn.TransformerEncoderLayer(256, 4, dim_feedforward=2048, dropout=0.0,
+                                       batch_first=True)
+    x = lib.randn(16, 128, 256)
+    return layer, x, lambda out: (out.float() ** 2).mean()
+
+
+def _mlp(lib, nn):
+    m = nn.Sequential(nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(),
+                      nn.Linear(1024, 10))
+    x = lib.randn(256, 784)
+    y = lib.tensor(np.arange(256) % 10)
+    return m, x, lambda out: nn.functional.cross_entropy(out.float(), y)
+
+
+MODELS = {"transformer": _transformer, "mlp": _mlp}
+
+
+def _ds_step(model, x, loss_fn, opt, amp):
+    if amp:
+        with autocast("cpu", dtype=ds.bfloat16):
+            loss = loss_fn(model(x))
+    else:
+        loss = loss_fn(model(x))
+    loss.backward()
+    opt.step()
+    opt.zero_grad()
+
+
+def _torch_step(torch, model, x, loss_fn, opt, amp):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        loss = loss_fn(model(x))
+    loss.backward()
+    opt.step()
+    opt.zero_grad()
+
+
+def _peak_fwd_bwd(model, x, loss_fn, amp):
+    """Peak bytes allocated during forward+backward (tracemalloc)."""
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        if amp:
+            with autocast("cpu", dtype=ds.bfloat16):
+                loss = loss_fn(model(x))
+        else:
+            loss = loss_fn(model(x))
+        loss.backward()
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    for p in model.parameters():
+        p.grad = None
+    return peak
+
+
+def bench_models(reps, names):
+    rows = []
+    try:
+        import torch
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+    except ImportError:
+        torch = None
+    for name in names:
+        ds.manual_seed(0)
+        model, x, loss_fn = MODELS[name](ds, ds.nn)
+        opt = ds.optim.SGD(model.parameters(), lr=1e-4)
+        mem = {amp: _peak_fwd_bwd(model, x, loss_fn, amp) for amp in (False, True)}
+        runs = {"ds fp32": lambda: _ds_step(model, x, loss_fn, opt, False),
+                "ds bf16": lambda: _ds_step(model, x, loss_fn, opt, True)}
+        if torch is not None:
+            torch.manual_seed(0)
+            tm, tx, tl = MODELS[name](torch, torch.nn)
+            topt = torch.optim.SGD(tm.parameters(), lr=1e-4)
+            runs["torch fp32"] = lambda: _torch_step(torch, tm, tx, tl, topt, False)
+            runs["torch bf16"] = lambda: _torch_step(torch, tm, tx, tl, topt, True)
+        times = {k: [] for k in runs}
+        for f in runs.values():   # warm-up
+            f()
+        for _ in range(reps):     # interleaved
+            for k, f in runs.items():
+                t0 = time.perf_counter()
+                f()
+                times[k].append(time.perf_counter() - t0)
+        med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+        row = {"model": name, "ds_fp32_ms": med["ds fp32"], "ds_bf16_ms": med["ds bf16"],
+               "ds_ratio": med["ds bf16"] / med["ds fp32"],
+               "peak_fp32_MiB": mem[False] / 2 ** 20, "peak_bf16_MiB": mem[True] / 2 ** 20,
+               "mem_ratio": mem[True] / mem[False]}
+        if torch is not None:
+            row.update(torch_fp32_ms=med["torch fp32"], torch_bf16_ms=med["torch bf16"],
+                       torch_ratio=med["torch bf16"] / med["torch fp32"])
+        rows.append(row)
+    return rows
+
+
+def bench_gemm(reps, shapes):
+    from deepseek.ops import _lowp
+    bf = ds.bfloat16
+    rows = []
+    for M, K, N in shapes:
+        rng = np.random.default_rng(0)
+        a32 = rng.standard_normal((M, K), dtype=np.float32)
+        b32 = rng.standard_normal((K, N), dtype=np.float32)
+        a, b = a32.astype(bf), b32.astype(bf)
+        runs = {"fp32 sgemm": lambda: a32 @ b32, "bf16 lowp": lambda: _lowp.mm(a, b)}
+        if M * K * N <= 512 ** 3:
+            runs["bf16 numpy"] = lambda: a @ b
+        t = {k: [] for k in runs}
+        for _ in range(reps):
+            for k, f in runs.items():
+                t0 = time.perf_counter()
+                f()
+                t[k].append(time.perf_counter() - t0)
+        med = {k: statistics.median(v) * 1e3 for k, v in t.items()}
+        rows.append({"shape": f"{M}x{K}x{N}", **{k + " ms": v for k, v in med.items()}})
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="the MLP only, 3 reps")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    reps = 3 if args.quick else args.reps
+    names = ["mlp"] if args.quick else list(MODELS)
+    models = bench_models(reps, names)
+    gemm = bench_gemm(reps, [(512, 512, 512), (2048, 256, 1024), (2048, 1024, 256)])
+    if args.json:
+        print(json.dumps({"models": models, "gemm": gemm}, indent=1))
+        return
+    print(f"native isa: {ds.native.isa()}")
+    print(f"{'model':12s} {'ds fp32':>9s} {'ds bf16':>9s} {'ratio':>6s} | {'torch fp32':>10s} "
+          f"{'torch bf16':>10s} {'ratio':>6s} | {'peak fp32':>10s} {'peak bf16':>10s} {'ratio':>6s}")
+    for r in models:
+        tp = (f"{r['torch_fp32_ms']:8.1f}ms {r['torch_bf16_ms']:8.1f}ms {r['torch_ratio']:6.2f}"
+              if "torch_fp32_ms" in r else f"{'-':>10s} {'-':>10s} {'-':>6s}")
+        print(f"{r['model']:12s} {r['ds_fp32_ms']:7.1f}ms {r['ds_bf16_ms']:7.1f}ms "
+              f"{r['ds_ratio']:6.2f} | {tp} | {r['peak_fp32_MiB']:7.1f}MiB "
+              f"{r['peak_bf16_MiB']:7.1f}MiB {r['mem_ratio']:6.2f}")
+    print()
+    for r in gemm:
+        print("  ".join(f"{k}: {v:.2f}" if isinstance(v, float) else f"{k}: {v}"
+                        for k, v in r.items()))
+
+
+if __name__ == "__main__":
+    main()
