@@ -51,11 +51,12 @@ def my_report(rank, error=None):
             "stack": _stacks(), "time": time.time()}
 
 
-def write_report(store, prefix, rank, error=None):
-    """Write this rank's report and ask every other rank for theirs."""
+def write_report(store, prefix, rank, error=None, request=True):
+    """Write this rank's report and (``request``) ask every other rank for theirs."""
     try:
         store.set(f"{prefix}/hang/{rank}", json.dumps(my_report(rank, error)))
-        store.set(f"{prefix}/hang/request", "1")
+        if request:
+            store.set(f"{prefix}/hang/request", "1")
     except Exception:  # noqa: BLE001 - reporting must never mask the real error
         pass
 

@@ -227,8 +227,14 @@ class ProcessGroup:
                 self._backend.abort(f"{type(exc).__name__} in {ctx.describe()}: {exc}"[:400])
             except Exception:  # noqa: BLE001
                 pass
-        if isinstance(exc, CollectiveTimeoutError) and self.store is not None:
-            hang.write_report(self.store, self.hang_prefix, self.global_rank, str(exc))
+        if self.store is not None:
+            if isinstance(exc, CollectiveTimeoutError):
+                hang.write_report(self.store, self.hang_prefix, self.global_rank, str(exc))
+            elif isinstance(exc, (PeerFailureError, CollectiveMismatchError)):
+                # this rank is alive but about to leave on a peer's abort: record where it
+                # was now, since its watchdog may not get to answer a hang request later
+                hang.write_report(self.store, self.hang_prefix, self.global_rank, str(exc),
+                                  request=False)
 
     def _execute(self, opname, seq, timeout, body, sig):
         ctx = OpContext(opname, seq, timeout if timeout is not None else self.timeout,
