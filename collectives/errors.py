@@ -41,7 +41,13 @@ class PeerFailureError(CollectiveError):
 
 
 class CollectiveMismatchError(CollectiveError):
-    """Debug mode found ranks calling different collectives (op/shape/dtype/root)."""
+    """Ranks called different collectives.
+
+    Every call compares op, reduce op, root, dtype and byte count across the ranks
+    (shared memory: a signature word per rank; ZeroMQ: the authenticated header);
+    ``DEEPSEEK_DEBUG_COLLECTIVES=1`` adds the full shape check through the store. All
+    ranks raise it with the same message, and the group is broken afterwards.
+    """
 
 
 class GroupBrokenError(CollectiveError):
