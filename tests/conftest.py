@@ -1,7 +1,23 @@
-"""Fixtures shared by the test modules."""
+"""Fixtures shared by the test modules, and ``--without-torch``.
+
+``pytest --without-torch`` hides PyTorch (``import torch`` raises ImportError) before
+any test module is imported: CI runs the op suites that way too, so the parity tests
+that need PyTorch skip and everything else -- gradchecks included -- must still run.
+"""
 import os
+import sys
 
 import pytest
+
+
+def pytest_addoption(parser):
+    parser.addoption("--without-torch", action="store_true",
+                     help="hide PyTorch: `import torch` raises ImportError in the tests")
+
+
+def pytest_configure(config):
+    if config.getoption("--without-torch"):
+        sys.modules["torch"] = None  # what a machine without PyTorch looks like
 
 
 def _our_segments():
