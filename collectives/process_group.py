@@ -14,12 +14,13 @@ rank: collectives/backends/shm.py, "Signatures".)
 Ranks given to the methods (``src``, ``dst``, ``root``) are *group* ranks.
 """
 import json
-import os
 import threading
 
 import numpy as np
 
+from .. import env as envvars
 from . import hang
+from . import trace as _trace
 from ._context import OpContext
 from .errors import (CollectiveArgumentError, CollectiveError, CollectiveMismatchError,
                      CollectiveTimeoutError, GroupBrokenError, PeerFailureError)
@@ -30,10 +31,6 @@ from .work import Worker, Work, completed_work
 _SUM = ReduceOp.SUM
 # kinds of the shm transport's C collectives (native/src/dsn_shm.h)
 _ALLGATHER, _GATHER, _REDUCE_SCATTER, _BROADCAST, _ALLGATHER_CMA = 1, 2, 3, 4, 5
-
-
-def _truthy(v):
-    return str(v).strip().lower() in ("1", "true", "yes", "on")
 
 
 def _is_array(x):
@@ -63,7 +60,7 @@ class ProcessGroup:
         self.store, self.prefix = store, prefix
         self.timeout = float(timeout)
         self.deterministic = bool(deterministic)
-        self.debug = _truthy(os.environ.get("DEEPSEEK_DEBUG_COLLECTIVES", "0")) \
+        self.debug = envvars.get("DEEPSEEK_DEBUG_COLLECTIVES") \
             if debug is None else bool(debug)
         self.global_rank = self.ranks[self.rank] if global_rank is None else global_rank
         self._seq = 0
@@ -103,6 +100,8 @@ class ProcessGroup:
                 self._fast_ops[(dt, ReduceOp(opname))] = code
             self._fast = {dt: c for (dt, op), c in self._fast_ops.items()
                           if op is ReduceOp.SUM}
+        if name == "default" and envvars.get("DEEPSEEK_TIMELINE"):
+            _trace.on_default_group(self)  # clock alignment through the store
 
     # ------------------------------------------------------------------ properties
     @property
@@ -237,6 +236,29 @@ class ProcessGroup:
                                   request=False)
 
     def _execute(self, opname, seq, timeout, body, sig):
+        if _trace.sink is not None:
+            t0 = _trace.now()
+            self._execute_body(opname, seq, timeout, body, sig)
+            self._emit(opname, seq, _trace.nbytes_of_sig(sig), t0, "general")
+            return
+        self._execute_body(opname, seq, timeout, body, sig)
+
+    def _emit(self, opname, seq, nbytes, t0, path):
+        """Tell collectives.trace's listeners about one finished collective."""
+        b = self._backend
+        if path == "general" and opname == "allreduce" and self.size > 1:
+            if self.deterministic and not getattr(b, "rank_ordered", b.name in ("shm", "zmq")):
+                algo = "ordered-allgather"
+            else:
+                rs = getattr(b, "rs_bytes", None)
+                algo = ("rs+ag" if nbytes >= rs else "direct") if rs is not None else b.name
+        else:
+            algo = path
+        _trace.sink({"op": opname, "group": self.name, "seq": seq, "bytes": nbytes,
+                     "algorithm": algo, "backend": self.backend, "transport": self.transport,
+                     "rank": self.global_rank, "t0": t0, "t1": _trace.now()})
+
+    def _execute_body(self, opname, seq, timeout, body, sig):
         ctx = OpContext(opname, seq, timeout if timeout is not None else self.timeout,
                         self.name, self.rank, self.ranks)
         with self._lock:
@@ -327,6 +349,7 @@ class ProcessGroup:
                 table = self._backend.symmetric_table(x) if x.nbytes >= self._sym_min \
                     else None
                 if self._lock.acquire(False):
+                    t0 = _trace.now() if _trace.sink is not None else 0
                     try:
                         if table is None:
                             st = self._fast_kernel(self._fast_addr, x, code, 20_000_000)
@@ -336,13 +359,20 @@ class ProcessGroup:
                                                   table)
                         if st == 0:
                             self._seq += 1
+                            if t0:
+                                self._emit("allreduce", self._seq, x.nbytes, t0,
+                                           "shm-c-symmetric" if table is not None else "shm-c")
                             return None
                         if st > 0:  # still waiting (or a peer aborted): the slow wait
                             self._seq += 1
                             b = self._backend
-                            return self._fast_finish("allreduce", lambda ctx, status:
-                                                     b.native_allreduce(ctx, x, code, status,
-                                                                        table), st, timeout)
+                            self._fast_finish("allreduce", lambda ctx, status:
+                                              b.native_allreduce(ctx, x, code, status,
+                                                                 table), st, timeout)
+                            if t0:
+                                self._emit("allreduce", self._seq, x.nbytes, t0,
+                                           "shm-c-symmetric" if table is not None else "shm-c")
+                            return None
                     finally:
                         self._lock.release()
         f = self._arr(x, "allreduce", writable=True)
@@ -407,6 +437,7 @@ class ProcessGroup:
         it, see collectives/backends/shm.py)."""
         if self._worker._pending or not self._lock.acquire(False):
             return False
+        t0 = _trace.now() if _trace.sink is not None else 0
         try:
             if code is None:
                 code = self._copy_codes.get(x.dtype)
@@ -420,6 +451,8 @@ class ProcessGroup:
                 b = self._backend
                 self._fast_finish(opname, lambda ctx, status: b._native_coll(
                     ctx, kind, x, out, code, root, status), st, timeout)
+            if t0:
+                self._emit(opname, self._seq, x.nbytes, t0, "shm-c")
             return True
         finally:
             self._lock.release()
@@ -643,6 +676,8 @@ class ProcessGroup:
             return
         try:
             self.synchronize(timeout=self.timeout)
+            if self.name == "default" and _trace._timeline is not None:
+                _trace.on_default_destroy(self)  # rank files; rank 0 merges
         finally:
             self._closed = True
             self._fast = None

@@ -15,19 +15,19 @@ Shared-memory bootstrap: group rank 0 creates the segment and publishes its name
 others attach, everybody passes one barrier through the segment itself and then rank 0
 unlinks the name -- from here on a crash cannot leave anything behind in /dev/shm.
 """
-import os
 import re
 import socket
 
+from ... import env as envvars
 from .. import shm as _shm
 from .._context import OpContext
 from ..errors import CollectiveError
-from .shm import ShmTransport, _env_bytes, _round_up, segment_size
+from .shm import ShmTransport, _round_up, segment_size
 
 
 def host_id():
     """What identifies this host for "can we share memory" (hostname + boot id)."""
-    forced = os.environ.get("DEEPSEEK_HOST_ID")
+    forced = envvars.get("DEEPSEEK_HOST_ID")
     if forced:
         return forced
     boot = ""
@@ -44,7 +44,7 @@ def _safe(job_id):
 
 
 def make_cpu_backend(rank, size, store, prefix, job_id, timeout, group_name, ranks):
-    want = os.environ.get("DEEPSEEK_CPU_TRANSPORT", "auto").lower()
+    want = envvars.get("DEEPSEEK_CPU_TRANSPORT")
     if want not in ("auto", "shm", "zmq"):
         raise CollectiveError(f"DEEPSEEK_CPU_TRANSPORT={want!r}: expected auto, shm or zmq")
     store.set(f"{prefix}/host/{rank}", host_id())
@@ -66,7 +66,6 @@ def _make_hier(rank, size, store, prefix, job_id, timeout, group_name, ranks, ho
     """Shared memory inside each host, ZeroMQ rails across (backends/hier.py). Every
     rank builds its parts in the same order -- host segment, its rail, the flat mesh --
     and each part waits only for its own members, so the builds cannot deadlock."""
-    from ... import env as envvars
     from .hier import HierTransport, local_index, rail_members
     from .zmq import ZmqTransport
 
@@ -99,8 +98,8 @@ def _make_hier(rank, size, store, prefix, job_id, timeout, group_name, ranks, ho
 
 
 def _make_shm(rank, size, store, prefix, job_id, timeout, group_name, ranks):
-    chunk = _round_up(max(_env_bytes("DEEPSEEK_SHM_CHUNK", 1 << 20), 4096), 4096)
-    p2p = _round_up(max(_env_bytes("DEEPSEEK_SHM_P2P_BYTES", 1 << 20), 64), 64)
+    chunk = _round_up(max(envvars.get("DEEPSEEK_SHM_CHUNK"), 4096), 4096)
+    p2p = _round_up(max(envvars.get("DEEPSEEK_SHM_P2P_BYTES"), 64), 64)
     nbytes = segment_size(size, chunk, p2p)
     seg = None
     try:

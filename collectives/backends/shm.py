@@ -99,6 +99,7 @@ import zlib
 
 import numpy as np
 
+from ... import env as envvars
 from .. import _futex
 from .. import shm as _shm
 from .._context import OpContext
@@ -163,20 +164,6 @@ try:
     from ..reduce_ops import BFLOAT16 as _BF16
 except ImportError:  # pragma: no cover
     _BF16 = None
-
-
-def _env_bytes(name, default):
-    v = os.environ.get(name)
-    if not v:
-        return default
-    v = v.strip().upper()
-    mult = 1
-    for suf, m in (("KIB", 1024), ("MIB", 1 << 20), ("GIB", 1 << 30), ("K", 1024),
-                   ("M", 1 << 20), ("G", 1 << 30)):
-        if v.endswith(suf):
-            v, mult = v[: -len(suf)], m
-            break
-    return int(float(v) * mult)
 
 
 def _round_up(x, a):
@@ -264,7 +251,7 @@ class ShmTransport(Backend):
         n = size
         self.seg = segment
         self.C, self.P = chunk, p2p_bytes
-        rs_bytes = _env_bytes("DEEPSEEK_SHM_RS_BYTES", 64 << 10)
+        rs_bytes = envvars.get("DEEPSEEK_SHM_RS_BYTES")
         # Spin long when every rank has a core of its own (a futex wake-up costs tens
         # of microseconds in a VM, sched_yield hands the core to unrelated load), but
         # only briefly when ranks outnumber cores: then the spinner would be burning the
@@ -273,10 +260,11 @@ class ShmTransport(Backend):
             cores = len(os.sched_getaffinity(0))
         except (AttributeError, OSError):  # pragma: no cover
             cores = os.cpu_count() or 1
-        default_spin = "2000" if size <= cores else "20"
-        self.spin_s = spin_s if spin_s is not None else float(
-            os.environ.get("DEEPSEEK_SHM_SPIN_US", default_spin)) * 1e-6
-        self.yield_s = self.spin_s + float(os.environ.get("DEEPSEEK_SHM_YIELD_US", "0")) * 1e-6
+        spin_us = envvars.get("DEEPSEEK_SHM_SPIN_US")
+        if spin_us is None:
+            spin_us = 2000.0 if size <= cores else 20.0
+        self.spin_s = spin_s if spin_s is not None else spin_us * 1e-6
+        self.yield_s = self.spin_s + envvars.get("DEEPSEEK_SHM_YIELD_US") * 1e-6
         self._spin_min = min(self.spin_s, 100e-6)  # see DSN_SHM_SPIN_MIN_NS
         self._spin_cur = self.spin_s
         buf = segment.buf
@@ -325,7 +313,7 @@ class ShmTransport(Backend):
             self._barrier_kernel = lambda budget: kernel(addr, _COLL_BARRIER, dummy, None,
                                                          -1, 0, budget)
         #: allreduce of a symmetric buffer takes the zero-copy path from this size on
-        self.sym_bytes = _env_bytes("DEEPSEEK_SHM_SYM_BYTES", 32 << 10)
+        self.sym_bytes = envvars.get("DEEPSEEK_SHM_SYM_BYTES")
         self._sym = []          # SymmetricRegion records of this group
         self._sym_tables = {}   # (address, nbytes) -> (table address, table)
         self._sym_calls = 0
@@ -337,7 +325,7 @@ class ShmTransport(Backend):
         self.cma = False
         # measured, 2 ranks: staged 3.3-4.2 us vs 4.4 at 4 KiB per rank, 7.4-8.2 vs
         # 5.5-5.8 at 16 KiB, 308 vs 186 us at 1 MiB, 2.49 vs 1.57 ms at 8 MiB
-        self.cma_bytes = _env_bytes("DEEPSEEK_SHM_CMA_BYTES", 8 << 10)
+        self.cma_bytes = envvars.get("DEEPSEEK_SHM_CMA_BYTES")
         self._peers = [r for r in range(n) if r != rank]
         self._procs = {}
         self._sent = [0] * n   # messages this rank posted to each dst
@@ -372,8 +360,7 @@ class ShmTransport(Backend):
         ptrace_scope or a container's seccomp policy). ``DEEPSEEK_SHM_CMA=0`` turns
         it off. Each rank reads every peer's pid word through the peer's own address
         of the segment and checks the value; then all agree through one barrier."""
-        want = os.environ.get("DEEPSEEK_SHM_CMA", "auto").strip().lower()
-        ok = want not in ("0", "off", "no", "false") and self.coll_kernel is not None \
+        ok = envvars.get("DEEPSEEK_SHM_CMA") != "off" and self.coll_kernel is not None \
             and all(self._cma_reads(p) for p in self._peers)
         self._w[self._ctrl_word(self.rank, _CMA_OK)] = 1 if ok else 2
         self.barrier(ctx)

@@ -78,6 +78,7 @@ import numpy as np
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from ... import env as envvars
 from .. import netaddr
 from .._context import OpContext
 from ..errors import (CollectiveArgumentError, CollectiveError, CollectiveMismatchError,
@@ -112,23 +113,8 @@ _LINGER = 2.0             # seconds a closing socket keeps sending what it queue
 _LOST_GRACE = _LINGER + 1.0
 
 
-def _env_seconds(name, default):
-    raw = os.environ.get(name)
-    if raw is None or not raw.strip():
-        return default
-    try:
-        v = float(raw)
-    except ValueError:
-        v = float("nan")
-    if not v > 0:
-        raise CollectiveError(f"{name}={raw!r}: expected a positive number of seconds")
-    return v
-
-
 def _heartbeat_seconds():
     """DEEPSEEK_ZMQ_HEARTBEAT: seconds between pings on idle connections (0: off)."""
-    from ... import env as envvars
-
     return envvars.get("DEEPSEEK_ZMQ_HEARTBEAT")
 
 
@@ -163,7 +149,7 @@ class ZmqTransport(Backend):
 
     def __init__(self, rank, size, store, prefix, host=None, timeout=300.0):
         super().__init__(rank, size)
-        token = getattr(store, "_token", None) or os.environ.get("DEEPSEEK_TOKEN", "")
+        token = getattr(store, "_token", None) or (envvars.get("DEEPSEEK_TOKEN") or "")
         if isinstance(token, str):
             token = token.encode()
         if not token:
@@ -171,7 +157,7 @@ class ZmqTransport(Backend):
                 "the ZeroMQ transport needs the job's secret (the store client's token "
                 "or DEEPSEEK_TOKEN) to authenticate peers; none was found")
         connect_timeout = min(float(timeout),
-                              _env_seconds("DEEPSEEK_ZMQ_CONNECT_TIMEOUT", 60.0))
+                              envvars.get("DEEPSEEK_ZMQ_CONNECT_TIMEOUT"))
         host = host or netaddr.advertise_address(
             rendezvous_host=getattr(store, "host", None))
         bind_ip = netaddr.bind_address(host)
