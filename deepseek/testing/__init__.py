@@ -9,28 +9,30 @@
   and ``run_op_checks(info)`` runs what deepseek's own op table suite runs:
   forward parity, float64 gradcheck (no PyTorch needed), dtypes, in-place checks;
 - multi-process tests: ``spawn_ranks(fn, world_size, timeout)`` (from
-  ``deepseek.testing.multiprocess``, loaded on first use so importing this package
-  never depends on it).
+  ``deepseek.testing.multiprocess``).
 """
 import importlib as _importlib
 
-from .ops import (make_tensor, check_gradients, assert_close, compare_with_torch,  # noqa: F401
-                  compare_with_numpy, torch_available, default_tolerances)
-from ..ops.opinfo import (OpInfo, SampleInput, Shape, samples, unary_samples,  # noqa: F401
-                          binary_samples, reduction_samples)
-from .op_checks import (CHECKS, applicable_checks, op_check_cases, op_check_id,  # noqa: F401
-                        run_op_checks, check_forward_numpy, check_forward_torch,
-                        check_op_gradients, check_dtypes, check_inplace, check_methods)
+# Everything is loaded on first use: a rank started by spawn_ranks imports
+# deepseek.testing.multiprocess, and must not pay for the engine and the op table
+# before its test function even runs (seconds on a loaded machine).
+_LAZY = {}
+for _mod, _names in (
+        ("deepseek.testing.ops", ("make_tensor", "check_gradients", "assert_close",
+                                  "compare_with_torch", "compare_with_numpy",
+                                  "torch_available", "default_tolerances")),
+        ("deepseek.ops.opinfo", ("OpInfo", "SampleInput", "Shape", "samples",
+                                 "unary_samples", "binary_samples", "reduction_samples")),
+        ("deepseek.testing.op_checks", ("CHECKS", "applicable_checks", "op_check_cases",
+                                        "op_check_id", "run_op_checks",
+                                        "check_forward_numpy", "check_forward_torch",
+                                        "check_op_gradients", "check_dtypes",
+                                        "check_inplace", "check_methods")),
+        ("deepseek.testing.multiprocess", ("spawn_ranks", "SpawnError", "RankFailure"))):
+    _LAZY.update(dict.fromkeys(_names, _mod))
+del _mod, _names
 
-_LAZY = {"spawn_ranks": "multiprocess", "SpawnError": "multiprocess",
-         "RankFailure": "multiprocess"}
-
-__all__ = ["make_tensor", "check_gradients", "assert_close", "compare_with_torch",
-           "compare_with_numpy", "torch_available", "default_tolerances",
-           "OpInfo", "SampleInput", "Shape", "samples", "unary_samples", "binary_samples",
-           "reduction_samples", "CHECKS", "applicable_checks", "op_check_cases", "op_check_id",
-           "run_op_checks", "check_forward_numpy", "check_forward_torch", "check_op_gradients",
-           "check_dtypes", "check_inplace", "check_methods", *_LAZY]
+__all__ = list(_LAZY)
 
 
 def __getattr__(name):
@@ -38,10 +40,10 @@ def __getattr__(name):
     if mod is None:
         raise AttributeError(f"module 'deepseek.testing' has no attribute {name!r}")
     try:
-        value = getattr(_importlib.import_module(f"{__name__}.{mod}"), name)
+        value = getattr(_importlib.import_module(mod), name)
     except (ImportError, AttributeError) as e:
         raise AttributeError(f"deepseek.testing.{name} is unavailable: importing "
-                             f"deepseek.testing.{mod} failed ({e.__class__.__name__}: {e})") from e
+                             f"{mod} failed ({e.__class__.__name__}: {e})") from e
     globals()[name] = value
     return value
 
