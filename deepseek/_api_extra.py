@@ -1,9 +1,8 @@
 """Top-level ``deepseek.*`` utilities PyTorch programs call that are not ops: dtype
-info (``finfo``/``iinfo``), ``compile``, print options, thread and determinism
+info (``finfo``/``iinfo``), print options, thread and determinism
 switches, and a few small helpers. Re-exported by ``deepseek._api``."""
 import builtins
 import os
-import warnings
 
 import numpy as np
 
@@ -51,23 +50,6 @@ class iinfo(_Info):
         src = np.iinfo(dt if dt.kind != "b" else np.uint8)
         super().__init__(src, dt, ("bits", "max", "min"))
         self.max, self.min = builtins.int(src.max), builtins.int(src.min)
-
-
-_compile_noted = [False]
-
-
-def compile(model=None, *, fullgraph=False, dynamic=None, backend="inductor", mode=None,
-            options=None, disable=False):
-    """``torch.compile``: returns ``model`` unchanged for now (deepseek's JIT compiler is
-    ``deepseek.jit``); a one-time note says so. Works as a decorator too."""
-    if model is None:  # @deepseek.compile(mode=...)
-        return lambda m: compile(m, fullgraph=fullgraph, dynamic=dynamic, backend=backend,
-                                 mode=mode, options=options, disable=disable)
-    if not _compile_noted[0] and not disable:
-        _compile_noted[0] = True
-        warnings.warn("deepseek.compile: running the model eagerly (unchanged); compiled "
-                      "execution is not available in this build", stacklevel=2)
-    return model
 
 
 _print_options = {"precision": 4, "threshold": 1000, "edgeitems": 3, "linewidth": 80, "sci_mode": None}

@@ -77,11 +77,14 @@ def test_dtype_aliases_and_info():
     assert float(1.5) == 1.5  # the builtin still works here (not shadowed for callers)
 
 
-def test_compile_returns_the_model_with_one_note():
+def test_compile_takes_torch_compile_arguments():
     m = ds.nn.Linear(2, 2)
-    with pytest.warns(UserWarning, match="eagerly"):
-        assert ds.compile(m) is m
-    assert ds.compile(mode="max-autotune")(m) is m
+    x = ds.randn(3, 2)
+    for cm in (ds.compile(m), ds.compile(mode="max-autotune")(m),
+               ds.compile(m, fullgraph=True, backend="inductor", dynamic=True)):
+        assert cm is not m
+        np.testing.assert_allclose(cm(x).detach().numpy(), m(x).detach().numpy(), rtol=1e-6)
+    assert ds.compile(m, disable=True) is m and ds.compile(m, backend="eager") is m
 
 
 def test_nn_parallel_ddp_is_the_distributed_one():

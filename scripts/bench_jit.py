@@ -1,0 +1,211 @@
+"""deepseek.jit next to eager deepseek and PyTorch (eager, torch.jit.trace, torch.compile).
+
+Workloads (issue 20), CPU, one BLAS thread for every system, medians of interleaved
+rounds:
+
+  mlp1      inference, MLP 784-256-10, batch 1
+  tl1       inference, TransformerEncoderLayer d_model 256, 4 heads, ff 1024, seq 32, batch 1
+  tl_train  training step (forward + backward) of the wave-1 transformer layer:
+            d_model 256, 4 heads, seq 128, batch 16, ff 1024
+  allocs    buffers allocated per compiled step after warm-up (static outputs / default)
+  gpt       trace + compile time of a GPT block (d 256), and a second process's load
+            of the on-disk kernel cache (compiler calls counted)
+
+    python scripts/bench_jit.py [--rounds 5] [--steps 30] [--json out.json] [--quick]
+"""
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+
+def timer(fn, steps):
+    fn()
+    t = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    return (time.perf_counter() - t) / steps
+
+
+def models(lib, name):
+    nn = lib.nn
+    lib.manual_seed(0)
+    if name == "mlp1":
+        return nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10)).eval(), lib.randn(1, 784)
+    if name == "tl1":
+        return (nn.TransformerEncoderLayer(256, 4, dim_feedforward=1024, dropout=0.0,
+                                           batch_first=True).eval(), lib.randn(1, 32, 256))
+    if name == "tl_train":
+        return (nn.TransformerEncoderLayer(256, 4, dim_feedforward=1024, dropout=0.0,
+                                           batch_first=True), lib.randn(16, 128, 256))
+    raise KeyError(name)
+
+
+def inference_cells(name, steps, rounds):
+    import deepseek
+    cells = {}
+    m, x = models(deepseek, name)
+    cm = deepseek.compile(m)
+    with deepseek.no_grad():
+        cm(x)
+        fns = {"deepseek eager": lambda: m(x), "deepseek compiled": lambda: cm(x)}
+    try:
+        import torch
+        torch.set_num_threads(1)
+        tm, tx = models(torch, name)
+        tm.load_state_dict({k: torch.from_numpy(np.array(v.numpy())) for k, v in m.state_dict().items()})
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tj = torch.jit.trace(tm, tx)
+            fns["torch eager"] = lambda: tm(tx)
+            fns["torch.jit.trace"] = lambda: tj(tx)
+            try:
+                tc = torch.compile(tm)
+                tc(tx)
+                fns["torch.compile"] = lambda: tc(tx)
+            except Exception as e:  # no compiler toolchain for inductor, etc.
+                cells["torch.compile"] = f"n/a ({type(e).__name__})"
+    except ImportError:
+        pass
+    import torch as _t  # noqa: F401
+    times = {k: [] for k in fns}
+    for _ in range(rounds):  # interleaved: each round times every system once
+        for k, f in fns.items():
+            grad = deepseek.no_grad() if k.startswith("deepseek") else _t.no_grad()
+            with grad:
+                times[k].append(timer(f, steps))
+    for k, v in times.items():
+        cells[k] = float(np.median(v))
+    return cells
+
+
+def train_cells(steps, rounds):
+    import deepseek
+    m, x = models(deepseek, "tl_train")
+    cm = deepseek.compile(m)
+
+    def step(f):
+        def run():
+            m.zero_grad()
+            f(x).square().mean().backward()
+        return run
+    fns = {"deepseek eager": step(m), "deepseek compiled": step(cm)}
+    times = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, f in fns.items():
+            times[k].append(timer(f, steps))
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def alloc_cells():
+    import deepseek
+    out = {}
+    for name in ("mlp1", "tl1"):
+        m, x = models(deepseek, name)
+        with deepseek.no_grad():
+            for static in (True, False):
+                cm = deepseek.compile(m, static_outputs=static)
+                cm(x)
+                cm(x)
+                plan = cm.plan_for(x)
+                before = plan.alloc_counter[0]
+                for _ in range(10):
+                    cm(x)
+                counted = (plan.alloc_counter[0] - before) / 10
+                out[f"{name} {'static outputs' if static else 'fresh outputs'}"] = \
+                    f"{plan.allocs_per_step} planned, {counted:g} counted, {plan.n_buffers} buffers " \
+                    f"({plan.buffers_bytes / 1024:.0f} KiB), backend {plan.backend}"
+    return out
+
+
+GPT_CODE = r"""
+import time, json, sys
+t0 = time.perf_counter()
+import deepseek
+from deepseek import nn
+from deepseek.nn import functional as F
+from deepseek.jit import cgen
+class GPTBlock(nn.Module):
+    def __init__(self, d=256, h=4):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.fc, self.out = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+        self.h = h
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(C, dim=-1)
+        q, k, v = (t.reshape(B, T, self.h, C // self.h).transpose(1, 2) for t in (q, k, v))
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.proj(a.transpose(1, 2).reshape(B, T, C))
+        return x + self.out(F.gelu(self.fc(self.ln2(x))))
+m = GPTBlock().eval(); x = deepseek.randn(1, 64, 256)
+t = time.perf_counter()
+cm = deepseek.jit.trace(m, x, backend="c")
+with deepseek.no_grad():
+    cm(x)
+dt = time.perf_counter() - t
+print(json.dumps({"seconds": dt, "compiled": cgen.stats["compiled"], "loaded": cgen.stats["loaded"]}))
+"""
+
+
+def gpt_cells(tmp):
+    env = dict(os.environ, DEEPSEEK_JIT_CACHE_DIR=tmp)
+    out = {}
+    r1 = subprocess.run([sys.executable, "-c", GPT_CODE], capture_output=True, text=True, env=env)
+    r2 = subprocess.run([sys.executable, "-c", GPT_CODE], capture_output=True, text=True,
+                        env=dict(env, CC="false"))
+    for label, r in (("cold cache", r1), ("warm cache, CC=false", r2)):
+        if r.returncode:
+            out[label] = "failed: " + r.stderr[-300:]
+            continue
+        d = json.loads(r.stdout.strip().splitlines()[-1])
+        out[label] = f"trace+compile {d['seconds']:.2f} s, compiler runs {d['compiled']}, " \
+                     f"libraries loaded from disk {d['loaded']}"
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--json")
+    ap.add_argument("--quick", action="store_true", help="fewer rounds and steps")
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.rounds, a.steps = 3, 10
+    import tempfile
+    res = {}
+    for name in ("mlp1", "tl1"):
+        res[name] = inference_cells(name, a.steps, a.rounds)
+    res["tl_train"] = train_cells(max(2, a.steps // 10), a.rounds)
+    res["allocs"] = alloc_cells()
+    with tempfile.TemporaryDirectory() as tmp:
+        res["gpt"] = gpt_cells(tmp)
+    for name, cells in res.items():
+        print(f"\n== {name}")
+        base = cells.get("deepseek eager")
+        for k, v in cells.items():
+            if isinstance(v, float):
+                rel = f"  ({base / v:.2f}x vs deepseek eager)" if base else ""
+                print(f"  {k:20s} {v * 1e6:12.1f} us{rel}")
+            else:
+                print(f"  {k:20s} {v}")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(res, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
