@@ -200,22 +200,9 @@ class _AutocastMode(DispatchMode):
         if frame is None or not frame.enabled or fn is _Cast:
             return fn.apply(*args, **kwargs)
         policy = _registry.autocast_policy(fn, dev, args, kwargs)
-        if policy == "lower":
-            low = frame.dtype
-            if dev == "cpu" and low == _dt.float16:
-                _check_cpu_fp16(fn)
-            args = tuple(_cast(a, low, frame) if _is_float(a) and a._data.dtype != _dt.float64
-                         else a for a in args)
-        elif policy == "fp32":
-            args = tuple(_cast(a, _dt.float32, frame) if _is_float(a) and a._data.dtype in _LOW
-                         else a for a in args)
-        elif policy == "promote":
-            floats = [a._data.dtype for a in args if _is_float(a)]
-            if len(set(floats)) > 1:
-                wide = floats[0]
-                for d in floats[1:]:
-                    wide = _dt.promote_types(wide, d)
-                args = tuple(_cast(a, wide, frame) if _is_float(a) else a for a in args)
+        if policy == "lower" and dev == "cpu" and frame.dtype == _dt.float16:
+            _check_cpu_fp16(fn)
+        args = _apply_policy(policy, args, frame)
         if dev == "cpu" and runs_in_fp32_on_cpu(fn):
             first = next((a for a in args if _is_float(a)), None)
             if first is not None and first._data.dtype in _LOW:
@@ -223,6 +210,48 @@ class _AutocastMode(DispatchMode):
                     return LowpChunked.apply(*args, _inner=fn, _kwargs=kwargs)
                 return LowpCompute.apply(*args, _inner=fn, _kwargs=kwargs)
         return fn.apply(*args, **kwargs)
+
+
+def _apply_policy(policy, args, frame):
+    """``args`` with their floating tensors cast as ``policy`` says for ``frame``."""
+    if policy == "lower":
+        low = frame.dtype
+        return tuple(_cast(a, low, frame) if _is_float(a) and a._data.dtype != _dt.float64
+                     else a for a in args)
+    if policy == "fp32":
+        return tuple(_cast(a, _dt.float32, frame) if _is_float(a) and a._data.dtype in _LOW
+                     else a for a in args)
+    if policy == "promote":
+        floats = [a._data.dtype for a in args if _is_float(a)]
+        if len(set(floats)) > 1:
+            wide = floats[0]
+            for d in floats[1:]:
+                wide = _dt.promote_types(wide, d)
+            return tuple(_cast(a, wide, frame) if _is_float(a) else a for a in args)
+    return args
+
+
+# the kwargs key with which ``composite_inputs`` asks an entry's call-dependent policy
+# (``autocast_cpu=fn(args, kwargs)``): an entry can then give its composite op a policy
+# that the Function it lists first (asked without the key) does not get
+COMPOSITE = "_autocast_composite"
+
+
+def composite_inputs(name, *tensors):
+    """The inputs of composite op ``name`` (one computed by other ops: addmm is add of
+    mul and mm, trace a sum of the diagonal) cast by its own table entry's policy for
+    the active region, as PyTorch casts at the composite op's entry of its autocast
+    lists (addmm runs in bf16 on the CPU, trace and cdist in fp32, index_copy
+    promotes). Outside an enabled region of the tensors' device: ``tensors`` as given
+    (a tuple). The ops inside then see the cast inputs."""
+    if not _frames.get():
+        return tensors
+    dev = _device_of(tensors)
+    frame = _frame_for(dev) if dev else None
+    if frame is None or not frame.enabled:
+        return tensors
+    policy = _registry.get(name).autocast_for(dev, tensors, {COMPOSITE: True})
+    return _apply_policy(policy, tensors, frame)
 
 
 def _check_cpu_fp16(fn):

@@ -19,6 +19,14 @@ ES = importlib.import_module("deepseek.ops.einsum")
 _F = ("float32", "float64")
 
 
+def _composite_only(policy):
+    """A CPU autocast policy for a composite op only: ``policy`` when autocast asks for
+    the op itself (``deepseek.amp.autocast_mode.composite_inputs``, kwargs key
+    ``_autocast_composite``), 'none' for the Function it lists first, which other ops
+    share (trace's Diagonal, cdist's VectorNorm)."""
+    return lambda args, kwargs: policy if kwargs.get("_autocast_composite") else "none"
+
+
 def _u(name, op, fn, ref, low=-2.0, high=2.0, inplace=True, dtypes=FLOATING + ("int64",),
        out_dtype=_to_float, torch_name=None, **kw):
     tn = torch_name or name
@@ -46,12 +54,12 @@ UNARY = [
     _u("asinh", M.asinh, M.Asinh, np.arcsinh),
     _u("acosh", M.acosh, M.Acosh, np.arccosh, 1.2, 3.0),
     _u("atanh", M.atanh, M.Atanh, np.arctanh, -0.9, 0.9, dtypes=FLOATING),
-    _u("log2", M.log2, M.Log2, np.log2, 0.2, 3.0, autocast="fp32"),
-    _u("log10", M.log10, M.Log10, np.log10, 0.2, 3.0, autocast="fp32"),
-    _u("log1p", M.log1p, M.Log1p, np.log1p, -0.5, 3.0, autocast="fp32"),
-    _u("exp2", M.exp2, M.Exp2, np.exp2, autocast="fp32"),
-    _u("expm1", M.expm1, M.Expm1, np.expm1, autocast="fp32"),
-    _u("reciprocal", M.reciprocal, M.Reciprocal, lambda x: 1 / x, 0.5, 2.0, autocast="fp32"),
+    _u("log2", M.log2, M.Log2, np.log2, 0.2, 3.0, autocast="fp32", autocast_cpu="none"),
+    _u("log10", M.log10, M.Log10, np.log10, 0.2, 3.0, autocast="fp32", autocast_cpu="none"),
+    _u("log1p", M.log1p, M.Log1p, np.log1p, -0.5, 3.0, autocast="fp32", autocast_cpu="none"),
+    _u("exp2", M.exp2, M.Exp2, np.exp2, autocast="fp32", autocast_cpu="none"),
+    _u("expm1", M.expm1, M.Expm1, np.expm1, autocast="fp32", autocast_cpu="none"),
+    _u("reciprocal", M.reciprocal, M.Reciprocal, lambda x: 1 / x, 0.5, 2.0, autocast="fp32", autocast_cpu="none"),
     _u("erf", M.erf, M.Erf, _erf, tol=(1e-6, 1e-7)),
     _u("erfc", M.erfc, M.Erfc, lambda x: 1 - _erf(x), tol=(1e-6, 1e-7)),
     _u("erfinv", M.erfinv, M.Erfinv, _erfinv_np, -0.8, 0.8, dtypes=FLOATING, tol=(1e-6, 1e-7)),
@@ -87,7 +95,7 @@ BINARY = [
          operators=("__mod__",), reflected=("__rmod__",), inplace=("remainder_", "__imod__"),
          dtypes=FLOATING + ("int64",), gradcheck_kw={"eps": 1e-6}),
     _bin("copysign", M.copysign, M.Copysign, np.copysign, dtypes=FLOATING, out_dtype=None),
-    _bin("logaddexp", M.logaddexp, M.Logaddexp, np.logaddexp, inplace=False, dtypes=FLOATING, autocast="fp32",
+    _bin("logaddexp", M.logaddexp, M.Logaddexp, np.logaddexp, inplace=False, dtypes=FLOATING, autocast="fp32", autocast_cpu="none",
          scalar=None),
     _bin("logaddexp2", M.logaddexp2, M.Logaddexp2, np.logaddexp2, inplace=False, dtypes=FLOATING, scalar=None),
     _bin("atan2", M.atan2, M.Atan2, np.arctan2, aliases=("arctan2",), dtypes=FLOATING, low=0.3, high=2.0,
@@ -163,7 +171,7 @@ SHAPE = [
         lambda x, o=0, a=0, b=1: np.diagonal(x, o, a, b), lambda t, x, *a: t.diagonal(x, *a)),
     _sh("diag", SX.diag, (SX.DiagEmbed, SX.Diagonal), [((Shape((3,)),), {}), ((Shape((3,)), -1), {}), ((Shape((3, 4)), 1), {})],
         lambda x, k=0: np.diag(x, k), lambda t, x, *a: t.diag(x, *a)),
-    OpInfo("trace", SX.trace, (SX.Diagonal, R.Sum), methods=("trace",), sample_inputs=samples(((Shape((3, 4)),), {})),
+    OpInfo("trace", SX.trace, (SX.Diagonal, R.Sum), methods=("trace",), autocast_cpu=_composite_only("fp32"), sample_inputs=samples(((Shape((3, 4)),), {})),
            ref_numpy=np.trace, ref_torch=lambda t, x: t.trace(x)),
     _sh("unfold", SX.unfold, (SX.TakeAlong, S.Permute), [((Shape((2, 7)), 1, 3, 2), {}), ((Shape((5, 2)), 0, 2, 1), {})],
         _np_unfold, lambda t, x, *a: x.unfold(*a), method=True),
@@ -224,7 +232,7 @@ SHAPE = [
            ref_numpy=lambda x, d, i, v: _np_scatter(x, d, np.broadcast_to(np.expand_dims(i, 1 - d), tuple(
                len(i) if k == d else x.shape[k] for k in range(2))), v),
            ref_torch=lambda t, x, d, i, v: t.index_fill(x, d, i, v)),
-    OpInfo("index_copy", SX.index_copy, I.IndexPut, methods=("index_copy",), inplace=("index_copy_",),
+    OpInfo("index_copy", SX.index_copy, I.IndexPut, methods=("index_copy",), inplace=("index_copy_",), autocast="promote",
            sample_inputs=samples(((Shape((4, 3)), 0, np.array([3, 1]), Shape((2, 3))), {})),
            ref_numpy=lambda x, d, i, s: _np_scatter(x, d, np.broadcast_to(i[:, None], s.shape), s),
            ref_torch=lambda t, x, d, i, s: t.index_copy(x, d, i, s)),
@@ -350,11 +358,11 @@ _SCAN = samples(((Shape((3, 4)), 1), {}), ((Shape((3, 4)), 0), {}), ((Shape((2, 
 SCAN = [
     OpInfo("cumsum", SC.cumsum, SC.Cumsum, methods=("cumsum",), inplace=("cumsum_",), sample_inputs=_SCAN,
            ref_numpy=lambda x, d: np.cumsum(x, d), ref_torch=lambda t, x, d: t.cumsum(x, d),
-           dtypes=FLOATING + ("int64",), autocast="fp32"),
+           dtypes=FLOATING + ("int64",), autocast="fp32", autocast_cpu="none"),
     OpInfo("cumprod", SC.cumprod, SC.Cumprod, methods=("cumprod",), inplace=("cumprod_",),
            sample_inputs=chain(_SCAN, samples(((np.array([[1.5, 0.0, 2.0, 0.0], [0.5, 2.0, 0.0, 3.0]]), 1), {}, "zeros"))),
            ref_numpy=lambda x, d: np.cumprod(x, d), ref_torch=lambda t, x, d: t.cumprod(x, d),
-           dtypes=FLOATING + ("int64",), autocast="fp32"),
+           dtypes=FLOATING + ("int64",), autocast="fp32", autocast_cpu="none"),
     OpInfo("cummax", SC.cummax, SC.CumExtreme, methods=("cummax",),
            sample_inputs=_SCAN,  # ties (the latest index wins): tests/test_api_ops.py
            ref_numpy=lambda x, d: _np_cumext(x, d, np.greater), ref_torch=lambda t, x, d: t.cummax(x, d),
@@ -363,7 +371,7 @@ SCAN = [
            sample_inputs=_SCAN,
            ref_numpy=lambda x, d: _np_cumext(x, d, np.less), ref_torch=lambda t, x, d: t.cummin(x, d),
            dtypes=FLOATING + ("int64",)),
-    OpInfo("logcumsumexp", SC.logcumsumexp, SC.Logcumsumexp, methods=("logcumsumexp",), autocast="fp32",
+    OpInfo("logcumsumexp", SC.logcumsumexp, SC.Logcumsumexp, methods=("logcumsumexp",), autocast="fp32", autocast_cpu="none",
            sample_inputs=chain(_SCAN, samples(((np.array([[-300.0, 0.0, 300.0, 1.0]]), 1), {}, "wide range"))),
            ref_numpy=lambda x, d: np.logaddexp.accumulate(x, d), ref_torch=lambda t, x, d: t.logcumsumexp(x, d),
            dtypes=FLOATING),
@@ -375,7 +383,7 @@ def _es(eq, *shapes, name=None):
 
 
 PRODUCTS = [
-    OpInfo("einsum", ES.einsum, ES.Einsum, autocast="lower",
+    OpInfo("einsum", ES.einsum, ES.Einsum, autocast="lower", autocast_cpu=ES.einsum_cpu_policy,
            sample_inputs=samples(_es("ij,jk->ik", (2, 3), (3, 4)), _es("bij,bjk->bik", (2, 2, 3), (2, 3, 4)),
                                  _es("ii->i", (3, 3)), _es("ii", (3, 3)), _es("i,j->ij", (3,), (4,)),
                                  _es("...ij,...jk", (2, 2, 3), (3, 4)), _es("ij->", (2, 3)),
@@ -386,9 +394,9 @@ PRODUCTS = [
     OpInfo("bmm", ES.bmm, L.Matmul, methods=("bmm",), autocast="lower",
            sample_inputs=samples(((Shape((2, 3, 4)), Shape((2, 4, 2))), {})),
            ref_numpy=np.matmul, ref_torch=lambda t, a, b: t.bmm(a, b)),
-    OpInfo("mv", ES.mv, L.Matmul, methods=("mv",), autocast="lower", sample_inputs=samples(((Shape((3, 4)), Shape((4,))), {})),
+    OpInfo("mv", ES.mv, ES.MatVec, methods=("mv",), autocast="lower", autocast_cpu="none", sample_inputs=samples(((Shape((3, 4)), Shape((4,))), {})),
            ref_numpy=np.matmul, ref_torch=lambda t, a, b: t.mv(a, b)),
-    OpInfo("dot", ES.dot, L.Matmul, methods=("dot",), aliases=("vdot",), autocast="lower",
+    OpInfo("dot", ES.dot, ES.MatVec, methods=("dot",), aliases=("vdot",), autocast="lower", autocast_cpu="none",
            sample_inputs=samples(((Shape((4,)), Shape((4,))), {})), ref_numpy=np.dot, ref_torch=lambda t, a, b: t.dot(a, b)),
     OpInfo("inner", ES.inner, ES.Einsum, methods=("inner",),
            sample_inputs=samples(((Shape((2, 3)), Shape((4, 3))), {}), ((Shape((3,)), Shape((3,))), {})),
@@ -406,7 +414,7 @@ PRODUCTS = [
            sample_inputs=samples(((Shape((2, 3, 2)), Shape((2, 3, 4)), Shape((2, 4, 2))), {"alpha": 0.5})),
            ref_numpy=lambda i, a, b, beta=1, alpha=1: beta * i + alpha * (a @ b),
            ref_torch=lambda t, i, a, b, **k: t.baddbmm(i, a, b, **k)),
-    OpInfo("addmv", ES.addmv, (L.Matmul, E.Add), methods=("addmv",), autocast="lower",
+    OpInfo("addmv", ES.addmv, (ES.MatVec, E.Add), methods=("addmv",), autocast="lower", autocast_cpu="none",
            sample_inputs=samples(((Shape((3,)), Shape((3, 4)), Shape((4,))), {})),
            ref_numpy=lambda i, a, b: i + a @ b, ref_torch=lambda t, i, a, b: t.addmv(i, a, b)),
     OpInfo("addbmm", ES.addbmm, (L.Matmul, E.Add, R.Sum), methods=("addbmm",), autocast="lower",
@@ -439,17 +447,17 @@ def _np_norm(x, p="fro", dim=None, keepdim=False):
 
 
 REDUCTIONS = [
-    OpInfo("norm", RX.norm, RX.VectorNorm, methods=("norm",), autocast="fp32",
+    OpInfo("norm", RX.norm, RX.VectorNorm, methods=("norm",), autocast="fp32", autocast_cpu="none",
            sample_inputs=samples(((Shape((3, 4)),), {}), ((Shape((3, 4)), 1, 1), {}), ((Shape((3, 4)), 3, 0, True), {}),
                                  ((Shape((3, 4)), float("inf"), 1), {}), ((Shape((2, 3, 2)), 2, (0, 2)), {}),
                                  ((np.array([[0.0, 0.0], [1.0, 2.0]]), 2, 1), {}, "zero row")),
            ref_numpy=_np_norm, ref_torch=lambda t, x, *a: t.norm(x, *a), dtypes=FLOATING),
-    OpInfo("vector_norm", RX.vector_norm, RX.VectorNorm, autocast="fp32",
+    OpInfo("vector_norm", RX.vector_norm, RX.VectorNorm, autocast="fp32", autocast_cpu="none",
            sample_inputs=samples(((Shape((3, 4)),), {}), ((Shape((3, 4)), 1.5, -1), {})),
            ref_numpy=lambda x, o=2, dim=None: _np_norm(x, o, dim), ref_torch=lambda t, x, *a: t.linalg.vector_norm(x, *a)),
     OpInfo("dist", RX.dist, (RX.VectorNorm, E.Sub), sample_inputs=samples(((Shape((3, 4)), Shape((4,))), {}), ((Shape((3,)), Shape((3,)), 1), {})),
            ref_numpy=lambda a, b, p=2: _np_norm(a - b, p), ref_torch=lambda t, a, b, *p: t.dist(a, b, *p)),
-    OpInfo("cdist", RX.cdist, (RX.VectorNorm, E.Sub), sample_inputs=samples(((Shape((3, 2)), Shape((4, 2))), {})),
+    OpInfo("cdist", RX.cdist, (RX.VectorNorm, E.Sub), autocast="fp32", autocast_cpu=_composite_only("fp32"), sample_inputs=samples(((Shape((3, 2)), Shape((4, 2))), {})),
            ref_numpy=lambda a, b: np.sqrt(((a[:, None] - b[None]) ** 2).sum(-1)), ref_torch=lambda t, a, b: t.cdist(a, b)),
     OpInfo("var_mean", RX.var_mean, (R.Var, R.Mean),
            sample_inputs=samples(((Shape((3, 4)),), {}), ((Shape((3, 4)), 1), {"keepdim": True}), ((Shape((3, 4)), 0), {"correction": 0})),

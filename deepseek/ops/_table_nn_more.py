@@ -46,7 +46,8 @@ ACTIVATIONS = [
          sample_inputs=samples(((Shape((3, 4)),), {}), ((Shape((4, 3)), 0), {}))),
     _act("prelu", A.prelu, (A.Prelu, S.Reshape), lambda x, w: np.where(x > 0, x, x * (
         w.reshape((1, -1) + (1,) * (x.ndim - 2)) if w.size > 1 else w)),
-        sample_inputs=samples(((Shape((2, 3, 4)), Shape((3,), 0, 0.5)), {}), ((Shape((2, 3)), Shape((1,), 0, 0.5)), {}))),
+        sample_inputs=samples(((Shape((2, 3, 4)), Shape((3,), 0, 0.5)), {}), ((Shape((2, 3)), Shape((1,), 0, 0.5)), {})),
+        autocast="lower"),
 ]
 
 
@@ -142,7 +143,7 @@ RESAMPLE = [
     OpInfo("conv_transpose3d", RS.conv_transpose3d, (RS.DilatePad, S.Reshape, S.Permute), autocast="lower",
            sample_inputs=samples(((Shape((1, 2, 3, 2, 3)), Shape((2, 2, 2, 2, 2))), {"stride": 2})),
            ref_numpy=_convT_np, ref_torch=_tF("conv_transpose3d")),
-    OpInfo("max_unpool2d", RS.max_unpool2d, RS.MaxUnpool,
+    OpInfo("max_unpool2d", RS.max_unpool2d, RS.MaxUnpool, autocast_cpu="fp32",
            sample_inputs=samples(((Shape((1, 2, 2, 2)), _UNPOOL_IDX, 2), {})),
            ref_numpy=_unpool_np, ref_torch=lambda t, x, i, k: t.nn.functional.max_unpool2d(x, i, k)),
     OpInfo("pixel_shuffle", RS.pixel_shuffle, (S.Reshape, S.Permute),

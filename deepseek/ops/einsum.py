@@ -6,6 +6,13 @@ operand is an einsum of the output gradient with the other operands, written to
 the operand's subscripts (letters only that operand had are broadcast back; repeated
 letters such as ``ii`` go onto the diagonal). The named products are checked the
 way PyTorch checks them and then computed by ``matmul`` (deepseek.ops.linalg).
+
+Autocast follows PyTorch's lists, which name some of these ops and not others: on
+the CPU ``mv`` and ``dot`` are not on the lower-precision list while ``matmul`` is,
+so they run through ``MatVec`` (``Matmul`` with a table entry of its own); einsum
+lowers only when its last contraction is a matrix product (``einsum_cpu_policy``);
+addmm/baddbmm/addbmm cast their inputs at the composite op, as PyTorch does
+(``deepseek.amp.autocast_mode.composite_inputs``).
 """
 import string
 
@@ -15,6 +22,7 @@ from ..autograd.function import Function
 from .. import dtypes as _dt
 from .._tensor import Tensor
 from ._util import xp_of
+from .linalg import Matmul
 
 
 def _parse(equation, shapes):
@@ -105,6 +113,41 @@ class Einsum(Function):
         return tuple(grads)
 
 
+def einsum_cpu_policy(args, kwargs):
+    """Autocast policy of an ``Einsum`` call on the CPU. PyTorch's einsum is not on its
+    CPU list itself: it contracts operands pairwise, left to right, each pair by
+    ``bmm`` (lower precision) when the pair shares a summed letter and by ``mul``
+    (promotes) when not, so the result is low precision exactly when the last pair
+    sums a letter ('lower'); one operand is a sum or a diagonal ('none')."""
+    subs, out = kwargs.get("subs"), kwargs.get("out")
+    if not subs or len(subs) < 2:
+        return "none"
+    left = set("".join(subs[:-1]))
+    return "lower" if (left & set(subs[-1])) - set(out) else "none"
+
+
+class MatVec(Matmul):
+    """``Matmul`` of ``mv`` and ``dot``: the same computation, its own autocast policy
+    (PyTorch's CPU autocast leaves mv and dot in their input dtype)."""
+
+
+def _matvec(a, b):
+    from ._util import prepare_binary
+    a, b = prepare_binary(a, b, "matmul")
+    return MatVec.apply(a, b)
+
+
+_composite = None
+
+
+def _amp(name, *tensors):
+    """``tensors`` cast by autocast for composite op ``name`` (unchanged outside it)."""
+    global _composite
+    if _composite is None:
+        from ..amp.autocast_mode import composite_inputs as _composite
+    return _composite(name, *tensors)
+
+
 def einsum(equation, *operands):
     """Einstein summation over the operands (``'ij,jk->ik'``; ``...`` broadcasts)."""
     if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
@@ -159,7 +202,7 @@ def mv(input, vec):
     """Matrix-vector product."""
     _need(input, 2, "mv")
     _need(vec, 1, "mv", "vec")
-    return _matmul(input, vec)
+    return _matvec(input, vec)
 
 
 def dot(input, other):
@@ -170,7 +213,7 @@ def dot(input, other):
         raise RuntimeError(f"inconsistent tensor size, expected tensor [{input.shape[0]}] and src "
                            f"[{other.shape[0]}] to have the same number of elements, but got "
                            f"{input.shape[0]} and {other.shape[0]} elements respectively")
-    return _matmul(input, other)
+    return _matvec(input, other)
 
 
 vdot = dot
@@ -181,6 +224,8 @@ def inner(input, other):
     if input.ndim == 0 or other.ndim == 0:
         from .elementwise import mul
         return mul(input, other)
+    if input.ndim == 1 and other.ndim == 1 and input.shape == other.shape:
+        return dot(input, other)  # PyTorch's too (it stays in fp32 under CPU autocast)
     return einsum(_inner_eq(input.ndim, other.ndim), input, other)
 
 
@@ -218,22 +263,26 @@ def _broadcast_to(p, input):
 
 def addmm(input, mat1, mat2, beta=1, alpha=1):
     """``beta * input + alpha * (mat1 @ mat2)`` (input broadcast; beta=0 ignores it, NaN included)."""
+    input, mat1, mat2 = _amp("addmm", input, mat1, mat2)
     return _scaled_sum(input, mm(mat1, mat2), beta, alpha)
 
 
 def addmv(input, mat, vec, beta=1, alpha=1):
     """``beta * input + alpha * (mat @ vec)``."""
+    input, mat, vec = _amp("addmv", input, mat, vec)
     return _scaled_sum(input, mv(mat, vec), beta, alpha)
 
 
 def baddbmm(input, batch1, batch2, beta=1, alpha=1):
     """``beta * input + alpha * bmm(batch1, batch2)``."""
+    input, batch1, batch2 = _amp("baddbmm", input, batch1, batch2)
     return _scaled_sum(input, bmm(batch1, batch2), beta, alpha)
 
 
 def addbmm(input, batch1, batch2, beta=1, alpha=1):
     """``beta * input + alpha * sum_b batch1[b] @ batch2[b]``."""
     from .reduction import sum as _sum
+    input, batch1, batch2 = _amp("addbmm", input, batch1, batch2)
     return _scaled_sum(input, _sum(bmm(batch1, batch2), 0), beta, alpha)
 
 
@@ -255,6 +304,8 @@ def tensordot(a, b, dims=2):
     letters = iter(string.ascii_letters)
     sa = [next(letters) for _ in range(a.ndim)]
     sb = [next(letters) for _ in range(b.ndim)]
+    if a.ndim == 1 and b.ndim == 1 and da == [0] and db == [0] and a.shape == b.shape:
+        return dot(a, b)  # PyTorch's too (it stays in fp32 under CPU autocast)
     for i, j in zip(da, db):
         sb[j] = sa[i]
     out = [c for i, c in enumerate(sa) if i not in da] + [c for j, c in enumerate(sb) if j not in db]

@@ -90,6 +90,8 @@ def cdist(x1, x2, p=2.0):
     """Pairwise ``p``-norm distances between the rows of ``x1`` (…, P, M) and ``x2`` (…, R, M)."""
     from .elementwise import sub
     from .shape import unsqueeze
+    from ..amp.autocast_mode import composite_inputs
+    x1, x2 = composite_inputs("cdist", x1, x2)  # fp32 on PyTorch's autocast lists
     return vector_norm(sub(unsqueeze(x1, -2), unsqueeze(x2, -3)), p, dim=-1)
 
 

@@ -161,6 +161,8 @@ def trace(input):
     from .reduction import sum as _sum
     if input.ndim != 2:
         raise RuntimeError(f"trace: expected a matrix, but got tensor with dim {input.ndim}")
+    from ..amp.autocast_mode import composite_inputs
+    input, = composite_inputs("trace", input)  # fp32 on PyTorch's CPU autocast list
     return _sum(diagonal(input))
 
 
@@ -479,6 +481,8 @@ def index_copy(input, dim, index, source):
     """A copy of ``input`` with ``source``'s slices written at the entries ``index`` of ``dim``."""
     from .indexing import index_put
     d = _dim(dim, input.ndim, "index_copy")
+    from ..amp.autocast_mode import composite_inputs
+    input, source = composite_inputs("index_copy", input, source)  # PyTorch's promote list
     idx = _index_array(index, xp_of(input._data)).reshape(-1)
     return index_put(input, (slice(None),) * d + (Tensor._make(idx),), source)
 
