@@ -34,6 +34,10 @@ examples:
   export DEEPSEEK_TOKEN=$(python -c "import secrets; print(secrets.token_hex(16))")
   deepseek-run --nnodes 2 --node-rank 0 --master-addr node0 --master-port 29500 --nproc 8 train.py
   deepseek-run --nnodes 2 --node-rank 1 --master-addr node0 --master-port 29500 --nproc 8 train.py
+  # elastic: restart the world on failure (3 times at most), 1 to 4 nodes:
+  deepseek-run --nnodes 1:4 --nproc 8 --max-restarts 3 --rdzv-endpoint node0:29500 \
+      --rdzv-id job42 train.py
+  deepseek-run --standalone --nproc 4 --max-restarts 3 train.py
 
 worker environment:
   RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, NODE_RANK (=GROUP_RANK),
@@ -41,6 +45,8 @@ worker environment:
   DEEPSEEK_STORE_ADDR         host:port of the job's rendezvous store (node 0 hosts it)
   DEEPSEEK_TOKEN              the job's secret; clients prove it to the store
   DEEPSEEK_LAUNCHER, DEEPSEEK_RUN_ID, DEEPSEEK_NNODES, DEEPSEEK_RDZV_TIMEOUT
+  DEEPSEEK_RESTART_COUNT (= TORCHELASTIC_RESTART_COUNT)    restarts before this attempt
+  GROUP_WORLD_SIZE, TORCHELASTIC_MAX_RESTARTS               as torchrun sets them
   OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, MKL_NUM_THREADS   see --omp-threads
   PYTHONUNBUFFERED=1          so lines show up as they are printed
   CUDA_VISIBLE_DEVICES is left as it is: every worker sees all of the node's devices
@@ -60,6 +66,23 @@ multi-node:
   --timeout. The token must reach every node: export the same DEEPSEEK_TOKEN on each
   (deepseek-run refuses --nnodes > 1 without it). On one node a fresh random token is
   made for every run.
+
+elastic (restart the world, torchrun's contract):
+  With --max-restarts N, --nnodes MIN:MAX, --rdzv-endpoint or --standalone, the job
+  runs in rendezvous rounds (deepseek.elastic). A round completes when MAX nodes have
+  joined, or MIN have and --rdzv-conf last_call_timeout seconds (default 30) have
+  passed since; its nodes get node ranks, the world new RANK/WORLD_SIZE, a fresh store
+  and token (a worker of an old round cannot reach the new one) and a fresh run id
+  (shared-memory names). When a worker fails, every worker of the job is stopped and
+  a new round starts, at most N times; then deepseek-run exits with the failing
+  worker's code and a summary of every attempt. An agent that starts late joins the
+  next round (the running one is restarted to take it in, if below MAX); one whose
+  heartbeat stops for heartbeat_timeout seconds (default 15) is dropped, and the job
+  goes on if MIN remain. The agent that can listen on --rdzv-endpoint hosts the store
+  (on one machine: the first one started); the others connect to it. The same
+  DEEPSEEK_TOKEN must be exported on every node.
+  --rdzv-conf keys: join_timeout (default --timeout: how long a round waits for MIN
+  nodes), last_call_timeout, heartbeat_timeout.
 
 environment variables:
   python -m deepseek.env lists every DEEPSEEK_* variable deepseek reads (type,
@@ -89,13 +112,26 @@ class Config:
     token: str | None = None
     env_token: bool = False
     hang_poll: float = 1.0           # DEEPSEEK_HANG_POLL (seconds between watchdog polls)
+    # elastic (see the epilog); elastic=False: a job of fixed size, run once
+    elastic: bool = False
+    min_nodes: int = 1
+    max_nodes: int = 1
+    max_restarts: int = 0
+    rdzv_endpoint: tuple[str, int] | None = None   # None: standalone (ephemeral port)
+    rdzv_id: str = "default"
+    join_timeout: float = 300.0
+    last_call: float = 30.0
+    heartbeat_timeout: float = 15.0
     notes: list[str] = field(default_factory=list)
 
 
 # Options that take a value: needed to find where deepseek-run's own options end.
 _VALUED = {"--nproc", "--nproc-per-node", "--nproc_per_node", "--nnodes", "--node-rank",
            "--node_rank", "--master-addr", "--master_addr", "--master-port",
-           "--master_port", "--log-dir", "--timeout", "--omp-threads", "--bind", "--grace"}
+           "--master_port", "--log-dir", "--timeout", "--omp-threads", "--bind", "--grace",
+           "--max-restarts", "--max_restarts", "--rdzv-endpoint", "--rdzv_endpoint",
+           "--rdzv-id", "--rdzv_id", "--rdzv-backend", "--rdzv_backend", "--rdzv-conf",
+           "--rdzv_conf"}
 
 
 def _split(argv: list[str]):
@@ -155,8 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
                    type=_option("int", lo=1, auto=True), metavar="N|auto",
                    help="workers on this node (default 1); auto: one per GPU CuPy sees, "
                         "else one per CPU core")
-    p.add_argument("--nnodes", type=_option("int", lo=1), default=1, metavar="N",
-                   help="number of nodes (default 1)")
+    p.add_argument("--nnodes", type=_nnodes, default=(1, 1), metavar="N|MIN:MAX",
+                   help="number of nodes (default 1); MIN:MAX: elastic, between MIN and "
+                        "MAX nodes")
     p.add_argument("--node-rank", "--node_rank", type=_option("int", lo=0), default=0,
                    metavar="R",
                    help="this node's index, 0..nnodes-1 (default 0)")
@@ -184,7 +221,66 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="S",
                    help="seconds between SIGTERM and SIGKILL when stopping workers "
                         "(default 5)")
+    e = p.add_argument_group("elastic (torchrun's flags)")
+    e.add_argument("--max-restarts", "--max_restarts", type=_option("int", lo=0),
+                   default=0, metavar="N",
+                   help="restart the world at most N times after a failure (default 0)")
+    e.add_argument("--rdzv-endpoint", "--rdzv_endpoint", type=_endpoint, metavar="HOST:PORT",
+                   help="where the rendezvous store is (the agent that can listen there "
+                        "hosts it)")
+    e.add_argument("--rdzv-id", "--rdzv_id", default="default", metavar="ID",
+                   help="the job's id: agents of one job give the same one")
+    e.add_argument("--rdzv-backend", "--rdzv_backend", default="c10d",
+                   choices=("c10d", "static"),
+                   help="accepted for torchrun compatibility: deepseek's store is used")
+    e.add_argument("--rdzv-conf", "--rdzv_conf", type=_rdzv_conf, default={},
+                   metavar="K=V,...",
+                   help="join_timeout, last_call_timeout, heartbeat_timeout (seconds)")
+    e.add_argument("--standalone", action="store_true",
+                   help="one node, elastic, store on a free local port")
     return p
+
+
+def _nnodes(text):
+    """``N`` or ``MIN:MAX`` -> (min, max)."""
+    one = _option("int", lo=1)
+    parts = text.split(":")
+    if len(parts) > 2:
+        raise argparse.ArgumentTypeError(f"expected N or MIN:MAX, got {text!r}")
+    lo, hi = (one(parts[0]), one(parts[-1]))
+    if lo > hi:
+        raise argparse.ArgumentTypeError(f"MIN must not exceed MAX, got {text!r}")
+    return lo, hi
+
+
+def _endpoint(text):
+    """``HOST:PORT`` -> (host, port)."""
+    host, sep, port = text.rpartition(":")
+    try:
+        number = int(port)
+    except ValueError:
+        number = -1
+    if not sep or not host or not 0 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]"), number
+
+
+_RDZV_KEYS = {"join_timeout": "join_timeout", "timeout": "join_timeout",
+              "last_call_timeout": "last_call", "heartbeat_timeout": "heartbeat_timeout"}
+
+
+def _rdzv_conf(text):
+    """``k=v,k=v`` -> {field: seconds} (the keys in _RDZV_KEYS)."""
+    seconds = _option("float", lo=0, unit="seconds")
+    out = {}
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or key.strip() not in _RDZV_KEYS:
+            raise argparse.ArgumentTypeError(
+                f"expected K=V,... with K one of {', '.join(sorted(_RDZV_KEYS))}, "
+                f"got {item!r}")
+        out[_RDZV_KEYS[key.strip()]] = seconds(value)
+    return out
 
 
 def available_cores() -> list[int]:
@@ -216,12 +312,28 @@ def parse_args(argv: list[str]) -> Config:
 
     # each value was checked by its option's type; what is left spans options
     nproc = (count_gpus() or len(available_cores())) if ns.nproc == "auto" else ns.nproc
-    if ns.node_rank >= ns.nnodes:
+    min_nodes, max_nodes = ns.nnodes
+    ns.nnodes = max_nodes
+    elastic = (ns.standalone or ns.rdzv_endpoint is not None or min_nodes != max_nodes
+               or ns.max_restarts > 0)
+    endpoint = ns.rdzv_endpoint
+    if ns.standalone and (endpoint is not None or max_nodes > 1):
+        raise UsageError("--standalone is one node on a local port: it takes neither "
+                         "--rdzv-endpoint nor --nnodes > 1")
+    if elastic and endpoint is None and max_nodes > 1:
+        if ns.master_port == 0:
+            raise UsageError(f"--nnodes {min_nodes}:{max_nodes} needs --rdzv-endpoint "
+                             "HOST:PORT (where the agents meet)")
+        endpoint = (ns.master_addr, ns.master_port)
+    if not elastic and ns.node_rank >= ns.nnodes:
         raise UsageError(f"--node-rank must be in 0..{ns.nnodes - 1} for --nnodes "
                          f"{ns.nnodes} (got {ns.node_rank})")
-    if ns.nnodes > 1 and ns.master_port == 0:
+    if not elastic and ns.nnodes > 1 and ns.master_port == 0:
         raise UsageError("--master-port is required with --nnodes > 1 "
                          "(every node must know where node 0's store is)")
+    if endpoint is not None and endpoint[1] == 0:
+        raise UsageError("--rdzv-endpoint needs a port other than 0 (every agent must "
+                         "know where the store is)")
     check_environment()
 
     if module is not None:
@@ -239,8 +351,9 @@ def parse_args(argv: list[str]) -> Config:
                          "(or -m module)")
 
     token = envvars.get("DEEPSEEK_TOKEN")
-    if ns.nnodes > 1 and not token:
-        raise UsageError("--nnodes > 1 needs the job's secret in DEEPSEEK_TOKEN on every "
+    if (ns.nnodes > 1 or (endpoint is not None and not ns.standalone)) and not token:
+        what = "--nnodes > 1" if ns.nnodes > 1 else "--rdzv-endpoint"
+        raise UsageError(f"{what} needs the job's secret in DEEPSEEK_TOKEN on every "
                          "node, e.g. export DEEPSEEK_TOKEN=$(python -c \"import secrets; "
                          "print(secrets.token_hex(16))\")")
 
@@ -259,13 +372,18 @@ def parse_args(argv: list[str]) -> Config:
                   log_dir=ns.log_dir, prefix=not ns.no_prefix, timeout=ns.timeout,
                   omp_threads=omp, omp_default=omp_default, bind=ns.bind, grace=ns.grace,
                   command=command, target=target, token=token, env_token=bool(token),
-                  hang_poll=envvars.get("DEEPSEEK_HANG_POLL"))
+                  hang_poll=envvars.get("DEEPSEEK_HANG_POLL"), elastic=elastic,
+                  min_nodes=min_nodes, max_nodes=max_nodes, max_restarts=ns.max_restarts,
+                  rdzv_endpoint=endpoint, rdzv_id=ns.rdzv_id,
+                  join_timeout=ns.rdzv_conf.get("join_timeout", ns.timeout),
+                  last_call=ns.rdzv_conf.get("last_call", 30.0),
+                  heartbeat_timeout=ns.rdzv_conf.get("heartbeat_timeout", 15.0))
 
 
 # What deepseek-run sets for every worker (see agent.Agent._worker_env): whatever the
 # launcher's own environment says about these does not reach the workers.
 _SET_FOR_WORKERS = ("DEEPSEEK_STORE_ADDR", "DEEPSEEK_LAUNCHER", "DEEPSEEK_RUN_ID",
-                    "DEEPSEEK_NNODES", "DEEPSEEK_RDZV_TIMEOUT")
+                    "DEEPSEEK_NNODES", "DEEPSEEK_RDZV_TIMEOUT", "DEEPSEEK_RESTART_COUNT")
 
 
 def check_environment(environ=None):
@@ -295,7 +413,11 @@ def main(argv=None) -> int:
         return usage_error(str(e))
     from .agent import Agent, StartupError
     try:
-        agent = Agent(config)
+        if config.elastic:
+            from .elastic_agent import ElasticAgent
+            agent = ElasticAgent(config)
+        else:
+            agent = Agent(config)
     except StartupError as e:
         return usage_error(str(e))
     return agent.run()
