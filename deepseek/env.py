@@ -276,9 +276,27 @@ VARIABLES: dict[str, Var] = _declare(
     Var("DEEPSEEK_JIT_MAX_GRAPHS", "int", 8,
         "how many input signatures a compiled callable keeps graphs for (least "
         "recently used is dropped beyond)", lo=1),
+    Var("DEEPSEEK_TIMELINE", "str", None,
+        "write a whole-job timeline: each rank records compute, communication and data "
+        "loading to PATH.rank<N>.json, rank 0 merges them into the Chrome trace PATH "
+        "(deepseek.profiler.timeline; python -m deepseek.profiler.merge PATH)"),
     Var("DEEPSEEK_TRAINER_RESULT_DIR", "str", None,
         "where rank 0 of workers a Trainer launched leaves each fit's result",
         set_by="deepseek.Trainer"),
+    # ---- the model hub (deepseek.hub)
+    Var("DEEPSEEK_HOME", "str", None,
+        "deepseek's cache root; the hub keeps downloads in $DEEPSEEK_HOME/hub (default: "
+        "~/.cache/deepseek/hub)"),
+    Var("DEEPSEEK_HUB_INDEX", "str", None,
+        "the model index deepseek.hub resolves names through: a URL or a local path "
+        "(default: the index shipped with the package)"),
+    Var("DEEPSEEK_HUB_OFFLINE", "bool", False,
+        "1: deepseek.hub uses only its cache and says which files are missing"),
+    Var("DEEPSEEK_HUB_TIMEOUT", "float", 30.0,
+        "seconds a hub download waits on the network before retrying", unit="seconds",
+        lo=0, lo_open=True),
+    Var("DEEPSEEK_HUB_RETRIES", "int", 5,
+        "how many times a dropped hub download is resumed before giving up", lo=0),
 )
 
 
