@@ -18,7 +18,9 @@ Submodules (imported on first use, so ``import deepseek.distributed`` stays chea
 ``buckets`` (``GradBucket``: flat gradient buffers, shared by DDP and ZeRO),
 ``comm_hooks`` (how DDP reduces a bucket: ``allreduce_hook``, ``fp16_compress_hook``,
 ``bf16_compress_hook``), ``futures`` (``Future``, what a hook returns) and
-``functional`` (collectives with a backward, for tensor parallelism), ``zero``
+``functional`` (collectives with a backward, for tensor parallelism),
+``device_mesh`` (``init_device_mesh``: dp x pp x tp groups), ``pipelining`` (pipeline
+stages and schedules), ``tensor_parallel`` (Megatron-style layers), ``zero``
 (``ZeroRedundancyOptimizer``, ZeRO-1), ``fsdp`` (``FullyShardedDataParallel``,
 ZeRO-2/3) and ``checkpoint`` (sharded checkpoints that reshard on load).
 """
@@ -43,15 +45,17 @@ __all__ = [
     "Strategy", "SingleDeviceStrategy",
     "ZeroRedundancyOptimizer", "FullyShardedDataParallel", "ZeROStrategy",
     "buckets", "comm_hooks", "functional", "futures", "fsdp", "checkpoint",
+    "init_device_mesh", "DeviceMesh", "device_mesh", "pipelining", "tensor_parallel",
 ]
 
 _LAZY = {"DDPStrategy": ".strategy", "DistributedDataParallel": ".ddp",
          "GradBucket": ".buckets", "Future": ".futures",
          "Strategy": ".strategy", "SingleDeviceStrategy": ".strategy",
          "ZeroRedundancyOptimizer": ".zero", "FullyShardedDataParallel": ".fsdp",
-         "ZeROStrategy": ".strategy"}
+         "ZeROStrategy": ".strategy",
+         "init_device_mesh": ".device_mesh", "DeviceMesh": ".device_mesh"}
 _SUBMODULES = ("buckets", "comm_hooks", "functional", "futures", "ddp", "strategy", "zero",
-               "fsdp", "checkpoint")
+               "fsdp", "checkpoint", "device_mesh", "pipelining", "tensor_parallel")
 
 
 def __getattr__(name):
