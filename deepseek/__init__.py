@@ -37,7 +37,9 @@ if not _os.path.isdir(_os.path.join(_here, "collectives")):
                     fullname, _os.path.join(folder, "__init__.py"),
                     submodule_search_locations=[folder])
 
-        _sys.meta_path.append(_CheckoutFinder)
+        # first: the mapped folders must come from the same tree as this file, even when
+        # an editable install of another checkout is on the path too
+        _sys.meta_path.insert(0, _CheckoutFinder)
 
 _SUBMODULES = {
     "autograd", "nn", "optim", "data", "distributed", "testing", "amp", "jit",
