@@ -28,6 +28,13 @@ astype(float16) and ml_dtypes.bfloat16; the fp16 NaN payload is kept like numpy 
     bf16_to_f32(src, out=None) -> ndarray[float32]
     cast(src, dtype, out=None) -> ndarray
         any dtype pair; the four pairs above use the kernels, others numpy astype.
+    wire_pack(src, out, scale=None) -> float
+        out = cast(src * float32(scale)) (cast(src) when scale is None; out float16,
+        bfloat16 or float32) and returns max |src| (NaN if any NaN), in one pass.
+    wire_unpack(src, out, scale) -> out
+        out = float32(src) * float32(scale) (src float16, bfloat16 or float32), one pass.
+        Both are the DDP compression hooks' fused passes, bit-identical to the numpy
+        sequences they replace (multiply, cast, max/min).
 
 Reductions (what the collectives call on every reduce step)
     reduce(op: str, inputs: Sequence[ndarray], out: ndarray) -> out
@@ -84,7 +91,7 @@ except ImportError:  # not built (no compiler) or importing from a bare source t
 
 __all__ = [
     "available", "isa", "isa_list", "use_native", "use_isa",
-    "f32_to_f16", "f16_to_f32", "f32_to_bf16", "bf16_to_f32", "cast",
+    "f32_to_f16", "f16_to_f32", "f32_to_bf16", "bf16_to_f32", "cast", "wire_pack", "wire_unpack",
     "reduce", "reduce_inplace", "unscale_", "sgd_step", "adam_step", "adamw_step",
     "REDUCE_OPS",
 ]
@@ -242,6 +249,55 @@ def cast(src, dtype, out=None):
     _c.array("cast", "out", out, (dtype,), writeable=True)
     _c.size("cast", "out", out, src.size, "src")
     np.copyto(out, src.reshape(out.shape), casting="unsafe")
+    return out
+
+
+_WIRE_DTYPES = (_c.F32, _c.F16, _c.BF16)
+
+
+def _wire_native():
+    return available() and hasattr(_ext, "wire_pack")
+
+
+def wire_pack(src, out, scale=None):
+    """``out[...] = cast(src * float32(scale))`` (no multiply when ``scale`` is None)
+    and ``max |src|`` as a float (NaN when src holds a NaN, 0.0 when empty), in one
+    pass over ``src``. src float32, out float16 / bfloat16 / float32 of src's size."""
+    fn = "wire_pack"
+    _c.array(fn, "src", src, (_c.F32,))
+    _c.array(fn, "out", out, _WIRE_DTYPES, writeable=True)
+    _c.size(fn, "out", out, src.size, "src")
+    _c.no_overlap(fn, "src", src, "out", out)
+    if scale is not None:
+        _c.number(fn, "scale", scale)
+    if _wire_native():
+        return _ext.wire_pack(src, _raw(out), _DTYPE_CODES[out.dtype], scale is not None,
+                              1.0 if scale is None else float(scale), isa() != "scalar")
+    flat = src.reshape(-1)
+    m = max(float(flat.max()), -float(flat.min())) if flat.size else 0.0
+    with np.errstate(all="ignore"):
+        v = flat * np.float32(scale) if scale is not None else flat
+        np.copyto(out.reshape(-1), v, casting="unsafe")
+    return m
+
+
+def wire_unpack(src, out, scale):
+    """``out[...] = float32(src) * float32(scale)`` in one pass (src float16 / bfloat16 /
+    float32, out float32 of src's size); returns out."""
+    fn = "wire_unpack"
+    _c.array(fn, "src", src, _WIRE_DTYPES)
+    _c.array(fn, "out", out, (_c.F32,), writeable=True)
+    _c.size(fn, "out", out, src.size, "src")
+    _c.no_overlap(fn, "src", src, "out", out)
+    _c.number(fn, "scale", scale)
+    if _wire_native():
+        _ext.wire_unpack(_raw(src), _DTYPE_CODES[src.dtype], out, float(scale),
+                         isa() != "scalar")
+        return out
+    o = out.reshape(-1)
+    with np.errstate(all="ignore"):
+        np.copyto(o, src.reshape(-1), casting="unsafe")
+        o *= np.float32(scale)
     return out
 
 
@@ -409,3 +465,197 @@ def adamw_step(param, grad, exp_avg, exp_avg_sq, *, lr, step, beta1=0.9, beta2=0
     """One torch.optim.AdamW step (decoupled weight decay), in place (see module doc)."""
     _adam("adamw_step", True, param, grad, exp_avg, exp_avg_sq, lr, step, beta1, beta2, eps,
           weight_decay, amsgrad, max_exp_avg_sq, maximize, param_half)
+
+
+# ------------------------------------------------------------ int8 GEMM (quantization)
+# int8 x int8 -> int32 matrix products of deepseek.quantization (C: native/src/dsn_int8.c,
+# own dispatch "avx512vnni" / "avx2" / "scalar"; numpy fallback: int32 matmul). All paths
+# give bit-identical int32 sums and fp32 epilogues.
+#   int8_pack(w int8 [N, K]) -> Int8Packed      once per weight (zero padded layout)
+#   int8_gemm(a int8 [M, K], packed) -> int32 [M, N]        exactly a @ w.T in int32
+#   int8_linear(a, a_scale [M], packed, w_scale [N], bias [N] | None) -> fp32 [M, N]
+#       float32(acc) * (a_scale[m] * w_scale[n]) + bias[n]
+#   int8_quantize_rows(x f32 [M, K], per_tensor=False) -> (q int8 [M, K], scale f32 [M])
+#       symmetric: scale = amax / 127, q = clip(rint(x * (1 / scale)), -127, 127)
+#   int8_isa() / int8_isa_list() / use_int8_isa(name)
+
+__all__ += ["Int8Packed", "int8_pack", "int8_gemm", "int8_linear", "int8_quantize_rows",
+            "int8_isa", "int8_isa_list", "use_int8_isa"]
+
+
+def _int8_ok():
+    return available() and hasattr(_ext, "int8_gemm")
+
+
+def int8_isa_list():
+    """int8 GEMM instruction sets this CPU and build support, best first."""
+    return list(_ext.int8_isa_list()) if _ext is not None and hasattr(_ext, "int8_isa_list") \
+        else []
+
+
+def int8_isa():
+    """int8 GEMM path in use: "avx512vnni", "avx2", "scalar" or "numpy"."""
+    return _ext.int8_isa() if _int8_ok() else "numpy"
+
+
+@contextlib.contextmanager
+def use_int8_isa(name):
+    """Run the int8 kernels with one instruction set inside the block (tests, benchmarks)."""
+    if not int8_isa_list():
+        raise RuntimeError("use_int8_isa(): the extension deepseek._native is not built")
+    previous = _ext.int8_isa()
+    _ext.int8_isa(name)
+    try:
+        yield
+    finally:
+        _ext.int8_isa(previous)
+
+
+class Int8Packed:
+    """An int8 weight [N, K] in the kernels' layout: [Np, Kp] zero padded (Np % 4 == 0,
+    Kp % 32 == 0), its row sums (int32, the VNNI compensation) and whether it holds -128
+    (the AVX2 fast path needs |w| <= 127; such weights run the exact scalar loop)."""
+    __slots__ = ("data", "rowsum", "n", "k", "full_range", "_w")
+
+    def __init__(self, w):
+        if not isinstance(w, np.ndarray) or w.dtype != np.int8 or w.ndim != 2:
+            raise TypeError(f"int8_pack(): weight must be a 2-D int8 ndarray, got "
+                            f"{getattr(w, 'dtype', type(w).__name__)} "
+                            f"{getattr(w, 'shape', '')}")
+        self.n, self.k = w.shape
+        np_, kp = -(-self.n // 4) * 4, max(32, -(-self.k // 32) * 32)
+        self.data = np.zeros((np_, kp), np.int8)
+        self.data[:self.n, :self.k] = w
+        self.rowsum = self.data.astype(np.int32).sum(axis=1, dtype=np.int32)
+        self.full_range = bool((w == -128).any())
+        self._w = self.data[:self.n, :self.k]     # the weight, a view (held once)
+
+    @property
+    def nbytes(self):
+        return self.data.nbytes + self.rowsum.nbytes
+
+
+def int8_pack(w):
+    """Pack an int8 weight [N, K] once for int8_gemm / int8_linear."""
+    return Int8Packed(w)
+
+
+def _pad_rows(a, kp):
+    m, k = a.shape
+    if k == kp:
+        return np.ascontiguousarray(a)
+    out = np.zeros((m, kp), np.int8)
+    out[:, :k] = a
+    return out
+
+
+def _int8_args(fn, a, packed):
+    if not isinstance(packed, Int8Packed):
+        raise TypeError(f"{fn}(): 'packed' must come from int8_pack(), got "
+                        f"{type(packed).__name__}")
+    if not isinstance(a, np.ndarray) or a.dtype != np.int8 or a.ndim != 2:
+        raise TypeError(f"{fn}(): 'a' must be a 2-D int8 ndarray, got "
+                        f"{getattr(a, 'dtype', type(a).__name__)}")
+    if a.shape[1] not in (packed.k, packed.data.shape[1]):
+        raise ValueError(f"{fn}(): 'a' has {a.shape[1]} columns, the weight has "
+                         f"K={packed.k}")
+
+
+def int8_gemm(a, packed):
+    """int32 [M, N] = a [M, K] @ w.T, exact (wrap-around free for K < 2**17)."""
+    _int8_args("int8_gemm", a, packed)
+    m = a.shape[0]
+    if not _int8_ok():
+        return a[:, :packed.k].astype(np.int32) @ packed._w.T.astype(np.int32)
+    out = np.empty((m, packed.n), np.int32)
+    d = packed.data
+    _ext.int8_gemm(_pad_rows(a, d.shape[1]), m, d, packed.rowsum, d.shape[0], d.shape[1],
+                   packed.n, packed.full_range, out, None, None, None, None)
+    return out
+
+
+def int8_linear(a, a_scale, packed, w_scale, bias=None):
+    """fp32 [M, N] = float32(a @ w.T) * (a_scale[:, None] * w_scale) + bias."""
+    _int8_args("int8_linear", a, packed)
+    m = a.shape[0]
+    a_scale = np.ascontiguousarray(a_scale, np.float32).reshape(-1)
+    w_scale = np.ascontiguousarray(w_scale, np.float32).reshape(-1)
+    if a_scale.size != m or w_scale.size != packed.n:
+        raise ValueError(f"int8_linear(): a_scale needs {m} values and w_scale {packed.n}, "
+                         f"got {a_scale.size} and {w_scale.size}")
+    if bias is not None:
+        bias = np.ascontiguousarray(bias, np.float32).reshape(-1)
+        if bias.size != packed.n:
+            raise ValueError(f"int8_linear(): bias needs {packed.n} values, got {bias.size}")
+    if not _int8_ok():
+        acc = a[:, :packed.k].astype(np.int32) @ packed._w.T.astype(np.int32)
+        y = acc.astype(np.float32) * (a_scale[:, None] * w_scale[None, :])
+        return y + bias if bias is not None else y
+    out = np.empty((m, packed.n), np.float32)
+    d = packed.data
+    _ext.int8_gemm(_pad_rows(a, d.shape[1]), m, d, packed.rowsum, d.shape[0], d.shape[1],
+                   packed.n, packed.full_range, None, a_scale, w_scale, bias, out)
+    return out
+
+
+def int8_quantize_rows(x, per_tensor=False, kp=None):
+    """Symmetric dynamic quantization of x [M, K] fp32 per row (or per tensor):
+    (q int8 [M, kp or K], scale fp32 [M]); columns past K are zero."""
+    if not isinstance(x, np.ndarray) or x.ndim != 2:
+        raise TypeError("int8_quantize_rows(): x must be a 2-D ndarray")
+    x = np.ascontiguousarray(x, np.float32)
+    m, k = x.shape
+    kp = k if kp is None else kp
+    if _int8_ok():
+        q = np.empty((m, kp), np.int8)
+        s = np.empty(m, np.float32)
+        _ext.int8_quantize_rows(x, m, k, kp, bool(per_tensor), q, s)
+        return q, s
+    amax = np.abs(x).max(axis=1) if k else np.zeros(m, np.float32)
+    if per_tensor and m:
+        amax = np.full(m, amax.max(), np.float32)
+    s = np.where(amax > 0, amax / np.float32(127), np.float32(1)).astype(np.float32)
+    inv = (np.float32(1) / s).astype(np.float32)
+    q = np.zeros((m, kp), np.int8)
+    q[:, :k] = np.clip(np.rint(x * inv[:, None]), -127, 127).astype(np.int8)
+    return q, s
+
+
+__all__ += ["wq_linear"]
+
+
+def wq_linear(x, q, scale, bits, group_size, bias=None):
+    """Weight-only product fp32 [M, N] = x [M, K] @ dequant(q).T + bias, dequantized
+    group by group in the kernel: q int8 [N, Kg] (bits=8) or int4 packed uint8
+    [N, Kg / 2] (bits=4, element 2i in the low nibble), scale fp32 [N, Kg / group_size],
+    Kg >= K a multiple of group_size (x is zero padded to Kg)."""
+    x = np.ascontiguousarray(x, np.float32)
+    m, k = x.shape
+    n = q.shape[0]
+    kg = q.shape[1] * (2 if bits == 4 else 1)
+    if k > kg or kg % group_size or scale.shape != (n, kg // group_size):
+        raise ValueError(f"wq_linear(): x has {k} features, weight {kg} (group "
+                         f"{group_size}), scales {scale.shape}")
+    if k != kg:
+        xp = np.zeros((m, kg), np.float32)
+        xp[:, :k] = x
+        x = xp
+    if bias is not None:
+        bias = np.ascontiguousarray(bias, np.float32)
+    if not _int8_ok():
+        if bits == 4:
+            lo = (q & 0xF).astype(np.int8)
+            hi = (q >> 4).astype(np.int8)
+            w = np.empty((n, kg), np.int8)
+            w[:, 0::2] = np.where(lo > 7, lo - 16, lo)
+            w[:, 1::2] = np.where(hi > 7, hi - 16, hi)
+        else:
+            w = q
+        g = kg // group_size
+        wf = (w.reshape(n, g, group_size).astype(np.float32) * scale[:, :, None]).reshape(n, kg)
+        y = x @ wf.T
+        return y + bias if bias is not None else y
+    out = np.empty((m, n), np.float32)
+    _ext.wq_linear(x, m, np.ascontiguousarray(q), bits, np.ascontiguousarray(scale, np.float32),
+                   n, kg, group_size, bias, out)
+    return out

@@ -59,6 +59,27 @@ def _abs_max(a):
     return max(float(a.max()), -float(a.min())) if a.size else 0.0
 
 
+def _pack(flat, out, scale=None):
+    """out[...] = flat * scale (flat when scale is None) in out's dtype; returns max |flat|.
+    On the CPU one native pass (``native.wire_pack``): no scaled copy, the bucket is
+    left as it is."""
+    if isinstance(flat, np.ndarray) and flat.dtype == np.float32:
+        return native.wire_pack(flat, out, scale)
+    m = _abs_max(flat)
+    out[...] = flat if scale is None else flat * np.float32(scale)
+    return m
+
+
+def _unpack(payload, flat, scale):
+    """flat[...] = float32(payload) * float32(scale), one native pass on the CPU."""
+    if isinstance(payload, np.ndarray) and isinstance(flat, np.ndarray) \
+            and flat.dtype == np.float32:
+        native.wire_unpack(payload, flat, scale)
+    else:
+        _cast_into(payload, flat)
+        flat *= np.float32(scale)
+
+
 def _cast_into(src, dst):
     """dst[...] = src; fp32 <-> fp16/bf16 on the CPU through the native kernels
     (numpy's own half-precision conversion is ~10x slower)."""
@@ -85,22 +106,20 @@ def fp16_compress_hook(state, bucket):
     rank, so is the decision to resend a bucket in fp32 should it ever overflow."""
     pg = _group(state)
     flat = bucket.buffer()
-    local_max = _abs_max(flat)  # NaN/inf in the gradient make it non-finite too
     bound = bucket.scratch.get(_BOUND)
     if bound is None or not math.isfinite(bound):
         # first step (or after a resend): no bound yet, send fp32 and learn it
         payload = bucket.wire_buffer(np.float32, 1)
-        payload[:-1] = flat
-        payload[-1] = local_max
+        # copy and local max |g| in one pass (NaN/inf in the gradient make it non-finite)
+        payload[-1] = _pack(flat, payload[:-1])
         return _send(pg, bucket, payload, "fp32", 1.0)
     # largest power of two keeping 4x the last step's sum bound under fp16 max
     bound = max(bound, 1e-30)
     scale = min(2.0 ** math.floor(math.log2(_FP16_MAX / (4.0 * bound))), 2.0 ** 40)
     payload = bucket.wire_buffer(np.float16, 1)
-    # the buffer is overwritten by the result when the bucket finishes, so it can carry
-    # the scaled values meanwhile (a power of two: exact, and undone exactly)
-    flat *= np.float32(scale)
-    _cast_into(flat, payload[:-1])
+    # scale, cast and local max |g| in one pass; the bucket keeps the local gradient
+    # (what an fp32 resend sends)
+    local_max = _pack(flat, payload[:-1], scale)
     # inf when this rank's own values overflowed fp16: the reduced bound then shows it
     payload[-1] = local_max * scale if local_max * scale <= _FP16_MAX else np.inf
     return _send(pg, bucket, payload, "fp16", scale)
@@ -111,8 +130,7 @@ def bf16_compress_hook(state, bucket):
     pg = _group(state)
     flat = bucket.buffer()
     payload = bucket.wire_buffer(_BF16, 1)
-    _cast_into(flat, payload[:-1])
-    payload[-1] = _abs_max(flat)
+    payload[-1] = _pack(flat, payload[:-1])  # cast and local max |g| in one pass
     return _send(pg, bucket, payload, "bf16", 1.0)
 
 
@@ -134,14 +152,13 @@ def _decode(pg, bucket, payload, kind, scale, wire):
     if kind == "fp16" and not (total <= _SAFE_FP16_SUM):
         # overflow despite the margin: every rank sees the same reduced buffer, so
         # every rank resends this bucket in fp32 (the buffer still holds the local
-        # gradient times a power of two: undone exactly)
-        flat *= np.float32(1.0 / scale)
+        # gradient: the send only read it)
         pg.allreduce(flat, ReduceOp.AVG)
         bucket.scratch[_BOUND] = None
         wire.append("fp32-resend")
     else:
-        _cast_into(payload[:-1], flat)
-        flat *= np.float32(1.0 / (scale * pg.size))
+        # decode and average straight into the bucket, one pass
+        _unpack(payload[:-1], flat, 1.0 / (scale * pg.size))
         bucket.scratch[_BOUND] = total / scale
     return None  # reduced in place
 

@@ -669,7 +669,24 @@ static PyObject *py_shm_collective(PyObject *self, PyObject *const *args, Py_ssi
 
 /* ---------------------------------------------------------------- module */
 
+/* int8 GEMM of deepseek.quantization (dsn_int8.c) */
+PyObject *dsn_py_int8_gemm(PyObject *, PyObject *);
+PyObject *dsn_py_int8_quantize_rows(PyObject *, PyObject *);
+PyObject *dsn_py_int8_isa(PyObject *, PyObject *);
+PyObject *dsn_py_int8_isa_list(PyObject *, PyObject *);
+PyObject *dsn_py_wq_linear(PyObject *, PyObject *);
+/* fused casts of the DDP compression hooks (dsn_wire.c) */
+PyObject *dsn_py_wire_pack(PyObject *, PyObject *);
+PyObject *dsn_py_wire_unpack(PyObject *, PyObject *);
+
 static PyMethodDef methods[] = {
+    {"int8_gemm", dsn_py_int8_gemm, METH_VARARGS, "int8 GEMM (private: dsn_int8.c)"},
+    {"int8_quantize_rows", dsn_py_int8_quantize_rows, METH_VARARGS, "(private: dsn_int8.c)"},
+    {"int8_isa", dsn_py_int8_isa, METH_VARARGS, "int8_isa([name]) (private: dsn_int8.c)"},
+    {"int8_isa_list", dsn_py_int8_isa_list, METH_NOARGS, "(private: dsn_int8.c)"},
+    {"wq_linear", dsn_py_wq_linear, METH_VARARGS, "weight-only GEMV (private: dsn_int8.c)"},
+    {"wire_pack", dsn_py_wire_pack, METH_VARARGS, "(private: dsn_wire.c)"},
+    {"wire_unpack", dsn_py_wire_unpack, METH_VARARGS, "(private: dsn_wire.c)"},
     {"isa", py_isa, METH_NOARGS, "isa() -> str: instruction set in use."},
     {"isa_list", py_isa_list, METH_NOARGS, "isa_list() -> list[str]: supported here, best first."},
     {"set_isa", py_set_isa, METH_VARARGS, "set_isa(name): force an instruction set (tests)."},

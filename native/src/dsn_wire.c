@@ -1,0 +1,257 @@
+/*
+ * dsn_wire.c - the fused passes of the DDP compression hooks
+ * (deepseek.distributed.comm_hooks), one pass over the bucket each way.
+ *
+ *   wire_pack    dst = half(src * scale) (or dst = half(src) / a plain fp32 copy) and
+ *                returns max |src| in the same pass; replaces the hook's absmax
+ *                (two passes), in-place scale (one) and cast (one).
+ *   wire_unpack  dst = float32(src) * scale: the reduced wire buffer decoded and
+ *                averaged straight into the bucket; replaces cast + in-place scale.
+ *
+ * Bit-identical to the numpy sequence they replace: the product is one IEEE fp32
+ * multiply (built with -ffp-contract=off), the conversions are those of dsn_body.h
+ * (F16C with the NaN-payload fix-up of numpy's software conversion, ml_dtypes'
+ * bfloat16 rounding), and the absolute maximum is the maximum of the sign-cleared
+ * bit patterns: as unsigned integers every NaN is above inf, inf above every finite
+ * value, so NaN anywhere gives NaN and inf gives inf, as max(a.max(), -a.min()) does.
+ *
+ * Own dispatch (the kernel table of dsn_module.c is left alone): AVX2+F16C when the
+ * caller asks for SIMD and the CPU has it, portable scalar otherwise. The Python
+ * wrapper (deepseek.native.wire_pack / wire_unpack) checks dtypes, sizes and overlap.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+#include "dsn_common.h"
+#if defined(DSN_X86)
+#include <immintrin.h>
+#define WIRE_AVX2 __attribute__((target("avx2,f16c")))
+#endif
+
+static inline uint16_t wire_f32_to_bf16(float x)
+{
+    uint32_t b = dsn_f32_bits(x);
+    uint32_t r = (b + 0x7fffu + ((b >> 16) & 1u)) >> 16;
+    uint32_t nan = ((b >> 16) & 0x8000u) | 0x7fc0u;
+    return (uint16_t)(((b & 0x7fffffffu) > 0x7f800000u) ? nan : r);
+}
+
+/* ---------------------------------------------------------------- scalar */
+
+static uint32_t pack_scalar(const float *src, void *dst, int dcode, int do_scale, float s,
+                            size_t n)
+{
+    uint32_t m = 0;
+    for (size_t i = 0; i < n; i++) {
+        float x = src[i];
+        uint32_t a = dsn_f32_bits(x) & 0x7fffffffu;
+        m = a > m ? a : m;
+        float v = do_scale ? x * s : x;
+        if (dcode == DSN_F16) ((uint16_t *)dst)[i] = dsn_f32_to_f16_scalar(v);
+        else if (dcode == DSN_BF16) ((uint16_t *)dst)[i] = wire_f32_to_bf16(v);
+        else ((float *)dst)[i] = v;
+    }
+    return m;
+}
+
+static void unpack_scalar(const void *src, int scode, float *dst, float s, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        float x;
+        if (scode == DSN_F16) x = dsn_f16_to_f32_scalar(((const uint16_t *)src)[i]);
+        else if (scode == DSN_BF16) x = dsn_bits_f32((uint32_t)((const uint16_t *)src)[i] << 16);
+        else x = ((const float *)src)[i];
+        dst[i] = x * s;
+    }
+}
+
+/* ------------------------------------------------------------------ AVX2 */
+#if defined(DSN_X86)
+static WIRE_AVX2 uint32_t pack_avx2(const float *src, void *dst, int dcode, int do_scale,
+                                    float s, size_t n)
+{
+    const __m256i absmask = _mm256_set1_epi32(0x7fffffff);
+    const __m256 vs = _mm256_set1_ps(s);
+    __m256i vm = _mm256_setzero_si256();
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 x = _mm256_loadu_ps(src + i);
+        /* sign-cleared bits are <= 0x7fffffff: the signed max orders them as unsigned */
+        vm = _mm256_max_epi32(vm, _mm256_and_si256(_mm256_castps_si256(x), absmask));
+        __m256 v = do_scale ? _mm256_mul_ps(x, vs) : x;
+        if (dcode == DSN_F16) {
+            uint16_t *d = (uint16_t *)dst + i;
+            _mm_storeu_si128((__m128i *)d,
+                             _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+            unsigned nan = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+            if (nan) {  /* hardware quiets NaNs; numpy keeps the payload */
+                float t[8];
+                _mm256_storeu_ps(t, v);
+                for (; nan; nan &= nan - 1) {
+                    unsigned k = (unsigned)__builtin_ctz(nan);
+                    d[k] = dsn_f32_to_f16_scalar(t[k]);
+                }
+            }
+        } else if (dcode == DSN_BF16) {
+            __m256i b = _mm256_castps_si256(v);
+            __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(1));
+            __m256i r = _mm256_srli_epi32(
+                _mm256_add_epi32(_mm256_add_epi32(b, _mm256_set1_epi32(0x7fff)), lsb), 16);
+            __m256i isnan = _mm256_cmpgt_epi32(_mm256_and_si256(b, absmask),
+                                               _mm256_set1_epi32(0x7f800000));
+            __m256i qnan = _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(0x8000)),
+                _mm256_set1_epi32(0x7fc0));
+            r = _mm256_blendv_epi8(r, qnan, isnan);
+            /* 8 x u32 (each < 0x10000) -> 8 x u16 */
+            __m128i lo = _mm256_castsi256_si128(r), hi = _mm256_extracti128_si256(r, 1);
+            _mm_storeu_si128((__m128i *)((uint16_t *)dst + i), _mm_packus_epi32(lo, hi));
+        } else {
+            _mm256_storeu_ps((float *)dst + i, v);
+        }
+    }
+    uint32_t t[8], m = 0;
+    _mm256_storeu_si256((__m256i *)t, vm);
+    for (int k = 0; k < 8; k++) m = t[k] > m ? t[k] : m;
+    if (i < n) {
+        const float *s2 = src + i;
+        void *d2 = dcode == DSN_F32 ? (void *)((float *)dst + i) : (void *)((uint16_t *)dst + i);
+        uint32_t m2 = pack_scalar(s2, d2, dcode, do_scale, s, n - i);
+        m = m2 > m ? m2 : m;
+    }
+    return m;
+}
+
+static WIRE_AVX2 void unpack_avx2(const void *src, int scode, float *dst, float s, size_t n)
+{
+    const __m256 vs = _mm256_set1_ps(s);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 x;
+        if (scode == DSN_F16) {
+            const uint16_t *h = (const uint16_t *)src + i;
+            x = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h));
+            unsigned nan = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+            if (nan) {
+                float t[8];
+                _mm256_storeu_ps(t, x);
+                for (; nan; nan &= nan - 1) {
+                    unsigned k = (unsigned)__builtin_ctz(nan);
+                    t[k] = dsn_f16_to_f32_scalar(h[k]);
+                }
+                x = _mm256_loadu_ps(t);
+            }
+        } else if (scode == DSN_BF16) {
+            __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)src + i));
+            x = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+        } else {
+            x = _mm256_loadu_ps((const float *)src + i);
+        }
+        _mm256_storeu_ps(dst + i, _mm256_mul_ps(x, vs));
+    }
+    if (i < n) {
+        const void *s2 = scode == DSN_F32 ? (const void *)((const float *)src + i)
+                                          : (const void *)((const uint16_t *)src + i);
+        unpack_scalar(s2, scode, dst + i, s, n - i);
+    }
+}
+#endif
+
+static int wire_simd(int want)
+{
+#if defined(DSN_X86)
+    if (!want) return 0;
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+#else
+    (void)want;
+    return 0;
+#endif
+}
+
+/* ---------------------------------------------------------------- Python */
+
+static int wire_buf(PyObject *o, Py_buffer *v, int writable, const char *name)
+{
+    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(o, v, flags) < 0) return -1;
+    (void)name;
+    return 0;
+}
+
+static size_t code_size(int code) { return code == DSN_F32 ? 4 : 2; }
+
+/* wire_pack(src f32, dst, dst_code, do_scale, scale, simd) -> max |src| (float) */
+PyObject *dsn_py_wire_pack(PyObject *self, PyObject *args)
+{
+    PyObject *osrc, *odst;
+    int dcode, do_scale, simd;
+    double scale;
+    Py_buffer s, d;
+    if (!PyArg_ParseTuple(args, "OOiidi:wire_pack", &osrc, &odst, &dcode, &do_scale, &scale,
+                          &simd))
+        return NULL;
+    if (dcode != DSN_F32 && dcode != DSN_F16 && dcode != DSN_BF16) {
+        PyErr_Format(PyExc_ValueError, "wire_pack(): bad dst code %d", dcode);
+        return NULL;
+    }
+    if (wire_buf(osrc, &s, 0, "src") < 0) return NULL;
+    if (wire_buf(odst, &d, 1, "out") < 0) { PyBuffer_Release(&s); return NULL; }
+    size_t n = (size_t)s.len / 4;
+    if (s.itemsize != 4 || (size_t)d.itemsize != code_size(dcode) ||
+        (size_t)d.len / (size_t)d.itemsize != n) {
+        PyBuffer_Release(&s); PyBuffer_Release(&d);
+        PyErr_SetString(PyExc_ValueError, "wire_pack(): src/out item size or length mismatch");
+        return NULL;
+    }
+    uint32_t m;
+    float fs = (float)scale;
+    int use = wire_simd(simd);
+    Py_BEGIN_ALLOW_THREADS
+#if defined(DSN_X86)
+    if (use) m = pack_avx2((const float *)s.buf, d.buf, dcode, do_scale, fs, n);
+    else
+#endif
+        m = pack_scalar((const float *)s.buf, d.buf, dcode, do_scale, fs, n);
+    Py_END_ALLOW_THREADS
+    (void)use;
+    PyBuffer_Release(&s); PyBuffer_Release(&d);
+    return PyFloat_FromDouble((double)dsn_bits_f32(m));
+}
+
+/* wire_unpack(src, src_code, dst f32, scale, simd): dst = float32(src) * scale */
+PyObject *dsn_py_wire_unpack(PyObject *self, PyObject *args)
+{
+    PyObject *osrc, *odst;
+    int scode, simd;
+    double scale;
+    Py_buffer s, d;
+    if (!PyArg_ParseTuple(args, "OiOdi:wire_unpack", &osrc, &scode, &odst, &scale, &simd))
+        return NULL;
+    if (scode != DSN_F32 && scode != DSN_F16 && scode != DSN_BF16) {
+        PyErr_Format(PyExc_ValueError, "wire_unpack(): bad src code %d", scode);
+        return NULL;
+    }
+    if (wire_buf(osrc, &s, 0, "src") < 0) return NULL;
+    if (wire_buf(odst, &d, 1, "out") < 0) { PyBuffer_Release(&s); return NULL; }
+    size_t n = (size_t)d.len / 4;
+    if (d.itemsize != 4 || (size_t)s.itemsize != code_size(scode) ||
+        (size_t)s.len / (size_t)s.itemsize != n) {
+        PyBuffer_Release(&s); PyBuffer_Release(&d);
+        PyErr_SetString(PyExc_ValueError, "wire_unpack(): src/out item size or length mismatch");
+        return NULL;
+    }
+    float fs = (float)scale;
+    int use = wire_simd(simd);
+    Py_BEGIN_ALLOW_THREADS
+#if defined(DSN_X86)
+    if (use) unpack_avx2(s.buf, scode, (float *)d.buf, fs, n);
+    else
+#endif
+        unpack_scalar(s.buf, scode, (float *)d.buf, fs, n);
+    Py_END_ALLOW_THREADS
+    (void)use;
+    PyBuffer_Release(&s); PyBuffer_Release(&d);
+    Py_RETURN_NONE;
+}
