@@ -12,6 +12,7 @@ int16 = np.dtype(np.int16)
 int32 = int = np.dtype(np.int32)
 int64 = long = np.dtype(np.int64)
 bool_ = np.dtype(np.bool_)
+qint8 = int8  # quantized int8 (deepseek.quantization): symmetric int8 values + fp32 scales
 
 _NAMES = {"float16": float16, "half": float16, "bfloat16": bfloat16, "float32": float32,
           "float": float32, "float64": float64, "double": float64, "int8": int8,

@@ -1,0 +1,56 @@
+"""Dynamically quantized modules (deepseek.quantization.quantize_dynamic): int8 weights
+quantized once per output channel, activations quantized on every call."""
+import numpy as np
+
+from ... import modules as _m
+from ...._tensor import Tensor
+from .._common import ACT_MODES, PackedInt8Module, as_array, buffer, quantize_per_channel
+
+__all__ = ["Linear"]
+
+
+class Linear(PackedInt8Module):
+    """y = dequant(quant(x) @ q(W).T) + b on the native int8 GEMM (int32 accumulation,
+    fp32 output). Buffers: ``weight`` int8 [out, in], ``weight_scale`` fp32 [out],
+    ``bias`` fp32 [out] (if any). ``act_mode``: "per_row" (one dynamic scale per input
+    row, the default: more accurate) or "per_tensor"."""
+
+    _FLOAT_MODULE = _m.Linear
+
+    def __init__(self, in_features, out_features, bias=True, act_mode="per_row"):
+        super().__init__()
+        if act_mode not in ACT_MODES:
+            raise ValueError(f"act_mode must be one of {ACT_MODES}, got {act_mode!r}")
+        self.in_features, self.out_features, self.act_mode = in_features, out_features, act_mode
+        self._set_weight(np.zeros((out_features, in_features), np.int8),
+                         np.ones(out_features, np.float32))
+        if bias:
+            self.register_buffer("bias", buffer(np.zeros(out_features, np.float32)))
+        else:
+            self.bias = None
+
+    @classmethod
+    def from_float(cls, mod, act_mode="per_row"):
+        w = as_array(mod.weight).astype(np.float32)
+        q, s = quantize_per_channel(w)
+        new = cls(mod.in_features, mod.out_features, mod.bias is not None, act_mode)
+        new._set_weight(q, s)
+        if mod.bias is not None:
+            new.bias = buffer(as_array(mod.bias).astype(np.float32))
+        return new
+
+    def forward(self, input):
+        x = as_array(input)
+        if x.shape[-1] != self.in_features:
+            raise RuntimeError(f"{self._get_name()}: input has {x.shape[-1]} features, "
+                               f"expected {self.in_features}")
+        x2 = np.ascontiguousarray(x.reshape(-1, self.in_features), np.float32)
+        y = self._int8_matmul(x2, self.act_mode)
+        return Tensor._make(y.reshape(x.shape[:-1] + (self.out_features,)))
+
+    def _get_name(self):
+        return "DynamicQuantizedLinear"
+
+    def extra_repr(self):
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"dtype=qint8, qscheme=per_channel_symmetric, act={self.act_mode}")

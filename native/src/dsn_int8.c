@@ -1,0 +1,560 @@
+/*
+ * dsn_int8.c - int8 x int8 -> int32 GEMM / GEMV for deepseek.quantization.
+ *
+ * Own run-time dispatch (the fp kernels' table of dsn_module.c is left alone):
+ *   "avx512vnni"  vpdpbusd on 256-bit registers (AVX512-VNNI + VL): u8 x s8 summed four
+ *                 at a time straight into int32, so no saturation is possible; the
+ *                 activations are offset to unsigned (a ^ 0x80 = a + 128) and the
+ *                 compensation 128 * rowsum(w) (computed once at packing) is subtracted.
+ *   "avx2"        vpmaddubsw / vpmaddwd(ones) / vpaddd as fbgemm does, with the signed
+ *                 trick maddubs(|a|, sign(w, a)) = a * w: |a| <= 128 and |w| <= 127 keep
+ *                 every int16 pair sum <= 2 * 128 * 127 = 32512 < 32767, so vpmaddubsw
+ *                 never saturates. Weights holding -128 (never produced by the symmetric
+ *                 quantizers) are flagged at packing and run the scalar loop instead.
+ *   "scalar"      plain int32 loops; the reference every path equals bit for bit.
+ *
+ * Layout (dsn_int8 packing, done once by deepseek.native.int8_pack): W is [Np, Kp] int8
+ * row-major (one row per output channel), Np a multiple of 4 and Kp of 32, zero padded;
+ * A is [M, Kp] int8, zero padded. Results: int32 [M, N] or, fused, fp32
+ * out[m, n] = float(acc) * (a_scale[m] * w_scale[n]) + bias[n] in that order.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#include "dsn_common.h"
+#if defined(DSN_X86)
+#include <immintrin.h>
+#endif
+
+enum { I8_SCALAR = 0, I8_AVX2 = 1, I8_VNNI = 2 };
+static const char *const I8_NAMES[] = {"scalar", "avx2", "avx512vnni"};
+static int i8_isa = -1;
+
+static int i8_supported(int isa)
+{
+    if (isa == I8_SCALAR) return 1;
+#ifdef DSN_X86
+    __builtin_cpu_init();
+    if (isa == I8_AVX2) return __builtin_cpu_supports("avx2");
+    if (isa == I8_VNNI)
+        return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl") &&
+               __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx2");
+#endif
+    return 0;
+}
+
+static int i8_current(void)
+{
+    if (i8_isa < 0) {
+        i8_isa = I8_SCALAR;
+        for (int i = I8_VNNI; i >= I8_SCALAR; i--)
+            if (i8_supported(i)) { i8_isa = i; break; }
+    }
+    return i8_isa;
+}
+
+/* Epilogue: one [mr x 4] block of sums (s[r][j]) into C (int32) or Y (fp32). */
+typedef struct {
+    int32_t *C;          /* int32 output or NULL */
+    float *Y;            /* fp32 output or NULL */
+    const float *as, *ws, *bias;
+    size_t N;            /* real output columns (row stride of C / Y) */
+} i8_out;
+
+static inline void i8_store(const i8_out *o, size_t m, size_t n0, const int32_t *s)
+{
+    size_t nn = o->N - n0 < 4 ? o->N - n0 : 4;
+    if (o->C) {
+        for (size_t j = 0; j < nn; j++) o->C[m * o->N + n0 + j] = s[j];
+    } else {
+        float a = o->as[m];
+        for (size_t j = 0; j < nn; j++) {
+            float v = (float)s[j] * (a * o->ws[n0 + j]);
+            if (o->bias) v = v + o->bias[n0 + j];
+            o->Y[m * o->N + n0 + j] = v;
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ scalar */
+
+static void i8_gemm_scalar(const int8_t *A, size_t M, const int8_t *W, size_t Np, size_t Kp,
+                           const i8_out *o)
+{
+    for (size_t n0 = 0; n0 < Np && n0 < o->N; n0 += 4) {
+        for (size_t m = 0; m < M; m++) {
+            int32_t s[4];
+            const int8_t *a = A + m * Kp;
+            for (int j = 0; j < 4; j++) {
+                const int8_t *w = W + (n0 + j) * Kp;
+                int32_t acc = 0;
+                for (size_t k = 0; k < Kp; k++) acc += (int32_t)a[k] * (int32_t)w[k];
+                s[j] = acc;
+            }
+            i8_store(o, m, n0, s);
+        }
+    }
+}
+
+#ifdef DSN_X86
+/* ------------------------------------------------------------------ AVX2 */
+
+#define I8_T2 __attribute__((target("avx2")))
+
+I8_T2 static inline __m128i i8_hsum4(__m256i a0, __m256i a1, __m256i a2, __m256i a3)
+{
+    __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(a0, a1), _mm256_hadd_epi32(a2, a3));
+    return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+}
+
+#define I8_DOT(acc, ua, a, wv)                                                           \
+    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(                                       \
+              _mm256_maddubs_epi16(ua, _mm256_sign_epi8(wv, a)), ones))
+
+I8_T2 static void i8_gemm_avx2(const int8_t *A, size_t M, const int8_t *W, size_t Np,
+                               size_t Kp, const i8_out *o)
+{
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (size_t n0 = 0; n0 < Np && n0 < o->N; n0 += 4) {
+        const int8_t *w0 = W + n0 * Kp, *w1 = w0 + Kp, *w2 = w1 + Kp, *w3 = w2 + Kp;
+        size_t m = 0;
+        for (; m + 2 <= M; m += 2) {
+            const int8_t *p = A + m * Kp, *q = p + Kp;
+            __m256i c00 = _mm256_setzero_si256(), c01 = c00, c02 = c00, c03 = c00;
+            __m256i c10 = c00, c11 = c00, c12 = c00, c13 = c00;
+            for (size_t k = 0; k < Kp; k += 32) {
+                __m256i a = _mm256_loadu_si256((const __m256i *)(p + k));
+                __m256i b = _mm256_loadu_si256((const __m256i *)(q + k));
+                __m256i ua = _mm256_abs_epi8(a), ub = _mm256_abs_epi8(b);
+                __m256i v = _mm256_loadu_si256((const __m256i *)(w0 + k));
+                I8_DOT(c00, ua, a, v); I8_DOT(c10, ub, b, v);
+                v = _mm256_loadu_si256((const __m256i *)(w1 + k));
+                I8_DOT(c01, ua, a, v); I8_DOT(c11, ub, b, v);
+                v = _mm256_loadu_si256((const __m256i *)(w2 + k));
+                I8_DOT(c02, ua, a, v); I8_DOT(c12, ub, b, v);
+                v = _mm256_loadu_si256((const __m256i *)(w3 + k));
+                I8_DOT(c03, ua, a, v); I8_DOT(c13, ub, b, v);
+            }
+            int32_t s[4];
+            _mm_storeu_si128((__m128i *)s, i8_hsum4(c00, c01, c02, c03));
+            i8_store(o, m, n0, s);
+            _mm_storeu_si128((__m128i *)s, i8_hsum4(c10, c11, c12, c13));
+            i8_store(o, m + 1, n0, s);
+        }
+        for (; m < M; m++) {
+            const int8_t *p = A + m * Kp;
+            __m256i c0 = _mm256_setzero_si256(), c1 = c0, c2 = c0, c3 = c0;
+            for (size_t k = 0; k < Kp; k += 32) {
+                __m256i a = _mm256_loadu_si256((const __m256i *)(p + k));
+                __m256i ua = _mm256_abs_epi8(a);
+                I8_DOT(c0, ua, a, _mm256_loadu_si256((const __m256i *)(w0 + k)));
+                I8_DOT(c1, ua, a, _mm256_loadu_si256((const __m256i *)(w1 + k)));
+                I8_DOT(c2, ua, a, _mm256_loadu_si256((const __m256i *)(w2 + k)));
+                I8_DOT(c3, ua, a, _mm256_loadu_si256((const __m256i *)(w3 + k)));
+            }
+            int32_t s[4];
+            _mm_storeu_si128((__m128i *)s, i8_hsum4(c0, c1, c2, c3));
+            i8_store(o, m, n0, s);
+        }
+    }
+}
+
+/* ------------------------------------------------------- AVX512-VNNI (256-bit) */
+
+#define I8_TV __attribute__((target("avx2,avx512f,avx512bw,avx512vl,avx512vnni")))
+
+I8_TV static void i8_gemm_vnni(const int8_t *A, size_t M, const int8_t *W, size_t Np,
+                               size_t Kp, const int32_t *rowsum, const i8_out *o)
+{
+    const __m256i flip = _mm256_set1_epi8((char)0x80);
+    for (size_t n0 = 0; n0 < Np && n0 < o->N; n0 += 4) {
+        const int8_t *w0 = W + n0 * Kp, *w1 = w0 + Kp, *w2 = w1 + Kp, *w3 = w2 + Kp;
+        __m128i comp = _mm_slli_epi32(_mm_loadu_si128((const __m128i *)(rowsum + n0)), 7);
+        size_t m = 0;
+        for (; m + 2 <= M; m += 2) {
+            const int8_t *p = A + m * Kp, *q = p + Kp;
+            __m256i c00 = _mm256_setzero_si256(), c01 = c00, c02 = c00, c03 = c00;
+            __m256i c10 = c00, c11 = c00, c12 = c00, c13 = c00;
+            for (size_t k = 0; k < Kp; k += 32) {
+                __m256i a = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(p + k)), flip);
+                __m256i b = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(q + k)), flip);
+                __m256i v = _mm256_loadu_si256((const __m256i *)(w0 + k));
+                c00 = _mm256_dpbusd_epi32(c00, a, v); c10 = _mm256_dpbusd_epi32(c10, b, v);
+                v = _mm256_loadu_si256((const __m256i *)(w1 + k));
+                c01 = _mm256_dpbusd_epi32(c01, a, v); c11 = _mm256_dpbusd_epi32(c11, b, v);
+                v = _mm256_loadu_si256((const __m256i *)(w2 + k));
+                c02 = _mm256_dpbusd_epi32(c02, a, v); c12 = _mm256_dpbusd_epi32(c12, b, v);
+                v = _mm256_loadu_si256((const __m256i *)(w3 + k));
+                c03 = _mm256_dpbusd_epi32(c03, a, v); c13 = _mm256_dpbusd_epi32(c13, b, v);
+            }
+            int32_t s[4];
+            _mm_storeu_si128((__m128i *)s, _mm_sub_epi32(i8_hsum4(c00, c01, c02, c03), comp));
+            i8_store(o, m, n0, s);
+            _mm_storeu_si128((__m128i *)s, _mm_sub_epi32(i8_hsum4(c10, c11, c12, c13), comp));
+            i8_store(o, m + 1, n0, s);
+        }
+        for (; m < M; m++) {
+            const int8_t *p = A + m * Kp;
+            __m256i c0 = _mm256_setzero_si256(), c1 = c0, c2 = c0, c3 = c0;
+            for (size_t k = 0; k < Kp; k += 32) {
+                __m256i a = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(p + k)), flip);
+                c0 = _mm256_dpbusd_epi32(c0, a, _mm256_loadu_si256((const __m256i *)(w0 + k)));
+                c1 = _mm256_dpbusd_epi32(c1, a, _mm256_loadu_si256((const __m256i *)(w1 + k)));
+                c2 = _mm256_dpbusd_epi32(c2, a, _mm256_loadu_si256((const __m256i *)(w2 + k)));
+                c3 = _mm256_dpbusd_epi32(c3, a, _mm256_loadu_si256((const __m256i *)(w3 + k)));
+            }
+            int32_t s[4];
+            _mm_storeu_si128((__m128i *)s, _mm_sub_epi32(i8_hsum4(c0, c1, c2, c3), comp));
+            i8_store(o, m, n0, s);
+        }
+    }
+}
+#endif
+
+/* ------------------------------------------------------------ Python layer */
+
+static int i8_buf(PyObject *obj, Py_buffer *v, const char *name, char fmt, Py_ssize_t isz,
+                  Py_ssize_t n, int writable)
+{
+    if (PyObject_GetBuffer(obj, v, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT |
+                                       (writable ? PyBUF_WRITABLE : 0)) < 0)
+        return -1;
+    const char *f = v->format ? v->format : "B";
+    if (*f == '<' || *f == '=' || *f == '@') f++;
+    int ok = v->itemsize == isz && (f[0] == fmt || (fmt == 'i' && f[0] == 'l' && isz == sizeof(long)))
+             && f[1] == '\0';
+    if (!ok || v->len / isz != n) {
+        PyErr_Format(PyExc_ValueError, "int8 kernel: argument '%s' must hold %zd items of "
+                     "format '%c', got %zd of format '%s'", name, n, fmt, v->len / v->itemsize,
+                     v->format ? v->format : "B");
+        PyBuffer_Release(v);
+        return -1;
+    }
+    return 0;
+}
+
+/* int8_gemm(A, M, W, rowsum, Np, Kp, N, full_range, out_i32 | None,
+ *           a_scale, w_scale, bias | None, out_f32 | None) */
+PyObject *dsn_py_int8_gemm(PyObject *self, PyObject *args)
+{
+    PyObject *oA, *oW, *oR, *oC, *oas, *ows, *ob, *oY;
+    Py_ssize_t M, Np, Kp, N;
+    int full;
+    if (!PyArg_ParseTuple(args, "OnOOnnnpOOOOO:int8_gemm", &oA, &M, &oW, &oR, &Np, &Kp, &N,
+                          &full, &oC, &oas, &ows, &ob, &oY))
+        return NULL;
+    if (M < 0 || Np < 0 || Kp < 0 || N < 0 || Np % 4 || Kp % 32 || N > Np) {
+        PyErr_Format(PyExc_ValueError, "int8_gemm(): bad sizes M=%zd Np=%zd Kp=%zd N=%zd "
+                     "(Np %% 4 == 0, Kp %% 32 == 0, N <= Np)", M, Np, Kp, N);
+        return NULL;
+    }
+    if ((oC == Py_None) == (oY == Py_None)) {
+        PyErr_SetString(PyExc_ValueError, "int8_gemm(): pass exactly one of out_i32 / out_f32");
+        return NULL;
+    }
+    Py_buffer bA, bW, bR, bC = {0}, bas = {0}, bws = {0}, bb = {0}, bY = {0};
+    int hA = 0, hW = 0, hR = 0, hC = 0, has = 0, hws = 0, hb = 0, hY = 0;
+    PyObject *ret = NULL;
+    if (i8_buf(oA, &bA, "A", 'b', 1, M * Kp, 0) < 0) goto done;
+    hA = 1;
+    if (i8_buf(oW, &bW, "W", 'b', 1, Np * Kp, 0) < 0) goto done;
+    hW = 1;
+    if (i8_buf(oR, &bR, "rowsum", 'i', 4, Np, 0) < 0) goto done;
+    hR = 1;
+    if (oC != Py_None) {
+        if (i8_buf(oC, &bC, "out_i32", 'i', 4, M * N, 1) < 0) goto done;
+        hC = 1;
+    } else {
+        if (i8_buf(oas, &bas, "a_scale", 'f', 4, M, 0) < 0) goto done;
+        has = 1;
+        if (i8_buf(ows, &bws, "w_scale", 'f', 4, N, 0) < 0) goto done;
+        hws = 1;
+        if (ob != Py_None) { if (i8_buf(ob, &bb, "bias", 'f', 4, N, 0) < 0) goto done;
+            hb = 1;
+        }
+        if (i8_buf(oY, &bY, "out_f32", 'f', 4, M * N, 1) < 0) goto done;
+        hY = 1;
+    }
+    i8_out o = {hC ? (int32_t *)bC.buf : NULL, hY ? (float *)bY.buf : NULL,
+                has ? (const float *)bas.buf : NULL, hws ? (const float *)bws.buf : NULL,
+                hb ? (const float *)bb.buf : NULL, (size_t)N};
+    int isa = i8_current();
+    /* rows of A in chunks that stay in L1 (~16 KiB) while every weight block passes */
+    size_t mc = Kp ? (size_t)(16384 / Kp) : 1;
+    mc = mc < 2 ? 2 : (mc > 16 ? 16 : mc);
+    Py_BEGIN_ALLOW_THREADS
+    for (size_t m0 = 0; m0 < (size_t)M; m0 += mc) {
+        size_t mm = (size_t)M - m0 < mc ? (size_t)M - m0 : mc;
+        const int8_t *Am = (const int8_t *)bA.buf + m0 * (size_t)Kp;
+        i8_out oc = o;
+        if (oc.C) oc.C += m0 * (size_t)N;
+        if (oc.Y) { oc.Y += m0 * (size_t)N; oc.as += m0; }
+#ifdef DSN_X86
+        if (isa == I8_VNNI)
+            i8_gemm_vnni(Am, mm, bW.buf, (size_t)Np, (size_t)Kp, bR.buf, &oc);
+        else if (isa == I8_AVX2 && !full)
+            i8_gemm_avx2(Am, mm, bW.buf, (size_t)Np, (size_t)Kp, &oc);
+        else
+#endif
+            i8_gemm_scalar(Am, mm, bW.buf, (size_t)Np, (size_t)Kp, &oc);
+    }
+    Py_END_ALLOW_THREADS
+    (void)isa;
+    ret = Py_None; Py_INCREF(ret);
+done:
+    if (hA) PyBuffer_Release(&bA);
+    if (hW) PyBuffer_Release(&bW);
+    if (hR) PyBuffer_Release(&bR);
+    if (hC) PyBuffer_Release(&bC);
+    if (has) PyBuffer_Release(&bas);
+    if (hws) PyBuffer_Release(&bws);
+    if (hb) PyBuffer_Release(&bb);
+    if (hY) PyBuffer_Release(&bY);
+    return ret;
+}
+
+/* int8_quantize_rows(x f32 [M*K], M, K, Kp, per_tensor, out i8 [M*Kp], scales f32 [M]):
+ * symmetric, scale = amax / 127 (1 when amax is 0), q = clamp(rint(x * (1 / scale)),
+ * -127, 127), zero padding to Kp; exactly the numpy fallback's fp32 operations. */
+PyObject *dsn_py_int8_quantize_rows(PyObject *self, PyObject *args)
+{
+    PyObject *ox, *oq, *os;
+    Py_ssize_t M, K, Kp;
+    int per_tensor;
+    if (!PyArg_ParseTuple(args, "OnnnpOO:int8_quantize_rows", &ox, &M, &K, &Kp, &per_tensor,
+                          &oq, &os))
+        return NULL;
+    if (M < 0 || K < 0 || Kp < K) {
+        PyErr_SetString(PyExc_ValueError, "int8_quantize_rows(): bad sizes");
+        return NULL;
+    }
+    Py_buffer bx, bq, bs;
+    if (i8_buf(ox, &bx, "x", 'f', 4, M * K, 0) < 0) return NULL;
+    if (i8_buf(oq, &bq, "out", 'b', 1, M * Kp, 1) < 0) { PyBuffer_Release(&bx); return NULL; }
+    if (i8_buf(os, &bs, "scales", 'f', 4, M, 1) < 0) {
+        PyBuffer_Release(&bx); PyBuffer_Release(&bq); return NULL;
+    }
+    const float *x = bx.buf;
+    int8_t *q = bq.buf;
+    float *sc = bs.buf;
+    Py_BEGIN_ALLOW_THREADS
+    float tmax = 0.0f;
+    for (Py_ssize_t m = 0; m < M; m++) {
+        float amax = 0.0f;
+        const float *r = x + m * K;
+        for (Py_ssize_t k = 0; k < K; k++) { float a = fabsf(r[k]); amax = a > amax ? a : amax; }
+        sc[m] = amax;
+        tmax = amax > tmax ? amax : tmax;
+    }
+    for (Py_ssize_t m = 0; m < M; m++) {
+        float amax = per_tensor ? tmax : sc[m];
+        float s = amax > 0.0f ? amax / 127.0f : 1.0f;
+        float inv = 1.0f / s;
+        const float *r = x + m * K;
+        int8_t *d = q + m * Kp;
+        for (Py_ssize_t k = 0; k < K; k++) {
+            float v = nearbyintf(r[k] * inv);
+            v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
+            d[k] = (int8_t)v;
+        }
+        memset(d + K, 0, (size_t)(Kp - K));
+        sc[m] = s;
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&bx); PyBuffer_Release(&bq); PyBuffer_Release(&bs);
+    Py_RETURN_NONE;
+}
+
+PyObject *dsn_py_int8_isa(PyObject *self, PyObject *args)
+{
+    const char *name = NULL;
+    if (!PyArg_ParseTuple(args, "|z:int8_isa", &name)) return NULL;
+    if (name) {
+        for (int i = 0; i <= I8_VNNI; i++) {
+            if (strcmp(I8_NAMES[i], name) == 0) {
+                if (!i8_supported(i)) {
+                    PyErr_Format(PyExc_ValueError, "int8 instruction set '%s' is not supported "
+                                 "by this CPU", name);
+                    return NULL;
+                }
+                i8_isa = i;
+                return PyUnicode_FromString(name);
+            }
+        }
+        PyErr_Format(PyExc_ValueError, "unknown int8 instruction set '%s', expected "
+                     "'avx512vnni', 'avx2' or 'scalar'", name);
+        return NULL;
+    }
+    return PyUnicode_FromString(I8_NAMES[i8_current()]);
+}
+
+PyObject *dsn_py_int8_isa_list(PyObject *self, PyObject *noargs)
+{
+    PyObject *lst = PyList_New(0);
+    if (!lst) return NULL;
+    for (int i = I8_VNNI; i >= I8_SCALAR; i--) {
+        if (!i8_supported(i)) continue;
+        PyObject *s = PyUnicode_FromString(I8_NAMES[i]);
+        if (!s || PyList_Append(lst, s) < 0) { Py_XDECREF(s); Py_DECREF(lst); return NULL; }
+        Py_DECREF(s);
+    }
+    return lst;
+}
+
+/* ------------------------------------------------ weight-only int8 / int4 GEMV */
+/* y[m, n] = sum_g scale[n, g] * sum_{k in g} x[m, k] * q[n, k] + bias[n]; x fp32 [M, Kg],
+ * q int8 [N, Kg] or int4 packed [N, Kg / 2] (element 2i low nibble, 2i + 1 high). */
+
+static inline int8_t i4_at(const uint8_t *p, size_t k)
+{
+    int v = (k & 1) ? (p[k >> 1] >> 4) : (p[k >> 1] & 0xF);
+    return (int8_t)(v > 7 ? v - 16 : v);
+}
+
+static void wq_scalar(const float *x, size_t M, const void *q, const float *sc, size_t N,
+                      size_t Kg, size_t gs, int bits, const float *bias, float *y)
+{
+    size_t G = Kg / gs;
+    for (size_t n = 0; n < N; n++) {
+        for (size_t m = 0; m < M; m++) {
+            const float *xr = x + m * Kg;
+            float tot = 0.0f;
+            for (size_t g = 0; g < G; g++) {
+                float acc = 0.0f;
+                for (size_t k = g * gs; k < (g + 1) * gs; k++) {
+                    float w = bits == 4 ? (float)i4_at((const uint8_t *)q + n * (Kg / 2), k)
+                                        : (float)((const int8_t *)q)[n * Kg + k];
+                    acc += xr[k] * w;
+                }
+                tot += acc * sc[n * G + g];
+            }
+            y[m * N + n] = bias ? tot + bias[n] : tot;
+        }
+    }
+}
+
+#ifdef DSN_X86
+#define WQ_T __attribute__((target("avx2,fma")))
+
+WQ_T static inline float wq_hsum(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    return _mm_cvtss_f32(s);
+}
+
+/* 32 weights of row n at k as fp32 (4 vectors) */
+WQ_T static inline void wq_load32(const void *q, size_t n, size_t Kg, size_t k, int bits,
+                                  __m256 *w)
+{
+    const __m128i m4 = _mm_set1_epi8(0x0F), e8 = _mm_set1_epi8(8);
+    __m128i b0, b1;
+    if (bits == 4) {
+        __m128i p = _mm_loadu_si128((const __m128i *)((const uint8_t *)q + n * (Kg / 2) + k / 2));
+        __m128i lo = _mm_and_si128(p, m4);
+        __m128i hi = _mm_and_si128(_mm_srli_epi16(p, 4), m4);
+        lo = _mm_sub_epi8(_mm_xor_si128(lo, e8), e8);   /* sign-extend the nibbles */
+        hi = _mm_sub_epi8(_mm_xor_si128(hi, e8), e8);
+        b0 = _mm_unpacklo_epi8(lo, hi);
+        b1 = _mm_unpackhi_epi8(lo, hi);
+    } else {
+        const int8_t *r = (const int8_t *)q + n * Kg + k;
+        b0 = _mm_loadu_si128((const __m128i *)r);
+        b1 = _mm_loadu_si128((const __m128i *)(r + 16));
+    }
+    w[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b0));
+    w[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(b0, 8)));
+    w[2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b1));
+    w[3] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(b1, 8)));
+}
+
+/* gs % 32 == 0; rows of x in blocks of up to 4 share every dequantized weight chunk */
+WQ_T static void wq_avx2(const float *x, size_t M, const void *q, const float *sc, size_t N,
+                         size_t Kg, size_t gs, int bits, const float *bias, float *y)
+{
+    size_t G = Kg / gs;
+    for (size_t n = 0; n < N; n++) {
+        for (size_t m0 = 0; m0 < M; m0 += 4) {
+            size_t mr = M - m0 < 4 ? M - m0 : 4;
+            __m256 tot[4];
+            for (size_t r = 0; r < 4; r++) tot[r] = _mm256_setzero_ps();
+            for (size_t g = 0; g < G; g++) {
+                __m256 acc[4];
+                for (size_t r = 0; r < 4; r++) acc[r] = _mm256_setzero_ps();
+                for (size_t k = g * gs; k < (g + 1) * gs; k += 32) {
+                    __m256 w[4];
+                    wq_load32(q, n, Kg, k, bits, w);
+                    for (size_t r = 0; r < mr; r++) {
+                        const float *xr = x + (m0 + r) * Kg + k;
+                        __m256 a = _mm256_mul_ps(_mm256_loadu_ps(xr), w[0]);
+                        a = _mm256_fmadd_ps(_mm256_loadu_ps(xr + 8), w[1], a);
+                        a = _mm256_fmadd_ps(_mm256_loadu_ps(xr + 16), w[2], a);
+                        a = _mm256_fmadd_ps(_mm256_loadu_ps(xr + 24), w[3], a);
+                        acc[r] = _mm256_add_ps(acc[r], a);
+                    }
+                }
+                __m256 s = _mm256_set1_ps(sc[n * G + g]);
+                for (size_t r = 0; r < mr; r++) tot[r] = _mm256_fmadd_ps(acc[r], s, tot[r]);
+            }
+            for (size_t r = 0; r < mr; r++) {
+                float t = wq_hsum(tot[r]);
+                y[(m0 + r) * N + n] = bias ? t + bias[n] : t;
+            }
+        }
+    }
+}
+#endif
+
+/* wq_linear(x f32 [M*Kg], M, q, bits, scales f32 [N*G], N, Kg, gs, bias | None, out f32) */
+PyObject *dsn_py_wq_linear(PyObject *self, PyObject *args)
+{
+    PyObject *ox, *oq, *os, *ob, *oy;
+    Py_ssize_t M, N, Kg, gs;
+    int bits;
+    if (!PyArg_ParseTuple(args, "OnOiOnnnOO:wq_linear", &ox, &M, &oq, &bits, &os, &N, &Kg,
+                          &gs, &ob, &oy))
+        return NULL;
+    if (M < 0 || N < 0 || gs <= 0 || Kg % gs || (bits != 4 && bits != 8) || (bits == 4 && gs % 2)) {
+        PyErr_SetString(PyExc_ValueError, "wq_linear(): bad sizes or bits");
+        return NULL;
+    }
+    Py_buffer bx, bq, bs, bb = {0}, by;
+    int hb = 0;
+    if (i8_buf(ox, &bx, "x", 'f', 4, M * Kg, 0) < 0) return NULL;
+    if (i8_buf(oq, &bq, "q", bits == 4 ? 'B' : 'b', 1, bits == 4 ? N * Kg / 2 : N * Kg, 0) < 0) {
+        PyBuffer_Release(&bx); return NULL;
+    }
+    if (i8_buf(os, &bs, "scales", 'f', 4, N * (Kg / gs), 0) < 0) {
+        PyBuffer_Release(&bx); PyBuffer_Release(&bq); return NULL;
+    }
+    if (ob != Py_None) {
+        if (i8_buf(ob, &bb, "bias", 'f', 4, N, 0) < 0) {
+            PyBuffer_Release(&bx); PyBuffer_Release(&bq); PyBuffer_Release(&bs); return NULL;
+        }
+        hb = 1;
+    }
+    if (i8_buf(oy, &by, "out", 'f', 4, M * N, 1) < 0) {
+        PyBuffer_Release(&bx); PyBuffer_Release(&bq); PyBuffer_Release(&bs);
+        if (hb) PyBuffer_Release(&bb);
+        return NULL;
+    }
+    int isa = i8_current();
+    Py_BEGIN_ALLOW_THREADS
+#ifdef DSN_X86
+    if (isa != I8_SCALAR && gs % 32 == 0)
+        wq_avx2(bx.buf, (size_t)M, bq.buf, bs.buf, (size_t)N, (size_t)Kg, (size_t)gs, bits,
+                hb ? bb.buf : NULL, by.buf);
+    else
+#endif
+        wq_scalar(bx.buf, (size_t)M, bq.buf, bs.buf, (size_t)N, (size_t)Kg, (size_t)gs, bits,
+                  hb ? bb.buf : NULL, by.buf);
+    Py_END_ALLOW_THREADS
+    (void)isa;
+    PyBuffer_Release(&bx); PyBuffer_Release(&bq); PyBuffer_Release(&bs);
+    if (hb) PyBuffer_Release(&bb);
+    PyBuffer_Release(&by);
+    Py_RETURN_NONE;
+}

@@ -1,0 +1,270 @@
+"""Benchmark of deepseek.quantization, side by side with deepseek fp32 and PyTorch's
+quantize_dynamic (fbgemm) in one run: sizes, Linear speed, end-to-end encoder, accuracy.
+
+    python scripts/bench_quant.py [--threads 1] [--repeats 15] [--quick]
+
+Every timing is the median of --repeats rounds; the candidates of one table are run
+interleaved inside each round (one call each, in turn), so load changes on the machine
+hit them alike. BLAS, torch and the int8 kernels all run on --threads threads (the int8
+kernels are single-threaded: use 1 for a like-for-like comparison).
+"""
+import argparse
+import os
+import sys
+import time
+
+
+def _threads_from_argv():
+    for i, a in enumerate(sys.argv):
+        if a == "--threads" and i + 1 < len(sys.argv):
+            return sys.argv[i + 1]
+        if a.startswith("--threads="):
+            return a.split("=", 1)[1]
+    return "1"
+
+
+_T = _threads_from_argv()
+for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_v] = _T   # before numpy loads its BLAS
+
+import numpy as np  # noqa: E402
+
+import deepseek  # noqa: E402
+import deepseek.nn as dnn  # noqa: E402
+from deepseek import native as N  # noqa: E402
+from deepseek import quantization as Q  # noqa: E402
+
+try:
+    import torch
+    import torch.ao.quantization as tq
+    torch.set_num_threads(int(_T))
+    torch.backends.quantized.engine = "fbgemm"
+except ImportError:  # pragma: no cover
+    torch = None
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def bench(fns, repeats):
+    """{name: median seconds}, the fns interleaved in every round (after one warm-up)."""
+    for f in fns.values():
+        f()
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t0)
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def table(title, header, rows):
+    print(f"\n### {title}\n")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "|".join("---" for _ in header) + "|")
+    for r in rows:
+        print("| " + " | ".join(str(c) for c in r) + " |")
+
+
+# ---------------------------------------------------------------- models
+
+def make_encoder(nn, F, layers=6, d=384, heads=12, ffn=1536):
+    """A MiniLM-sized BERT encoder (separate q/k/v/o Linear layers, post-norm, GELU),
+    written once against the torch-like API both libraries share."""
+
+    class Layer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q, self.k, self.v = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+            self.o = nn.Linear(d, d)
+            self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+            self.fc1, self.fc2 = nn.Linear(d, ffn), nn.Linear(ffn, d)
+
+        def forward(self, x):
+            b, t, _ = x.shape
+            hd = d // heads
+
+            def split(y):
+                return y.reshape(b, t, heads, hd).permute(0, 2, 1, 3)
+            q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
+            att = F.softmax(q @ k.transpose(-1, -2) * (1.0 / hd ** 0.5), dim=-1)
+            ctx = (att @ v).permute(0, 2, 1, 3).reshape(b, t, d)
+            x = self.ln1(x + self.o(ctx))
+            return self.ln2(x + self.fc2(F.gelu(self.fc1(x))))
+
+    class Encoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.ModuleList([Layer() for _ in range(layers)])
+
+        def forward(self, x):
+            for layer in self.layers:
+                x = layer(x)
+            return x
+
+    return Encoder()
+
+
+def to_torch(ds_model, t_model):
+    sd = {k: torch.from_numpy(np.array(v.numpy())) for k, v in ds_model.state_dict().items()}
+    t_model.load_state_dict(sd)
+    return t_model.eval()
+
+
+def sizes(rows, name, model, group=128):
+    f = Q.model_size(model)
+    d8 = Q.model_size(Q.quantize_dynamic(model))
+    w4 = Q.model_size(Q.quantize_weights(model, "int4", group_size=group))
+    rows.append([name, f.parameters, f"{f.disk_bytes / 1e6:.3f}",
+                 f"{d8.disk_bytes / 1e6:.3f}", f"{f.disk_bytes / d8.disk_bytes:.2f}x",
+                 f"{f.memory_bytes / d8.memory_bytes:.2f}x",
+                 f"{w4.disk_bytes / 1e6:.3f}", f"{f.disk_bytes / w4.disk_bytes:.2f}x",
+                 f"{f.memory_bytes / w4.memory_bytes:.2f}x"])
+
+
+def train_digits(epochs):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "train_digits", os.path.join(ROOT, "examples", "train_digits.py"))
+    td = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(td)
+    Xtr, ytr, Xte, yte = td.load(td.DATA)
+    deepseek.manual_seed(0)
+    model = td.MLP()
+    opt = deepseek.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-2)
+    rng = np.random.default_rng(0)
+    for _ in range(epochs):
+        perm = rng.permutation(len(Xtr))
+        for i in range(0, len(perm), 32):
+            b = perm[i:i + 32]
+            loss = dnn.functional.cross_entropy(model(deepseek.from_numpy(Xtr[b])),
+                                                deepseek.from_numpy(ytr[b]))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval(), Xtr, Xte, yte
+
+
+def run(m, x):
+    with deepseek.no_grad():
+        return m(deepseek.from_numpy(x)).numpy()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--quick", action="store_true", help="fewer repeats and epochs")
+    args = ap.parse_args()
+    reps = 5 if args.quick else args.repeats
+    print(f"int8 path: {N.int8_isa()} (available: {N.int8_isa_list()}), threads={args.threads}, "
+          f"torch {torch.__version__ if torch else 'missing'} engine "
+          f"{torch.backends.quantized.engine if torch else '-'}; medians of {reps} rounds")
+
+    # ---- sizes
+    deepseek.manual_seed(0)
+    rows = []
+    model, Xtr, Xte, yte = train_digits(4 if args.quick else 20)
+    sizes(rows, "digits MLP 64-128-128-10", model, group=32)
+    sizes(rows, "MLP 784-1024-1024-10", dnn.Sequential(dnn.Linear(784, 1024), dnn.ReLU(),
+                                                       dnn.Linear(1024, 1024), dnn.ReLU(),
+                                                       dnn.Linear(1024, 10)))
+    enc = make_encoder(dnn, dnn.functional).eval()
+    sizes(rows, "MiniLM-sized encoder (6 x d384)", enc)
+    table("Size (state_dict in safetensors; memory incl. packed kernel layout)",
+          ["model", "weights", "fp32 MB", "int8 MB", "int8 disk", "int8 mem", "int4 MB",
+           "int4 disk", "int4 mem"], rows)
+
+    # ---- Linear speed
+    rows = []
+    rng = np.random.default_rng(0)
+    for k, n in ((768, 3072), (3072, 768)):
+        deepseek.manual_seed(0)
+        lin = dnn.Linear(k, n).eval()
+        qd = Q.quantize_dynamic(dnn.Sequential(lin))[0]
+        qw4 = Q.quantize_weights(dnn.Sequential(lin), "int4")[0]
+        qw8 = Q.quantize_weights(dnn.Sequential(lin), "int8")[0]
+        if torch:
+            tl = to_torch(dnn.Sequential(lin), torch.nn.Sequential(torch.nn.Linear(k, n)))
+            tqd = tq.quantize_dynamic(tl, {torch.nn.Linear}, dtype=torch.qint8)
+        for m in (1, 8, 64):
+            x = rng.standard_normal((m, k)).astype(np.float32)
+            dx = deepseek.from_numpy(x)
+            fns = {"ds fp32": lambda: lin(dx), "ds int8": lambda: qd(dx),
+                   "ds w8": lambda: qw8(dx), "ds w4": lambda: qw4(dx)}
+            if torch:
+                txx = torch.from_numpy(x)
+                fns["torch fp32"] = lambda: tl(txx)
+                fns["torch int8"] = lambda: tqd(txx)
+            with deepseek.no_grad():
+                if torch:
+                    with torch.inference_mode():
+                        t = bench(fns, reps)
+                else:
+                    t = bench(fns, reps)
+            us = {a: f"{v * 1e6:.0f}" for a, v in t.items()}
+            rows.append([f"{k}x{n}", m, us["ds fp32"], us["ds int8"], us["ds w8"], us["ds w4"],
+                         us.get("torch fp32", "-"), us.get("torch int8", "-"),
+                         f"{t['ds fp32'] / t['ds int8']:.2f}x",
+                         f"{t['torch int8'] / t['ds int8']:.2f}x" if torch else "-"])
+    table("Linear (in x out), microseconds per call",
+          ["shape", "batch", "ds fp32", "ds int8 dyn", "ds w8", "ds w4", "torch fp32",
+           "torch int8 dyn", "int8 vs ds fp32", "int8 vs torch int8"], rows)
+
+    # ---- end-to-end encoder
+    rows = []
+    qenc = Q.quantize_dynamic(enc)
+    qenc_t = Q.quantize_dynamic(enc, act_mode="per_tensor")
+    if torch:
+        tenc = to_torch(enc, make_encoder(torch.nn, torch.nn.functional))
+        tqenc = tq.quantize_dynamic(tenc, {torch.nn.Linear}, dtype=torch.qint8)
+    for b in (1, 16):
+        x = rng.standard_normal((b, 32, 384)).astype(np.float32)
+        dx = deepseek.from_numpy(x)
+        fns = {"fp32": lambda: enc(dx), "int8": lambda: qenc(dx)}
+        if torch:
+            txx = torch.from_numpy(x)
+            fns["torch fp32"] = lambda: tenc(txx)
+            fns["torch int8"] = lambda: tqenc(txx)
+        with deepseek.no_grad():
+            if torch:
+                with torch.inference_mode():
+                    t = bench(fns, max(3, reps // 3))
+            else:
+                t = bench(fns, max(3, reps // 3))
+        ref, out, out_t = run(enc, x), run(qenc, x), run(qenc_t, x)
+
+        def cos(a, c):
+            a, c = a.reshape(-1).astype(np.float64), c.reshape(-1).astype(np.float64)
+            return a @ c / np.linalg.norm(a) / np.linalg.norm(c)
+        ms = {a: f"{v * 1e3:.1f}" for a, v in t.items()}
+        rows.append([f"{b} x 32 tokens", ms["fp32"], ms["int8"], ms.get("torch fp32", "-"),
+                     ms.get("torch int8", "-"), f"{t['fp32'] / t['int8']:.2f}x",
+                     f"{cos(ref, out):.5f}", f"{cos(ref, out_t):.5f}"])
+    table("MiniLM-sized encoder (6 layers, d 384, 12 heads, ffn 1536), ms per batch",
+          ["batch", "ds fp32", "ds int8", "torch fp32", "torch int8", "int8 speed-up",
+           "cosine per-row", "cosine per-tensor"], rows)
+
+    # ---- accuracy
+    def acc(m):
+        return float((run(m, Xte).argmax(1) == yte).mean())
+    res = [("fp32", acc(model))]
+    res.append(("dynamic int8, per-row act", acc(Q.quantize_dynamic(model))))
+    res.append(("dynamic int8, per-tensor act",
+                acc(Q.quantize_dynamic(model, act_mode="per_tensor"))))
+    for name, qc in (("static PTQ min/max", Q.default_qconfig),
+                     ("static PTQ histogram 99.99%", Q.histogram_qconfig)):
+        p = Q.prepare(model, qc)
+        for i in range(0, 512, 64):
+            run(p, Xtr[i:i + 64])
+        res.append((name, acc(Q.convert(p))))
+    res.append(("weight-only int8 (per channel)", acc(Q.quantize_weights(model, "int8",
+                                                                         group_size=None))))
+    res.append(("weight-only int4 (group 32)", acc(Q.quantize_weights(model, "int4",
+                                                                      group_size=32))))
+    table("digits MLP top-1 (360 test images)", ["model", "top-1", "drop (points)"],
+          [[n, f"{a * 100:.2f}%", f"{(res[0][1] - a) * 100:+.2f}"] for n, a in res])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""deepseek.native int8 kernels: int32 sums exactly equal to numpy's int32 matmul on
+every path (each int8 instruction set this CPU runs, and the numpy fallback)."""
+import contextlib
+
+import numpy as np
+import pytest
+
+from deepseek import native as N
+
+BACKENDS = ["numpy"] + N.int8_isa_list()
+SIZES = [(1, 1, 1), (1, 31, 3), (2, 33, 5), (3, 64, 4), (5, 97, 13), (8, 768, 30),
+         (1, 3072, 7), (17, 130, 9), (64, 200, 37)]
+
+
+@contextlib.contextmanager
+def backend(name):
+    if name == "numpy":
+        with N.use_native(False):
+            assert N.int8_isa() == "numpy"
+            yield
+        return
+    with N.use_native(True), N.use_int8_isa(name):
+        assert N.int8_isa() == name
+        yield
+
+
+def ref(a, w):
+    return a.astype(np.int32) @ w.astype(np.int32).T
+
+
+def test_isa_list_has_scalar_and_avx2_where_the_cpu_has_it():
+    if not N.int8_isa_list():
+        pytest.skip("deepseek._native is not built")
+    isas = N.int8_isa_list()
+    assert isas[-1] == "scalar"
+    flags = open("/proc/cpuinfo").read() if __import__("os").path.exists("/proc/cpuinfo") else ""
+    if " avx2" in flags:
+        assert "avx2" in isas
+    with pytest.raises(ValueError, match="unknown int8 instruction set"):
+        with N.use_int8_isa("sse9"):
+            pass
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("m,k,n", SIZES)
+def test_gemm_exact_random(name, m, k, n):
+    rng = np.random.default_rng(m * 1000 + k + n)
+    a = rng.integers(-128, 128, (m, k), dtype=np.int8)
+    w = rng.integers(-127, 128, (n, k), dtype=np.int8)
+    with backend(name):
+        got = N.int8_gemm(a, N.int8_pack(w))
+    assert got.dtype == np.int32 and got.shape == (m, n)
+    np.testing.assert_array_equal(got, ref(a, w))
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_gemm_exact_extremes_no_saturation(name):
+    """-128 / 127 activations against -127 / 127 weights: the pairs vpmaddubsw sums
+    into int16 reach +-2 * 128 * 127; a saturating kernel would clip them."""
+    k = 4096
+    a = np.array([[-128] * k, [127] * k, [-128, 127] * (k // 2), [-128, -128, 127, 127] * (k // 4),
+                  [0] * k], np.int8)
+    w = np.array([[-127] * k, [127] * k, [127, -127] * (k // 2), [-127] * k, [1] * k,
+                  [-127, -127, 127, 127] * (k // 4)], np.int8)
+    with backend(name):
+        got = N.int8_gemm(a, N.int8_pack(w))
+    np.testing.assert_array_equal(got, ref(a, w))
+    assert got[0, 0] == 128 * 127 * k     # beyond what any int16 step could hold
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_gemm_exact_with_minus_128_weights(name):
+    """-128 weights (outside the symmetric quantizers' range) are still exact: flagged
+    at packing and run on the exact loop."""
+    rng = np.random.default_rng(1)
+    a = rng.choice(np.int8([-128, 127, -1, 0]), (5, 67))
+    w = rng.choice(np.int8([-128, 127, 1]), (6, 67))
+    p = N.int8_pack(w)
+    assert p.full_range
+    with backend(name):
+        np.testing.assert_array_equal(N.int8_gemm(a, p), ref(a, w))
+
+
+@pytest.mark.parametrize("m,k,n", [(1, 768, 30), (7, 33, 5), (16, 300, 17)])
+def test_fused_epilogue_bit_identical_across_paths(m, k, n):
+    rng = np.random.default_rng(k)
+    a = rng.integers(-128, 128, (m, k), dtype=np.int8)
+    w = rng.integers(-127, 128, (n, k), dtype=np.int8)
+    p = N.int8_pack(w)
+    sa = rng.random(m, dtype=np.float32) + 0.01
+    sw = rng.random(n, dtype=np.float32) + 0.01
+    bias = rng.standard_normal(n).astype(np.float32)
+    expect = ref(a, w).astype(np.float32) * (sa[:, None] * sw[None, :]) + bias
+    for name in BACKENDS:
+        with backend(name):
+            got = N.int8_linear(a, sa, p, sw, bias)
+            got_nb = N.int8_linear(a, sa, p, sw, None)
+        np.testing.assert_array_equal(got, expect, err_msg=name)
+        np.testing.assert_array_equal(got_nb, ref(a, w).astype(np.float32) *
+                                      (sa[:, None] * sw[None, :]), err_msg=name)
+
+
+@pytest.mark.parametrize("per_tensor", [False, True])
+def test_quantize_rows_bit_identical_across_paths(per_tensor):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((6, 77)).astype(np.float32) * np.float32([[1], [10], [1e-3], [0],
+                                                                      [100], [1]])
+    x[5, :4] = [127.0, -127.0, 0.5, -0.5]        # exact ties: rint rounds half to even
+    outs = []
+    for name in BACKENDS:
+        with backend(name):
+            q, s = N.int8_quantize_rows(x, per_tensor=per_tensor, kp=96)
+        assert q.shape == (6, 96) and (q[:, 77:] == 0).all()
+        assert q.min() >= -127
+        outs.append((name, q, s))
+    for name, q, s in outs[1:]:
+        np.testing.assert_array_equal(q, outs[0][1], err_msg=name)
+        np.testing.assert_array_equal(s, outs[0][2], err_msg=name)
+    q, s = outs[0][1], outs[0][2]
+    if per_tensor:
+        assert np.all(s == s[0])
+    else:
+        assert s[3] == 1.0 and (q[3] == 0).all()         # zero row: scale 1, zeros
+        assert np.abs(q[1]).max() == 127
+    err = np.abs(q[:, :77] * s[:, None] - x).max(axis=1)
+    assert np.all(err <= s / 2 * 1.0001)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("m,k,n,g", [(1, 256, 33, 128), (3, 96, 5, 32), (2, 40, 3, 8)])
+def test_weight_only_kernel_matches_dequantized_matmul(bits, m, k, n, g):
+    from deepseek.nn.quantized.weight_only import pack_int4, quantize_groupwise, unpack_int4
+    rng = np.random.default_rng(bits + k)
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    q, s = quantize_groupwise(w, bits, g)
+    stored = pack_int4(q) if bits == 4 else q
+    if bits == 4:
+        np.testing.assert_array_equal(unpack_int4(stored), q)
+        assert stored.nbytes * 2 == q.size
+    kg = q.shape[1]
+    deq = (q.reshape(n, kg // g, g).astype(np.float64) * s[:, :, None]).reshape(n, kg)[:, :k]
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32)
+    expect = x.astype(np.float64) @ deq.T + b
+    for name in BACKENDS:
+        with backend(name):
+            got = N.wq_linear(x, stored, s, bits, g, b)
+        np.testing.assert_allclose(got, expect, rtol=1e-4, atol=1e-4, err_msg=name)
+
+
+def test_errors():
+    w = N.int8_pack(np.zeros((3, 8), np.int8))
+    with pytest.raises(TypeError, match="int8"):
+        N.int8_gemm(np.zeros((2, 8), np.float32), w)
+    with pytest.raises(ValueError, match="columns"):
+        N.int8_gemm(np.zeros((2, 9), np.int8), w)
+    with pytest.raises(TypeError, match="int8_pack"):
+        N.int8_gemm(np.zeros((2, 8), np.int8), np.zeros((3, 8), np.int8))
+    with pytest.raises(TypeError, match="2-D int8"):
+        N.int8_pack(np.zeros((3, 8), np.int16))
+    with pytest.raises(ValueError, match="a_scale"):
+        N.int8_linear(np.zeros((2, 8), np.int8), np.ones(3, np.float32), w, np.ones(3))
