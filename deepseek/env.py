@@ -284,6 +284,10 @@ VARIABLES: dict[str, Var] = _declare(
         "where rank 0 of workers a Trainer launched leaves each fit's result",
         set_by="deepseek.Trainer"),
     # ---- the model hub (deepseek.hub)
+    Var("DEEPSEEK_FSDP_RELEASE", "choice", "free",
+        "how ZeRO-3 gives back a unit's gathered parameters: madvise FREE (the kernel "
+        "takes the pages when it needs them) or DONTNEED (resident size drops at once)",
+        choices=("free", "dontneed")),
     Var("DEEPSEEK_HOME", "str", None,
         "deepseek's cache root; the hub keeps downloads in $DEEPSEEK_HOME/hub (default: "
         "~/.cache/deepseek/hub)"),

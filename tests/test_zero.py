@@ -81,3 +81,23 @@ def test_zero1_consolidate_state_dict(shm_guard):
             np.testing.assert_allclose(full[k][n], ref[k][n], rtol=1e-6, atol=1e-7,
                                        err_msg=f"{k}.{n}")
     assert all(r["nonroot_raises"] for r in res[1:])
+
+
+def test_memory_cap_demo_zero3_fits_where_ddp_does_not(shm_guard):
+    """scripts/bench_zero.py --cap-mb: under a per-rank budget smaller than DDP's 16
+    bytes per parameter, DDP stops at its first step and ZeRO-3 on 4 ranks trains."""
+    import os
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
+                                    "scripts"))
+    import bench_zero
+    hid, layers = 64, 8
+    nparam = sum(p.numel() for p in cases.build_model("mlp", hid=hid, layers=layers)
+                 .parameters())
+    cap_mb = 8 * nparam / 2 ** 20          # half of DDP's 16 B/param
+    rows = {stage: (outcome, peak, detail) for stage, outcome, peak, detail
+            in bench_zero.cap_demo(cap_mb, hid, layers, steps=4)}
+    assert rows[0][0] == "over budget" and rows[0][1] > cap_mb, rows[0]
+    assert rows[3][0] == "trained" and rows[3][1] <= cap_mb, rows[3]
+    losses = rows[3][2]
+    assert len(losses) == 4 and losses[-1] < losses[0], losses

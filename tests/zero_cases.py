@@ -313,3 +313,67 @@ def trainer_fit(rank, world, strategy):
     t.fit(model, tm.make_loader(batch_size=8))
     return tm.params(model) if strategy in ("zero1", "ddp") else \
         {k: np.array(v.numpy()) for k, v in t.strategy.model_state_dict().items()}
+
+
+def _steps(runner, optimizer, rank, world, kind, steps, start=0):
+    per = GLOBAL_BATCH // world
+    for s in range(start, start + steps):
+        x, y = _data(kind, s)
+        optimizer.zero_grad()
+        _loss(runner, kind, x[rank * per:(rank + 1) * per],
+              y[rank * per:(rank + 1) * per]).backward()
+        optimizer.step()
+
+
+def optim_ckpt(rank, world, stage, path, mode, kind="mlp", opt="adamw", first=3, more=3):
+    """``mode`` "save": train ``first`` steps under ``stage`` and save the model and the
+    (sharded) optimizer state in one checkpoint. "resume": build a differently
+    initialised model under ``stage`` (any world size), load both, train ``more``
+    steps. Returns the full parameters (and, for "resume", the lr read back)."""
+    import deepseek.distributed.checkpoint as dcp
+    _init()
+    model = build_model(kind, seed=0 if mode == "save" else 77 + rank)
+    runner, optimizer = wrap(model, stage, opt)
+    if mode == "save":
+        _steps(runner, optimizer, rank, world, kind, first)
+        optimizer.param_groups[0]["lr"] *= 0.5   # an option the checkpoint must carry
+        osd, extra = dcp.get_optimizer_state_dict(runner, optimizer)
+        dcp.save(dict(dcp.get_state_dict(runner), **osd), path, extra=extra)
+        return full_params(runner, stage), None
+    dcp.load(dcp.get_state_dict(runner), path)
+    dcp.load_optimizer_state_dict(runner, optimizer, path)
+    lr = optimizer.param_groups[0]["lr"]
+    _steps(runner, optimizer, rank, world, kind, more, start=first)
+    return full_params(runner, stage), lr
+
+
+def optim_ckpt_reference(kind="mlp", opt="adamw", first=3, more=3):
+    """One process, no checkpoint: ``first`` steps, the lr halved, ``more`` steps."""
+    model = build_model(kind, seed=0)
+    optimizer = make_optimizer(model.parameters(), opt)
+    _steps(model, optimizer, 0, 1, kind, first)
+    optimizer.param_groups[0]["lr"] *= 0.5
+    _steps(model, optimizer, 0, 1, kind, more, start=first)
+    return full_params(model, "single")
+
+
+def trainer_resume(rank, world, strategy, ckpt_dir, phase):
+    """Trainer(strategy=...) with a checkpoint at every epoch end: phase "full" fits 3
+    epochs straight; "first" fits 1 epoch (writing last.ckpt); "resume" fits to 3
+    epochs from it. Adam, so the optimizer state matters. Returns the model's
+    parameters and the files the checkpoint left."""
+    import os
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts"))
+    import trainer_model as tm
+    import deepseek
+    t = deepseek.Trainer(accelerator="cpu", strategy=strategy, seed=0,
+                         max_epochs=1 if phase == "first" else 3,
+                         enable_progress_bar=False,
+                         checkpoint_dir=None if phase == "full" else ckpt_dir)
+    model = tm.make_model(optimizer="adam", lr=0.05)
+    t.fit(model, tm.make_loader(batch_size=8),
+          ckpt_path="last" if phase == "resume" else None)
+    params = {k: np.array(v.numpy()) for k, v in t.strategy.model_state_dict().items()}
+    files = sorted(os.listdir(ckpt_dir)) if phase != "full" else []
+    return params, files

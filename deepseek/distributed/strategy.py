@@ -352,8 +352,9 @@ class ZeROStrategy(DDPStrategy):
     ``configure_optimizers`` between ``setup`` and it, on the unwrapped parameters);
     their optimizers must have one set of options for all groups. The Trainer's
     single-file checkpoints hold the full model; the sharded optimizer state of stages
-    2/3 goes through ``deepseek.distributed.checkpoint`` instead (``optimizer_state``
-    raises). ``offload_optimizer`` (ZeRO-Offload) is the GPU path: not available yet.
+    2/3 goes through ``deepseek.distributed.checkpoint`` into ``<file>.zero/`` beside
+    it (every rank writes its pieces; a resume on any number of ranks reshards it).
+    ``offload_optimizer`` (ZeRO-Offload) is the GPU path: not available yet.
     """
 
     stage: int = 2
@@ -437,14 +438,71 @@ class ZeROStrategy(DDPStrategy):
         sd = fsdp.state_dict()
         return {k[len("model."):]: v for k, v in sd.items()}
 
+    # Checkpoints. Stage 1 consolidates the optimizer state into the Trainer's file
+    # (ZeroRedundancyOptimizer.consolidate_state_dict). Stages 2/3 keep it sharded:
+    # the file ``path`` (rank 0, the full model) names a version of the directory
+    # ``path + ".zero"``, which every rank writes its pieces of every optimizer into
+    # through deepseek.distributed.checkpoint -- so no rank ever holds the whole
+    # state, and a resume on another number of ranks reshards it. The directory is
+    # committed first and keeps the two newest versions: a crash before the file is
+    # replaced leaves the previous file naming a version that still exists.
+    _ZERO_FORMAT = "deepseek-zero-optim/1"
+
     def optimizer_state(self, optimizer):
         if self.stage == 1:
             optimizer.consolidate_state_dict(to=self.process_group.ranks[0])
             return optimizer.state_dict() if self.is_global_zero else {}
-        raise NotImplementedError("ZeROStrategy(stage=2/3): the optimizer state is sharded; "
-                                  "save it with deepseek.distributed.checkpoint")
+        index = next(i for i, o in enumerate(self.trainer.optimizers) if o is optimizer)
+        # a placeholder: save_checkpoint writes the state and fills in where it went
+        return {"format": self._ZERO_FORMAT, "index": index, "stage": self.stage}
+
+    def _sharded_model(self):
+        return self.model if self.model is not self.module else self._fsdp
+
+    def save_checkpoint(self, checkpoint, path):
+        placeholders = [st for st in checkpoint.get("optimizer_states", ())
+                        if isinstance(st, dict) and st.get("format") == self._ZERO_FORMAT]
+        if self.stage == 1 or not placeholders:
+            return super().save_checkpoint(checkpoint, path)
+        from . import checkpoint as dcp
+        model = self._sharded_model()
+        sd, extra = {}, {}
+        for st in placeholders:
+            opt = self.trainer.optimizers[st["index"]]
+            osd, ex = dcp.get_optimizer_state_dict(model, opt, self.process_group,
+                                                   prefix=f"opt{st['index']}.")
+            sd.update(osd)
+            extra.update(ex)
+        side = os.fspath(path) + ".zero"
+        version = dcp.save(sd, side, self.process_group, extra=extra, keep=2)
+        for st in placeholders:
+            st["dir"], st["version"] = os.path.basename(side), version
+        super().save_checkpoint(checkpoint, path)
+
+    def load_checkpoint(self, path):
+        self._loaded_from = os.fspath(path)  # load_optimizer_state finds ".zero" by it
+        return super().load_checkpoint(path)
+
+    def remove_checkpoint(self, path):
+        side = os.fspath(path) + ".zero"
+        if self.stage > 1 and self.is_global_zero and os.path.isdir(side):
+            import shutil
+            shutil.rmtree(side, ignore_errors=True)
+        super().remove_checkpoint(path)
 
     def load_optimizer_state(self, optimizer, state):
+        if isinstance(state, dict) and state.get("format") == self._ZERO_FORMAT:
+            if self.stage == 1:
+                raise ValueError("ZeROStrategy(stage=1): this checkpoint holds a sharded "
+                                 f"optimizer state of stage {state['stage']}; resume it with "
+                                 "stage 2 or 3")
+            from . import checkpoint as dcp
+            where = os.path.join(os.path.dirname(os.path.abspath(self._loaded_from)),
+                                 state["dir"])
+            dcp.load_optimizer_state_dict(self._sharded_model(), optimizer, where,
+                                          self.process_group, version=state["version"],
+                                          prefix=f"opt{state['index']}.")
+            return
         optimizer.load_state_dict(state)
 
 

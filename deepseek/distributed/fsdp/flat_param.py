@@ -26,7 +26,7 @@ from ...autograd.grad_mode import no_grad
 from ...collectives import ReduceOp
 from ...nn.parameter import Parameter
 from ..buckets import build_buckets
-from ._memory import ReleasableBuffer
+from ._memory import ReleasableBuffer, ReusedZeros
 
 
 class FlatParamHandle:
@@ -41,6 +41,10 @@ class FlatParamHandle:
         n = pg.size
         named = [(names[0], p) for names, p in entries]
         self.buckets = build_buckets(named, bucket_cap_bytes, pad_to=n)
+        for b in self.buckets:
+            # each bucket's buffer comes and goes every backward: keep its pages
+            b._alloc = ReusedZeros()
+        self._grad_bytes = sum(b.flat.nbytes for b in self.buckets)  # materialized ones
         self.segments = []      # per bucket: (full start, padded numel, shard start, shard numel)
         fs = ss = 0
         for b in self.buckets:
@@ -153,6 +157,7 @@ class FlatParamHandle:
         b = self.buckets[k]
         if not b.is_materialized():
             b.materialize()
+            self._grad_bytes += b.flat.nbytes
         if not b.fill(i, p):
             return None
         return k if b.is_full() else None
@@ -164,6 +169,7 @@ class FlatParamHandle:
             for i in b.missing():
                 if not b.is_materialized():
                     b.materialize()
+                    self._grad_bytes += b.flat.nbytes
                 if b.params[i]._grad is b.views[i]:
                     b.ready[i] = True
                     b.n_ready += 1
@@ -189,7 +195,9 @@ class FlatParamHandle:
             self.flat_params[k]._grad._data[...] += out
         for p in b.params:
             p._grad = None  # the full gradient does not outlive its reduction
+        self._grad_bytes -= b.flat.nbytes
         b.release()
+        b._alloc.release()
         b.work = None
 
     def all_launched(self):
@@ -199,22 +207,28 @@ class FlatParamHandle:
     def resident_bytes(self):
         """Bytes of full (gathered) parameters and full gradients this handle holds."""
         full = self.full.nbytes if (not self.releasable or self._gathered) else 0
-        grads = sum(b.flat.nbytes for b in self.buckets if b.is_materialized())
-        return full, grads
+        return full, self._grad_bytes   # kept up to date: this runs at every hook
 
     def local_pieces(self):
         """(entry index, start, end, shard view) for each piece of a parameter in this
         rank's shard (``start:end`` index the parameter's flattened elements; the view
         is the shard's memory, so a checkpoint loads into it in place)."""
+        return [(j, a, e, self.flat_params[k]._data[off:off + (e - a)])
+                for k, j, a, e, off in self.shard_pieces()]
+
+    def shard_pieces(self):
+        """(flat param index, entry index, start, end, offset) for each piece of a
+        parameter in this rank's shard: elements ``start:end`` of the parameter's
+        flattened data are elements ``offset:offset + end - start`` of flat param
+        ``k`` (and so of any per-element optimizer state of it)."""
         r = self.pg.rank
         out = []
         index = {id(p): j for j, p in enumerate(self.params)}
-        for fp, b, (f0, _, s0, s) in zip(self.flat_params, self.buckets, self.segments):
-            shard = fp._data
+        for k, (b, (f0, _, s0, s)) in enumerate(zip(self.buckets, self.segments)):
             lo, hi = r * s, (r + 1) * s
             for i, p in enumerate(b.params):
                 a, e = max(lo, int(b.offsets[i])), min(hi, int(b.offsets[i + 1]))
                 if a < e:
-                    out.append((index[id(p)], a - int(b.offsets[i]), e - int(b.offsets[i]),
-                                shard[a - lo:e - lo]))
+                    out.append((k, index[id(p)], a - int(b.offsets[i]),
+                                e - int(b.offsets[i]), a - lo))
         return out
