@@ -235,15 +235,15 @@ class ProcessGroup:
                 hang.write_report(self.store, self.hang_prefix, self.global_rank, str(exc),
                                   request=False)
 
-    def _execute(self, opname, seq, timeout, body, sig):
+    def _execute(self, opname, seq, timeout, body, sig, issued=None):
         if _trace.sink is not None:
             t0 = _trace.now()
             self._execute_body(opname, seq, timeout, body, sig)
-            self._emit(opname, seq, _trace.nbytes_of_sig(sig), t0, "general")
+            self._emit(opname, seq, _trace.nbytes_of_sig(sig), t0, "general", issued)
             return
         self._execute_body(opname, seq, timeout, body, sig)
 
-    def _emit(self, opname, seq, nbytes, t0, path):
+    def _emit(self, opname, seq, nbytes, t0, path, issued=None):
         """Tell collectives.trace's listeners about one finished collective."""
         b = self._backend
         if path == "general" and opname == "allreduce" and self.size > 1:
@@ -256,7 +256,8 @@ class ProcessGroup:
             algo = path
         _trace.sink({"op": opname, "group": self.name, "seq": seq, "bytes": nbytes,
                      "algorithm": algo, "backend": self.backend, "transport": self.transport,
-                     "rank": self.global_rank, "t0": t0, "t1": _trace.now()})
+                     "rank": self.global_rank, "issued": t0 if issued is None else issued,
+                     "t0": t0, "t1": _trace.now()})
 
     def _execute_body(self, opname, seq, timeout, body, sig):
         ctx = OpContext(opname, seq, timeout if timeout is not None else self.timeout,
@@ -281,8 +282,9 @@ class ProcessGroup:
         if async_op:
             work = Work(f"{opname} (seq {seq}) in group {self.name!r} on rank {self.rank}",
                         result)
+            issued = _trace.now() if _trace.sink is not None else None
             return self._worker.submit(
-                lambda: self._execute(opname, seq, timeout, body, sig), work)
+                lambda: self._execute(opname, seq, timeout, body, sig, issued), work)
         # a blocking call completes after every async op issued before it
         if not self._worker.idle:
             self._worker.drain()

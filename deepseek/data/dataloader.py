@@ -18,6 +18,19 @@ from . import _resume
 from .dataset import IterableDataset
 from .sampler import SequentialSampler, RandomSampler, BatchSampler
 
+# Set by deepseek.profiler while a profile records: hook(stats, seconds) after each
+# wait for a batch; None otherwise.
+_wait_hook = None
+
+
+class _Stats(_resume.LoaderStats):
+    """``loader.stats``, which also tells the profiler about each wait."""
+
+    def _add_wait(self, dt):
+        super()._add_wait(dt)
+        if _wait_hook is not None:
+            _wait_hook(self, dt)
+
 __all__ = ["DataLoader", "default_collate", "default_convert", "get_worker_info"]
 
 
@@ -189,7 +202,7 @@ class DataLoader:
         self.shuffle = shuffle
         self.batch_sampler_given = batch_sampler is not None
         self._iterable = isinstance(dataset, IterableDataset)
-        self.stats = _resume.LoaderStats()
+        self.stats = _Stats()
         self._pool = None           # persistent workers
         self._epoch = 0             # epochs completed (and the auto-sharded sampler's epoch)
         self._tracker = None

@@ -20,6 +20,11 @@ from ..autograd.grad_mode import no_grad, enable_grad
 __all__ = ["Optimizer", "required"]
 
 
+# Set by deepseek.profiler while a profile records: hook(optimizer, 0) before a step,
+# hook(optimizer, 1) after it; None otherwise (one test per step).
+_step_hook = None
+
+
 class _RequiredParameter:
     """Marks a hyper-parameter without a default (e.g. SGD's lr in old PyTorch)."""
 
@@ -212,6 +217,9 @@ class Optimizer:
         if closure is not None:
             with enable_grad():
                 loss = closure()
+        prof = _step_hook
+        if prof is not None:
+            prof(self, 0)
         for hook in list(self._step_pre_hooks.values()):
             hook(self, (), {})
         with no_grad():
@@ -219,6 +227,8 @@ class Optimizer:
                 self._step_group(group)
         for hook in list(self._step_post_hooks.values()):
             hook(self, (), {})
+        if prof is not None:
+            prof(self, 1)
         return loss
 
     def _step_group(self, group):  # pragma: no cover - abstract

@@ -1,0 +1,27 @@
+"""deepseek.profiler: PyTorch's ``torch.profiler`` API on the deepseek engine.
+
+::
+
+    with deepseek.profiler.profile(record_shapes=True, profile_memory=True, with_flops=True,
+                                   schedule=deepseek.profiler.schedule(wait=1, warmup=1, active=3),
+                                   on_trace_ready=handler) as prof:
+        for batch in loader:
+            with deepseek.profiler.record_function("forward"):
+                loss = model(batch).sum()
+            loss.backward(); opt.step()
+            prof.step()
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=10))
+    prof.export_chrome_trace("trace.json")
+
+Ops are named ``deepseek::<op>`` (the op table's name) and their backward nodes like
+PyTorch's (``AddmmBackward0``). See :mod:`deepseek.profiler.profiler` for what is
+recorded and how; :mod:`deepseek.profiler.timeline` for the whole-job timeline
+(``DEEPSEEK_TIMELINE``) and ``python -m deepseek.profiler.merge``.
+"""
+from .profiler import (profile, record_function, schedule, ProfilerActivity, ProfilerAction,
+                       tensorboard_trace_handler, FunctionEvent, FunctionEventAvg, EventList,
+                       op_flops, op_names)
+
+__all__ = ["profile", "record_function", "schedule", "ProfilerActivity", "ProfilerAction",
+           "tensorboard_trace_handler", "FunctionEvent", "FunctionEventAvg", "EventList",
+           "op_flops", "op_names"]

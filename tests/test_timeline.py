@@ -1,0 +1,158 @@
+"""The whole-job timeline (DEEPSEEK_TIMELINE): a real 2-rank deepseek-run job writes
+per-rank files, rank 0 merges them into one Chrome trace; the structure, the clock
+alignment and the merge command are checked; a second test renders the merged trace
+in a real headless Chromium (tests/test_viz.py has the browser helper)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+WORKER = os.path.join(HERE, "scripts", "timeline_worker.py")
+
+
+def _run_job(tmp_path, extra_env=None, nproc=2):
+    path = str(tmp_path / "trace.json")
+    env = dict(os.environ, DEEPSEEK_TIMELINE=path)
+    env.update(extra_env or {})
+    r = subprocess.run([sys.executable, "-m", "deepseek.launcher", "--nproc", str(nproc),
+                        "--timeout", "60", WORKER], env=env, capture_output=True, text=True,
+                       timeout=180)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return path, r
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    return _run_job(tmp_path_factory.mktemp("timeline"))
+
+
+def _x(doc):
+    return [e for e in doc["traceEvents"] if e["ph"] == "X"]
+
+
+def test_merged_file_structure(job):
+    path, _ = job
+    assert os.path.exists(path + ".rank0.json") and os.path.exists(path + ".rank1.json")
+    doc = json.load(open(path))
+    meta = doc["metadata"]["deepseek_timeline"]
+    assert meta["ranks"] == [0, 1] and meta["missing"] == []
+    names = {(e["pid"], e["args"]["name"]) for e in doc["traceEvents"]
+             if e["ph"] == "M" and e["name"] == "process_name"}
+    assert {p for p, _ in names} == {0, 1}
+    threads = {(e["pid"], e["tid"]): e["args"]["name"] for e in doc["traceEvents"]
+               if e["ph"] == "M" and e["name"] == "thread_name"}
+    for r in (0, 1):
+        assert threads[(r, 1)] == "compute"
+        assert threads[(r, 2)] == "communication"
+        assert threads[(r, 3)] == "data loading"
+    xs = _x(doc)
+    for r in (0, 1):
+        mine = [e for e in xs if e["pid"] == r]
+        cats = {(e["tid"], e["cat"]) for e in mine}
+        assert (1, "cpu_op") in cats and (1, "backward") in cats and (1, "optimizer") in cats
+        assert (2, "collective") in cats and (3, "dataloader") in cats
+        # 2 epochs x 4 batches: 8 optimizer steps, 8 data waits (+ the end-of-epoch one)
+        assert sum(e["cat"] == "optimizer" for e in mine) == 8
+        assert sum(e["cat"] == "dataloader" for e in mine) == 8
+        assert any(e["name"] == "AddmmBackward0" for e in mine)
+    for e in xs:
+        assert e["ts"] >= 0 and e["dur"] >= 0
+    colls = [e for e in xs if e["cat"] == "collective"]
+    for e in colls:
+        a = e["args"]
+        assert {"op", "group", "seq", "bytes", "algorithm", "backend", "transport"} <= set(a)
+    # the same collectives on both ranks (DDP's bucket allreduces among them)
+    by_rank = [[(e["args"]["group"], e["args"]["seq"], e["name"]) for e in colls if e["pid"] == r]
+               for r in (0, 1)]
+    assert by_rank[0] == by_rank[1] and len(by_rank[0]) >= 8
+    assert any(n == "allreduce" and e["args"]["bytes"] > 1000 for e in colls
+               for n in [e["name"]])
+
+
+def test_clocks_aligned(job):
+    """A collective ends on every rank at about the same moment: on the aligned clock
+    the ends of the same (group, seq) agree within a few ms; the measured offset on
+    one host (one clock) is within its error bound of 0."""
+    path, _ = job
+    doc = json.load(open(path))
+    meta = doc["metadata"]["deepseek_timeline"]
+    off, err = meta["offset_ns"]["1"], meta["offset_err_ns"]["1"]
+    assert err > 0 and abs(off) <= err + 50_000, meta
+    ends = {}
+    for e in _x(doc):
+        if e["cat"] == "collective":
+            ends.setdefault((e["args"]["group"], e["args"]["seq"]), {})[e["pid"]] = \
+                e["ts"] + e["dur"]
+    gaps = sorted(abs(v[0] - v[1]) for v in ends.values() if len(v) == 2)
+    assert gaps and gaps[len(gaps) // 2] < 5000, gaps  # median gap < 5 ms (us units)
+
+
+def test_merge_command(job, tmp_path):
+    path, _ = job
+    out = str(tmp_path / "again.json")
+    for r in (0, 1):
+        with open(path + f".rank{r}.json") as f, open(out + f".rank{r}.json", "w") as g:
+            g.write(f.read())
+    r = subprocess.run([sys.executable, "-m", "deepseek.profiler.merge", out, "2"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["ranks"] == [0, 1] and summary["missing"] == []
+    assert json.load(open(out))["traceEvents"] == json.load(open(path))["traceEvents"]
+
+
+def test_merge_names_missing_rank(job, tmp_path):
+    from deepseek.collectives import trace
+    path, _ = job
+    out = str(tmp_path / "partial.json")
+    with open(path + ".rank0.json") as f, open(out + ".rank0.json", "w") as g:
+        g.write(f.read())
+    s = trace.merge(out, 2)
+    assert s["ranks"] == [0] and s["missing"] == [out + ".rank1.json"]
+
+
+def test_merged_timeline_renders_in_chromium(job, tmp_path):
+    """The merged trace in the bundled viewer, in a real headless Chromium: no console
+    errors, a lane per (rank, thread), and the screenshot is not blank: it shows the
+    colours of compute, backward and communication events."""
+    from test_viz import CHROMIUM, chromium, console_errors, dump_dom, body_attrs, pixel_colors
+    if CHROMIUM is None:
+        pytest.skip("no chromium binary")
+    import deepseek.viz as viz
+    path, _ = job
+    page = viz.trace_viewer(path, str(tmp_path / "timeline.html"))
+    dom, err = dump_dom(page)
+    assert not console_errors(err), console_errors(err)
+    a = body_attrs(dom)
+    assert a.get("data-ready") == "1"
+    assert a["data-lanes"] == "6"  # 2 ranks x compute, communication, data loading
+    shot = str(tmp_path / "shot.png")
+    _, err = chromium("file://" + page, f"--screenshot={shot}", "--window-size=1200,400",
+                      "--virtual-time-budget=3000", "--hide-scrollbars")
+    assert os.path.exists(shot), err[-2000:]
+    colors = pixel_colors(shot, step=1)  # some events are 1 px wide
+    total = sum(colors.values())
+    white = colors.get((255, 255, 255), 0)
+    assert white < 0.97 * total, "blank screenshot"
+    # each category's colour covers some pixels (cpu_op, backward, collective)
+    for rgb in ((0x4e, 0x79, 0xa7), (0xf2, 0x8e, 0x2b), (0xe1, 0x57, 0x59)):
+        assert colors.get(rgb, 0) > 0, (rgb, colors.most_common(8))
+
+
+def test_straggler_named(tmp_path):
+    """Rank 0 sleeps 20 ms before every step: the report at the end of the job (printed
+    by rank 0 after the merge, and in the merged file's metadata) names rank 0 as the
+    one arriving last, by about the sleep, and flags it."""
+    path, r = _run_job(tmp_path, {"TIMELINE_SLOW_RANK": "0"})
+    rep = json.load(open(path))["metadata"]["deepseek_timeline"]["stragglers"]
+    assert rep["flagged"] == [0], rep
+    r0, r1 = rep["ranks"]["0"], rep["ranks"]["1"]
+    assert r0["last"] > rep["collectives"] / 2 and r0["last"] > r1["last"]
+    assert 15_000 < r0["late_p50_us"] < 200_000, rep  # the 20 ms sleep, on a loaded box
+    assert rep["skew_p50_us"] > 15_000
+    assert "STRAGGLER: rank 0" in r.stderr and "straggler report" in r.stderr
+    from deepseek.collectives import trace
+    assert "rank 0" in trace.format_straggler_report(rep)
