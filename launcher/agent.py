@@ -496,6 +496,8 @@ def worker_env(c: Config, *, rank: int, local_rank: int, world_size: int, node_r
         "TORCHELASTIC_MAX_RESTARTS": str(c.max_restarts),
     })
     env.setdefault("PYTHONUNBUFFERED", "1")
+    if c.timeline:
+        env["DEEPSEEK_TIMELINE"] = c.timeline
     if c.omp_threads is not None:
         for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             env[name] = str(c.omp_threads)

@@ -123,6 +123,7 @@ class Config:
     last_call: float = 30.0
     heartbeat_timeout: float = 15.0
     notes: list[str] = field(default_factory=list)
+    timeline: str | None = None      # --timeline: absolute path of the merged trace
 
 
 # Options that take a value: needed to find where deepseek-run's own options end.
@@ -131,7 +132,7 @@ _VALUED = {"--nproc", "--nproc-per-node", "--nproc_per_node", "--nnodes", "--nod
            "--master_port", "--log-dir", "--timeout", "--omp-threads", "--bind", "--grace",
            "--max-restarts", "--max_restarts", "--rdzv-endpoint", "--rdzv_endpoint",
            "--rdzv-id", "--rdzv_id", "--rdzv-backend", "--rdzv_backend", "--rdzv-conf",
-           "--rdzv_conf"}
+           "--rdzv_conf", "--timeline"}
 
 
 def _split(argv: list[str]):
@@ -221,6 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="S",
                    help="seconds between SIGTERM and SIGKILL when stopping workers "
                         "(default 5)")
+    p.add_argument("--timeline", metavar="PATH",
+                   help="record every rank's compute, communication and data-loading "
+                        "events and write them merged into one Chrome/Perfetto trace at "
+                        "PATH, with a straggler report at the end")
     e = p.add_argument_group("elastic (torchrun's flags)")
     e.add_argument("--max-restarts", "--max_restarts", type=_option("int", lo=0),
                    default=0, metavar="N",
@@ -377,7 +382,8 @@ def parse_args(argv: list[str]) -> Config:
                   rdzv_endpoint=endpoint, rdzv_id=ns.rdzv_id,
                   join_timeout=ns.rdzv_conf.get("join_timeout", ns.timeout),
                   last_call=ns.rdzv_conf.get("last_call", 30.0),
-                  heartbeat_timeout=ns.rdzv_conf.get("heartbeat_timeout", 15.0))
+                  heartbeat_timeout=ns.rdzv_conf.get("heartbeat_timeout", 15.0),
+                  timeline=os.path.abspath(ns.timeline) if ns.timeline else None)
 
 
 # What deepseek-run sets for every worker (see agent.Agent._worker_env): whatever the
@@ -420,4 +426,25 @@ def main(argv=None) -> int:
             agent = Agent(config)
     except StartupError as e:
         return usage_error(str(e))
-    return agent.run()
+    code = agent.run()
+    if config.timeline and config.node_rank == 0:
+        _finish_timeline(config.timeline)
+    return code
+
+
+def _finish_timeline(path):
+    """Merge the ranks' timeline files once every worker has written its own, and print
+    the straggler report unless rank 0 did (it merges when its process group is
+    destroyed; a job that never destroys it leaves the merge to us). stdlib only: the
+    launcher never loads the engine."""
+    from ..collectives import trace
+    merged_by_rank0 = os.path.exists(path)
+    try:
+        summary = trace.merge(path)
+    except (OSError, ValueError) as e:
+        sys.stderr.write(f"deepseek-run: no timeline written to {path}: {e}\n")
+        return
+    sys.stderr.write(f"deepseek-run: timeline of {len(summary.get('ranks', []))} ranks "
+                     f"written to {path}\n")
+    if summary.get("stragglers") and not merged_by_rank0:
+        sys.stderr.write(trace.format_straggler_report(summary["stragglers"]) + "\n")

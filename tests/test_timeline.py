@@ -156,3 +156,17 @@ def test_straggler_named(tmp_path):
     assert "STRAGGLER: rank 0" in r.stderr and "straggler report" in r.stderr
     from deepseek.collectives import trace
     assert "rank 0" in trace.format_straggler_report(rep)
+
+
+def test_deepseek_run_timeline_option(tmp_path):
+    """``deepseek-run --timeline PATH`` sets the variable for every worker and merges
+    all rank files once the job has ended."""
+    path = str(tmp_path / "job.json")
+    env = {k: v for k, v in os.environ.items() if k != "DEEPSEEK_TIMELINE"}
+    r = subprocess.run([sys.executable, "-m", "deepseek.launcher", "--nproc", "2",
+                        "--timeout", "60", "--timeline", path, WORKER], env=env,
+                       capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"timeline of 2 ranks written to {path}" in r.stderr, r.stderr[-3000:]
+    doc = json.load(open(path))
+    assert {e["pid"] for e in _x(doc)} == {0, 1}
