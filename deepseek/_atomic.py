@@ -21,7 +21,7 @@ import socket
 import tempfile
 import threading
 
-__all__ = ["write_atomic", "sweep_stale_temps"]
+__all__ = ["write_atomic", "sweep_stale_temps", "fsync_dir"]
 
 _live = set()          # temp paths being written by this process
 _live_lock = threading.Lock()
@@ -148,7 +148,12 @@ def write_atomic(path, write):
         raise
     finally:
         _untrack(tmp)
-    try:  # make the rename itself durable (best effort: not every OS/fs allows it)
+    fsync_dir(directory)
+
+
+def fsync_dir(directory):
+    """Make renames in ``directory`` durable (best effort: not every OS/fs allows it)."""
+    try:
         dfd = os.open(directory, os.O_RDONLY)
         try:
             os.fsync(dfd)

@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 
-from ..._atomic import write_atomic
+from ..._atomic import fsync_dir, write_atomic
 from ..._tensor import Tensor
 from ...serialization import CheckpointError
 from ...serialization import load as _load_file
@@ -116,17 +116,6 @@ def _entries(state_dict, rank):
     return out
 
 
-def _fsync_dir(path):
-    try:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-
-
 def save(state_dict, checkpoint_dir, process_group=None, extra=None, keep=1):
     """Write ``state_dict`` into ``checkpoint_dir`` (collective: every rank calls it).
 
@@ -174,12 +163,12 @@ def save(state_dict, checkpoint_dir, process_group=None, extra=None, keep=1):
                 t["chunks"].append({"start": a, "end": b, "file": f, "name": name})
         blob = json.dumps(meta, indent=1).encode()
         write_atomic(os.path.join(tmp, _INDEX), lambda f: f.write(blob))
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if _pause_before_commit is not None:
             _pause_before_commit(tmp)
         final = os.path.join(checkpoint_dir, f"v-{version}")
         os.rename(tmp, final)
-        _fsync_dir(checkpoint_dir)
+        fsync_dir(checkpoint_dir)
         write_atomic(os.path.join(checkpoint_dir, _POINTER),
                      lambda f: f.write(f"v-{version}\n".encode()))
         _sweep(checkpoint_dir, keep=f"v-{version}", n_keep=keep)
