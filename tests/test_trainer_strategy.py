@@ -149,8 +149,8 @@ def test_checkpoint_writing_belongs_to_the_strategy(tmp_path):
         tm.make_model(), tm.make_loader(batch_size=32))
     assert written == [(str(tmp_path / "last.ckpt"),
                         ["callback_metrics", "callbacks", "format", "loop",
-                         "lr_schedulers", "optimizer_states", "rng", "sampler",
-                         "state_dict"])]
+                         "lr_schedulers", "optimizer_states", "precision_state", "rng",
+                         "sampler", "state_dict"])]
 
 
 # ---- the built-in choices -----------------------------------------------------------
