@@ -24,6 +24,15 @@ import numpy as np
 __all__ = ["WordPieceTokenizer", "ByteLevelBPETokenizer", "load_tokenizer"]
 
 
+def _tokenizer_config(directory):
+    """``tokenizer_config.json`` of an HF-layout directory ({} when there is none)."""
+    p = os.path.join(directory, "tokenizer_config.json")
+    if not os.path.exists(p):
+        return {}
+    with open(p, encoding="utf-8") as f:
+        return json.load(f)
+
+
 def _batch_out(ids_list, type_ids_list, padding, pad_id, return_tensors, max_length=None):
     if padding == "max_length" and max_length:
         width = max_length
@@ -121,11 +130,7 @@ class WordPieceTokenizer:
     @classmethod
     def from_pretrained(cls, directory):
         """Read ``vocab.txt`` (or ``tokenizer.json``) and ``tokenizer_config.json``."""
-        cfg = {}
-        p = os.path.join(directory, "tokenizer_config.json")
-        if os.path.exists(p):
-            with open(p, encoding="utf-8") as f:
-                cfg = json.load(f)
+        cfg = _tokenizer_config(directory)
         vocab = None
         vp = os.path.join(directory, "vocab.txt")
         if os.path.exists(vp):
@@ -337,11 +342,7 @@ class ByteLevelBPETokenizer:
     @classmethod
     def from_pretrained(cls, directory):
         """Read ``vocab.json`` + ``merges.txt`` (or ``tokenizer.json``'s BPE model)."""
-        cfg = {}
-        p = os.path.join(directory, "tokenizer_config.json")
-        if os.path.exists(p):
-            with open(p, encoding="utf-8") as f:
-                cfg = json.load(f)
+        cfg = _tokenizer_config(directory)
         vj, mt = os.path.join(directory, "vocab.json"), os.path.join(directory, "merges.txt")
         if os.path.exists(vj) and os.path.exists(mt):
             with open(vj, encoding="utf-8") as f:
