@@ -23,6 +23,17 @@ def _check(name, value, low=0.0):
         raise ValueError(f"Invalid {name}: {value}")
 
 
+def _weight_decay(p, g, lr, wd, decoupled):
+    """Apply weight decay: AdamW-style to ``p`` in place (``decoupled``), or L2 into the
+    returned gradient (a new array; ``g`` itself is left alone)."""
+    if wd:
+        if decoupled:
+            p *= 1 - lr * wd
+        else:
+            g = g + wd * p
+    return g
+
+
 class _Elementwise(Optimizer):
     """Loop over parameters with gradients; the subclass updates raw arrays."""
 
@@ -226,11 +237,7 @@ class NAdam(_Elementwise):
 
     def _update(self, xp, p, g, s, step, group):
         (b1, b2), eps, wd, lr = group["betas"], group["eps"], group["weight_decay"], group["lr"]
-        if wd:
-            if group["decoupled_weight_decay"]:
-                p *= 1 - lr * wd
-            else:
-                g = g + wd * p
+        g = _weight_decay(p, g, lr, wd, group["decoupled_weight_decay"])
         st = self._current_state
         mu_prod = float(st["mu_product"]._data) if "mu_product" in st else 1.0
         bc2 = 1 - b2 ** step
@@ -267,11 +274,7 @@ class RAdam(_Elementwise):
 
     def _update(self, xp, p, g, s, step, group):
         (b1, b2), eps, wd, lr = group["betas"], group["eps"], group["weight_decay"], group["lr"]
-        if wd:
-            if group["decoupled_weight_decay"]:
-                p *= 1 - lr * wd
-            else:
-                g = g + wd * p
+        g = _weight_decay(p, g, lr, wd, group["decoupled_weight_decay"])
         m, v = s["exp_avg"], s["exp_avg_sq"]
         m += (g - m) * (1 - b1)
         v *= b2
