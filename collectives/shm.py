@@ -93,12 +93,13 @@ class Segment:
             pass
 
 
-def cleanup_job(job_id):
-    """Unlink every segment of ``job_id`` still named in /dev/shm; returns the names."""
+def cleanup_job(job_id, tag=None):
+    """Unlink every segment of ``job_id`` still named in /dev/shm (only those made with
+    ``tag`` when it is given); returns the names."""
     removed = []
     if not os.path.isdir(SHM_DIR):
         return removed
-    prefix = job_prefix(job_id)
+    prefix = job_prefix(job_id) + (f"{tag}_" if tag else "")
     for fname in os.listdir(SHM_DIR):
         if fname.startswith(prefix):
             try:

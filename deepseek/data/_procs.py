@@ -5,7 +5,7 @@ what crosses the pipes) and owns the slots; :class:`ProcessIter` is one epoch of
 loader on top of it.
 
 Slots. Each worker has its own slots: POSIX shared-memory segments named with the
-job prefix of :mod:`deepseek.collectives.shm` (``dsk_<job>_dl_...``, so the launcher's
+job prefix of :mod:`deepseek.collectives.shm` (``dsk_<job>_dl<pool>_...``, so the launcher's
 sweep finds them), created by the main process and unlinked as soon as their worker has
 mapped them (its first reply from a slot says so) -- from then on only the mappings
 keep the memory. A slot is handed to the user as numpy views (wrapped in Tensors by
@@ -30,6 +30,7 @@ import collections
 import itertools
 import json
 import os
+import secrets
 import signal
 import threading
 import time
@@ -112,6 +113,9 @@ class WorkerPool:
         self.prefetch_factor = prefetch_factor
         self.closed = False
         self._job = _job_id()
+        # this pool's own name tag: at shutdown every segment that carries it is swept,
+        # also one whose creation a Ctrl-C interrupted before it was recorded in _slots
+        self._tag = "dl" + secrets.token_hex(3)
         self._hint = 0                       # slot size to make new slots with
         self._slots = []                     # every slot made (to unlink at close)
         self._free = [collections.deque() for _ in range(num_workers)]
@@ -127,7 +131,8 @@ class WorkerPool:
         self.start_method = ctx.get_start_method()
         self._grace = [_JOIN]
         self._finalizer = weakref.finalize(self, WorkerPool._shutdown, self._procs,
-                                           self._conns, self._slots, self._grace)
+                                           self._conns, self._slots, self._grace,
+                                           self._job, self._tag)
         try:
             for wid in range(num_workers):
                 here, there = ctx.Pipe(duplex=True)
@@ -146,7 +151,7 @@ class WorkerPool:
 
     def _new_slot(self, worker, size):
         from ..distributed import shm
-        seg = shm.Segment.create(self._job, "dl", codec.page_round(size))
+        seg = shm.Segment.create(self._job, self._tag, codec.page_round(size))
         slot = _Slot(seg, worker)
         self._slots.append(slot)
         return slot
@@ -317,7 +322,7 @@ class WorkerPool:
         self._finalizer()
 
     @staticmethod
-    def _shutdown(procs, conns, slots, grace):
+    def _shutdown(procs, conns, slots, grace, job, tag):
         for c in conns:
             try:
                 c.send(None)
@@ -340,6 +345,8 @@ class WorkerPool:
                 pass
         for s in slots:
             s.unlink()
+        from ..distributed import shm
+        shm.cleanup_job(job, tag)
         for p in procs:
             try:
                 p.close()
