@@ -45,6 +45,7 @@ _SUBMODULES = {
     "autograd", "nn", "optim", "data", "distributed", "testing", "amp", "jit",
     "quantization", "viz", "profiler", "hub", "native", "collectives", "launcher",
     "elastic", "backend", "dtypes", "random", "serialization", "ops", "env", "trainer",
+    "onnx", "serve", "models",
 }
 
 
