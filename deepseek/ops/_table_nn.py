@@ -60,7 +60,7 @@ def _conv(nd):
     return OpInfo(f"conv{nd}d", getattr(C, f"conv{nd}d"), C.ConvNd, autocast="lower",
                   sample_inputs=samples(((Shape(x), Shape(w), Shape((4,))), {}, "bias"),
                                         ((Shape(x), Shape(w)), {"stride": 2, "padding": 1}, "stride 2 pad 1")),
-                  ref_numpy=_conv_np, ref_torch=_tF(f"conv{nd}d"))
+                  ref_numpy=_conv_np, ref_torch=_tF(f"conv{nd}d"), export="conv")
 
 
 def _fp32_if_3d(args, kwargs):
@@ -80,10 +80,12 @@ def _pool(kind, nd):
     if kind == "max":
         return OpInfo(f"max_pool{nd}d", getattr(P, f"max_pool{nd}d"), P.MaxPoolNd, autocast_cpu=_fp32_if_3d,
                       sample_inputs=samples(((Shape(x), 2), {}), ((Shape(x), 3, 1), {}, "overlap")),
-                      ref_numpy=lambda x, k, s=None: _pool_np(x, k, s, np.max), ref_torch=_tF(f"max_pool{nd}d"))
+                      ref_numpy=lambda x, k, s=None: _pool_np(x, k, s, np.max), ref_torch=_tF(f"max_pool{nd}d"),
+                      export="max_pool")
     return OpInfo(f"avg_pool{nd}d", getattr(P, f"avg_pool{nd}d"), P.AvgPoolNd, autocast_cpu=_fp32_if_3d,
                   sample_inputs=samples(((Shape(x), 2), {}), ((Shape(x), 3, 1), {}, "overlap")),
-                  ref_numpy=lambda x, k, s=None: _pool_np(x, k, s, np.mean), ref_torch=_tF(f"avg_pool{nd}d"))
+                  ref_numpy=lambda x, k, s=None: _pool_np(x, k, s, np.mean), ref_torch=_tF(f"avg_pool{nd}d"),
+                  export="avg_pool")
 
 
 def _adaptive(nd):
@@ -91,7 +93,7 @@ def _adaptive(nd):
     ref = _adaptive_nd_np
     return OpInfo(f"adaptive_avg_pool{nd}d", getattr(P, f"adaptive_avg_pool{nd}d"), P.AdaptiveAvgPoolNd, autocast_cpu=_fp32_if_3d,
                   sample_inputs=samples(((Shape(x), 3), {})), ref_numpy=ref,
-                  ref_torch=_tF(f"adaptive_avg_pool{nd}d"))
+                  ref_torch=_tF(f"adaptive_avg_pool{nd}d"), export="adaptive_avg_pool")
 
 
 def _layer_norm_np(x, ns, w=None, b=None, eps=1e-5):
@@ -138,21 +140,21 @@ NORM = [
     OpInfo("layer_norm", N.layer_norm, N.LayerNorm, autocast="fp32", autocast_cpu="none",
            sample_inputs=samples(((Shape((2, 3, 4)), (4,), Shape((4,)), Shape((4,))), {}, "affine"),
                                  ((Shape((2, 3, 4)), (3, 4)), {}, "two dims, no affine")),
-           ref_numpy=_layer_norm_np, ref_torch=_tF("layer_norm")),
+           ref_numpy=_layer_norm_np, ref_torch=_tF("layer_norm"), export="layer_norm"),
     OpInfo("rms_norm", N.rms_norm, N.RMSNorm, autocast="fp32", autocast_cpu="none",
            sample_inputs=samples(((Shape((2, 3, 4)), (4,), Shape((4,))), {"eps": 1e-6}, "weight"),
                                  ((Shape((2, 3, 4)), (4,)), {"eps": 1e-6}, "no weight")),
-           ref_numpy=_rms_norm_np, ref_torch=_tF("rms_norm")),
+           ref_numpy=_rms_norm_np, ref_torch=_tF("rms_norm"), export="rms_norm"),
     OpInfo("group_norm", N.group_norm, N.GroupNorm, autocast="fp32", autocast_cpu="none",
            sample_inputs=samples(((Shape((2, 4, 3)), 2, Shape((4,)), Shape((4,))), {})),
-           ref_numpy=_group_norm_np, ref_torch=_tF("group_norm")),
+           ref_numpy=_group_norm_np, ref_torch=_tF("group_norm"), export="group_norm"),
     OpInfo("batch_norm", N.batch_norm, N.BatchNorm,
            sample_inputs=samples(((Shape((4, 3, 2)), Shape((3,)), Shape((3,), 0.5, 2.0), Shape((3,)), Shape((3,))),
                                   {"training": False}, "eval"),
                                  ((Shape((4, 3, 2)), None, None, Shape((3,)), Shape((3,))),
                                   {"training": True}, "training, no running stats")),
            ref_numpy=_batch_norm_np, ref_torch=_batch_norm_torch,
-           gradcheck_kw={"requires_grad": (True, False, False, True, True)}),
+           gradcheck_kw={"requires_grad": (True, False, False, True, True)}, export="batch_norm"),
     OpInfo("normalize", N.normalize, (), sample_inputs=samples(((Shape((3, 4)),), {}),
                                                               ((Shape((3, 4), 0.5, 2.0),), {"p": 1.0, "dim": 0})),
            ref_numpy=_normalize_np, ref_torch=_tF("normalize")),
@@ -263,22 +265,23 @@ OTHER = [
            # (padding_idx zeroes a row's gradient by design: not a finite-difference case)
            sample_inputs=samples(((np.array([[0, 2], [2, 1]]), Shape((4, 3))), {}),
                                  ((np.array([0, 3, 3]), Shape((4, 3))), {}, "repeated index")),
-           ref_numpy=lambda i, w, padding_idx=None: w[i], ref_torch=_tF("embedding")),
+           ref_numpy=lambda i, w, padding_idx=None: w[i], ref_torch=_tF("embedding"), export="embedding"),
     OpInfo("dropout", D.dropout, D.Dropout, call=_dropout_call,
            sample_inputs=samples(((Shape((4, 5)), 0.5), {})), ref_numpy=None, ref_torch=None,
-           gradcheck_kw={}),
+           gradcheck_kw={}, export="dropout"),
     OpInfo("scaled_dot_product_attention", A.scaled_dot_product_attention, A.SDPA, autocast="lower",
            sample_inputs=samples(((Shape((1, 2, 3, 4)), Shape((1, 2, 3, 4)), Shape((1, 2, 3, 4))), {}),
                                  ((Shape((1, 2, 3, 4)), Shape((1, 2, 3, 4)), Shape((1, 2, 3, 4))),
                                   {"is_causal": True}, "causal")),
-           ref_numpy=_sdpa_np, ref_torch=_tF("scaled_dot_product_attention")),
+           ref_numpy=_sdpa_np, ref_torch=_tF("scaled_dot_product_attention"), export="sdpa"),
     OpInfo("pad", PD.pad, (PD.ConstantPad, PD.IndexPad), autocast_cpu=_fp32_if_reflect,
            sample_inputs=samples(((Shape((2, 3, 4)), (1, 2)), {}, "constant"),
                                  ((Shape((2, 3, 4)), (1, 0, 2, 1)), {"value": 1.5}, "constant value"),
                                  ((Shape((2, 3, 4)), (2, 1)), {"mode": "reflect"}, "reflect"),
                                  ((Shape((2, 3, 4)), (1, 2)), {"mode": "replicate"}, "replicate"),
                                  ((Shape((2, 3, 4)), (1, 2)), {"mode": "circular"}, "circular")),
-           ref_numpy=_pad_np, ref_torch=_tF("pad")),
+           ref_numpy=_pad_np, ref_torch=_tF("pad"),
+           export={PD.ConstantPad: "constant_pad", PD.IndexPad: "index_pad"}),
     OpInfo("one_hot", PD.one_hot, differentiable=False,
            sample_inputs=samples(((np.array([0, 2, 1]),), {}), ((np.array([[0], [3]]), 5), {})),
            ref_numpy=lambda i, n=-1: np.eye(i.max() + 1 if n == -1 else n, dtype=np.int64)[i],

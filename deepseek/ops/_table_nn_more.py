@@ -25,29 +25,29 @@ def _act(name, op, fn, ref, low=-4.0, high=4.0, **kw):
 _SA, _SS = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
 
 ACTIVATIONS = [
-    _act("hardsigmoid", A.hardsigmoid, A.Hardsigmoid, lambda x: np.clip(x / 6 + 0.5, 0, 1)),
-    _act("hardswish", A.hardswish, A.Hardswish, lambda x: x * np.clip(x + 3, 0, 6) / 6),
-    _act("softsign", A.softsign, A.Softsign, lambda x: x / (1 + np.abs(x))),
-    _act("tanhshrink", A.tanhshrink, A.Tanhshrink, lambda x: x - np.tanh(x)),
+    _act("hardsigmoid", A.hardsigmoid, A.Hardsigmoid, lambda x: np.clip(x / 6 + 0.5, 0, 1), export="hardsigmoid"),
+    _act("hardswish", A.hardswish, A.Hardswish, lambda x: x * np.clip(x + 3, 0, 6) / 6, export="hardswish"),
+    _act("softsign", A.softsign, A.Softsign, lambda x: x / (1 + np.abs(x)), export="softsign"),
+    _act("tanhshrink", A.tanhshrink, A.Tanhshrink, lambda x: x - np.tanh(x), export="tanhshrink"),
     _act("elu", A.elu, A.Elu, lambda x, alpha=1.0: np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0))),
-         sample_inputs=samples(((Shape((3, 4), -3, 3),), {}), ((Shape((3, 4), -3, 3),), {"alpha": 0.5}))),
+         sample_inputs=samples(((Shape((3, 4), -3, 3),), {}), ((Shape((3, 4), -3, 3),), {"alpha": 0.5})), export="elu"),
     _act("selu", A.selu, A.Elu, lambda x: _SS * np.where(x > 0, x, _SA * np.expm1(np.minimum(x, 0)))),
     _act("celu", A.celu, A.Elu, lambda x, alpha=1.0: np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0) / alpha)),
          sample_inputs=samples(((Shape((3, 4), -3, 3),), {}), ((Shape((3, 4), -3, 3),), {"alpha": 0.5}))),
     _act("threshold", A.threshold, A.Threshold, lambda x, th, v: np.where(x > th, x, v),
-         sample_inputs=samples(((Shape((3, 4)), 0.3, -1.0), {}))),
+         sample_inputs=samples(((Shape((3, 4)), 0.3, -1.0), {})), export="threshold"),
     _act("hardshrink", A.hardshrink, A.Hardshrink, lambda x, l=0.5: np.where(np.abs(x) > l, x, 0),
-         sample_inputs=samples(((Shape((3, 4)),), {}), ((Shape((3, 4)), 1.0), {}))),
+         sample_inputs=samples(((Shape((3, 4)),), {}), ((Shape((3, 4)), 1.0), {})), export="hardshrink"),
     _act("softshrink", A.softshrink, A.Softshrink,
          lambda x, l=0.5: np.where(x > l, x - l, np.where(x < -l, x + l, 0)),
-         sample_inputs=samples(((Shape((3, 4)),), {}), ((Shape((3, 4)), 1.0), {}))),
+         sample_inputs=samples(((Shape((3, 4)),), {}), ((Shape((3, 4)), 1.0), {})), export="softshrink"),
     _act("glu", A.glu, (E.Mul, E.Sigmoid, S.Split),
          lambda x, dim=-1: np.split(x, 2, dim)[0] * _sigmoid(np.split(x, 2, dim)[1]),
          sample_inputs=samples(((Shape((3, 4)),), {}), ((Shape((4, 3)), 0), {}))),
     _act("prelu", A.prelu, (A.Prelu, S.Reshape), lambda x, w: np.where(x > 0, x, x * (
         w.reshape((1, -1) + (1,) * (x.ndim - 2)) if w.size > 1 else w)),
         sample_inputs=samples(((Shape((2, 3, 4)), Shape((3,), 0, 0.5)), {}), ((Shape((2, 3)), Shape((1,), 0, 0.5)), {})),
-        autocast="lower"),
+        autocast="lower", export="prelu"),
 ]
 
 
@@ -131,7 +131,7 @@ RESAMPLE = [
                                  ((Shape((1, 2, 3, 4)),), {"scale_factor": 2, "mode": "nearest"}, "nearest x2"),
                                  ((Shape((1, 2, 5)),), {"size": 8, "mode": "linear", "align_corners": True}, "linear ac"),
                                  ((Shape((1, 2, 5)),), {"size": 3, "mode": "nearest"}, "nearest down")),
-           ref_numpy=_interp_np, ref_torch=_tF("interpolate"), dtypes=FLOATING),
+           ref_numpy=_interp_np, ref_torch=_tF("interpolate"), dtypes=FLOATING, export="interpolate"),
     OpInfo("conv_transpose1d", RS.conv_transpose1d, (RS.DilatePad, S.Reshape, S.Permute), autocast="lower",
            sample_inputs=samples(((Shape((2, 3, 5)), Shape((3, 2, 3)), Shape((2,))), {}, "bias"),
                                  ((Shape((2, 3, 5)), Shape((3, 2, 3))), {"stride": 2, "padding": 1}, "stride 2 pad 1")),

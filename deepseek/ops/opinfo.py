@@ -80,6 +80,12 @@ class OpInfo:
     call            how the checks call the op with a sample's args (default ``op``;
                     ``cat`` takes a list: ``call=lambda *ts, dim=0: cat(list(ts), dim)``)
     doc             docstring for generated methods when ``op`` has none
+    export          the ONNX export rule (``deepseek.onnx``) of the Function this entry lists
+                    first -- or, for an entry without Functions, of its Tensor methods: the
+                    name of a function of ``deepseek.onnx.rules`` (kept a string so the ops
+                    never import onnx) or a callable ``rule(g, *apply_args, **kwargs)``;
+                    ``{Function: rule}`` for an entry that owns several Functions; None:
+                    no export of its own (composites export when their Functions do)
     """
 
     name: str
@@ -103,6 +109,7 @@ class OpInfo:
     gradcheck_kw: dict = field(default_factory=dict)
     call: Optional[Callable] = None
     doc: Optional[str] = None
+    export: Optional[object] = None
 
     def __post_init__(self):
         if self.autocast not in AUTOCAST_POLICIES:
@@ -114,6 +121,9 @@ class OpInfo:
                              f"of {AUTOCAST_POLICIES}, got {self.autocast_cpu!r}")
         if not isinstance(self.functions, tuple):
             self.functions = (self.functions,)
+        if not (self.export is None or isinstance(self.export, (str, dict)) or callable(self.export)):
+            raise ValueError(f"OpInfo({self.name}): export must be None, a rule name, a callable or "
+                             f"a {{Function: rule}} dict, got {self.export!r}")
 
     def autocast_for(self, device_type="cuda", args=(), kwargs=None):
         """This entry's autocast policy on ``device_type`` for one call's arguments."""
