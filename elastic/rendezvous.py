@@ -42,6 +42,7 @@ Keys, under ``elastic/<job id>/``::
     <r>/fail         the round's first failure (compare_set)             member
     <r>/done/<id>    the member's workers all exited 0                   member
     <r>/end          why round r ended                                   host
+    spent            restarts used (rounds and in-process recoveries)     both (add)
     final            the job's outcome: code, message, every attempt      host
     ack/<id>         the member has read final                           member
 """
@@ -248,6 +249,7 @@ class RoundHost:
             nodes.append({"id": i, "node_rank": n, "nproc": int(info["nproc"]),
                           "rank_base": base, "host": info.get("host", "")})
             base += int(info["nproc"])
+        self.restarts = self._spent()
         token = new_token()
         server = StoreServer(self.bind, 0, token).start()
         self._stores[r] = server
@@ -291,15 +293,21 @@ class RoundHost:
                 "restart_count": self.restarts, "reason": reason, "failure": failure,
                 "counts": counts}
 
+    def _spent(self) -> int:
+        """Restarts used so far: the world's and in-process recoveries' (members
+        spend those with :meth:`Member.spend_restart`)."""
+        return min(self.client.add(self.k("spent"), 0), self.s.max_restarts)
+
     def _end(self, reason: str, failure: dict | None, counts: bool):
+        self.restarts = self._spent()
         self.attempts.append(self._record(reason, failure, counts))
         if counts and self.restarts >= self.s.max_restarts:
             code = int((failure or {}).get("code", 1)) or 1
             return self._final(code, f"giving up after {self.restarts} restart(s) "
                                      f"(--max-restarts {self.s.max_restarts})")
-        if counts:
-            self.restarts += 1
         r, c, k = self.round, self.client, self.k
+        if counts:
+            self.restarts = min(c.add(k("spent"), 1), self.s.max_restarts)
         c.set(k(r, "end"), _dumps({"reason": reason, "failure": failure,
                                    "next": r + 1}))
         self.round = r + 1
@@ -313,6 +321,7 @@ class RoundHost:
         c, k = self.client, self.k
         final = {"code": code, "message": message, "attempts": self.attempts,
                  "restarts": self.restarts}
+        final["restarts"] = self.restarts = max(self.restarts, self._spent())
         c.set(k("final"), _dumps(final))
         c.set(k(self.round, "end"), _dumps({"reason": "final", "next": None}))
         self.done = True
@@ -426,6 +435,16 @@ class Member:
         c, k = self.client, self.k
         body = _dumps(dict(record, node=self.id))
         return c.compare_set(k(r, "fail"), b"", body) == body
+
+    def spend_restart(self, max_restarts: int) -> int | None:
+        """Take one restart of the job's budget for an in-process recovery; returns
+        how many are spent now, or None when none was left (nothing taken)."""
+        c, k = self.client, self.k
+        n = c.add(k("spent"), 1)
+        if n > max_restarts:
+            c.add(k("spent"), -1)
+            return None
+        return n
 
     def report_done(self, r: int):
         self.client.set(self.k(r, "done", self.id), "0")

@@ -160,12 +160,14 @@ class NodeAgent:
         return group.start()
 
     def run_attempt(self, group: WorkerGroup, on_failure=None, watch=None,
-                    watch_interval: float = 0.5) -> AttemptResult:
+                    watch_interval: float = 0.5, recover=None) -> AttemptResult:
         """Watch ``group`` until every worker has exited.
 
         The first worker to fail stops the others (SIGTERM, SIGKILL after --grace);
         ``on_failure(worker)`` runs before that (publish it, collect a hang report). A
-        signal to us is forwarded once, a repeat kills. ``watch()``, called about every
+        signal to us is forwarded once, a repeat kills. ``recover(worker)`` returning
+        True means the failure was dealt with (in-process recovery replaced the
+        worker): the others go on. ``watch()``, called about every
         ``watch_interval`` seconds while nothing is stopping the group, returns a
         message when something outside this node means the workers must stop."""
         c = self.c
@@ -206,6 +208,8 @@ class NodeAgent:
             now = time.monotonic()
             for w in group.reap(now):
                 if w.rc != 0 and not stopping():
+                    if recover is not None and recover(w):
+                        continue
                     res.failed = w
                     if on_failure is not None:
                         on_failure(w)

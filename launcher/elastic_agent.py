@@ -24,10 +24,14 @@ ends its part for good (it leaves the job; the host agent leaving ends the job).
 from __future__ import annotations
 
 import errno
+import json
 import os
 import socket
 
+from .. import env as envvars
 from ..collectives.store import StoreClient, StoreError, StoreServer, new_token
+from ..elastic import inprocess
+from ..elastic.inprocess import open_generation
 from ..elastic.rendezvous import (JobEnd, Member, RendezvousError, RendezvousSettings,
                                   Round, RoundHost)
 from .agent import NodeAgent, StartupError, worker_env
@@ -65,6 +69,9 @@ class ElasticAgent(NodeAgent):
         self.group = None
         self._clients: list[StoreClient] = []
         self._lost: StoreError | None = None     # the rendezvous store is gone
+        # in-process recovery: replace a dead worker, the others re-form the group
+        self._inproc = bool(envvars.get("DEEPSEEK_ELASTIC_IN_PROCESS"))
+        self._spares = envvars.get("DEEPSEEK_ELASTIC_SPARES") if self._inproc else 0
         if c.rdzv_endpoint is None:                  # --standalone: ours, on loopback
             public, port = "127.0.0.1", 0
             bind = connect = "127.0.0.1"
@@ -235,14 +242,76 @@ class ElasticAgent(NodeAgent):
                 return "the job ended"
             return f"round {rnd.number} ended: {self._why(end)}"
 
+        clients = []
+
+        def recover(w: Worker) -> bool:
+            return self._inproc and self._replace(rnd, w, host, int(port), clients)
+
         self.group = self.start_group(env_for, lambda lr: rnd.rank_base + lr)
+        self._spare_env = None
+        if self._inproc and self._spares:
+            self._spare_env = lambda n: dict(env_for(0), DEEPSEEK_ELASTIC_SPARE=(
+                f"{rnd.node_rank}/{n}"))
+            self._spare_count = 0
+            for _ in range(self._spares):
+                self._new_spare()
         try:
             res = self.run_attempt(self.group, on_failure=on_failure, watch=watch,
-                                   watch_interval=0.1)
+                                   watch_interval=0.1, recover=recover)
         finally:
+            for client in clients:
+                client.close()
             self.note_removed(self.end_attempt(self.group, rnd.run_id))
             self.group = None
         return res
+
+    def _replace(self, rnd: Round, w: Worker, host: str, port: int, clients) -> bool:
+        """In-process recovery of ``w``'s death: spend a restart, open the next
+        generation, start a replacement with its rank (the survivors re-form the
+        group with it). False (no restart left, no store): the ordinary path."""
+        c = self.c
+        what = describe_exit(w.rc)
+        try:
+            n = self.member.spend_restart(c.max_restarts)
+            if n is None:
+                self.note(f"rank {w.rank} failed ({what}) and no restart is left for "
+                          "in-process recovery")
+                return False
+            if not clients:
+                clients.append(StoreClient(host, port, rnd.token, timeout=10.0,
+                                           connect_timeout=10.0))
+            gen = open_generation(clients[0], {"rank": w.rank, "pid": w.proc.pid,
+                                               "what": what, "restart": n})
+        except StoreError as e:
+            self.note(f"in-process recovery of rank {w.rank} impossible: {e}")
+            return False
+        spare = self.group.spares[0] if self.group.spares else None
+        self.note(f"rank {w.rank} (local rank {w.local_rank}, pid {w.proc.pid}) failed: "
+                  f"{what}; in-process recovery, restart {n} of --max-restarts "
+                  f"{c.max_restarts}: generation {gen}, replacing it"
+                  + (f" with spare pid {spare.proc.pid}" if spare else ""))
+        if w.tail:
+            self.out.block(traceback_excerpt(w.tail), indent="      ")
+        if spare is None:
+            self.group.respawn(w)
+            return True
+        try:
+            clients[0].set(f"{inprocess.KEY}spare/{spare.spare_id}", json.dumps(
+                {"rank": w.rank, "local_rank": w.local_rank}))
+        except StoreError as e:
+            self.note(f"in-process recovery of rank {w.rank} impossible: {e}")
+            return False
+        self.group.promote(spare, w)
+        self._new_spare()
+        return True
+
+    def _new_spare(self):
+        """Start one more hot spare for this round (it waits for a rank)."""
+        n = self._spare_count
+        self._spare_count += 1
+        env = self._spare_env(n)
+        spare = self.group.start_spare(env)
+        spare.spare_id = env["DEEPSEEK_ELASTIC_SPARE"]
 
     @staticmethod
     def _why(end: dict) -> str:

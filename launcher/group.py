@@ -130,6 +130,8 @@ class WorkerGroup:
         self.out = out
         self._libc = libc_handle
         self.workers: list[Worker] = []
+        self.replaced: list[Worker] = []      # dead workers respawn() replaced
+        self.spares: list[Worker] = []        # hot spares not promoted yet
 
     # ------------------------------------------------------------------ spawning
     def start(self) -> "WorkerGroup":
@@ -142,7 +144,39 @@ class WorkerGroup:
                 self.sel.register(stream, selectors.EVENT_READ, (self, w, fd, bytearray()))
         return self
 
-    def _spawn(self, local_rank: int) -> Worker:
+    def start_spare(self, env: dict) -> Worker:
+        """Start a hot spare (in-process recovery): the command with ``env``, kept in
+        :attr:`spares` (not waited for, stopped with the group) until
+        :meth:`promote` puts it in a dead worker's place."""
+        w = self._spawn(0, env=env)
+        w.rank = w.local_rank = -1
+        self.spares.append(w)
+        self._register(w)
+        return w
+
+    def promote(self, spare: Worker, dead: Worker):
+        """``spare`` takes ``dead``'s rank and place in :attr:`workers`."""
+        self.spares.remove(spare)
+        spare.rank, spare.local_rank = dead.rank, dead.local_rank
+        self.workers[self.workers.index(dead)] = spare
+        self.replaced.append(dead)
+
+    def _register(self, w: Worker):
+        for stream, fd in ((w.proc.stdout, 1), (w.proc.stderr, 2)):
+            os.set_blocking(stream.fileno(), False)
+            self.sel.register(stream, selectors.EVENT_READ, (self, w, fd, bytearray()))
+
+    def respawn(self, dead: Worker) -> Worker:
+        """Start a replacement for ``dead`` (same local rank and environment) in its
+        place in :attr:`workers` (in-process recovery); ``dead`` stays in
+        :attr:`replaced`, its pipes are relayed until they close."""
+        w = self._spawn(dead.local_rank)
+        self.workers[self.workers.index(dead)] = w
+        self.replaced.append(dead)
+        self._register(w)
+        return w
+
+    def _spawn(self, local_rank: int, env: dict | None = None) -> Worker:
         lib = self._libc
         cpus = self.spec.cpus_for(local_rank)
 
@@ -154,7 +188,8 @@ class WorkerGroup:
                 os.sched_setaffinity(0, cpus)
 
         proc = subprocess.Popen(
-            self.spec.command, env=self.spec.env_for(local_rank), stdin=subprocess.DEVNULL,
+            self.spec.command, env=env or self.spec.env_for(local_rank),
+            stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
             preexec_fn=preexec if (lib is not None or cpus) else None)
         rank = self.spec.rank_of(local_rank)
@@ -232,6 +267,11 @@ class WorkerGroup:
             if w.rc is None and w.proc.poll() is not None:
                 w.rc, w.exited_at = w.proc.returncode, now
                 out.append(w)
+        for w in list(self.spares):          # a spare that died is just gone
+            if w.proc.poll() is not None:
+                w.rc, w.exited_at = w.proc.returncode, now
+                self.spares.remove(w)
+                self.replaced.append(w)
         return out
 
     def running(self) -> list[Worker]:
@@ -240,7 +280,7 @@ class WorkerGroup:
 
     def signal(self, sig: int, include_exited: bool = False):
         """Send ``sig`` to each worker's process group (their children included)."""
-        for w in self.workers:
+        for w in self.workers + self.spares:
             if w.rc is None or include_exited:
                 try:
                     os.killpg(w.proc.pid, sig)
@@ -251,10 +291,14 @@ class WorkerGroup:
         """Kill whatever is left of the workers' process groups, drop our pipes from
         the selector and close the logs (idempotent)."""
         self.signal(signal.SIGKILL, include_exited=True)
+        for w in self.replaced:
+            if w.log is not None:
+                w.log.close()
+                w.log = None
         for key in self._keys():
             self.sel.unregister(key.fileobj)
             key.fileobj.close()
-        for w in self.workers:
+        for w in self.workers + self.spares:
             if w.rc is None:
                 try:
                     w.proc.wait(timeout=5)

@@ -56,15 +56,20 @@ def _no_leaks(tmp_path):
     assert not left, f"left in /dev/shm: {left}"
 
 
+def kill_all(procs):
+    """Kill the session of every deepseek-run in ``procs`` still running."""
+    for p in procs:
+        if p.poll() is None:
+            _kill_session(p.pid)
+            p.communicate()
+
+
 @pytest.fixture
 def agents():
     """Agents started by a test; whatever is still running at the end is killed."""
     procs = []
     yield procs
-    for p in procs:
-        if p.poll() is None:
-            _kill_session(p.pid)
-            p.communicate()
+    kill_all(procs)
 
 
 def _elastic(*extra):

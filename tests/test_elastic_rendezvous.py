@@ -208,3 +208,20 @@ def test_every_member_done_ends_the_job_with_success(job_factory):
     a.ack()
     b.ack()
     assert job.host.wait_acks(2.0)
+
+
+def test_in_process_recoveries_and_world_restarts_share_one_budget(job_factory):
+    """Two restarts: an in-process recovery spends one, a world restart the other;
+    the next failure ends the job (and a recovery past the budget is refused)."""
+    job = job_factory(min_nodes=1, max_nodes=1, max_restarts=2)
+    a = job.member("a")
+    join_round(a)
+    assert a.spend_restart(2) == 1
+    a.report_failure(0, {"rank": 0, "what": "exit code 1", "code": 1})
+    assert until(lambda: a.poll_end(0))["reason"] == "failed"
+    r1 = join_round(a)
+    assert r1.restart_count == 2
+    assert a.spend_restart(2) is None            # nothing left: nothing taken
+    a.report_failure(1, {"rank": 0, "what": "exit code 4", "code": 4})
+    end = until(lambda: a.job_end())
+    assert end.code == 4 and end.restarts == 2 and "giving up after 2 restart(s)" in end.message
