@@ -291,15 +291,17 @@ class ProcessGroup:
         self._execute(opname, seq, timeout, body, sig)
         return None
 
-    def _p2p(self, opname, body, async_op, timeout, worker, lock):
+    def _p2p(self, opname, body, async_op, timeout, worker, lock, x, peer, tag):
         self._check_usable()
         self._p2p_seq += 1
         seq = self._p2p_seq
         desc = f"{opname} (p2p seq {seq}) in group {self.name!r} on rank {self.rank}"
+        issued = _trace.now() if _trace.sink is not None else 0
 
         def run():
             ctx = OpContext(opname, seq, timeout if timeout is not None else self.timeout,
                             self.name, self.rank, self.ranks)
+            t0 = _trace.now() if issued else 0
             with lock:
                 self._check_usable()
                 try:
@@ -307,6 +309,9 @@ class ProcessGroup:
                 except BaseException as e:
                     self._fail(ctx, e)
                     raise
+            if t0:  # the timeline/profiler (collectives/trace.py): pipeline sends/recvs
+                _trace.emit_p2p(self, opname, seq, x.nbytes, self.ranks[peer], tag,
+                                issued, t0)
         if async_op:
             return worker.submit(run, Work(desc))
         if not worker.idle:
@@ -647,7 +652,7 @@ class ProcessGroup:
         tag = self._tag(tag)
         b = self._backend
         return self._p2p("send", lambda ctx: b.send(ctx, f, dst, tag), async_op, timeout,
-                         self._send_worker, self._send_lock)
+                         self._send_worker, self._send_lock, f, dst, tag)
 
     def recv(self, x, src, tag=0, async_op=False, timeout=None):
         """Receive into ``x`` the next message from ``src`` with this ``tag``."""
@@ -658,7 +663,7 @@ class ProcessGroup:
         tag = self._tag(tag)
         b = self._backend
         return self._p2p("recv", lambda ctx: b.recv(ctx, f, src, tag), async_op, timeout,
-                         self._recv_worker, self._recv_lock)
+                         self._recv_worker, self._recv_lock, f, src, tag)
 
     @staticmethod
     def _tag(tag):
@@ -667,6 +672,13 @@ class ProcessGroup:
         return int(tag)
 
     # ------------------------------------------------------------------ lifetime
+    def abort(self, reason):
+        """Tell the peers this rank gives the group up: their pending and later
+        collectives on it raise at once, naming ``reason`` (any thread may call it;
+        in-process elastic recovery does when a peer is known dead)."""
+        if not self._closed:
+            self._backend.abort(str(reason)[:400])
+
     def synchronize(self, timeout=None):
         """Wait for every async op issued so far."""
         for w in (self._worker, self._send_worker, self._recv_worker):

@@ -81,6 +81,24 @@ def nbytes_of_sig(sig):
         return 0
 
 
+def emit_p2p(pg, op, seq, nbytes, peer, tag, issued, t0):
+    """Tell the listeners about one finished point-to-point op of group ``pg``
+    (``send``/``recv``; ``peer`` is the other side's global rank, ``seq`` the group's
+    p2p sequence number). Its dict has ``peer`` and ``tag`` on top of a collective's
+    keys: listeners file it as ``p2p``, not as a collective all ranks run."""
+    s = sink
+    if s is None:
+        return
+    s({"op": op, "group": pg.name, "seq": seq, "bytes": nbytes, "algorithm": "p2p",
+       "backend": pg.backend, "transport": pg.transport, "rank": pg.global_rank,
+       "peer": peer, "tag": tag, "issued": issued, "t0": t0, "t1": now()})
+
+
+def category(ev):
+    """``"p2p"`` for a point-to-point event dict, else ``"collective"``."""
+    return "p2p" if "peer" in ev else "collective"
+
+
 # ------------------------------------------------------------------ clock alignment
 def align_clock(store, rank, world_size, prefix, rounds=8, timeout=60.0):
     """Offset (ns) to add to this rank's ``perf_counter_ns`` to get rank 0's, and its
@@ -132,7 +150,7 @@ class Timeline:
         self.events.append((name, cat, tid, t0, t1, args))
 
     def collective(self, ev):
-        self.events.append((ev["op"], "collective", TID_COMM, ev["t0"], ev["t1"],
+        self.events.append((ev["op"], category(ev), TID_COMM, ev["t0"], ev["t1"],
                             {k: v for k, v in ev.items() if k not in ("t0", "t1")}))
 
     def rank_path(self, rank=None):
@@ -280,7 +298,8 @@ def merge(path, world_size=None, parts=None):
                     args = dict(args, issued=round((args["issued"] + off - t_min) / 1e3, 3))
                 ev["args"] = args
             out.append(ev)
-    summary = {"ranks": [d["rank"] for d in docs], "missing": missing,
+    flows = link_p2p(out)
+    summary = {"ranks": [d["rank"] for d in docs], "missing": missing, "p2p_links": flows,
                "events": sum(len(d["events"]) for d in docs),
                "offset_ns": {d["rank"]: d["offset_ns"] for d in docs},
                "offset_err_ns": {d["rank"]: d["offset_err_ns"] for d in docs}}
@@ -293,6 +312,37 @@ def merge(path, world_size=None, parts=None):
         json.dump(doc, f)
     os.replace(tmp, path)
     return summary
+
+
+def link_p2p(events):
+    """Pair each merged ``send`` with the ``recv`` that took its message (the k-th send
+    from rank a to b with tag t in a group is the k-th such recv on b) and append a
+    Chrome-trace flow (``ph`` s/f: an arrow in Perfetto and in deepseek's viewer) from
+    the send's start to the recv's end; both events get ``args.flow``. Returns the
+    number of pairs."""
+    sends, recvs = {}, {}
+    for e in events:
+        if e.get("cat") != "p2p" or e.get("ph") != "X":
+            continue
+        a = e.get("args") or {}
+        if e["name"] == "send":
+            sends.setdefault((a.get("group"), e["pid"], a.get("peer"), a.get("tag")),
+                             []).append(e)
+        elif e["name"] == "recv":
+            recvs.setdefault((a.get("group"), a.get("peer"), e["pid"], a.get("tag")),
+                             []).append(e)
+    n = 0
+    for key, ss in sends.items():
+        for snd, rcv in zip(sorted(ss, key=lambda e: e["ts"]),
+                            sorted(recvs.get(key, ()), key=lambda e: e["ts"])):
+            n += 1
+            snd["args"]["flow"] = rcv["args"]["flow"] = n
+            events.append({"name": "p2p", "cat": "p2p", "ph": "s", "id": n,
+                           "pid": snd["pid"], "tid": snd["tid"], "ts": snd["ts"]})
+            events.append({"name": "p2p", "cat": "p2p", "ph": "f", "bp": "e", "id": n,
+                           "pid": rcv["pid"], "tid": rcv["tid"],
+                           "ts": round(rcv["ts"] + max(rcv["dur"] - 0.001, 0), 3)})
+    return n
 
 
 # ------------------------------------------------------------------ stragglers
@@ -368,6 +418,9 @@ def straggler_report(trace, threshold=0.2):
 
 
 def format_straggler_report(rep):
+    """The report of :func:`straggler_report` as lines of text."""
+    if not rep["collectives"]:
+        return "straggler report: no collective ran on every rank"
     lines = [f"straggler report: {rep['collectives']} collectives, step {rep['step_us'] / 1e3:.2f} "
              f"ms, arrival skew p50 {rep['skew_p50_us'] / 1e3:.2f} ms, p99 "
              f"{rep['skew_p99_us'] / 1e3:.2f} ms"]

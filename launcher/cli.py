@@ -124,6 +124,7 @@ class Config:
     heartbeat_timeout: float = 15.0
     notes: list[str] = field(default_factory=list)
     timeline: str | None = None      # --timeline: absolute path of the merged trace
+    straggler_report: int | None = None  # --straggler-report N: report every N steps
 
 
 # Options that take a value: needed to find where deepseek-run's own options end.
@@ -132,7 +133,7 @@ _VALUED = {"--nproc", "--nproc-per-node", "--nproc_per_node", "--nnodes", "--nod
            "--master_port", "--log-dir", "--timeout", "--omp-threads", "--bind", "--grace",
            "--max-restarts", "--max_restarts", "--rdzv-endpoint", "--rdzv_endpoint",
            "--rdzv-id", "--rdzv_id", "--rdzv-backend", "--rdzv_backend", "--rdzv-conf",
-           "--rdzv_conf", "--timeline"}
+           "--rdzv_conf", "--timeline", "--straggler-report"}
 
 
 def _split(argv: list[str]):
@@ -226,6 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="record every rank's compute, communication and data-loading "
                         "events and write them merged into one Chrome/Perfetto trace at "
                         "PATH, with a straggler report at the end")
+    p.add_argument("--straggler-report", type=_option("int", lo=1), metavar="N",
+                   help="every N optimizer steps, print which rank arrived last at the "
+                        "collectives of those steps, how often and by how much (p50/p99), "
+                        "flagging a rank consistently > 20%% slower; and the same over "
+                        "the whole job at the end (records a timeline: --timeline PATH "
+                        "keeps it, else it goes to a temporary directory, removed after)")
     e = p.add_argument_group("elastic (torchrun's flags)")
     e.add_argument("--max-restarts", "--max_restarts", type=_option("int", lo=0),
                    default=0, metavar="N",
@@ -383,7 +390,8 @@ def parse_args(argv: list[str]) -> Config:
                   join_timeout=ns.rdzv_conf.get("join_timeout", ns.timeout),
                   last_call=ns.rdzv_conf.get("last_call", 30.0),
                   heartbeat_timeout=ns.rdzv_conf.get("heartbeat_timeout", 15.0),
-                  timeline=os.path.abspath(ns.timeline) if ns.timeline else None)
+                  timeline=os.path.abspath(ns.timeline) if ns.timeline else None,
+                  straggler_report=ns.straggler_report)
 
 
 # What deepseek-run sets for every worker (see agent.Agent._worker_env): whatever the
@@ -418,18 +426,40 @@ def main(argv=None) -> int:
     except UsageError as e:
         return usage_error(str(e))
     from .agent import Agent, StartupError
+    scratch = _straggler_setup(config)
     try:
-        if config.elastic:
-            from .elastic_agent import ElasticAgent
-            agent = ElasticAgent(config)
-        else:
-            agent = Agent(config)
-    except StartupError as e:
-        return usage_error(str(e))
-    code = agent.run()
-    if config.timeline and config.node_rank == 0:
-        _finish_timeline(config.timeline)
-    return code
+        try:
+            if config.elastic:
+                from .elastic_agent import ElasticAgent
+                agent = ElasticAgent(config)
+            else:
+                agent = Agent(config)
+        except StartupError as e:
+            return usage_error(str(e))
+        code = agent.run()
+        if config.timeline and config.node_rank == 0:
+            _finish_timeline(config.timeline)
+        return code
+    finally:
+        if scratch is not None:
+            import shutil
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _straggler_setup(config):
+    """--straggler-report N: the workers get DEEPSEEK_STRAGGLER_REPORT (they inherit
+    this process's environment); the report is made from the timeline, so without
+    --timeline one goes to a temporary directory (returned, removed at the end)."""
+    if not config.straggler_report:
+        return None
+    # a write, for the workers to inherit (agent.worker_env copies this environment)
+    os.environ.update(DEEPSEEK_STRAGGLER_REPORT=str(config.straggler_report))
+    if config.timeline:
+        return None
+    import tempfile
+    scratch = tempfile.mkdtemp(prefix="deepseek-straggler-")
+    config.timeline = os.path.join(scratch, "timeline.json")
+    return scratch
 
 
 def _finish_timeline(path):

@@ -1,17 +1,23 @@
 """Profiler overhead and top-ops agreement with torch.profiler (issue 19).
 
 Times one training step (forward, backward, SGD step) of the same models in deepseek
-and torch, with the profiler off and on, interleaved (off, on, off, on ...), medians
+and torch, with the profiler off and on, interleaved blocks (off, on, off, on ...), medians
 of many steps; prints a table of overheads. Then profiles one transformer-encoder
 step in each framework and prints both top-3 (by self CPU time) with each op mapped
 to its kind (matmul, attention, softmax, layer_norm ...), and whether they agree.
 
-    python scripts/bench_profiler.py [--steps 30] [--threads 1]
+    python scripts/bench_profiler.py [--steps 20] [--threads 1]
 """
 import argparse
 import os
 import statistics
+import sys
 import time
+
+# the BLAS threads are fixed when numpy is first imported: set them before (--threads)
+_T = sys.argv[sys.argv.index("--threads") + 1] if "--threads" in sys.argv[:-1] else "1"
+for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_v, _T)
 
 import numpy as np  # noqa: E402
 
@@ -67,21 +73,32 @@ def _torch_prof():
                       profile_memory=True, with_flops=True)
 
 
-def overhead(step, make_prof, steps):
-    """Median step time off and on (us): one step off, one step inside a profile
-    (entering and leaving the profile is not timed), alternating."""
+def overhead(step, make_prof, steps, block=10):
+    """Median step time off and on (us), wall clock and this thread's CPU time (the
+    CPU time is what to trust on a shared, loaded machine: it leaves out the time
+    other processes take the core). Blocks of ``block`` steps alternate: one off, one
+    inside a profile used as in training (``prof.step()`` after each step, included
+    in the time; entering and leaving the profile is not timed); ``steps`` blocks of
+    each."""
     for _ in range(3):
         step()
-    off, on = [], []
+    off, on, off_cpu, on_cpu = [], [], [], []
+    wall, cpu = time.perf_counter, time.thread_time
     for _ in range(steps):
-        t = time.perf_counter()
-        step()
-        off.append(time.perf_counter() - t)
-        with make_prof():
-            t = time.perf_counter()
+        t, c = wall(), cpu()
+        for _ in range(block):
             step()
-            on.append(time.perf_counter() - t)
-    return statistics.median(off) * 1e6, statistics.median(on) * 1e6
+        off.append((wall() - t) / block)
+        off_cpu.append((cpu() - c) / block)
+        with make_prof() as prof:
+            t, c = wall(), cpu()
+            for _ in range(block):
+                step()
+                prof.step()
+            on.append((wall() - t) / block)
+            on_cpu.append((cpu() - c) / block)
+    med = statistics.median
+    return (med(off) * 1e6, med(on) * 1e6, med(off_cpu) * 1e6, med(on_cpu) * 1e6)
 
 
 KINDS = (("attention", ("attention", "sdpa", "scaled_dot")),
@@ -148,7 +165,7 @@ def top3_torch(batch, seq, d, heads):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--steps", type=int, default=20, help="blocks of 10 steps each way")
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
@@ -156,14 +173,30 @@ def main():
     torch.set_num_threads(a.threads)
     configs = [("MLP 784-1024-1024-10 b256 (bench_engine's)", (784, 1024, 1024, 10), 256),
                ("MLP 256-256-256-10 b64 (small ops)", (256, 256, 256, 10), 64)]
-    print(f"one training step (fwd+bwd+SGD), {a.threads} thread(s), median of {a.steps} "
-          f"alternating off/on steps:")
-    print(f"{'model':<44} {'framework':<9} {'off us':>10} {'on us':>10} {'overhead':>9}")
+    print(f"one training step (fwd+bwd+SGD), {a.threads} thread(s), median over {a.steps} "
+          f"alternating off/on blocks of 10 steps (record_shapes, profile_memory, "
+          f"with_flops on; prof.step() after each step):")
+    print(f"| {'model':<44} | {'framework':<21} | {'off us':>9} | {'on us':>9} | "
+          f"{'wall overhead':>13} | {'CPU overhead':>12} |")
+    print(f"|{'-' * 46}|{'-' * 23}|{'-' * 11}|{'-' * 11}|{'-' * 15}|{'-' * 14}|")
+    import contextlib
+    from deepseek.autograd import function as _fn
+    # While a dispatch mode is active (the profiler's), every op takes the Python
+    # dispatch path; when the C fast path of Function.apply is built the "off" steps
+    # take C. The "py dispatch" rows run both off and on through the Python path: the
+    # profiler's own cost, like for like.
+    py_path = getattr(_fn, "use_fast_path", None)
     for label, dims, batch in configs:
         ds_step, t_step = _ds_mlp(dims, batch), _torch_mlp(dims, batch)
-        for name, st, mk in (("deepseek", ds_step, _ds_prof), ("torch", t_step, _torch_prof)):
-            off, on = overhead(st, mk, a.steps)
-            print(f"{label:<44} {name:<9} {off:>10.1f} {on:>10.1f} {100 * (on / off - 1):>8.1f}%",
+        runs = [("deepseek", ds_step, _ds_prof, contextlib.nullcontext)]
+        if py_path is not None and getattr(_fn, "_fast", None) is not None:
+            runs.append(("deepseek, py dispatch", ds_step, _ds_prof, lambda: py_path(False)))
+        runs.append(("torch", t_step, _torch_prof, contextlib.nullcontext))
+        for name, st, mk, around in runs:
+            with around():
+                off, on, off_c, on_c = overhead(st, mk, a.steps)
+            print(f"| {label:<44} | {name:<21} | {off:>9.1f} | {on:>9.1f} | "
+                  f"{100 * (on / off - 1):>12.1f}% | {100 * (on_c / off_c - 1):>11.1f}% |",
                   flush=True)
     import deepseek as ds
     import deepseek.profiler as P

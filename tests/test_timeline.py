@@ -11,14 +11,15 @@ import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "scripts", "timeline_worker.py")
+PIPELINE = os.path.join(HERE, "scripts", "pipeline_timeline_worker.py")
 
 
-def _run_job(tmp_path, extra_env=None, nproc=2):
+def _run_job(tmp_path, extra_env=None, nproc=2, worker=WORKER):
     path = str(tmp_path / "trace.json")
     env = dict(os.environ, DEEPSEEK_TIMELINE=path)
     env.update(extra_env or {})
     r = subprocess.run([sys.executable, "-m", "deepseek.launcher", "--nproc", str(nproc),
-                        "--timeout", "60", WORKER], env=env, capture_output=True, text=True,
+                        "--timeout", "60", worker], env=env, capture_output=True, text=True,
                        timeout=180)
     assert r.returncode == 0, r.stderr[-3000:]
     return path, r
@@ -33,6 +34,7 @@ def _x(doc):
     return [e for e in doc["traceEvents"] if e["ph"] == "X"]
 
 
+@pytest.mark.timeout(300)
 def test_merged_file_structure(job):
     path, _ = job
     assert os.path.exists(path + ".rank0.json") and os.path.exists(path + ".rank1.json")
@@ -72,6 +74,7 @@ def test_merged_file_structure(job):
                for n in [e["name"]])
 
 
+@pytest.mark.timeout(300)
 def test_clocks_aligned(job):
     """A collective ends on every rank at about the same moment: on the aligned clock
     the ends of the same (group, seq) agree within a few ms; the measured offset on
@@ -90,6 +93,7 @@ def test_clocks_aligned(job):
     assert gaps and gaps[len(gaps) // 2] < 5000, gaps  # median gap < 5 ms (us units)
 
 
+@pytest.mark.timeout(300)
 def test_merge_command(job, tmp_path):
     path, _ = job
     out = str(tmp_path / "again.json")
@@ -104,6 +108,7 @@ def test_merge_command(job, tmp_path):
     assert json.load(open(out))["traceEvents"] == json.load(open(path))["traceEvents"]
 
 
+@pytest.mark.timeout(300)
 def test_merge_names_missing_rank(job, tmp_path):
     from deepseek.collectives import trace
     path, _ = job
@@ -114,6 +119,7 @@ def test_merge_names_missing_rank(job, tmp_path):
     assert s["ranks"] == [0] and s["missing"] == [out + ".rank1.json"]
 
 
+@pytest.mark.timeout(300)
 def test_merged_timeline_renders_in_chromium(job, tmp_path):
     """The merged trace in the bundled viewer, in a real headless Chromium: no console
     errors, a lane per (rank, thread), and the screenshot is not blank: it shows the
@@ -142,6 +148,7 @@ def test_merged_timeline_renders_in_chromium(job, tmp_path):
         assert colors.get(rgb, 0) > 0, (rgb, colors.most_common(8))
 
 
+@pytest.mark.timeout(300)
 def test_straggler_named(tmp_path):
     """Rank 0 sleeps 20 ms before every step: the report at the end of the job (printed
     by rank 0 after the merge, and in the merged file's metadata) names rank 0 as the
@@ -151,13 +158,14 @@ def test_straggler_named(tmp_path):
     assert rep["flagged"] == [0], rep
     r0, r1 = rep["ranks"]["0"], rep["ranks"]["1"]
     assert r0["last"] > rep["collectives"] / 2 and r0["last"] > r1["last"]
-    assert 15_000 < r0["late_p50_us"] < 200_000, rep  # the 20 ms sleep, on a loaded box
-    assert rep["skew_p50_us"] > 15_000
+    assert 10_000 < r0["late_p50_us"] < 200_000, rep  # the 20 ms sleep, on a loaded box
+    assert rep["skew_p50_us"] > 10_000
     assert "STRAGGLER: rank 0" in r.stderr and "straggler report" in r.stderr
     from deepseek.collectives import trace
     assert "rank 0" in trace.format_straggler_report(rep)
 
 
+@pytest.mark.timeout(300)
 def test_deepseek_run_timeline_option(tmp_path):
     """``deepseek-run --timeline PATH`` sets the variable for every worker and merges
     all rank files once the job has ended."""
@@ -170,3 +178,76 @@ def test_deepseek_run_timeline_option(tmp_path):
     assert f"timeline of 2 ranks written to {path}" in r.stderr, r.stderr[-3000:]
     doc = json.load(open(path))
     assert {e["pid"] for e in _x(doc)} == {0, 1}
+
+
+@pytest.mark.timeout(300)
+def test_pipeline_p2p_in_timeline(tmp_path):
+    """A 2-stage GPipe job: every send and recv of the stages is on its rank's
+    communication thread as a ``p2p`` event (peer, tag, bytes, group); each send is
+    paired with the recv that took it by a flow (an arrow from the send's start to the
+    recv's end); p2p ops are not collectives to the straggler report; the viewer draws
+    the arrows."""
+    path, r = _run_job(tmp_path, worker=PIPELINE)
+    doc = json.load(open(path))
+    p2p = [e for e in _x(doc) if e["cat"] == "p2p"]
+    sends = [e for e in p2p if e["name"] == "send"]
+    recvs = [e for e in p2p if e["name"] == "recv"]
+    # per step 4 microbatches each way (+ the shape header once, forward)
+    assert len([e for e in sends if e["pid"] == 0]) == 13
+    assert len([e for e in recvs if e["pid"] == 1]) == 13
+    assert len([e for e in sends if e["pid"] == 1]) == 12
+    assert len([e for e in recvs if e["pid"] == 0]) == 12
+    for e in p2p:
+        a = e["args"]
+        assert e["tid"] == 2 and a["peer"] == 1 - e["pid"] and a["bytes"] > 0
+        assert {"group", "seq", "tag", "backend", "transport"} <= set(a)
+    # activations of a (8 x 32) float32 microbatch forward, gradients of it backward
+    assert {e["args"]["bytes"] for e in sends if e["pid"] == 0} >= {8 * 32 * 4}
+    assert doc["metadata"]["deepseek_timeline"]["p2p_links"] == 25
+    starts = {e["id"]: e for e in doc["traceEvents"] if e["ph"] == "s"}
+    ends = {e["id"]: e for e in doc["traceEvents"] if e["ph"] == "f"}
+    assert set(starts) == set(ends) and len(starts) == 25
+    by_flow = {}
+    for e in p2p:
+        by_flow.setdefault(e["args"]["flow"], []).append(e)
+    for fid, pair in by_flow.items():
+        snd, rcv = sorted(pair, key=lambda e: e["name"] != "send")
+        assert snd["name"] == "send" and rcv["name"] == "recv"
+        assert snd["args"]["tag"] == rcv["args"]["tag"] and snd["pid"] == rcv["args"]["peer"]
+        assert starts[fid]["pid"] == snd["pid"] and ends[fid]["pid"] == rcv["pid"]
+        # on the aligned clock a message is received after it is sent
+        assert rcv["ts"] + rcv["dur"] >= snd["ts"] - 1000, (snd, rcv)
+    assert doc["metadata"]["deepseek_timeline"]["stragglers"]["collectives"] == 0
+    from test_viz import CHROMIUM, console_errors, dump_dom, body_attrs
+    if CHROMIUM is None:
+        pytest.skip("no chromium binary")
+    import deepseek.viz as viz
+    page = viz.trace_viewer(path, str(tmp_path / "pp.html"))
+    dom, err = dump_dom(page)
+    assert not console_errors(err), console_errors(err)
+    assert body_attrs(dom).get("data-flows") == "25"
+
+
+@pytest.mark.timeout(400)
+def test_screenshot_script(tmp_path):
+    """scripts/make_timeline_screenshot.py (which makes docs/img/timeline.png) runs a
+    real 2-rank DDP job, finds communication overlapping backward on both ranks, and
+    writes a small, not blank PNG with the colours of compute, backward and
+    communication."""
+    from test_viz import CHROMIUM, pixel_colors, read_png
+    if CHROMIUM is None:
+        pytest.skip("no chromium binary")
+    out = str(tmp_path / "t.png")
+    r = subprocess.run([sys.executable, os.path.join(HERE, "..", "scripts",
+                                                     "make_timeline_screenshot.py"),
+                        "--out", out], capture_output=True, text=True, timeout=380)
+    assert r.returncode == 0, r.stderr[-3000:]
+    import re
+    overlaps = [float(m) for m in re.findall(r"of which ([\d.]+) ms", r.stdout)]
+    assert len(overlaps) == 2 and all(o > 0 for o in overlaps), r.stdout
+    assert os.path.getsize(out) < 200_000
+    w, h, _, _ = read_png(out)
+    assert (w, h) == (1400, 250)
+    colors = pixel_colors(out, step=1)
+    for rgb in ((0x4e, 0x79, 0xa7), (0xf2, 0x8e, 0x2b), (0xe1, 0x57, 0x59)):
+        assert colors.get(rgb, 0) > 500, (rgb, colors.most_common(8))

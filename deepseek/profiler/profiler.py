@@ -25,10 +25,14 @@ import json
 import os
 import threading
 import time
+from functools import partial as _partial
 
 from ..autograd.dispatch_mode import DispatchMode as _DispatchMode
 
 _ns = time.perf_counter_ns
+_get_ident = threading.get_ident
+# interned input/output shape tuples of recorded ops (see _ProfMode.__dispatch__)
+_shapes = {}
 
 # the recording profiles (all threads); hooks fan out to them
 _recording = []
@@ -134,13 +138,6 @@ def op_flops(name, in_shapes, out_shapes):
     return 0
 
 
-def _shape_of(a):
-    d = getattr(a, "_data", None)
-    if d is not None:
-        return tuple(d.shape)
-    return ()
-
-
 # ---------------------------------------------------------------- events
 class FunctionEvent:
     """One recorded event. Times in ns of ``time.perf_counter_ns``."""
@@ -171,32 +168,37 @@ class FunctionEvent:
                 f"{self.cpu_time_total:.1f}us>")
 
 
-class _BackwardTimer:
-    """Stands in for a graph node's ``run_backward`` (instance attribute) to time it."""
-
-    __slots__ = ("prof", "ctx", "name", "fwd")
-
-    def __init__(self, prof, ctx, name, fwd):
-        self.prof, self.ctx, self.name, self.fwd = prof, ctx, name, fwd
-
-    def __call__(self, grads):
-        ctx = self.ctx
-        if not self.prof._recording_now:
-            return type(ctx).run_backward(ctx, grads)
-        t0 = _ns()
-        try:
-            return type(ctx).run_backward(ctx, grads)
-        finally:
-            self.prof._leaf(self.name, "backward", t0, _ns(), self.fwd)
+def _timed_backward(prof, name, ctx, grads):
+    """A graph node's ``run_backward`` while profiled (an instance attribute, bound
+    with ``functools.partial``: C-level, cheaper than a wrapper object; ``release()``
+    clears the node's ``__dict__`` after backward, which drops it and the cycle)."""
+    run = type(ctx).run_backward  # the class's: the instance attribute is this timer
+    if not prof._recording_now:
+        return run(ctx, grads)
+    t0 = _ns()
+    try:
+        return run(ctx, grads)
+    finally:
+        prof._buf.append((name, "backward", _get_ident(), t0, _ns(), None, None, 0, None))
 
 
 class _ProfMode(_DispatchMode):
-    """The dispatch mode a recording profile enters: times each op."""
+    """The dispatch mode a recording profile enters: times each op.
+
+    The per-op path is what the profiler costs (issue 19: < 5% on the MLP step), so it
+    does the least it can: two clock reads, one tuple appended to the profile's buffer
+    (no event object, no dict, no string built: names come interned from ``_NAMES``;
+    ``FunctionEvent``s and self times are made when results are asked for), shapes
+    only when asked, and a node's backward timer only when the op made a node."""
 
     def __init__(self, prof):
+        from ..autograd import function as _f
         self.prof = prof
         self.shapes = prof.record_shapes or prof.with_flops
         self.mem = prof.profile_memory
+        self.tensor = _f.Tensor
+        # the mode is per thread (a context variable): its ops all run in this one
+        self.tid = _get_ident()
 
     def __dispatch__(self, fn, args, kwargs):
         t0 = _ns()
@@ -204,23 +206,28 @@ class _ProfMode(_DispatchMode):
         t1 = _ns()
         prof = self.prof
         names = _NAMES.get(fn) or op_names(fn)
+        multi = type(out) is tuple
         ins = outs = None
         mem = 0
-        multi = type(out) is tuple
         if self.shapes:
-            ins = [_shape_of(a) for a in args]
-            outs = [_shape_of(o) for o in out] if multi else [_shape_of(out)]
+            # interned: the same shapes come back every step, and objects that outlive
+            # the op are what makes the cyclic GC run (and each full pass is as long
+            # as the whole heap); a temporary that dies at once costs it nothing
+            T = self.tensor
+            ins = tuple([a._data.shape if isinstance(a, T) else () for a in args])
+            ins = _shapes.setdefault(ins, ins)
+            outs = tuple([o._data.shape for o in out]) if multi else (out._data.shape,)
+            outs = _shapes.setdefault(outs, outs)
         if self.mem and not fn.is_view:
-            for o in (out if multi else (out,)):
-                d = getattr(o, "_data", None)
-                if d is not None:
-                    mem += d.nbytes
-        ev = prof._leaf(names[0], "cpu_op", t0, t1, None, ins, outs, mem)
-        first = out[0] if multi else out
-        node = getattr(first, "grad_fn", None)
-        if node is not None and getattr(node, "fn", None) is fn \
-                and "run_backward" not in node.__dict__:
-            node.run_backward = _BackwardTimer(prof, node, names[1], ev)
+            if multi:
+                for o in out:
+                    mem += o._data.nbytes
+            else:
+                mem = out._data.nbytes
+        prof._buf.append((names[0], "cpu_op", self.tid, t0, t1, ins, outs, mem, None))
+        node = (out[0] if multi else out).grad_fn
+        if node is not None and node.fn is fn and "run_backward" not in node.__dict__:
+            node.run_backward = _partial(_timed_backward, prof, names[1], node)
         return out
 
 
@@ -248,8 +255,11 @@ class profile:
         self.with_flops = bool(with_flops)
         self.with_stack = bool(with_stack)
         self.step_num = 0
-        self._events = []
+        # raw events: (name, cat, tid, t0, t1, input shapes, output shapes, bytes, args)
+        # tuples; FunctionEvents are built from them when results are asked for
+        self._buf = []
         self._saved = None
+        self._cache = (None, 0, None)
         self._recording_now = False
         self._mode = None
         self._step_ev = None
@@ -281,8 +291,8 @@ class profile:
         self._set_recording(False)
         self._started = False
         if was and act != ProfilerAction.WARMUP and \
-                any(e.cat != "step" for e in self._events):
-            self._saved = self._events
+                any(e[1] != "step" for e in self._buf):
+            self._saved = self._buf
             if self.on_trace_ready is not None:
                 self.on_trace_ready(self)
 
@@ -295,13 +305,13 @@ class profile:
         if prev == ProfilerAction.RECORD_AND_SAVE or (
                 prev == ProfilerAction.RECORD and act in (ProfilerAction.NONE,
                                                           ProfilerAction.WARMUP)):
-            self._saved = self._events
-            self._events = []
+            self._saved = self._buf
+            self._buf = []
             if self.on_trace_ready is not None:
                 self._set_recording(False)
                 self.on_trace_ready(self)
         if prev == ProfilerAction.WARMUP and act != ProfilerAction.WARMUP:
-            self._events = []  # warm-up events are discarded
+            self._buf = []  # warm-up events are discarded
         self._apply(act)
 
     def _apply(self, act):
@@ -311,26 +321,24 @@ class profile:
             self._open_step()
 
     def _open_step(self):
-        self._step_ev = (f"ProfilerStep#{self.step_num}", _ns(), len(self._events))
+        self._step_ev = (f"ProfilerStep#{self.step_num}", _ns())
 
     def _close_step(self):
         if self._step_ev is None or not self._recording_now:
             self._step_ev = None
             return
-        name, t0, _ = self._step_ev
+        name, t0 = self._step_ev
         self._step_ev = None
-        ev = FunctionEvent(name, "step", self._tid_main, t0, _ns())
-        # the ops of the step are directly inside it (ranges already carry theirs)
-        ev.child_ns = sum(e.end_ns - e.start_ns for e in self._events
-                          if e.start_ns >= t0 and e.tid == self._tid_main
-                          and getattr(e, "args", None) != "nested")
-        self._events.append(ev)
+        # its self time (what the events directly inside it leave) is found in events()
+        self._buf.append((name, "step", self._tid_main, t0, _ns(), None, None, 0, None))
 
     def _set_recording(self, on):
         if on == self._recording_now:
             return
         self._recording_now = on
         if on:
+            if len(_shapes) > 100_000:  # shapes that vary without end: start afresh
+                _shapes.clear()
             self._mode = _ProfMode(self)
             self._mode.__enter__()
             _recording.append(self)
@@ -342,41 +350,37 @@ class profile:
         _refresh_hooks()
 
     # -------------------------------------------------------------- recording
-    def _stack(self):
-        st = getattr(_tls, "stack", None)
-        if st is None:
-            st = _tls.stack = []
-        return st
-
-    def _leaf(self, name, cat, t0, t1, fwd=None, ins=None, outs=None, mem=0, args=None):
-        tid = threading.get_ident()
-        ev = FunctionEvent(name, cat, tid, t0, t1, ins, outs, mem, args)
-        st = getattr(_tls, "stack", None)
-        if st:
-            top = st[-1]
-            if top[0] is self:
-                top[2] += t1 - t0
-                ev.args = "nested" if args is None else args
-        self._events.append(ev)
-        return ev
+    def _leaf(self, name, cat, t0, t1, args=None):
+        """Record one finished event of the calling thread."""
+        self._buf.append((name, cat, _get_ident(), t0, t1, None, None, 0, args))
 
     def _push_range(self, name, cat="user_annotation"):
-        self._stack().append([self, name, 0, _ns(), cat])
+        st = _tls.__dict__.setdefault("stack", [])
+        st.append((self, name, _ns(), cat))
 
     def _pop_range(self):
-        st = self._stack()
+        st = _tls.__dict__.get("stack")
         while st:
             item = st.pop()
             if item[0] is self:
-                t1 = _ns()
-                ev = self._leaf(item[1], item[4], item[3], t1)
-                ev.child_ns = item[2]
+                self._leaf(item[1], item[3], item[2], _ns())
                 return
+
+    def raw_events(self):
+        """The events recorded since the last saved trace, as the raw tuples
+        ``(name, cat, tid, t0_ns, t1_ns, input_shapes, output_shapes, bytes, args)``
+        (no copy of the events: for the timeline, which reads them at exit)."""
+        return self._buf
 
     # -------------------------------------------------------------- results
     def events(self):
-        """The recorded events (the last saved trace, else what is recording)."""
-        evs = self._events if (self._events or self._saved is None) else self._saved
+        """The recorded events (the last saved trace, else what is recording), as
+        FunctionEvents with their self times."""
+        raw = self._buf if (self._buf or self._saved is None) else self._saved
+        src, n, evs = self._cache
+        if src is not raw or n != len(raw):
+            evs = _materialize(raw)
+            self._cache = (raw, len(raw), evs)
         return list(evs)
 
     def key_averages(self, group_by_input_shape=False, group_by_stack_n=0):
@@ -408,6 +412,33 @@ class profile:
         with open(path, "w") as f:
             json.dump({"traceEvents": out, "displayTimeUnit": "ms"}, f)
         return path
+
+
+# ranges can have events inside them; ops, backward nodes, collectives and data waits
+# are leaves (an op's inner ops run below the profiler's mode)
+_CONTAINERS = frozenset(("user_annotation", "optimizer", "step"))
+
+
+def _materialize(raw):
+    """FunctionEvents of raw event tuples (in recorded order), with ``child_ns`` (the
+    time of the events directly inside each range) found by one sweep per thread."""
+    evs = [FunctionEvent(*r) for r in raw]
+    by_tid = {}
+    for e in evs:
+        by_tid.setdefault(e.tid, []).append(e)
+    for lst in by_tid.values():
+        lst.sort(key=lambda e: (e.start_ns, -e.end_ns))
+        open_ = []  # the ranges that may still contain what comes next
+        for e in lst:
+            while open_ and open_[-1].end_ns <= e.start_ns:
+                open_.pop()
+            for parent in reversed(open_):
+                if parent.end_ns >= e.end_ns:
+                    parent.child_ns += e.end_ns - e.start_ns
+                    break
+            if e.cat in _CONTAINERS:
+                open_.append(e)
+    return evs
 
 
 def _flops_of(e):
@@ -449,6 +480,16 @@ class record_function:
         return wrapper
 
 
+# callables run after every optimizer step while some profile records (the straggler
+# report's step clock: deepseek.profiler.straggler)
+_step_listeners = []
+
+
+def add_step_listener(fn):
+    """Call ``fn()`` after every ``Optimizer.step`` while a profile records."""
+    _step_listeners.append(fn)
+
+
 def _opt_hook(opt, phase):
     if phase == 0:
         for p in list(_recording):
@@ -456,6 +497,8 @@ def _opt_hook(opt, phase):
     else:
         for p in list(_recording):
             p._pop_range()
+        for fn in _step_listeners:
+            fn()
 
 
 def _wait_hook(loader, dt):
@@ -467,7 +510,8 @@ def _wait_hook(loader, dt):
 
 def _coll_sink(ev):
     for p in list(_recording):
-        p._leaf(f"{ev['op']}", "collective", ev["t0"], ev["t1"],
+        # point-to-point ops carry their peer (collectives.trace.category)
+        p._leaf(ev["op"], "p2p" if "peer" in ev else "collective", ev["t0"], ev["t1"],
                 args={k: v for k, v in ev.items() if k not in ("t0", "t1")})
 
 

@@ -6,7 +6,9 @@ choice) starts a profile that stays on for the life of the process in the callin
 thread, and adds its compute (ops, backward nodes, ``record_function`` ranges,
 optimizer steps) and data-loading events to ``collectives.trace``'s per-rank
 timeline, which records the collectives itself, aligns the clocks through the store
-and writes/merges the files (see collectives/trace.py).
+and writes/merges the files (see collectives/trace.py). With
+``DEEPSEEK_STRAGGLER_REPORT=N`` it also starts the every-N-steps straggler report
+(:mod:`deepseek.profiler.straggler`).
 """
 from ..collectives import trace as _trace
 from . import profiler as _p
@@ -17,11 +19,11 @@ _prof = None
 def _source(prof):
     def events():
         out = []
-        for e in prof._events:
-            if e.cat == "collective" or e.cat == "step":
-                continue
-            tid = _trace.TID_DATA if e.cat == "dataloader" else _trace.TID_COMPUTE
-            out.append((e.name, e.cat, tid, e.start_ns, e.end_ns, None))
+        for name, cat, _tid, t0, t1, *_ in prof.raw_events():
+            if cat in ("collective", "p2p", "step"):
+                continue  # the timeline records collectives itself (with p2p ops)
+            tid = _trace.TID_DATA if cat == "dataloader" else _trace.TID_COMPUTE
+            out.append((name, cat, tid, t0, t1, None))
         return out
     return events
 
@@ -39,6 +41,11 @@ def install():
     prof.start()
     tl.sources.append(_source(prof))
     _prof = prof
+    from .. import env as _env
+    every = _env.get("DEEPSEEK_STRAGGLER_REPORT")
+    if every:
+        from . import straggler
+        straggler.install(tl, every)
     return prof
 
 
