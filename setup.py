@@ -69,6 +69,7 @@ setup(
             sources=sorted(glob.glob(os.path.join(_src, "*.c"))),
             depends=sorted(glob.glob(os.path.join(_src, "*.h"))),
             include_dirs=[_src],
+            libraries=["m"] if os.name == "posix" else [],  # erff / erf
             optional=True,
         )
     ],

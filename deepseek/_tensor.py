@@ -532,4 +532,5 @@ def is_tensor(obj):
 from .autograd import function as _function  # noqa: E402
 
 _function.Tensor = Tensor
+_function._install_fast_path()  # Function.apply in C when deepseek._native is built
 from . import ops as _ops_module  # noqa: E402,F401  (attaches op methods to Tensor)

@@ -36,6 +36,12 @@ astype(float16) and ml_dtypes.bfloat16; the fp16 NaN payload is kept like numpy 
         Both are the DDP compression hooks' fused passes, bit-identical to the numpy
         sequences they replace (multiply, cast, max/min).
 
+Math
+    erf(src, out=None) -> ndarray
+        the error function of a float32/float64 array (GELU's normal CDF): float32 to
+        5e-7 absolute (a vectorised rational approximation), float64 to 1 ulp (libm);
+        the fallback uses scipy.special.erf (math.erf without scipy).
+
 Reductions (what the collectives call on every reduce step)
     reduce(op: str, inputs: Sequence[ndarray], out: ndarray) -> out
         out = inputs[0] op inputs[1] op ... elementwise, left to right, in one pass.
@@ -92,13 +98,19 @@ except ImportError:  # not built (no compiler) or importing from a bare source t
 __all__ = [
     "available", "isa", "isa_list", "use_native", "use_isa",
     "f32_to_f16", "f16_to_f32", "f32_to_bf16", "bf16_to_f32", "cast", "wire_pack", "wire_unpack",
-    "reduce", "reduce_inplace", "unscale_", "sgd_step", "adam_step", "adamw_step",
+    "erf", "reduce", "reduce_inplace", "unscale_", "sgd_step", "adam_step", "adamw_step",
     "REDUCE_OPS",
 ]
 
 REDUCE_OPS = ("sum", "avg", "max", "min", "prod")
-_OP_CODES = {name: i for i, name in enumerate(REDUCE_OPS)}        # dsn_common.h
-_DTYPE_CODES = {_c.F32: 0, _c.F16: 1, _c.BF16: 2, _c.I32: 3, _c.I64: 4, _c.F64: 5}
+# The enum codes of dsn_common.h: read from the extension, which exports them; the
+# fallback's copy (the one place they are written in Python) serves unbuilt trees,
+# and tests/test_native_codes.py checks that both agree.
+_codes = _ext if _ext is not None and hasattr(_ext, "DTYPE_CODES") else _fallback
+_OP_CODES = {name: _codes.OP_CODES[name] for name in REDUCE_OPS}
+_DTYPE_CODES = {np.dtype(_c.BF16 if name == "bfloat16" else name): code
+                for name, code in _codes.DTYPE_CODES.items()}
+_CVT_CODES = dict(_codes.CVT_CODES)
 _REDUCE_DTYPES = (_c.F32, _c.F16, _c.BF16, _c.F64, _c.I32, _c.I64)
 _GRAD_DTYPES = (_c.F32, _c.F16, _c.BF16)
 
@@ -208,22 +220,22 @@ def _convert(fn, kind, src, src_dtype, dst_dtype, out):
 
 def f32_to_f16(src, out=None):
     """float32 -> float16, round to nearest even, bit-identical to src.astype(np.float16)."""
-    return _convert("f32_to_f16", 0, src, _c.F32, _c.F16, out)
+    return _convert("f32_to_f16", _CVT_CODES["f32_to_f16"], src, _c.F32, _c.F16, out)
 
 
 def f16_to_f32(src, out=None):
     """float16 -> float32 (exact), bit-identical to src.astype(np.float32)."""
-    return _convert("f16_to_f32", 1, src, _c.F16, _c.F32, out)
+    return _convert("f16_to_f32", _CVT_CODES["f16_to_f32"], src, _c.F16, _c.F32, out)
 
 
 def f32_to_bf16(src, out=None):
     """float32 -> bfloat16, round to nearest even, bit-identical to ml_dtypes."""
-    return _convert("f32_to_bf16", 2, src, _c.F32, _c.BF16, out)
+    return _convert("f32_to_bf16", _CVT_CODES["f32_to_bf16"], src, _c.F32, _c.BF16, out)
 
 
 def bf16_to_f32(src, out=None):
     """bfloat16 -> float32 (exact)."""
-    return _convert("bf16_to_f32", 3, src, _c.BF16, _c.F32, out)
+    return _convert("bf16_to_f32", _CVT_CODES["bf16_to_f32"], src, _c.BF16, _c.F32, out)
 
 
 _CAST_KERNELS = {
@@ -298,6 +310,33 @@ def wire_unpack(src, out, scale):
     with np.errstate(all="ignore"):
         np.copyto(o, src.reshape(-1), casting="unsafe")
         o *= np.float32(scale)
+    return out
+
+
+# -------------------------------------------------------------------- math
+
+_ERF_DTYPES = (_c.F32, _c.F64)
+
+
+def erf(src, out=None):
+    """The error function elementwise: float32 or float64 array (any shape) -> an array
+    of its dtype and shape. C, one vectorised pass: float32 by Eigen/XLA's rational
+    approximation (absolute error < 5e-7), float64 by libm's erf (1 ulp). Fallback:
+    scipy.special.erf (math.erf element by element without scipy), within 1 ulp."""
+    fn = "erf"
+    if isinstance(src, np.ndarray) and not src.flags.c_contiguous:
+        src = np.ascontiguousarray(src)  # views are fine: one copy, then the kernel
+    _c.array(fn, "src", src, _ERF_DTYPES)
+    if out is None:
+        out = np.empty(src.shape, src.dtype)
+    else:
+        _c.array(fn, "out", out, (src.dtype,), writeable=True)
+        _c.size(fn, "out", out, src.size, "src")
+        _c.no_overlap(fn, "src", src, "out", out, allow_same=True)
+    if available():
+        _ext.erf(_DTYPE_CODES[src.dtype], src, out)
+    else:
+        _fallback.erf(src, out)
     return out
 
 

@@ -11,10 +11,29 @@ from ._checks import F32, HALF
 
 _f32 = np.float32
 
+# The enum codes of native/src/dsn_common.h, for trees where the extension is not
+# built (deepseek.native reads the extension's own export when it is; a test checks
+# that the two agree).
+DTYPE_CODES = {"float32": 0, "float16": 1, "bfloat16": 2, "int32": 3, "int64": 4, "float64": 5}
+OP_CODES = {"sum": 0, "avg": 1, "max": 2, "min": 3, "prod": 4}
+CVT_CODES = {"f32_to_f16": 0, "f16_to_f32": 1, "f32_to_bf16": 2, "bf16_to_f32": 3}
+
 
 def convert(src, out):
     with np.errstate(all="ignore"):    # overflow to inf / NaN casts are intended
         np.copyto(out, src.reshape(out.shape), casting="unsafe")
+
+
+def erf(src, out):
+    try:
+        from scipy.special import erf as sp_erf
+    except ImportError:  # scipy is optional: exact but slow
+        import math
+        flat = out.reshape(-1)
+        for i, v in enumerate(src.reshape(-1).tolist()):
+            flat[i] = math.erf(v)
+        return
+    sp_erf(src, out=out)
 
 
 def _combine(op, acc, x):

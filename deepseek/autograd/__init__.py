@@ -12,8 +12,9 @@ __all__ = ["Function", "Context", "backward", "grad", "no_grad", "enable_grad",
 
 
 def _seed_grads(tensors, grad_tensors, who):
-    from .._tensor import Tensor
+    from .engine import _tensor_cls
     from ..backend import get_array_module
+    Tensor = _tensor_cls()
     seeds = []
     for i, (t, g) in enumerate(zip(tensors, grad_tensors)):
         if not isinstance(t, Tensor):
@@ -38,8 +39,8 @@ def _seed_grads(tensors, grad_tensors, who):
 
 def backward(tensors, grad_tensors=None, retain_graph=None, create_graph=False, inputs=None):
     """Accumulate gradients of ``tensors`` into the ``.grad`` of graph leaves."""
-    from .engine import run_backward
-    from .._tensor import Tensor
+    from .engine import run_backward, _tensor_cls
+    Tensor = _tensor_cls()
     if create_graph:
         raise NotImplementedError("create_graph=True (higher-order gradients) is not supported yet")
     tensors = [tensors] if isinstance(tensors, Tensor) else list(tensors)

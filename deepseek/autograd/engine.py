@@ -11,7 +11,7 @@ import numpy as _np
 import threading
 
 from .function import AccumulateGrad
-from .grad_mode import no_grad
+from .grad_mode import _state
 
 
 class _Callbacks(threading.local):
@@ -68,7 +68,6 @@ def run_backward(tensors, grad_tensors, retain_graph=False, inputs=None, accumul
     With ``inputs`` (a list of tensors) and ``accumulate=False`` the gradients of
     those inputs are returned instead of being accumulated into ``.grad``.
     """
-    from .._tensor import Tensor  # noqa: F401  (import cycle)
     roots = []
     buffers = {}
     for t, g in zip(tensors, grad_tensors):
@@ -122,56 +121,99 @@ def run_backward(tensors, grad_tensors, retain_graph=False, inputs=None, accumul
 
 
 def _drain(ready, buffers, deps, capture, results, accumulate, executed):
-    """Run ready nodes until the graph is exhausted."""
-    with no_grad():
-        while ready:
-            _, _, node = heapq.heappop(ready)
-            grads = buffers.pop(node)
-            if isinstance(node, AccumulateGrad):
-                _accumulate(node, grads[0], capture, results, accumulate)
-                continue
-            if node.out_hooks:
-                for nr, hooks in node.out_hooks.items():
-                    for hook in hooks:
-                        grads[nr] = _run_hook(hook, grads[nr])
-            if capture is not None:
-                for nr in range(len(grads)):
-                    for i in capture.get((node, nr), ()):
-                        results[i] = grads[nr]
-            if all(g is None for g in grads):
-                in_grads = (None,) * len(node.next_edges)
+    """Run ready nodes until the graph is exhausted (grad mode off meanwhile)."""
+    prev = _state.enabled
+    _state.enabled = False
+    try:
+        _drain_nodes(ready, buffers, deps, capture, results, accumulate, executed)
+    finally:
+        _state.enabled = prev
+
+
+def _drain_nodes(ready, buffers, deps, capture, results, accumulate, executed):
+    # The per-node loop of backward: kept flat (no helper calls on the common path,
+    # exact type tests before isinstance) because it runs once per graph node.
+    pop, push, Acc = heapq.heappop, heapq.heappush, AccumulateGrad
+    ndarray, generic, Tensor = _np.ndarray, _np.generic, _tensor_cls()
+    owned = set()  # (node, output nr) whose gradient buffer is a sum made here
+    while ready:
+        node = pop(ready)[2]
+        grads = buffers.pop(node)
+        if type(node) is Acc:
+            _accumulate(node, grads[0], capture, results, accumulate)
+            continue
+        if node.out_hooks:
+            for nr, hooks in node.out_hooks.items():
+                for hook in hooks:
+                    grads[nr] = _run_hook(hook, grads[nr])
+        if capture is not None:
+            for nr in range(len(grads)):
+                for i in capture.get((node, nr), ()):
+                    results[i] = grads[nr]
+        edges = node.next_edges
+        if len(grads) == 1:
+            if grads[0] is None:
+                in_grads = (None,) * len(edges)
             else:
-                if len(grads) > 1 and any(g is None for g in grads):
-                    grads = _materialize(node, grads)
                 in_grads = node.run_backward(grads)
-                if not isinstance(in_grads, tuple):
-                    in_grads = (in_grads,)
-                if len(in_grads) < len(node.next_edges):
-                    in_grads = tuple(in_grads) + (None,) * (len(node.next_edges) - len(in_grads))
-            executed.append(node)
-            sent = None
-            for edge, g in zip(node.next_edges, in_grads):
-                if edge is None:
-                    continue
-                nxt, nr = edge
-                if g is not None and isinstance(nxt, AccumulateGrad):
+        elif all(g is None for g in grads):
+            in_grads = (None,) * len(edges)
+        else:
+            if any(g is None for g in grads):
+                grads = _materialize(node, grads)
+            in_grads = node.run_backward(grads)
+        if not isinstance(in_grads, tuple):
+            in_grads = (in_grads,)
+        if len(in_grads) < len(edges):
+            in_grads = tuple(in_grads) + (None,) * (len(edges) - len(in_grads))
+        executed.append(node)
+        sent = None
+        for edge, g in zip(edges, in_grads):
+            if edge is None:
+                continue
+            nxt, nr = edge
+            if g is not None:
+                if type(g) is not ndarray and isinstance(g, Tensor):
+                    g = g._data
+                if type(nxt) is Acc:
                     # one array handed to two leaves (e.g. by add's backward) must not
                     # become both their .grad: give later ones a copy
                     if sent is None:
-                        sent = set()
-                    if id(g) in sent:
+                        sent = {id(g)}
+                    elif id(g) in sent:
                         g = g.copy()
-                    sent.add(id(g))
-                buf = buffers.get(nxt)
-                if buf is None:
-                    buf = buffers[nxt] = [None] * (1 if isinstance(nxt, AccumulateGrad) else nxt.n_outputs)
-                if g is not None:
-                    g = _as_array(g)
-                    buf[nr] = _add(buf[nr], g)
-                left = deps[nxt] - 1
-                deps[nxt] = left
-                if left == 0:
-                    heapq.heappush(ready, (-nxt.seq, id(nxt), nxt))
+                    else:
+                        sent.add(id(g))
+            buf = buffers.get(nxt)
+            if buf is None:
+                buf = buffers[nxt] = [None] * (1 if type(nxt) is Acc else nxt.n_outputs)
+            if g is not None:
+                cur = buf[nr]
+                if cur is None:
+                    buf[nr] = g
+                elif (nxt, nr) in owned and cur.shape == g.shape and cur.dtype == g.dtype \
+                        and not isinstance(cur, generic):
+                    cur += g  # a sum this loop made: in place (one pass, no new array)
+                else:
+                    # out of place: cur may alias another node's gradient or an input;
+                    # the fresh sum is ours, so later gradients are added into it
+                    buf[nr] = cur + g
+                    owned.add((nxt, nr))
+            left = deps[nxt] - 1
+            deps[nxt] = left
+            if left == 0:
+                push(ready, (-nxt.seq, id(nxt), nxt))
+
+
+_TENSOR = []
+
+
+def _tensor_cls():
+    """deepseek.Tensor (imported once: the engine loads before it exists)."""
+    if not _TENSOR:
+        from .._tensor import Tensor
+        _TENSOR.append(Tensor)
+    return _TENSOR[0]
 
 
 def _make_acc(t):
@@ -180,18 +222,16 @@ def _make_acc(t):
 
 
 def _as_array(g):
-    from .._tensor import Tensor
-    return g._data if isinstance(g, Tensor) else g
+    return g._data if isinstance(g, _tensor_cls()) else g
 
 
 def _run_hook(hook, g):
     """Tensor hooks see and may replace the gradient (as a Tensor)."""
-    from .._tensor import Tensor
     if g is None:
         return None
     if isinstance(g, _np.generic):
         g = _np.array(g)
-    out = hook(Tensor._make(g))
+    out = hook(_tensor_cls()._make(g))
     return g if out is None else _as_array(out)
 
 

@@ -26,15 +26,20 @@ _seq = itertools.count()
 _dispatch_hooks = []
 # Callables hook(fn_cls, args, kwargs, outputs) run after every op.
 _post_dispatch_hooks = []
-# True while a pre hook is installed or any thread has a dispatch mode entered: the
-# one truth test ``apply`` pays when nothing intercepts ops.
+# True while a hook is installed or any thread has a dispatch mode entered: the one
+# truth test ``apply`` pays when nothing intercepts ops.
 _hooked = False
+# The native extension while its fast path is installed (see _install_fast_path).
+_fast = None
 
 
 def _refresh_hooked():
-    """Recompute ``_hooked`` (called when hooks or modes come and go)."""
+    """Recompute ``_hooked`` (called when hooks or modes come and go) and tell the C
+    fast path, which sends every call to the Python path while it is true."""
     global _hooked
-    _hooked = bool(_dispatch_hooks) or _dm.any_entered()
+    _hooked = bool(_dispatch_hooks) or bool(_post_dispatch_hooks) or _dm.any_entered()
+    if _fast is not None:
+        _fast.fastpath_set_hooked(_hooked)
 
 
 def register_dispatch_hook(pre=None, post=None):
@@ -174,65 +179,103 @@ class Function:
 
     @classmethod
     def apply(cls, *args, **kwargs):
-        """Run the op on tensors/values: dispatch modes and hooks, forward, graph record."""
-        if _hooked:
-            modes = _dm._modes.get()
-            if modes:
-                return _dm.run_in_mode(cls, args, kwargs, modes)
-            for hook in _dispatch_hooks:
-                args, kwargs = hook(cls, args, kwargs)
-        arrays = []
-        needs = False
-        for a in args:
-            if isinstance(a, Tensor):
-                arrays.append(a._data)
-                if a.requires_grad:
-                    needs = True
-            else:
-                arrays.append(a)
-        needs = needs and _state.enabled
-        ctx = Context(cls)
-        if needs:
-            ctx.needs_input_grad = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
-        raw = cls.forward(ctx, *arrays, **kwargs)
-        multi = isinstance(raw, tuple)
-        outs_raw = raw if multi else (raw,)
-        # (numpy ufuncs on 0-d arrays return numpy scalars; a Tensor holds an ndarray)
-        outs = [Tensor._make(_np.asarray(o) if isinstance(o, _np.generic) else o) for o in outs_raw]
-        if cls.is_view:
-            xp_src = args[0]
-            if isinstance(xp_src, Tensor):
-                for o in outs:
-                    if _may_share(o._data, xp_src._data):
-                        o._vc = xp_src._vc
-        if needs:
-            ctx.seq = next(_seq)
-            ctx.n_outputs = len(outs)
-            if multi and "out_shapes" not in ctx.__dict__:
-                # lets the engine build zero grads for outputs that got none
-                ctx.out_shapes = [o._data.shape for o in outs]
-            ctx.next_edges = tuple(_edge(a) if isinstance(a, Tensor) and a.requires_grad else None
-                                   for a in args)
-            nd = ctx.non_differentiable
-            for i, o in enumerate(outs):
-                if o._data.dtype.kind == "f" or o._data.dtype.name == "bfloat16":
-                    if nd is None or id(o._data) not in nd:
-                        o.requires_grad = True
-                        o.grad_fn = ctx
-                        o._out_nr = i
-            if ctx.saved:
-                checks = []
-                for idx, s in enumerate(ctx.saved):
-                    for t in itertools.chain(args, outs):
-                        if isinstance(t, Tensor) and t._data is s:
-                            checks.append((t._vc, t._vc[0], idx, tuple(s.shape)))
-                            break
-                ctx.saved_checks = checks
-        result = tuple(outs) if multi else outs[0]
-        if _post_dispatch_hooks:
-            for hook in _post_dispatch_hooks:
-                hook(cls, args, kwargs, result)
-        return result
+        """Run the op on tensors/values: dispatch modes and hooks, forward, graph record.
+
+        When the native extension is built this is replaced by its C fast path
+        (``_install_fast_path``), which runs the same steps and hands every call to
+        this Python path while a dispatch mode or hook is active."""
+        return _apply_full(cls, args, kwargs)
+
+
+def _apply_full(cls, args, kwargs):
+    """The whole of ``Function.apply`` in Python: modes and hooks, then the op."""
+    if _hooked:
+        modes = _dm._modes.get()
+        if modes:
+            return _dm.run_in_mode(cls, args, kwargs, modes)
+        for hook in _dispatch_hooks:
+            args, kwargs = hook(cls, args, kwargs)
+    result = _run(cls, args, kwargs)
+    if _post_dispatch_hooks:
+        for hook in _post_dispatch_hooks:
+            hook(cls, args, kwargs, result)
+    return result
+
+
+def _run(cls, args, kwargs):
+    """Unwrap, forward on raw arrays, wrap the outputs, record the graph node.
+
+    ``native/src/dsn_fastpath.c`` is the same function in C; the two must agree
+    (tests/test_fastpath.py compares them)."""
+    arrays = []
+    needs = False
+    for a in args:
+        if isinstance(a, Tensor):
+            arrays.append(a._data)
+            if a.requires_grad:
+                needs = True
+        else:
+            arrays.append(a)
+    needs = needs and _state.enabled
+    ctx = Context(cls)
+    if needs:
+        ctx.needs_input_grad = tuple(isinstance(a, Tensor) and bool(a.requires_grad) for a in args)
+    raw = cls.forward(ctx, *arrays, **kwargs)
+    multi = isinstance(raw, tuple)
+    make = Tensor._make
+    ndarray = _np.ndarray
+    outs = [make(o) if type(o) is ndarray else make(_as_output(o))
+            for o in (raw if multi else (raw,))]
+    if cls.is_view and args and isinstance(args[0], Tensor):
+        _share_view_versions(args[0], outs)
+    if needs:
+        ctx.seq = next(_seq)
+        ctx.n_outputs = len(outs)
+        if multi:
+            _record_out_shapes(ctx, outs)
+        ctx.next_edges = tuple(_edge(a) if isinstance(a, Tensor) and a.requires_grad else None
+                               for a in args)
+        nd = ctx.non_differentiable
+        for i, o in enumerate(outs):
+            if _floating(o._data.dtype) and (nd is None or id(o._data) not in nd):
+                o.requires_grad = True
+                o.grad_fn = ctx
+                o._out_nr = i
+        if ctx.saved:
+            checks = []
+            for idx, s in enumerate(ctx.saved):
+                for t in itertools.chain(args, outs):
+                    if isinstance(t, Tensor) and t._data is s:
+                        checks.append((t._vc, t._vc[0], idx, tuple(s.shape)))
+                        break
+            ctx.saved_checks = checks
+    return tuple(outs) if multi else outs[0]
+
+
+# ---- helpers of the Python and the C path (dsn_fastpath.c calls them for rare cases) ----
+def _as_output(o):
+    """An op output as the array a Tensor holds (numpy ufuncs on 0-d arrays return
+    numpy scalars; other array types, e.g. cupy, pass through)."""
+    return _np.asarray(o) if isinstance(o, _np.generic) else o
+
+
+def _share_view_versions(src, outs):
+    """Outputs of a view op that alias ``src``'s memory share its version counter, so
+    in-place writes are seen through views."""
+    for o in outs:
+        if _may_share(o._data, src._data):
+            o._vc = src._vc
+
+
+def _record_out_shapes(ctx, outs):
+    """Let the engine build zero grads for outputs of a multi-output op that got none."""
+    if "out_shapes" not in ctx.__dict__:
+        ctx.out_shapes = [o._data.shape for o in outs]
+
+
+def _floating(dtype):
+    """True for dtypes whose op outputs carry gradient."""
+    return dtype.kind == "f" or dtype.name == "bfloat16"
 
 
 _ACC_SEQ_BASE = 1 << 62
@@ -260,3 +303,48 @@ import numpy as _np  # noqa: E402
 
 # Set by deepseek._tensor once the class exists (_tensor.py imports this module first).
 Tensor = None
+
+_python_apply = Function.__dict__["apply"]
+
+
+def _install_fast_path(enabled=True):
+    """Make ``Function.apply`` the C fast path of ``deepseek._native`` (when it is built
+    and ``DEEPSEEK_NATIVE`` is not 0), or the Python path with ``enabled=False``.
+    Returns whether the C path is in use. Called once by ``deepseek._tensor``."""
+    global _fast
+    ext = None
+    if enabled:
+        from .. import native
+        ext = native._ext if native.available() else None
+        if ext is not None and not hasattr(ext, "fast_apply"):
+            ext = None  # an extension built before the fast path existed
+    if ext is None:
+        if _fast is not None:
+            _fast.fastpath_set_hooked(True)
+        _fast = None
+        Function.apply = _python_apply
+        return False
+    ext.fastpath_init(Tensor, Context, _np.ndarray, _apply_full, _as_output,
+                      _share_view_versions, _edge, _record_out_shapes,
+                      lambda dt: bool(_floating(dt)), _seq, _state)
+    _fast = ext
+    _refresh_hooked()
+    Function.apply = classmethod(ext.fast_apply)
+    return True
+
+
+class use_fast_path:
+    """``with use_fast_path(False):`` runs every op through the Python ``Function.apply``
+    in the block (process-wide; tests compare the two paths with it)."""
+
+    def __init__(self, enabled=True):
+        self.enabled = bool(enabled)
+
+    def __enter__(self):
+        self._prev = _fast is not None
+        _install_fast_path(self.enabled)
+        return self
+
+    def __exit__(self, *exc):
+        _install_fast_path(self._prev)
+        return False

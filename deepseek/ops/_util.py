@@ -42,6 +42,12 @@ def as_tensor_operand(x):
 
 def prepare_binary(a, b, op):
     """Apply PyTorch type promotion and device checks to a binary op's operands."""
+    if isinstance(a, Tensor) and isinstance(b, Tensor):
+        # the common case first (per-op overhead): one dtype and one array type need
+        # neither a cast nor a device check
+        da, db = a._data, b._data
+        if da.dtype == db.dtype and type(da) is type(db):
+            return a, b
     from . import cast
     a = as_tensor_operand(a)
     b = as_tensor_operand(b)

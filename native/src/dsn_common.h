@@ -12,13 +12,13 @@
 #include <stdint.h>
 #include <string.h>
 
-/* Element types (must match _DTYPE_CODES in native/__init__.py). */
+/* Element types (exported as _native.DTYPE_CODES; native/_fallback.py repeats them). */
 enum { DSN_F32 = 0, DSN_F16 = 1, DSN_BF16 = 2, DSN_I32 = 3, DSN_I64 = 4, DSN_F64 = 5 };
 
-/* Reduction ops (must match _OP_CODES in native/__init__.py). */
+/* Reduction ops (exported as _native.OP_CODES; native/_fallback.py repeats them). */
 enum { DSN_SUM = 0, DSN_AVG = 1, DSN_MAX = 2, DSN_MIN = 3, DSN_PROD = 4 };
 
-/* Conversion directions. */
+/* Conversion directions (exported as _native.CVT_CODES). */
 enum { DSN_CVT_F32_F16 = 0, DSN_CVT_F16_F32 = 1, DSN_CVT_F32_BF16 = 2, DSN_CVT_BF16_F32 = 3 };
 
 /* Elements per cache-resident block: the N-input reductions and the kernels

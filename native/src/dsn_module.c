@@ -11,6 +11,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include "dsn_common.h"
+#include <math.h>
 
 static const dsn_kernels *K = &dsn_kernels_scalar;
 
@@ -216,6 +217,79 @@ static PyObject *py_convert(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 fail:
     release_arg(&src); release_arg(&dst);
+    return NULL;
+}
+
+/* erf of a float32: the rational approximation p(x) / q(x^2) on [-4, 4] that Eigen and
+ * XLA use (erf is +-1 in float32 beyond; absolute error below 5e-7). No libm call, so
+ * the loop vectorises: libm's erff costs several exp's per element. The clamps keep NaN
+ * (it compares false). Comparisons may not trap here, or GCC will not vectorise the
+ * selects; nothing else changes (-ffp-contract=off still holds). */
+#if defined(__GNUC__) && !defined(__clang__)
+#define DSN_NO_TRAP __attribute__((optimize("no-trapping-math")))
+#else
+#define DSN_NO_TRAP
+#endif
+
+DSN_NO_TRAP static inline float erf_f32(float a)
+{
+    float x = a < -4.0f ? -4.0f : a;
+    x = x > 4.0f ? 4.0f : x;
+    float x2 = x * x;
+    float p = x2 * -2.72614225801306e-10f + 2.77068142495902e-08f;
+    p = x2 * p + -2.10102402082508e-06f;
+    p = x2 * p + -5.69250639462346e-05f;
+    p = x2 * p + -7.34990630326855e-04f;
+    p = x2 * p + -2.95459980854025e-03f;
+    p = x2 * p + -1.60960333262415e-02f;
+    p = x * p;
+    float q = x2 * -1.45660718464996e-05f + -2.13374055278905e-04f;
+    q = x2 * q + -1.68282697438203e-03f;
+    q = x2 * q + -7.37332916720468e-03f;
+    q = x2 * q + -1.42647390514189e-02f;
+    return p / q;
+}
+
+/* y may be x itself: elementwise, nothing carried between elements */
+DSN_NO_TRAP static void erf_f32_loop(const float *x, float *y, size_t n)
+{
+    for (size_t i = 0; i < n; i++) y[i] = erf_f32(x[i]);
+}
+
+/* erf(dtype, src, out): the error function elementwise, erf_f32 for float32 and libm's
+ * erf for float64 (GELU's normal CDF; numpy has no erf and its polynomial substitutes
+ * take ~20 array passes). */
+static PyObject *py_erf(PyObject *self, PyObject *args)
+{
+    const char *fn = "erf";
+    int dtype;
+    PyObject *osrc, *oout;
+    dsn_arg src = {0}, out = {0};
+    if (!PyArg_ParseTuple(args, "iOO:erf", &dtype, &osrc, &oout)) return NULL;
+    if (dtype != DSN_F32 && dtype != DSN_F64) {
+        PyErr_Format(PyExc_ValueError, "erf(): dtype must be %d (float32) or %d (float64), "
+                     "got %d", DSN_F32, DSN_F64, dtype);
+        return NULL;
+    }
+    if (get_arg(fn, "src", osrc, dtype, 0, &src) < 0 ||
+        get_arg(fn, "out", oout, dtype, 1, &out) < 0 ||
+        check_len(fn, "out", &out, src.n, "src") < 0 ||
+        check_overlap(fn, "src", &src, "out", &out, 1) < 0)
+        goto fail;
+    size_t n = src.n;
+    Py_BEGIN_ALLOW_THREADS
+    if (dtype == DSN_F32) {
+        erf_f32_loop((const float *)src.view.buf, (float *)out.view.buf, n);
+    } else {
+        const double *x = (const double *)src.view.buf;
+        double *y = (double *)out.view.buf;
+        for (size_t i = 0; i < n; i++) y[i] = erf(x[i]);
+    }
+    Py_END_ALLOW_THREADS
+    release_arg(&src); release_arg(&out);
+    Py_RETURN_NONE;
+fail:
+    release_arg(&src); release_arg(&out);
     return NULL;
 }
 
@@ -692,6 +766,7 @@ static PyMethodDef methods[] = {
     {"set_isa", py_set_isa, METH_VARARGS, "set_isa(name): force an instruction set (tests)."},
     {"convert", py_convert, METH_VARARGS, "convert(kind, src, out)"},
     {"reduce", py_reduce, METH_VARARGS, "reduce(op, dtype, inputs, out)"},
+    {"erf", py_erf, METH_VARARGS, "erf(dtype, src, out)"},
     {"unscale", py_unscale, METH_VARARGS, "unscale(dtype, grad, inv_scale) -> bool"},
     {"sgd", py_sgd, METH_VARARGS,
      "sgd(param, grad, buf, half, half_dtype, lr, momentum, dampening, weight_decay, "
@@ -716,10 +791,50 @@ static struct PyModuleDef moduledef = {
     NULL, NULL, NULL, NULL,
 };
 
+/* the C fast path of Function.apply (dsn_fastpath.c) */
+extern PyMethodDef dsn_fastpath_methods[];
+
+/* The enum codes of dsn_common.h as module constants, so Python reads them from here
+ * instead of keeping a copy (native/__init__.py; _fallback.py holds the same values
+ * for builds without the extension, and a test checks that they agree). */
+static int add_codes(PyObject *m)
+{
+    static const struct { const char *name; int code; } DTYPES[] = {
+        {"float32", DSN_F32}, {"float16", DSN_F16}, {"bfloat16", DSN_BF16},
+        {"int32", DSN_I32}, {"int64", DSN_I64}, {"float64", DSN_F64}};
+    static const struct { const char *name; int code; } OPS[] = {
+        {"sum", DSN_SUM}, {"avg", DSN_AVG}, {"max", DSN_MAX}, {"min", DSN_MIN},
+        {"prod", DSN_PROD}};
+    static const struct { const char *name; int code; } CVTS[] = {
+        {"f32_to_f16", DSN_CVT_F32_F16}, {"f16_to_f32", DSN_CVT_F16_F32},
+        {"f32_to_bf16", DSN_CVT_F32_BF16}, {"bf16_to_f32", DSN_CVT_BF16_F32}};
+    PyObject *d;
+#define ADD_TABLE(attr, tab) \
+    if (!(d = PyDict_New())) return -1; \
+    for (size_t i = 0; i < sizeof(tab) / sizeof(tab[0]); i++) { \
+        PyObject *v = PyLong_FromLong(tab[i].code); \
+        if (!v || PyDict_SetItemString(d, tab[i].name, v) < 0) { \
+            Py_XDECREF(v); Py_DECREF(d); return -1; } \
+        Py_DECREF(v); \
+    } \
+    if (PyModule_AddObject(m, attr, d) < 0) { Py_DECREF(d); return -1; }
+    ADD_TABLE("DTYPE_CODES", DTYPES)
+    ADD_TABLE("OP_CODES", OPS)
+    ADD_TABLE("CVT_CODES", CVTS)
+#undef ADD_TABLE
+    return 0;
+}
+
 PyMODINIT_FUNC PyInit__native(void)
 {
     for (size_t i = 0; i < N_ISAS; i++) {
         if (isa_supported(ALL_ISAS[i])) { K = ALL_ISAS[i]; break; }
     }
-    return PyModule_Create(&moduledef);
+    PyObject *m = PyModule_Create(&moduledef);
+    if (!m) return NULL;
+    if (PyModule_AddFunctions(m, dsn_fastpath_methods) < 0 || add_codes(m) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }
