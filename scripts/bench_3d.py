@@ -49,21 +49,18 @@ def fmt_size(n):
 def _pingpong(send, recv, rank, n):
     buf = np.zeros(max(n, 1), np.uint8)
     it = _iters(n)
-    for _ in range(3):  # warm-up
-        if rank == 0:
-            send(buf, 1)
-            recv(buf, 1)
-        else:
-            recv(buf, 0)
-            send(buf, 0)
+
+    def rounds(k):
+        for _ in range(k):
+            if rank == 0:
+                send(buf, 1)
+                recv(buf, 1)
+            else:
+                recv(buf, 0)
+                send(buf, 0)
+    rounds(3)  # warm-up
     t0 = time.perf_counter()
-    for _ in range(it):
-        if rank == 0:
-            send(buf, 1)
-            recv(buf, 1)
-        else:
-            recv(buf, 0)
-            send(buf, 0)
+    rounds(it)
     return (time.perf_counter() - t0) / it / 2  # one way
 
 

@@ -14,14 +14,13 @@ and in bf16 through deepseek's blocked low-precision GEMM.
 """
 import argparse
 import json
-import statistics
-import time
 import tracemalloc
 
 import numpy as np
 
 import deepseek as ds
 from deepseek.amp import autocast
+from _timing import interleaved_medians  # noqa: E402  (scripts/ is sys.path[0])
 
 
 def _transformer(lib, nn):
@@ -43,10 +42,7 @@ MODELS = {"transformer": _transformer, "mlp": _mlp}
 
 
 def _ds_step(model, x, loss_fn, opt, amp):
-    if amp:
-        with autocast("cpu", dtype=ds.bfloat16):
-            loss = loss_fn(model(x))
-    else:
+    with autocast("cpu", dtype=ds.bfloat16, enabled=amp):
         loss = loss_fn(model(x))
     loss.backward()
     opt.step()
@@ -67,10 +63,7 @@ def _peak_fwd_bwd(model, x, loss_fn, amp):
     try:
         base = tracemalloc.get_traced_memory()[0]
         tracemalloc.reset_peak()
-        if amp:
-            with autocast("cpu", dtype=ds.bfloat16):
-                loss = loss_fn(model(x))
-        else:
+        with autocast("cpu", dtype=ds.bfloat16, enabled=amp):
             loss = loss_fn(model(x))
         loss.backward()
         peak = tracemalloc.get_traced_memory()[1] - base
@@ -101,15 +94,7 @@ def bench_models(reps, names):
             topt = torch.optim.SGD(tm.parameters(), lr=1e-4)
             runs["torch fp32"] = lambda: _torch_step(torch, tm, tx, tl, topt, False)
             runs["torch bf16"] = lambda: _torch_step(torch, tm, tx, tl, topt, True)
-        times = {k: [] for k in runs}
-        for f in runs.values():   # warm-up
-            f()
-        for _ in range(reps):     # interleaved
-            for k, f in runs.items():
-                t0 = time.perf_counter()
-                f()
-                times[k].append(time.perf_counter() - t0)
-        med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+        med = {k: v * 1e3 for k, v in interleaved_medians(runs, reps).items()}
         row = {"model": name, "ds_fp32_ms": med["ds fp32"], "ds_bf16_ms": med["ds bf16"],
                "ds_ratio": med["ds bf16"] / med["ds fp32"],
                "peak_fp32_MiB": mem[False] / 2 ** 20, "peak_bf16_MiB": mem[True] / 2 ** 20,
@@ -133,13 +118,7 @@ def bench_gemm(reps, shapes):
         runs = {"fp32 sgemm": lambda: a32 @ b32, "bf16 lowp": lambda: _lowp.mm(a, b)}
         if M * K * N <= 512 ** 3:
             runs["bf16 numpy"] = lambda: a @ b
-        t = {k: [] for k in runs}
-        for _ in range(reps):
-            for k, f in runs.items():
-                t0 = time.perf_counter()
-                f()
-                t[k].append(time.perf_counter() - t0)
-        med = {k: statistics.median(v) * 1e3 for k, v in t.items()}
+        med = {k: v * 1e3 for k, v in interleaved_medians(runs, reps, warmup=0).items()}
         rows.append({"shape": f"{M}x{K}x{N}", **{k + " ms": v for k, v in med.items()}})
     return rows
 

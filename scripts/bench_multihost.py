@@ -33,23 +33,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 sys.path.insert(0, ROOT)
 
-UNITS = (("GIB", 1 << 30), ("MIB", 1 << 20), ("KIB", 1 << 10), ("G", 1 << 30),
-         ("M", 1 << 20), ("K", 1 << 10))
-
-
-def parse_size(s):
-    s = s.strip().upper()
-    for u, m in UNITS:
-        if s.endswith(u):
-            return int(float(s[:-len(u)]) * m)
-    return int(s)
-
-
-def fmt_size(n):
-    for u, m in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= m:
-            return f"{n / m:g} {u}"
-    return f"{n} B"
+# the size units (1MiB, 256K, ...) and their printing: the same as the allreduce bench
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+from bench_allreduce import fmt_size, parse_size  # noqa: E402
 
 
 def rate_bits(rate):

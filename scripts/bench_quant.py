@@ -9,9 +9,9 @@ hit them alike. BLAS, torch and the int8 kernels all run on --threads threads (t
 kernels are single-threaded: use 1 for a like-for-like comparison).
 """
 import argparse
+import contextlib
 import os
 import sys
-import time
 
 
 def _threads_from_argv():
@@ -33,6 +33,7 @@ import deepseek  # noqa: E402
 import deepseek.nn as dnn  # noqa: E402
 from deepseek import native as N  # noqa: E402
 from deepseek import quantization as Q  # noqa: E402
+from _timing import interleaved_medians  # noqa: E402  (scripts/ is sys.path[0])
 
 try:
     import torch
@@ -47,15 +48,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def bench(fns, repeats):
     """{name: median seconds}, the fns interleaved in every round (after one warm-up)."""
-    for f in fns.values():
-        f()
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, f in fns.items():
-            t0 = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t0)
-    return {k: float(np.median(v)) for k, v in times.items()}
+    return interleaved_medians(fns, repeats)
+
+
+def bench_inference(fns, repeats):
+    """:func:`bench` without autograd on either side (deepseek.no_grad, and torch's
+    inference_mode when torch is here)."""
+    with deepseek.no_grad(), (torch.inference_mode() if torch else contextlib.nullcontext()):
+        return bench(fns, repeats)
 
 
 def table(title, header, rows):
@@ -196,12 +196,7 @@ def main():
                 txx = torch.from_numpy(x)
                 fns["torch fp32"] = lambda: tl(txx)
                 fns["torch int8"] = lambda: tqd(txx)
-            with deepseek.no_grad():
-                if torch:
-                    with torch.inference_mode():
-                        t = bench(fns, reps)
-                else:
-                    t = bench(fns, reps)
+            t = bench_inference(fns, reps)
             us = {a: f"{v * 1e6:.0f}" for a, v in t.items()}
             rows.append([f"{k}x{n}", m, us["ds fp32"], us["ds int8"], us["ds w8"], us["ds w4"],
                          us.get("torch fp32", "-"), us.get("torch int8", "-"),
@@ -226,12 +221,7 @@ def main():
             txx = torch.from_numpy(x)
             fns["torch fp32"] = lambda: tenc(txx)
             fns["torch int8"] = lambda: tqenc(txx)
-        with deepseek.no_grad():
-            if torch:
-                with torch.inference_mode():
-                    t = bench(fns, max(3, reps // 3))
-            else:
-                t = bench(fns, max(3, reps // 3))
+        t = bench_inference(fns, max(3, reps // 3))
         ref, out, out_t = run(enc, x), run(qenc, x), run(qenc_t, x)
 
         def cos(a, c):

@@ -38,6 +38,19 @@ def _loss(model, x, y):
     return F.cross_entropy(model(ds.tensor(x)), ds.tensor(y))
 
 
+def _sgd_on_my_slice(ddp, rank, world, steps, lr):
+    """``steps`` SGD steps of ``ddp``, each on this rank's slice of the global batch."""
+    import deepseek as ds
+    opt = ds.optim.SGD(ddp.parameters(), lr=lr)
+    per = GLOBAL_BATCH // world
+    for s in range(steps):
+        x, y = _data(s)
+        xs, ys = x[rank * per:(rank + 1) * per], y[rank * per:(rank + 1) * per]
+        opt.zero_grad()
+        _loss(ddp, xs, ys).backward()
+        opt.step()
+
+
 def reference_params(steps, lr=0.1, hid=HID):
     """Single process, whole global batch per step."""
     import deepseek as ds
@@ -53,21 +66,13 @@ def reference_params(steps, lr=0.1, hid=HID):
 
 def ddp_params(rank, world, steps=1, lr=0.1, seed_offset=True, hid=HID, **ddp_kwargs):
     """Each rank trains on its slice of the global batch; returns final params."""
-    import deepseek as ds
     from deepseek.distributed import init_process_group
     from deepseek.distributed.ddp import DistributedDataParallel
     init_process_group()
     # different init per rank: DDP must broadcast rank 0's parameters
     model = _model(seed=rank if seed_offset else 0, hid=hid)
     ddp = DistributedDataParallel(model, **ddp_kwargs)
-    opt = ds.optim.SGD(ddp.parameters(), lr=lr)
-    per = GLOBAL_BATCH // world
-    for s in range(steps):
-        x, y = _data(s)
-        xs, ys = x[rank * per:(rank + 1) * per], y[rank * per:(rank + 1) * per]
-        opt.zero_grad()
-        _loss(ddp, xs, ys).backward()
-        opt.step()
+    _sgd_on_my_slice(ddp, rank, world, steps, lr)
     counts = dict(getattr(ddp, "wire_dtype_counts", {}))
     # allreduces that read the buckets in place (symmetric memory, shm transport)
     counts["symmetric"] = getattr(ddp.process_group._backend, "sym_allreduces", 0)
@@ -216,14 +221,7 @@ def hook_params(rank, world, kind, steps=2, bucket_cap_mb=0.001):
             ddp.register_comm_hook(None, tensor_valued)
         else:  # the built-in hooks by name, e.g. "fp16_compress_hook"
             ddp.register_comm_hook(pg, getattr(comm_hooks, kind))
-    opt = ds.optim.SGD(ddp.parameters(), lr=0.1)
-    per = GLOBAL_BATCH // world
-    for s in range(steps):
-        x, y = _data(s)
-        xs, ys = x[rank * per:(rank + 1) * per], y[rank * per:(rank + 1) * per]
-        opt.zero_grad()
-        _loss(ddp, xs, ys).backward()
-        opt.step()
+    _sgd_on_my_slice(ddp, rank, world, steps, 0.1)
     params = {n: p.detach().numpy().copy() for n, p in model.named_parameters()}
     return params, [list(t) for t in seen], len(ddp.buckets), dict(ddp.wire_dtype_counts)
 

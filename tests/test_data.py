@@ -132,6 +132,64 @@ def test_samplers():
     assert len(BatchSampler(d, 4, True)) == 2
 
 
+
+def test_random_sampler_with_replacement_draws_lazily():
+    # issue 13: num_samples=10**10 used to build every index at once (74.5 GiB)
+    import itertools
+    import time
+    import tracemalloc
+    s = RandomSampler(range(7), replacement=True, num_samples=10 ** 10,
+                      generator=ds.Generator().manual_seed(3))
+    assert len(s) == 10 ** 10
+    assert len(BatchSampler(s, 64, drop_last=False)) == -(-10 ** 10 // 64)
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    first = list(itertools.islice(iter(s), 1000))
+    took = time.perf_counter() - t0
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert len(first) == 1000 and set(first) <= set(range(7)) and len(set(first)) == 7
+    assert took < 2.0, took
+    assert peak < 4 * 2 ** 20, peak          # a few chunks, not the 80 GB of the whole draw
+    again = RandomSampler(range(7), replacement=True, num_samples=10 ** 10,
+                          generator=ds.Generator().manual_seed(3))
+    assert list(itertools.islice(iter(again), 1000)) == first
+
+
+def test_random_sampler_without_replacement_and_num_samples():
+    # PyTorch: num_samples > n gives back-to-back permutations, the last one cut short
+    s = RandomSampler(range(10), num_samples=25, generator=ds.Generator().manual_seed(1))
+    r = list(s)
+    assert len(r) == len(s) == 25
+    assert sorted(r[:10]) == sorted(r[10:20]) == list(range(10))
+    assert len(set(r[20:])) == 5
+    short = list(RandomSampler(range(10), num_samples=4, generator=ds.Generator().manual_seed(1)))
+    assert len(set(short)) == 4
+    with pytest.raises(ValueError, match="empty data_source"):
+        iter(RandomSampler([], num_samples=3))
+    with pytest.raises(ValueError, match="positive integer"):
+        RandomSampler(range(3), num_samples=0)
+
+
+def test_random_sampler_generator_semantics():
+    # like PyTorch: the same seed gives the same order, the generator advances so every
+    # epoch differs, and without generator= the global seed decides
+    g = ds.Generator().manual_seed(5)
+    s = RandomSampler(range(50), generator=g)
+    e1, e2 = list(s), list(s)
+    assert e1 != e2 and sorted(e1) == sorted(e2) == list(range(50))
+    assert list(RandomSampler(range(50), generator=ds.Generator().manual_seed(5))) == e1
+    # the order is drawn lazily, but draws from the same generator while iterating
+    # (the DataLoader takes worker seeds from it) do not change it
+    g2 = ds.Generator().manual_seed(5)
+    it = iter(RandomSampler(range(50), generator=g2))
+    g2.numpy.integers(0, 2 ** 32, size=10)
+    assert list(it) == e1
+    ds.manual_seed(11)
+    a = list(RandomSampler(range(50)))
+    ds.manual_seed(11)
+    assert list(RandomSampler(range(50))) == a
+
 def test_subset_concat_and_random_split():
     X, y = xy()
     d = TensorDataset(X, y)

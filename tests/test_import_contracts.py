@@ -11,6 +11,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAPPED = ["collectives", "launcher", "elastic", "native"]  # package-dir in pyproject.toml
 
 
+def _contract_modules():
+    """Every deepseek.X a contract in pyproject.toml names, as "X"."""
+    import tomllib
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        contracts = tomllib.load(f)["tool"]["importlinter"]["contracts"]
+    names = {m for c in contracts for key in ("source_modules", "forbidden_modules")
+             for m in c.get(key, ())}
+    return {m.split(".", 1)[1] for m in names if m.startswith("deepseek.")}
+
+
 def _mirror_installed_layout(dst):
     """The package as ``pip install .`` lays it out: collectives/, launcher/, elastic/
     and native/ inside deepseek/ (import-linter reads files, not package-dir)."""
@@ -20,10 +30,11 @@ def _mirror_installed_layout(dst):
         src = os.path.join(ROOT, name)
         if os.path.isdir(src):
             shutil.copytree(src, os.path.join(dst, "deepseek", name), ignore=ignore)
-    # forbidden *targets* that are not written yet still have to exist for the linter;
-    # an empty placeholder imports nothing, so it can't hide a violation
-    for name in ["nn", "optim", "distributed", "data", "autograd", *MAPPED]:
-        pkg = os.path.join(dst, "deepseek", name)
+    # forbidden *targets* that are not written yet (deepseek.onnx, deepseek.serve in a
+    # checkout from before them) still have to exist for the linter; an empty
+    # placeholder imports nothing, so it can't hide a violation
+    for name in sorted(set(MAPPED) | _contract_modules()):
+        pkg = os.path.join(dst, "deepseek", *name.split("."))
         if not os.path.exists(pkg + ".py"):
             os.makedirs(pkg, exist_ok=True)
             init = os.path.join(pkg, "__init__.py")

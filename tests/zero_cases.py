@@ -203,12 +203,9 @@ def memory(rank, world, stages=(0, 1, 2, 3), hid=64, layers=16):
         nparam = sum(p.numel() for p in model.parameters())
         unit_max = max(sum(p.numel() for p in b.parameters()) for b in model.blocks)
         runner, opt = wrap(model, stage, "adamw")
-        per = GLOBAL_BATCH // world
-        for s in range(2):
-            x, y = _data("mlp", s)
+        for s in range(2):   # the second step's gradients stay: their memory counts
             opt.zero_grad()
-            _loss(runner, "mlp", x[rank * per:(rank + 1) * per],
-                  y[rank * per:(rank + 1) * per]).backward()
+            _slice_backward(runner, rank, world, "mlp", s)
             if s == 0:
                 opt.step()
         if stage in (0, 1):
@@ -239,13 +236,7 @@ def zero1_state_roundtrip(rank, world):
     for stage in (0, 1):
         model = build_model("mlp")
         runner, opt = wrap(model, stage, "adamw")
-        per = GLOBAL_BATCH // world
-        for s in range(3):
-            x, y = _data("mlp", s)
-            opt.zero_grad()
-            _loss(runner, "mlp", x[rank * per:(rank + 1) * per],
-                  y[rank * per:(rank + 1) * per]).backward()
-            opt.step()
+        _steps(runner, opt, rank, world, "mlp", 3)
         if stage == 1:
             opt.consolidate_state_dict(to=0)
             if rank != 0:
@@ -273,12 +264,7 @@ def ckpt_save(rank, world, stage, path, steps=2):
     _init()
     model = build_model("lm")
     runner, opt = wrap(model, stage, "sgd")
-    per = GLOBAL_BATCH // world
-    for s in range(steps):
-        x, y = _data("lm", s)
-        opt.zero_grad()
-        _loss(runner, "lm", x[rank * per:(rank + 1) * per], y[rank * per:(rank + 1) * per]).backward()
-        opt.step()
+    _steps(runner, opt, rank, world, "lm", steps)
     dcp.save(dcp.get_state_dict(runner), path)
     return full_params(runner, stage)
 
@@ -315,13 +301,19 @@ def trainer_fit(rank, world, strategy):
         {k: np.array(v.numpy()) for k, v in t.strategy.model_state_dict().items()}
 
 
-def _steps(runner, optimizer, rank, world, kind, steps, start=0):
+def _slice_backward(runner, rank, world, kind, s):
+    """Backward of step ``s``'s loss on this rank's slice of the global batch."""
     per = GLOBAL_BATCH // world
+    x, y = _data(kind, s)
+    _loss(runner, kind, x[rank * per:(rank + 1) * per],
+          y[rank * per:(rank + 1) * per]).backward()
+
+
+def _steps(runner, optimizer, rank, world, kind, steps, start=0):
+    """Optimizer steps ``start .. start + steps - 1``, each on this rank's slice."""
     for s in range(start, start + steps):
-        x, y = _data(kind, s)
         optimizer.zero_grad()
-        _loss(runner, kind, x[rank * per:(rank + 1) * per],
-              y[rank * per:(rank + 1) * per]).backward()
+        _slice_backward(runner, rank, world, kind, s)
         optimizer.step()
 
 

@@ -406,12 +406,17 @@ class ZmqTransport(Backend):
                 if self._pull.poll(20):
                     self._drain()
                     continue
-                self._check_connections()
-                lost = self._lost.get(src)
-                if lost is not None and time.monotonic() - lost >= _LOST_GRACE:
-                    raise self._lost_error(ctx, src, lost)
+                self._check_source(ctx, src)
             if time.perf_counter() >= ctx.deadline:
                 raise ctx.timeout_error([src])
+
+    def _check_source(self, ctx, src):
+        """While waiting on ``src``: raise once its connection has been lost for longer
+        than the grace period (a dead host, a partition)."""
+        self._check_connections()
+        lost = self._lost.get(src)
+        if lost is not None and time.monotonic() - lost >= _LOST_GRACE:
+            raise self._lost_error(ctx, src, lost)
 
     def _raise_aborted(self, ctx):
         p, reason, flags = self._aborted
@@ -451,10 +456,7 @@ class ZmqTransport(Backend):
                 self._drain()
             if self._aborted:
                 self._raise_aborted(ctx)
-            self._check_connections()
-            lost = self._lost.get(src)
-            if lost is not None and time.monotonic() - lost >= _LOST_GRACE:
-                raise self._lost_error(ctx, src, lost)
+            self._check_source(ctx, src)
         if time.perf_counter() >= ctx.deadline:
             raise ctx.timeout_error([src])
 

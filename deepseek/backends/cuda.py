@@ -10,7 +10,7 @@ matmul = Flags("deepseek.backends.cuda.matmul", allow_tf32=False,
 def is_built():
     """True when deepseek can run on CUDA at all (CuPy imports)."""
     from .. import backend
-    return backend._cupy is not None
+    return backend.cupy_module() is not None
 
 
 _sdp = {"flash": True, "mem_efficient": True, "math": True, "cudnn": True}

@@ -9,21 +9,15 @@ benchmark_limit = 10
 def is_available():
     """True when CuPy sees a GPU and its cuDNN bindings import."""
     from .. import backend
-    if not backend.cupy_available():
-        return False
-    try:
-        import cupy.cuda.cudnn  # noqa: F401
-        return True
-    except Exception:
-        return False
+    return backend.cupy_available() and backend.cudnn_module() is not None
 
 
 def version():
     """cuDNN's version number, or None when it is not available (as PyTorch answers)."""
     if not is_available():
         return None
-    import cupy.cuda.cudnn as c
-    return int(c.getVersion())
+    from .. import backend
+    return int(backend.cudnn_module().getVersion())
 
 
 class flags:

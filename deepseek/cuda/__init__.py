@@ -18,7 +18,7 @@ __all__ = ["is_available", "device_count", "current_device", "set_device", "get_
 
 
 def _cupy():
-    return _backend._cupy
+    return _backend.cupy_module()
 
 
 def is_available():

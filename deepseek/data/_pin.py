@@ -9,14 +9,16 @@ the GPU; default: the current one.
 """
 import numpy as np
 
+from ._nested import map_nested
+
 
 def pin_iter(inner, device=""):
     """Batches of ``inner``, their arrays moved to the GPU (see the module)."""
-    from ..backend import cupy_available
+    from ..backend import cupy_available, cupy_module
     if not cupy_available():
         yield from inner
         return
-    import cupy
+    cupy = cupy_module()
     dev = cupy.cuda.Device(int(device.split(":")[1]) if ":" in str(device) else
                            cupy.cuda.Device().id)
     with dev:
@@ -42,22 +44,20 @@ def pin_iter(inner, device=""):
             close()
 
 
-def _to_device(x, stream, keep, cupy):
+def _to_device(batch, stream, keep, cupy):
+    """``batch`` with its CPU arrays (and Tensors) copied to the GPU on ``stream``."""
     from .._tensor import Tensor
-    if isinstance(x, Tensor):
-        return Tensor._make(_to_device(x._data, stream, keep, cupy))
-    if isinstance(x, np.ndarray):
-        import cupyx
-        pinned = cupyx.empty_pinned(x.shape, x.dtype)
+    from ..backend import empty_pinned
+
+    def leaf(x):
+        if isinstance(x, Tensor):
+            return Tensor._make(leaf(x._data))
+        if not isinstance(x, np.ndarray):
+            return x
+        pinned = empty_pinned(x.shape, x.dtype)
         np.copyto(pinned, x)
         out = cupy.empty(x.shape, x.dtype)
         out.set(pinned, stream=stream)
         keep.append(pinned)   # the host buffer must outlive the asynchronous copy
         return out
-    if isinstance(x, dict):
-        return {k: _to_device(v, stream, keep, cupy) for k, v in x.items()}
-    if isinstance(x, tuple) and hasattr(x, "_fields"):
-        return type(x)(*(_to_device(v, stream, keep, cupy) for v in x))
-    if isinstance(x, (list, tuple)):
-        return type(x)(_to_device(v, stream, keep, cupy) for v in x)
-    return x
+    return map_nested(batch, leaf)

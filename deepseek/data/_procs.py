@@ -69,14 +69,10 @@ def default_context():
 
 
 def _cuda_initialized():
-    import sys
-    cupy = sys.modules.get("cupy")
-    if cupy is None:
-        return False
-    try:
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:
-        return False
+    # a process that has talked to the CUDA driver must not fork (the child's context
+    # is unusable); deepseek.backend is where cupy is imported, if anywhere
+    from ..backend import cupy_available
+    return cupy_available()
 
 
 class _Slot:

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from . import _resume
+from ._nested import map_nested
 from .dataset import IterableDataset
 from .sampler import SequentialSampler, RandomSampler, BatchSampler
 
@@ -91,15 +92,10 @@ def default_convert(data):
     """What a loader without batching (batch_size=None) yields: numpy arrays become
     Tensors, containers are converted element-wise, everything else is unchanged."""
     from .._tensor import Tensor
-    if isinstance(data, np.ndarray) and data.dtype.kind not in "OSU":
-        return Tensor._make(data)
-    if isinstance(data, collections.abc.Mapping):
-        return {k: default_convert(v) for k, v in data.items()}
-    if isinstance(data, tuple) and hasattr(data, "_fields"):
-        return type(data)(*(default_convert(v) for v in data))
-    if isinstance(data, (list, tuple)):
-        return type(data)(default_convert(v) for v in data)
-    return data
+
+    def leaf(x):
+        return Tensor._make(x) if isinstance(x, np.ndarray) and x.dtype.kind not in "OSU" else x
+    return map_nested(data, leaf)
 
 
 class _WorkerInfo:
@@ -463,17 +459,12 @@ def _copying(it):
 def _copy_out(batch):
     """``batch`` with every array copied out of its shared-memory slot."""
     from .._tensor import Tensor
-    if isinstance(batch, Tensor):
-        return Tensor._make(batch._data.copy())
-    if isinstance(batch, np.ndarray):
-        return batch.copy()
-    if isinstance(batch, dict):
-        return {k: _copy_out(v) for k, v in batch.items()}
-    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
-        return type(batch)(*(_copy_out(v) for v in batch))
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_copy_out(v) for v in batch)
-    return batch
+
+    def leaf(x):
+        if isinstance(x, Tensor):
+            return Tensor._make(x._data.copy())
+        return x.copy() if isinstance(x, np.ndarray) else x
+    return map_nested(batch, leaf)
 
 
 _DONE = object()

@@ -42,8 +42,39 @@ class SequentialSampler(Sampler):
         return len(self.data_source)
 
 
+#: indices drawn per numpy call with replacement: enough to amortise the call, small
+#: enough that ``num_samples=10**10`` costs kilobytes, not the 74.5 GiB of one big draw.
+#: (numpy's int64 ``integers`` stream is the same drawn in chunks or at once.)
+_CHUNK = 4096
+
+
+def _draws_with_replacement(rng, n, num_samples):
+    """``num_samples`` uniform indices in [0, n), drawn lazily in chunks (PyTorch draws
+    32 at a time)."""
+    full, rest = divmod(num_samples, _CHUNK)
+    for _ in range(full):
+        yield from rng.integers(0, n, size=_CHUNK).tolist()
+    if rest:
+        yield from rng.integers(0, n, size=rest).tolist()
+
+
+def _permutations(rng, n, num_samples):
+    """``num_samples`` indices as whole permutations of range(n), the last one cut short
+    (PyTorch's order for ``replacement=False`` with ``num_samples > n``); one
+    permutation is held at a time."""
+    full, rest = divmod(num_samples, n)
+    for _ in range(full):
+        yield from rng.permutation(n).tolist()
+    if rest:
+        yield from rng.permutation(n)[:rest].tolist()
+
+
 class RandomSampler(Sampler):
     """A random permutation each epoch (or ``num_samples`` draws with replacement).
+
+    Indices are generated lazily as the loader asks for them, so ``num_samples`` may be
+    far larger than memory (``replacement=True, num_samples=10**10``). Without
+    replacement, ``num_samples`` larger than the dataset gives back-to-back permutations.
 
     ``generator``: a deepseek.Generator for a reproducible order; by default the order is
     drawn from the global generator (``deepseek.manual_seed``).
@@ -66,24 +97,33 @@ class RandomSampler(Sampler):
 
     def __iter__(self):
         n = len(self.data_source)
+        # a loader resuming mid-epoch sets _replay: draw this epoch's order again from
+        # the state its stream had when the order was first drawn
         replay, self._replay = getattr(self, "_replay", None), None
-        if replay is not None:
-            # a loader resuming mid-epoch: draw this epoch's order again from the state
-            # its stream had when the order was first drawn
-            rng = self.generator.numpy if self.generator is not None else \
-                np.random.Generator(np.random.PCG64())
-            rng.bit_generator.state = replay
+        if self.generator is not None:
+            src = self.generator.numpy
+            if replay is not None:
+                src.bit_generator.state = replay
+            #: the stream's state before this epoch's draw (what a loader's state_dict saves)
+            self.epoch_rng_state = src.bit_generator.state
+            # The indices are drawn lazily, so they come from a private stream seeded by
+            # one draw of the generator: whoever else draws from it meanwhile (the
+            # DataLoader takes its worker seeds from the same generator) cannot change
+            # the order, and the generator advances by one draw per epoch.
+            rng = np.random.Generator(np.random.PCG64(int(src.integers(0, 2 ** 63 - 1))))
         else:
-            rng = _numpy_rng(self.generator)
-        #: the stream's state before this epoch's draw (what a loader's state_dict saves)
-        self.epoch_rng_state = rng.bit_generator.state
+            if replay is not None:
+                rng = np.random.Generator(np.random.PCG64())
+                rng.bit_generator.state = replay
+            else:
+                rng = _numpy_rng(None)
+            self.epoch_rng_state = rng.bit_generator.state
+        if n == 0:  # PyTorch fails here too (randint / divide by zero), less clearly
+            raise ValueError(f"RandomSampler: cannot draw {self.num_samples} samples from an "
+                             "empty data_source")
         if self.replacement:
-            return iter(rng.integers(0, n, size=self.num_samples).tolist())
-        full, rest = divmod(self.num_samples, n)
-        parts = [rng.permutation(n) for _ in range(full)]
-        if rest:
-            parts.append(rng.permutation(n)[:rest])
-        return iter(np.concatenate(parts).tolist() if parts else [])
+            return _draws_with_replacement(rng, n, self.num_samples)
+        return _permutations(rng, n, self.num_samples)
 
     def __len__(self):
         return self.num_samples

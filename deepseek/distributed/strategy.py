@@ -412,12 +412,6 @@ class ZeROStrategy(DDPStrategy):
         self._fsdp = self.model if self.model is not self.module else self._fsdp
         self.model = self.module
 
-    def training_step(self, batch, batch_idx):
-        return self.model(batch, batch_idx)
-
-    def block_backward_sync(self):
-        return self.model.no_sync()
-
     def sync_gradients(self, optimizers):
         if self.stage == 1:
             return super().sync_gradients(optimizers)

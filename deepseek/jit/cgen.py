@@ -122,6 +122,20 @@ void ds_softmax_{dt}(long rows, long d, long causal_l, const {T}* x, {T}* out) {
 ROW_KERNELS = ("layernorm", "softmax")
 
 
+# C text of the ops that are one expression of their operands: {x} (or {a}, {b}) the
+# operands' C text, {T} the C type, {s} libm's suffix ("f" for float), {dt} the dtype
+_C_TEMPLATES = {
+    "add": "({a} + {b})", "sub": "({a} - {b})", "mul": "({a} * {b})", "div": "({a} / {b})",
+    "neg": "(-{x})", "exp": "exp{s}({x})", "log": "log{s}({x})", "sqrt": "sqrt{s}({x})",
+    "tanh": "tanh{s}({x})", "abs": "fabs{s}({x})", "rsqrt": "(({T})1 / sqrt{s}({x}))",
+    "relu": "ds_relu_{dt}({x})", "max": "ds_max_{dt}({a}, {b})", "min": "ds_min_{dt}({a}, {b})",
+    "sigmoid": "ds_sigmoid_{dt}({x})", "silu": "({x} * ds_sigmoid_{dt}({x}))",
+    "gelu": "({x} * (({T})0.5 * (({T})1.0 + ds_erf_{dt}({x} * ({T})" + repr(SQRT1_2) + "))))",
+    "gelu_tanh": ("(({T})0.5 * {x} * (({T})1 + tanh{s}(({T})" + repr(TANH_C)
+                  + " * ({x} + ({T})0.044715 * {x} * {x} * {x}))))"),
+}
+
+
 def _c_expr(e, dt, in_types):
     """C text of expression ``e`` computed in type ``dt`` (float32/float64)."""
     T, s = _CTYPE[dt], _SUFFIX[dt]
@@ -133,32 +147,9 @@ def _c_expr(e, dt, in_types):
     kids = [c for c in e[1:] if isinstance(c, tuple)]
     a = [_c_expr(c, dt, in_types) for c in kids]
     x = a[0] if a else None
-    bin_ = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
-    if op in bin_:
-        return f"({a[0]} {bin_[op]} {a[1]})"
-    if op == "neg":
-        return f"(-{x})"
-    if op in ("exp", "log", "sqrt", "tanh"):
-        return f"{op}{s}({x})"
-    if op == "abs":
-        return f"fabs{s}({x})"
-    if op == "rsqrt":
-        return f"(({T})1 / sqrt{s}({x}))"
-    if op == "relu":
-        return f"ds_relu_{dt}({x})"
-    if op == "max":
-        return f"ds_max_{dt}({a[0]}, {a[1]})"
-    if op == "min":
-        return f"ds_min_{dt}({a[0]}, {a[1]})"
-    if op == "sigmoid":
-        return f"ds_sigmoid_{dt}({x})"
-    if op == "silu":
-        return f"({x} * ds_sigmoid_{dt}({x}))"
-    if op == "gelu":
-        return f"({x} * (({T})0.5 * (({T})1.0 + ds_erf_{dt}({x} * ({T}){SQRT1_2!r}))))"
-    if op == "gelu_tanh":
-        return (f"(({T})0.5 * {x} * (({T})1 + tanh{s}(({T}){TANH_C!r} * ({x} + ({T})0.044715 "
-                f"* {x} * {x} * {x}))))")
+    simple = _C_TEMPLATES.get(op)
+    if simple is not None:
+        return simple.format(x=x, a=x, b=a[1] if len(a) > 1 else None, T=T, s=s, dt=dt)
     if op == "pow":
         p = float(kids[1][1])
         if p == 2:

@@ -107,18 +107,25 @@ class Node:
         return refs_in((self.args, self.kwargs))
 
 
-def map_refs(obj, f):
-    """``obj`` (nested tuples/lists/dicts/slices) with every Ref r replaced by f(r)."""
-    if isinstance(obj, Ref):
+def _map_leaves(obj, kind, f):
+    """``obj`` (nested tuples/lists/dicts/slices) with every ``kind`` leaf x replaced by
+    f(x); everything else kept as it is."""
+    if isinstance(obj, kind):
         return f(obj)
     t = type(obj)
     if t is tuple or t is list:
-        return t(map_refs(o, f) for o in obj)
+        return t(_map_leaves(o, kind, f) for o in obj)
     if t is dict:
-        return {k: map_refs(v, f) for k, v in obj.items()}
+        return {k: _map_leaves(v, kind, f) for k, v in obj.items()}
     if t is slice:
-        return slice(map_refs(obj.start, f), map_refs(obj.stop, f), map_refs(obj.step, f))
+        return slice(_map_leaves(obj.start, kind, f), _map_leaves(obj.stop, kind, f),
+                     _map_leaves(obj.step, kind, f))
     return obj
+
+
+def map_refs(obj, f):
+    """``obj`` (nested tuples/lists/dicts/slices) with every Ref r replaced by f(r)."""
+    return _map_leaves(obj, Ref, f)
 
 
 def refs_in(obj):
@@ -130,16 +137,7 @@ def refs_in(obj):
 
 def map_syms(obj, batch):
     """``obj`` with every Sym replaced by its value at batch size ``batch``."""
-    if isinstance(obj, Sym):
-        return obj.at(batch)
-    t = type(obj)
-    if t is tuple or t is list:
-        return t(map_syms(o, batch) for o in obj)
-    if t is dict:
-        return {k: map_syms(v, batch) for k, v in obj.items()}
-    if t is slice:
-        return slice(map_syms(obj.start, batch), map_syms(obj.stop, batch), map_syms(obj.step, batch))
-    return obj
+    return _map_leaves(obj, Sym, lambda sym: sym.at(batch))
 
 
 class Graph:

@@ -1,8 +1,13 @@
-"""Tensor factories: zeros ones full arange linspace eye empty *_like, random draws."""
+"""Tensor factories: zeros ones full arange linspace eye empty *_like, random draws.
+
+Constant factories make their array on the target device (``backend.allocate``).
+Random draws come from the one numpy stream of ``deepseek.random`` on the host and are
+copied, so a seed gives the same numbers on every device.
+"""
 import numpy as np
 
 from .. import dtypes as _dt
-from ..backend import to_device
+from ..backend import allocate, to_device
 from ..random import _rng
 from .._tensor import Tensor
 
@@ -25,28 +30,42 @@ def _finish(arr, device, requires_grad):
     return t
 
 
+def _made(device, requires_grad, make):
+    """A Tensor of the array ``make(xp)`` creates with the array library of ``device``."""
+    t = Tensor._make(allocate(device, make))
+    if requires_grad:
+        t.requires_grad_(True)
+    return t
+
+
 def _float_dtype(dtype):
     return _dt.get_default_dtype() if dtype is None else _dt.as_dtype(dtype)
 
 
 def zeros(*size, dtype=None, device=None, requires_grad=False):
-    return _finish(np.zeros(_shape(size), _float_dtype(dtype)), device, requires_grad)
+    """A tensor of zeros (the default float dtype unless ``dtype``)."""
+    shape, dt = _shape(size), _float_dtype(dtype)
+    return _made(device, requires_grad, lambda xp: xp.zeros(shape, dt))
 
 
 def ones(*size, dtype=None, device=None, requires_grad=False):
-    return _finish(np.ones(_shape(size), _float_dtype(dtype)), device, requires_grad)
+    """A tensor of ones (the default float dtype unless ``dtype``)."""
+    shape, dt = _shape(size), _float_dtype(dtype)
+    return _made(device, requires_grad, lambda xp: xp.ones(shape, dt))
 
 
 def empty(*size, dtype=None, device=None, requires_grad=False):
-    return _finish(np.empty(_shape(size), _float_dtype(dtype)), device, requires_grad)
+    """An uninitialised tensor (the default float dtype unless ``dtype``)."""
+    shape, dt = _shape(size), _float_dtype(dtype)
+    return _made(device, requires_grad, lambda xp: xp.empty(shape, dt))
 
 
 def full(size, fill_value, dtype=None, device=None, requires_grad=False):
     if dtype is None:
         dtype = _dt.bool_ if isinstance(fill_value, bool) else (
             _dt.int64 if isinstance(fill_value, int) else _dt.get_default_dtype())
-    return _finish(np.full(_shape((size,) if isinstance(size, int) else tuple(size)), fill_value,
-                           _dt.as_dtype(dtype)), device, requires_grad)
+    shape, dt = _shape((size,) if isinstance(size, int) else tuple(size)), _dt.as_dtype(dtype)
+    return _made(device, requires_grad, lambda xp: xp.full(shape, fill_value, dt))
 
 
 def _like(fn, t, dtype, device, requires_grad, *extra):
@@ -80,15 +99,20 @@ def arange(start, end=None, step=1, dtype=None, device=None, requires_grad=False
     if dtype is None:
         dtype = _dt.int64 if all(isinstance(v, (int, np.integer)) for v in (start, end, step)) \
             else _dt.get_default_dtype()
-    return _finish(np.arange(start, end, step).astype(_dt.as_dtype(dtype)), device, requires_grad)
+    dt = _dt.as_dtype(dtype)
+    return _made(device, requires_grad, lambda xp: xp.arange(start, end, step).astype(dt))
 
 
 def linspace(start, end, steps, dtype=None, device=None, requires_grad=False):
-    return _finish(np.linspace(start, end, steps).astype(_float_dtype(dtype)), device, requires_grad)
+    """``steps`` values evenly spaced from ``start`` to ``end`` inclusive."""
+    dt = _float_dtype(dtype)
+    return _made(device, requires_grad, lambda xp: xp.linspace(start, end, steps).astype(dt))
 
 
 def eye(n, m=None, dtype=None, device=None, requires_grad=False):
-    return _finish(np.eye(n, m, dtype=_float_dtype(dtype)), device, requires_grad)
+    """The identity matrix (``n`` x ``m``, ``m`` defaulting to ``n``)."""
+    dt = _float_dtype(dtype)
+    return _made(device, requires_grad, lambda xp: xp.eye(n, m, dtype=dt))
 
 
 # ---- random ------------------------------------------------------------------------
@@ -148,8 +172,9 @@ def randint_like(input, low=0, high=None, dtype=None, device=None, generator=Non
 
 def logspace(start, end, steps, base=10.0, dtype=None, device=None, requires_grad=False):
     """``steps`` values ``base ** x`` for x evenly spaced from start to end."""
-    arr = np.logspace(start, end, steps, base=base).astype(_float_dtype(dtype))
-    return _finish(arr, device, requires_grad)
+    dt = _float_dtype(dtype)
+    return _made(device, requires_grad,
+                 lambda xp: xp.logspace(start, end, steps, base=base).astype(dt))
 
 
 def randperm(n, dtype=None, device=None, generator=None):
@@ -173,11 +198,13 @@ def bernoulli(p, generator=None):
 
 
 def multinomial(probs, num_samples, replacement=False, generator=None):
-    p = np.asarray(probs._data, dtype=np.float64)
+    """``num_samples`` indices per row of ``probs`` drawn by weight (drawn on the host,
+    returned on ``probs``' device)."""
+    p = to_device(probs._data, "cpu").astype(np.float64)
     rows = p.reshape(-1, p.shape[-1])
     rng = _rng(generator)
     out = np.stack([rng.choice(r.size, num_samples, replace=replacement, p=r / r.sum()) for r in rows])
-    return Tensor._make(out.reshape(p.shape[:-1] + (num_samples,)).astype(np.int64))
+    return _finish(out.reshape(p.shape[:-1] + (num_samples,)).astype(np.int64), probs.device, False)
 
 
 # in-place random fills used by nn.init and Tensor methods

@@ -3,6 +3,7 @@ import numpy as np
 
 from ..autograd.function import Function
 from ..autograd.grad_mode import no_grad
+from ..backend import scatter_add
 from .._tensor import Tensor
 from ._util import xp_of
 
@@ -24,7 +25,7 @@ def index_add_rows(xp, out, idx, src, mean_by_count=False):
     if mean_by_count:
         counts = xp.bincount(idx, minlength=out.shape[0])
         src = src / counts[idx].reshape((-1,) + (1,) * (src.ndim - 1)).astype(src.dtype)
-    xp.add.at(out, idx, src)
+    scatter_add(out, idx, src)     # cupy has no add.reduceat
     return out
 
 

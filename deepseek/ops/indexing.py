@@ -3,6 +3,7 @@ gather, masked_fill, tril/triu."""
 import numpy as np
 
 from ..autograd.function import Function
+from ..backend import scatter_add
 from .._tensor import Tensor
 from ._util import xp_of, unbroadcast
 
@@ -39,11 +40,30 @@ def _norm_item(it):
     return it
 
 
+def _index_on(xp, index):
+    """``index`` with its host index arrays (from lists) moved to ``xp``'s device."""
+    if xp is np:
+        return index
+    if isinstance(index, tuple):
+        return tuple(xp.asarray(i) if isinstance(i, np.ndarray) else i for i in index)
+    return xp.asarray(index) if isinstance(index, np.ndarray) else index
+
+
+def along_axis_grid(xp, index, axis):
+    """The index tuple that addresses, for every entry of ``index``, the element whose
+    position is its own except ``index``'s value along ``axis`` (what gather reads and
+    scatter writes)."""
+    grid = list(xp.indices(index.shape, sparse=True))
+    grid[axis] = index
+    return tuple(grid)
+
+
 class Getitem(Function):
     is_view = True
 
     @staticmethod
     def forward(ctx, a, index):
+        index = _index_on(xp_of(a), index)
         ctx.shape, ctx.dtype, ctx.index = a.shape, a.dtype, index
         ctx.advanced = _is_advanced(index)
         try:
@@ -58,11 +78,7 @@ class Getitem(Function):
         xp = xp_of(g)
         out = xp.zeros(ctx.shape, dtype=g.dtype)
         if ctx.advanced:
-            # repeated indices must add up: scatter-add
-            if xp is np:
-                np.add.at(out, ctx.index, g)
-            else:  # pragma: no cover
-                xp.add.at(out, ctx.index, g)
+            scatter_add(out, ctx.index, g)   # repeated indices must add up
         else:
             out[ctx.index] = g
         return out
@@ -72,6 +88,20 @@ def _describe(index):
     items = index if isinstance(index, tuple) else (index,)
     return "[" + ", ".join(f"array{tuple(i.shape)}" if hasattr(i, "shape") else repr(i)
                            for i in items) + "]"
+
+
+def written_grads(g, index, input_grad, value_grad, overwritten=True):
+    """The gradients of ``out = a.copy(); out[index] = v`` (``overwritten``) or ``+= v``
+    given ``out``'s gradient ``g``: ``a``'s is ``g`` with the written entries zeroed
+    (kept when ``v`` was added), ``v``'s is ``g[index]``; None where not wanted."""
+    ga = gv = None
+    if input_grad:
+        ga = g.copy()
+        if overwritten:
+            ga[index] = 0
+    if value_grad:
+        gv = g[index]
+    return ga, gv
 
 
 class IndexPut(Function):
@@ -89,13 +119,8 @@ class IndexPut(Function):
     @staticmethod
     def backward(ctx, g):
         na = ctx.needs_input_grad
-        ga = gv = None
-        if na[0]:
-            ga = g.copy()
-            ga[ctx.index] = 0
-        if na[1]:
-            gv = unbroadcast(g[ctx.index], ctx.vshape)
-        return ga, gv
+        ga, gv = written_grads(g, ctx.index, na[0], na[1])
+        return ga, None if gv is None else unbroadcast(gv, ctx.vshape)
 
 
 class Gather(Function):
@@ -111,9 +136,7 @@ class Gather(Function):
         xp = xp_of(g)
         out = xp.zeros(ctx.shape, dtype=g.dtype)
         # scatter-add along the axis (indices may repeat)
-        grid = list(np.ix_(*[np.arange(s) for s in ctx.idx.shape]))
-        grid[ctx.axis] = ctx.idx
-        np.add.at(out, tuple(grid), g)
+        scatter_add(out, along_axis_grid(xp, ctx.idx, ctx.axis), g)
         return out, None, None
 
 
@@ -158,7 +181,7 @@ def index_put(a, index, value):
 
 def gather(a, dim, index):
     """out[i][j] = a[i][index[i][j]] along ``dim`` (PyTorch's gather)."""
-    idx = index._data if isinstance(index, Tensor) else np.asarray(index)
+    idx = index._data if isinstance(index, Tensor) else xp_of(a._data).asarray(index)
     if idx.dtype.kind not in "iu":
         raise RuntimeError(f"gather(): expected dtype int64 for index, got {idx.dtype}")
     if idx.ndim != a.ndim:
@@ -178,7 +201,7 @@ def gather(a, dim, index):
 
 def masked_fill(a, mask, value):
     """``a`` with ``value`` where the bool ``mask`` (broadcast) is True."""
-    m = mask._data if isinstance(mask, Tensor) else np.asarray(mask)
+    m = mask._data if isinstance(mask, Tensor) else xp_of(a._data).asarray(mask)
     if m.dtype != np.bool_:
         raise RuntimeError(f"masked_fill only supports boolean masks, but got mask with dtype {m.dtype}")
     if isinstance(value, Tensor):

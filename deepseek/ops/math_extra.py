@@ -13,6 +13,7 @@ import numpy as np
 
 from ..autograd.function import Function
 from .. import dtypes as _dt
+from ..backend import special_erf
 from .._tensor import Tensor
 from ._util import unbroadcast, shape_of, prepare_binary, xp_of, broadcast_error
 from .elementwise import _floating, erf as _erf_approx
@@ -40,11 +41,9 @@ def _erf_arr(xp, x):
     if xp is np and _special() is not None:
         return _special().erf(x).astype(x.dtype, copy=False)
     if xp is not np:
-        try:
-            from cupyx.scipy.special import erf as cerf
+        cerf = special_erf(xp)
+        if cerf is not None:
             return cerf(x)
-        except Exception:
-            pass
     return _erf_approx(xp, x).astype(x.dtype, copy=False)
 
 

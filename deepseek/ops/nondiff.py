@@ -13,6 +13,13 @@ def _xp(t):
     return get_array_module(t._data)
 
 
+def _named(op, name, doc):
+    """``op`` under its public ``name`` with ``doc`` (what help() and IDEs show)."""
+    op.__name__ = op.__qualname__ = name
+    op.__doc__ = doc
+    return op
+
+
 def _promoted_pair(a, b):
     from .. import dtypes
     if a.dtype == b.dtype:
@@ -35,10 +42,8 @@ def _compare(np_name, name, symbol):
             return Tensor._make(_xp(self).asarray(getattr(_xp(self), np_name)(a, b)))
         except ValueError as e:
             raise broadcast_error(np_name, e, a, b) from None
-    op.__name__ = op.__qualname__ = name
-    op.__doc__ = (f"``self {symbol} other`` elementwise (broadcast, after type promotion): "
-                  f"a bool tensor. ``other`` may be a tensor or a Python number.")
-    return op
+    return _named(op, name, f"``self {symbol} other`` elementwise (broadcast, after type "
+                  "promotion): a bool tensor. ``other`` may be a tensor or a Python number.")
 
 
 eq = _compare("equal", "eq", "==")
@@ -54,9 +59,8 @@ def _raw_binary(np_name, name, what):
         other = as_tensor_operand(other)
         b = other._data if isinstance(other, Tensor) else other
         return Tensor._make(getattr(_xp(self), np_name)(self._data, b))
-    op.__name__ = op.__qualname__ = name
-    op.__doc__ = f"{what} of ``self`` and ``other`` elementwise (broadcast); no gradient."
-    return op
+    return _named(op, name, f"{what} of ``self`` and ``other`` elementwise (broadcast); "
+                  "no gradient.")
 
 
 bitwise_and = _raw_binary("bitwise_and", "bitwise_and", "Bitwise AND (logical AND for bool)")

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..autograd.function import Function
 from .. import dtypes as _dt
+from ..backend import scatter_add
 from .._tensor import Tensor
 from ._util import xp_of
 
@@ -58,13 +59,13 @@ def _matrix(mode, out, inp, scale, align_corners):
         i0 = np.minimum(np.floor(src).astype(np.int64), inp - 1)
         i1 = np.minimum(i0 + 1, inp - 1)
         w1 = src - i0
-        np.add.at(m, (rows, i0), 1 - w1)
-        np.add.at(m, (rows, i1), w1)
+        scatter_add(m, (rows, i0), 1 - w1)
+        scatter_add(m, (rows, i1), w1)
     elif mode == "cubic":
         i = np.floor(src).astype(np.int64)
         t = src - i
         for k, w in zip(range(-1, 3), (_cubic(t + 1), _cubic(t), _cubic(1 - t), _cubic(2 - t))):
-            np.add.at(m, (rows, np.clip(i + k, 0, inp - 1)), w)
+            scatter_add(m, (rows, np.clip(i + k, 0, inp - 1)), w)
     return m
 
 

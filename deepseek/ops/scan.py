@@ -15,6 +15,13 @@ def _rev_cumsum(xp, g, axis):
     return xp.flip(xp.cumsum(xp.flip(g, axis), axis=axis), axis)
 
 
+def _keep_for_backward(ctx, a, axis, out):
+    """Save what a scan's backward needs (input, output, axis); return ``out``."""
+    ctx.save_for_backward(a, out)
+    ctx.axis = axis
+    return out
+
+
 class Cumsum(Function):
     @staticmethod
     def forward(ctx, a, axis, dtype=None):
@@ -30,11 +37,7 @@ class Cumsum(Function):
 class Cumprod(Function):
     @staticmethod
     def forward(ctx, a, axis):
-        xp = xp_of(a)
-        out = xp.cumprod(a, axis=axis)
-        ctx.save_for_backward(a, out)
-        ctx.axis = axis
-        return out
+        return _keep_for_backward(ctx, a, axis, xp_of(a).cumprod(a, axis=axis))
 
     @staticmethod
     def backward(ctx, g):
@@ -106,11 +109,8 @@ def _logcumsumexp_arr(xp, a, axis):
 class Logcumsumexp(Function):
     @staticmethod
     def forward(ctx, a, axis):
-        xp = xp_of(a)
-        out = _logcumsumexp_arr(xp, a, axis).astype(a.dtype, copy=False)
-        ctx.save_for_backward(a, out)
-        ctx.axis = axis
-        return out
+        out = _logcumsumexp_arr(xp_of(a), a, axis).astype(a.dtype, copy=False)
+        return _keep_for_backward(ctx, a, axis, out)
 
     @staticmethod
     def backward(ctx, g):

@@ -11,9 +11,11 @@ import builtins as _b
 import numpy as np
 
 from ..autograd.function import Function
+from ..backend import ufunc_at
 from .._tensor import Tensor
 from ._util import xp_of
 from .embedding import index_add_rows
+from .indexing import along_axis_grid, written_grads
 
 
 def _dim(d, n, op):
@@ -399,16 +401,14 @@ class Scatter(Function):
         src_arr = src if hasattr(src, "shape") else xp.full(index.shape, src, dtype=a.dtype)
         src_arr = src_arr[tuple(slice(0, s) for s in index.shape)] if src_arr.shape != index.shape else src_arr
         ctx.src_shape = getattr(src, "shape", None)
-        grid = list(xp.indices(index.shape, sparse=True))
-        grid[axis] = index
-        grid = tuple(grid)
+        grid = along_axis_grid(xp, index, axis)
         if reduce is None:
             out[grid] = src_arr
         elif reduce == "add":
             flat = xp.ravel_multi_index(xp.broadcast_arrays(*grid), a.shape).reshape(-1)
             index_add_rows(xp, out.reshape(-1), flat, src_arr.reshape(-1).astype(a.dtype, copy=False))
         elif reduce == "multiply":
-            xp.multiply.at(out, grid, src_arr)
+            ufunc_at("multiply", out, grid, src_arr)
         else:
             raise RuntimeError(f"reduce argument must be either add or multiply, got {reduce}")
         ctx.grid = grid
@@ -417,15 +417,13 @@ class Scatter(Function):
     @staticmethod
     def backward(ctx, g):
         na = ctx.needs_input_grad
-        ga = gs = None
-        if na[0]:
-            ga = g.copy()
-            if ctx.reduce is None:
-                ga[ctx.grid] = 0
-        if len(na) > 2 and na[2] and ctx.src_shape is not None:
-            xp = xp_of(g)
-            gs = xp.zeros(ctx.src_shape, dtype=g.dtype)
-            gs[tuple(slice(0, s) for s in ctx.index.shape)] = g[ctx.grid]
+        ga, written = written_grads(g, ctx.grid, na[0],
+                                    len(na) > 2 and na[2] and ctx.src_shape is not None,
+                                    overwritten=ctx.reduce is None)
+        gs = None
+        if written is not None:   # src may be larger than index: zeros past its end
+            gs = xp_of(g).zeros(ctx.src_shape, dtype=g.dtype)
+            gs[tuple(slice(0, s) for s in ctx.index.shape)] = written
         return ga, None, gs
 
 

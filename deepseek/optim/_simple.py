@@ -23,6 +23,15 @@ def _check(name, value, low=0.0):
         raise ValueError(f"Invalid {name}: {value}")
 
 
+def _check_adam_family(lr, betas, eps, weight_decay):
+    """PyTorch's argument checks of the Adam family (Adamax, NAdam, RAdam)."""
+    _check("learning rate", lr)
+    _check("epsilon value", eps)
+    _check("weight_decay value", weight_decay)
+    if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
+        raise ValueError(f"Invalid beta parameters: {betas}")
+
+
 def _weight_decay(p, g, lr, wd, decoupled):
     """Apply weight decay: AdamW-style to ``p`` in place (``decoupled``), or L2 into the
     returned gradient (a new array; ``g`` itself is left alone)."""
@@ -196,11 +205,7 @@ class Adamax(_Elementwise):
 
     def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, foreach=None, *,
                  maximize=False, differentiable=False, capturable=False):
-        _check("learning rate", lr)
-        _check("epsilon value", eps)
-        _check("weight_decay value", weight_decay)
-        if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
-            raise ValueError(f"Invalid beta parameters: {betas}")
+        _check_adam_family(lr, betas, eps, weight_decay)
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                                       foreach=foreach, maximize=maximize, differentiable=False,
                                       capturable=False))
@@ -224,12 +229,8 @@ class NAdam(_Elementwise):
     def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
                  momentum_decay=4e-3, decoupled_weight_decay=False, *, foreach=None, maximize=False,
                  capturable=False, differentiable=False):
-        _check("learning rate", lr)
-        _check("epsilon value", eps)
-        _check("weight_decay value", weight_decay)
+        _check_adam_family(lr, betas, eps, weight_decay)
         _check("momentum_decay value", momentum_decay)
-        if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
-            raise ValueError(f"Invalid beta parameters: {betas}")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                                       momentum_decay=momentum_decay,
                                       decoupled_weight_decay=decoupled_weight_decay, foreach=foreach,
@@ -263,11 +264,7 @@ class RAdam(_Elementwise):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
                  decoupled_weight_decay=False, *, foreach=None, maximize=False, capturable=False,
                  differentiable=False):
-        _check("learning rate", lr)
-        _check("epsilon value", eps)
-        _check("weight_decay value", weight_decay)
-        if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
-            raise ValueError(f"Invalid beta parameters: {betas}")
+        _check_adam_family(lr, betas, eps, weight_decay)
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                                       decoupled_weight_decay=decoupled_weight_decay, foreach=foreach,
                                       maximize=maximize, capturable=False, differentiable=False))

@@ -284,31 +284,29 @@ class _Schedule:
         raise NotImplementedError
 
 
-class ScheduleGPipe(_Schedule):
-    """GPipe: every microbatch's forward, then every backward (holds m activations)."""
+class _SingleStageSchedule(_Schedule):
+    """A schedule of one stage per rank; subclasses give ``_order_for(rank)``."""
 
     def __init__(self, stage, n_microbatches, loss_fn=None, **kw):
         super().__init__([stage], n_microbatches, loss_fn, **kw)
+
+    def _order(self):
+        return self._order_for(self.rank)
+
+
+class ScheduleGPipe(_SingleStageSchedule):
+    """GPipe: every microbatch's forward, then every backward (holds m activations)."""
 
     def _order_for(self, rank):
         return gpipe_order(rank, self.pp, self.n_microbatches)
 
-    def _order(self):
-        return self._order_for(self.rank)
 
-
-class Schedule1F1B(_Schedule):
+class Schedule1F1B(_SingleStageSchedule):
     """1F1B (PipeDream-flush): warm-up forwards, then alternate forward and backward;
     stage s holds at most p - s microbatches' activations. Any n_microbatches >= 1."""
 
-    def __init__(self, stage, n_microbatches, loss_fn=None, **kw):
-        super().__init__([stage], n_microbatches, loss_fn, **kw)
-
     def _order_for(self, rank):
         return one_f_one_b_order(rank, self.pp, self.n_microbatches)
-
-    def _order(self):
-        return self._order_for(self.rank)
 
 
 class ScheduleInterleaved1F1B(_Schedule):

@@ -52,15 +52,22 @@ def _param(arr):
     return nn.Parameter(from_numpy(np.array(arr)))
 
 
+def _full_linear(layer, in_features, out_features, bias, group, _from):
+    """Give a tensor-parallel linear ``layer`` its group and feature counts; return the
+    full ``nn.Linear`` it shards (``_from``, or a fresh one drawn like PyTorch's)."""
+    layer.group = _group(group)
+    full = _from if _from is not None else nn.Linear(in_features, out_features, bias)
+    layer.in_features, layer.out_features = full.in_features, full.out_features
+    return full
+
+
 class ColumnParallelLinear(nn.Module):
     """y = x W^T + b with W's rows (output features) split over ``group``."""
 
     def __init__(self, in_features, out_features, bias=True, group=None,
                  gather_output=False, _from=None):
         super().__init__()
-        self.group = _group(group)
-        full = _from if _from is not None else nn.Linear(in_features, out_features, bias)
-        self.in_features, self.out_features = full.in_features, full.out_features
+        full = _full_linear(self, in_features, out_features, bias, group, _from)
         self.weight = _param(shard(full.weight.array, self.group, 0))
         self.bias = _param(shard(full.bias.array, self.group, 0)) \
             if full.bias is not None else None
@@ -93,9 +100,7 @@ class RowParallelLinear(nn.Module):
     def __init__(self, in_features, out_features, bias=True, group=None,
                  input_is_parallel=True, _from=None):
         super().__init__()
-        self.group = _group(group)
-        full = _from if _from is not None else nn.Linear(in_features, out_features, bias)
-        self.in_features, self.out_features = full.in_features, full.out_features
+        full = _full_linear(self, in_features, out_features, bias, group, _from)
         self.weight = _param(shard(full.weight.array, self.group, 1))
         self.bias = _param(full.bias.array) if full.bias is not None else None
         self.input_is_parallel = input_is_parallel

@@ -20,29 +20,49 @@ def _get_activation_fn(activation):
     raise RuntimeError(f"activation should be relu/gelu, not {activation}")
 
 
-class TransformerEncoderLayer(Module):
-    """Self-attention + feed-forward block (PyTorch's layout, post-norm by default)."""
+def _build_sublayers(layer, blocks, d_model, nhead, dim_feedforward, dropout, layer_norm_eps,
+                     batch_first, norm_first, bias, kw):
+    """Give an encoder (``blocks=2``) or decoder (``blocks=3``: with cross-attention
+    ``multihead_attn``) layer its attention, feed-forward, ``norm1..N`` and
+    ``dropout1..N`` under PyTorch's names (its state_dict keys), created in PyTorch's
+    order (so a seed initialises the same weights)."""
+    def attention():
+        return MultiheadAttention(d_model, nhead, dropout=dropout, bias=bias,
+                                  batch_first=batch_first, **kw)
+    layer.self_attn = attention()
+    if blocks == 3:
+        layer.multihead_attn = attention()
+    layer.linear1 = Linear(d_model, dim_feedforward, bias=bias, **kw)
+    layer.dropout = Dropout(dropout)
+    layer.linear2 = Linear(dim_feedforward, d_model, bias=bias, **kw)
+    layer.norm_first = norm_first
+    for i in range(1, blocks + 1):
+        setattr(layer, f"norm{i}", LayerNorm(d_model, eps=layer_norm_eps, bias=bias, **kw))
+    for i in range(1, blocks + 1):
+        setattr(layer, f"dropout{i}", Dropout(dropout))
+
+
+class _TransformerLayer(Module):
+    """What encoder and decoder layers share: PyTorch's constructor and sublayers."""
+
+    _blocks = 2   # residual blocks: self-attention and feed-forward
 
     def __init__(self, d_model, nhead, dim_feedforward=2048, dropout=0.1, activation="relu",
                  layer_norm_eps=1e-5, batch_first=False, norm_first=False, bias=True,
                  device=None, dtype=None):
         super().__init__()
-        kw = dict(device=device, dtype=dtype)
-        self.self_attn = MultiheadAttention(d_model, nhead, dropout=dropout, bias=bias,
-                                            batch_first=batch_first, **kw)
-        self.linear1 = Linear(d_model, dim_feedforward, bias=bias, **kw)
-        self.dropout = Dropout(dropout)
-        self.linear2 = Linear(dim_feedforward, d_model, bias=bias, **kw)
-        self.norm_first = norm_first
-        self.norm1 = LayerNorm(d_model, eps=layer_norm_eps, bias=bias, **kw)
-        self.norm2 = LayerNorm(d_model, eps=layer_norm_eps, bias=bias, **kw)
-        self.dropout1 = Dropout(dropout)
-        self.dropout2 = Dropout(dropout)
+        _build_sublayers(self, self._blocks, d_model, nhead, dim_feedforward, dropout,
+                         layer_norm_eps, batch_first, norm_first, bias,
+                         dict(device=device, dtype=dtype))
         if isinstance(activation, str):
             self.activation_relu_or_gelu = 1 if activation == "relu" else 2 if activation == "gelu" else 0
         else:
             self.activation_relu_or_gelu = 0
         self.activation = _get_activation_fn(activation)
+
+
+class TransformerEncoderLayer(_TransformerLayer):
+    """Self-attention + feed-forward block (PyTorch's layout, post-norm by default)."""
 
     def forward(self, src, src_mask=None, src_key_padding_mask=None, is_causal=False):
         x = src

@@ -26,6 +26,13 @@ def buffer(arr):
     return Tensor._make(np.ascontiguousarray(arr))
 
 
+def linear_rows(x, in_features, out_features, matmul):
+    """``matmul`` (float32 [rows, in] -> [rows, out]) applied along the last dim of the
+    array ``x`` whatever its leading dims: a Tensor of shape (..., out_features)."""
+    x2 = np.ascontiguousarray(x.reshape(-1, in_features), np.float32)
+    return Tensor._make(matmul(x2).reshape(x.shape[:-1] + (out_features,)))
+
+
 class QuantizedModule(Module):
     """Base of every quantized module: memory_bytes() and weight_count() for
     deepseek.quantization.model_size."""
@@ -46,6 +53,18 @@ class QuantizedModule(Module):
 class PackedInt8Module(QuantizedModule):
     """Base of the int8 GEMM modules: buffer ``weight`` (int8 [N, K], a view into the
     packed kernel layout, so the weight is held once) and ``weight_scale`` (fp32 [N])."""
+
+    def _init_buffers(self, rows, cols, bias, input_scale=False):
+        """Placeholder buffers of a module being built (from_float/from_observed fill
+        them): int8 weight [rows, cols], unit scales, a static ``input_scale`` when
+        asked, and a zero fp32 ``bias`` (or None)."""
+        self._set_weight(np.zeros((rows, cols), np.int8), np.ones(rows, np.float32))
+        if input_scale:
+            self.register_buffer("input_scale", buffer(np.ones(1, np.float32)))
+        if bias:
+            self.register_buffer("bias", buffer(np.zeros(rows, np.float32)))
+        else:
+            self.bias = None
 
     def _set_weight(self, q, scale):
         self._packed = _N.int8_pack(np.ascontiguousarray(q, np.int8))

@@ -4,7 +4,7 @@ import numpy as np
 
 from .. import modules as _m
 from ..._tensor import Tensor
-from ._common import PackedInt8Module, as_array, buffer, quantize_per_channel
+from ._common import PackedInt8Module, as_array, buffer, linear_rows, quantize_per_channel
 
 
 class Linear(PackedInt8Module):
@@ -16,13 +16,7 @@ class Linear(PackedInt8Module):
     def __init__(self, in_features, out_features, bias=True):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self._set_weight(np.zeros((out_features, in_features), np.int8),
-                         np.ones(out_features, np.float32))
-        self.register_buffer("input_scale", buffer(np.ones(1, np.float32)))
-        if bias:
-            self.register_buffer("bias", buffer(np.zeros(out_features, np.float32)))
-        else:
-            self.bias = None
+        self._init_buffers(out_features, in_features, bias, input_scale=True)
 
     @classmethod
     def from_observed(cls, mod, input_scale):
@@ -34,10 +28,9 @@ class Linear(PackedInt8Module):
         return new
 
     def forward(self, input):
-        x = as_array(input)
-        x2 = np.ascontiguousarray(x.reshape(-1, self.in_features), np.float32)
-        y = self._int8_matmul(x2, None, a_scale=float(self.input_scale._data[0]))
-        return Tensor._make(y.reshape(x.shape[:-1] + (self.out_features,)))
+        a_scale = float(self.input_scale._data[0])
+        return linear_rows(as_array(input), self.in_features, self.out_features,
+                           lambda x2: self._int8_matmul(x2, None, a_scale=a_scale))
 
     def _get_name(self):
         return "QuantizedLinear"
@@ -60,12 +53,7 @@ class Conv2d(PackedInt8Module):
         self.kernel_size, self.stride = tuple(kernel_size), tuple(stride)
         self.padding, self.dilation = tuple(padding), tuple(dilation)
         k = in_channels * self.kernel_size[0] * self.kernel_size[1]
-        self._set_weight(np.zeros((out_channels, k), np.int8), np.ones(out_channels, np.float32))
-        self.register_buffer("input_scale", buffer(np.ones(1, np.float32)))
-        if bias:
-            self.register_buffer("bias", buffer(np.zeros(out_channels, np.float32)))
-        else:
-            self.bias = None
+        self._init_buffers(out_channels, k, bias, input_scale=True)
 
     @classmethod
     def from_observed(cls, mod, input_scale):

@@ -5,7 +5,7 @@ import numpy as np
 
 from .. import modules as _m
 from ..._tensor import Tensor
-from ._common import QuantizedModule, as_array, buffer
+from ._common import QuantizedModule, as_array, buffer, linear_rows
 
 
 def quantize_groupwise(w, bits, group_size):
@@ -92,11 +92,10 @@ class WeightOnlyLinear(QuantizedModule):
 
     def forward(self, input):
         from ... import native as _N
-        x = as_array(input)
-        x2 = np.ascontiguousarray(x.reshape(-1, self.in_features), np.float32)
-        y = _N.wq_linear(x2, self.weight._data, self.weight_scale._data, self.bits,
-                         self.group_size, None if self.bias is None else self.bias._data)
-        return Tensor._make(y.reshape(x.shape[:-1] + (self.out_features,)))
+        bias = None if self.bias is None else self.bias._data
+        return linear_rows(as_array(input), self.in_features, self.out_features,
+                           lambda x2: _N.wq_linear(x2, self.weight._data, self.weight_scale._data,
+                                                   self.bits, self.group_size, bias))
 
     def _get_name(self):
         return "WeightOnlyQuantizedLinear"

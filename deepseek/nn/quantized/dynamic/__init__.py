@@ -3,8 +3,8 @@ quantized once per output channel, activations quantized on every call."""
 import numpy as np
 
 from ... import modules as _m
-from ...._tensor import Tensor
-from .._common import ACT_MODES, PackedInt8Module, as_array, buffer, quantize_per_channel
+from .._common import (ACT_MODES, PackedInt8Module, as_array, buffer, linear_rows,
+                       quantize_per_channel)
 
 __all__ = ["Linear"]
 
@@ -22,12 +22,7 @@ class Linear(PackedInt8Module):
         if act_mode not in ACT_MODES:
             raise ValueError(f"act_mode must be one of {ACT_MODES}, got {act_mode!r}")
         self.in_features, self.out_features, self.act_mode = in_features, out_features, act_mode
-        self._set_weight(np.zeros((out_features, in_features), np.int8),
-                         np.ones(out_features, np.float32))
-        if bias:
-            self.register_buffer("bias", buffer(np.zeros(out_features, np.float32)))
-        else:
-            self.bias = None
+        self._init_buffers(out_features, in_features, bias)
 
     @classmethod
     def from_float(cls, mod, act_mode="per_row"):
@@ -44,9 +39,8 @@ class Linear(PackedInt8Module):
         if x.shape[-1] != self.in_features:
             raise RuntimeError(f"{self._get_name()}: input has {x.shape[-1]} features, "
                                f"expected {self.in_features}")
-        x2 = np.ascontiguousarray(x.reshape(-1, self.in_features), np.float32)
-        y = self._int8_matmul(x2, self.act_mode)
-        return Tensor._make(y.reshape(x.shape[:-1] + (self.out_features,)))
+        return linear_rows(x, self.in_features, self.out_features,
+                           lambda x2: self._int8_matmul(x2, self.act_mode))
 
     def _get_name(self):
         return "DynamicQuantizedLinear"

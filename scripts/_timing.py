@@ -1,0 +1,19 @@
+"""Timing shared by the benchmark scripts: candidates timed in turn, medians."""
+import statistics
+import time
+
+
+def interleaved_medians(fns, repeats, warmup=1):
+    """{name: median seconds per call} of the zero-argument callables ``fns``, timed
+    one after the other in every one of ``repeats`` rounds (so load and drift on a
+    shared machine hit every candidate alike), after ``warmup`` untimed calls each."""
+    for _ in range(warmup):
+        for f in fns.values():
+            f()
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t0)
+    return {k: float(statistics.median(v)) for k, v in times.items()}
