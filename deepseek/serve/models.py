@@ -1,0 +1,168 @@
+"""What a worker serves: MODEL (a ``deepseek.jit.save`` file, a hub name or directory, or an
+``.onnx`` file) loaded as a :class:`Runner`.
+
+A runner has a ``spec`` (JSON-able: the platform, each input's name, dtype and shape with
+``None`` for a free dimension, the outputs' names, and ``batchable``: whether dim 0 is free
+so that requests may be stacked along it) and ``run({name: array}) -> [(name, array)]``.
+The server validates requests against the spec before they are queued; the worker never
+sees a request that does not match it.
+"""
+import inspect
+import os
+
+import numpy as np
+
+__all__ = ["Runner", "load_runner", "model_kind"]
+
+_ORT_DTYPES = {"tensor(float)": "float32", "tensor(double)": "float64",
+               "tensor(float16)": "float16", "tensor(int64)": "int64",
+               "tensor(int32)": "int32", "tensor(int8)": "int8", "tensor(uint8)": "uint8",
+               "tensor(bool)": "bool", "tensor(int16)": "int16"}
+
+
+def model_kind(model):
+    """``"onnx"``, ``"jit"`` or ``"hub"`` for a MODEL argument (by suffix, then by content)."""
+    if model.endswith(".onnx"):
+        return "onnx"
+    if os.path.isfile(model):
+        with open(model, "rb") as f:
+            head = f.read(8)
+        # ONNX files are protobufs; jit files are safetensors (8-byte header length + JSON)
+        if len(head) == 8 and int.from_bytes(head, "little") < (1 << 32):
+            return "jit"
+        return "onnx"
+    return "hub"
+
+
+class Runner:
+    """A loaded model: ``spec`` and ``run(inputs) -> [(name, array)]``."""
+
+    def __init__(self, spec, fn):
+        self.spec, self._fn = spec, fn
+
+    def run(self, inputs):
+        """Outputs for ``inputs`` (``{name: array}``, already checked against the spec)."""
+        return self._fn(inputs)
+
+
+def load_runner(model, threads=1):
+    """Load ``model`` (see the module docstring) using ``threads`` intra-op threads."""
+    kind = model_kind(model)
+    if kind == "onnx":
+        return _onnx_runner(model, threads)
+    if kind == "jit":
+        return _jit_runner(model)
+    return _hub_runner(model)
+
+
+def _onnx_runner(path, threads):
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+    def dims(shape):
+        return [d if isinstance(d, int) and d >= 0 else None for d in shape]
+
+    ins = [{"name": i.name, "dtype": _ORT_DTYPES.get(i.type, i.type), "shape": dims(i.shape)}
+           for i in sess.get_inputs()]
+    outs = [{"name": o.name, "dtype": _ORT_DTYPES.get(o.type, o.type), "shape": dims(o.shape)}
+            for o in sess.get_outputs()]
+    names = [o["name"] for o in outs]
+    spec = {"platform": "onnxruntime_onnx", "inputs": ins, "outputs": outs,
+            "batchable": all(i["shape"] and i["shape"][0] is None for i in ins)}
+
+    def run(inputs):
+        return list(zip(names, sess.run(names, inputs)))
+    return Runner(spec, run)
+
+
+def _flatten_names(out_spec):
+    from ..jit.graph import Ref
+    if isinstance(out_spec, Ref):
+        return ["output"], lambda o: [o]
+    if isinstance(out_spec, dict):
+        keys = list(out_spec)
+        return keys, lambda o: [o[k] for k in keys]
+    if isinstance(out_spec, (tuple, list)):
+        return ([f"output_{i}" for i in range(len(out_spec))], lambda o: list(o))
+    raise ValueError(f"jit graph output {type(out_spec).__name__} is not a tensor, tuple or dict")
+
+
+def _jit_runner(path):
+    import deepseek
+    from ..jit.graph import Sym
+    cf = deepseek.jit.load(path)
+    g = cf._last.graph
+    n_in = len(g.inputs)
+    in_names = ["input"] if n_in == 1 else [f"input_{i}" for i in range(n_in)]
+
+    def dims(shape):
+        return [None if isinstance(d, Sym) else int(d) for d in shape]
+
+    ins = [{"name": n, "dtype": g.values[v].dtype.name, "shape": dims(g.values[v].shape)}
+           for n, v in zip(in_names, g.inputs)]
+    out_names, flat = _flatten_names(g.out_spec)
+    spec = {"platform": "deepseek_jit", "inputs": ins,
+            "outputs": [{"name": n, "dtype": None, "shape": None} for n in out_names],
+            "batchable": bool(g.dynamic_batch)}
+
+    def run(inputs):
+        with deepseek.no_grad():
+            out = cf(*[deepseek.from_numpy(np.ascontiguousarray(inputs[n])) for n in in_names])
+        return [(n, np.asarray(t.numpy())) for n, t in zip(out_names, flat(out))]
+    return Runner(spec, run)
+
+
+def _hub_runner(name):
+    import deepseek
+    from .. import hub
+    path = hub.resolve(name)
+    if os.path.exists(os.path.join(path, "modules.json")):
+        return _sentence_runner(path)
+    model = hub.load(path)
+    params = [p for p in inspect.signature(model.forward).parameters.values()
+              if p.name not in ("labels", "self")]
+    ins = [{"name": p.name, "shape": [None, None],
+            "dtype": "int64" if p.name.endswith(("ids", "mask")) else "float32",
+            "optional": p.default is not inspect.Parameter.empty} for p in params]
+    if not any(p.name.endswith("ids") for p in params):      # images: (N, C, H, W)
+        for i in ins:
+            i["shape"] = [None, None, None, None]
+
+    def run(inputs):
+        with deepseek.no_grad():
+            out = model(**{k: deepseek.from_numpy(np.ascontiguousarray(v))
+                           for k, v in inputs.items()})
+        if isinstance(out, dict):
+            return [(k, v.numpy()) for k, v in out.items() if v is not None]
+        return [("output", out.numpy())]
+    spec = {"platform": "deepseek_hub", "inputs": ins, "outputs": [], "batchable": True}
+    return Runner(spec, run)
+
+
+def _sentence_runner(path):
+    """A sentence-transformers directory: token ids + mask in, pooled embeddings out (what
+    ``SentenceEncoder.encode`` computes after tokenizing)."""
+    import deepseek
+    import deepseek.nn.functional as F
+    from ..models import SentenceEncoder
+    enc = SentenceEncoder.from_pretrained(path)
+    dim = enc.model.config.hidden_size
+    ins = [{"name": "input_ids", "dtype": "int64", "shape": [None, None]},
+           {"name": "attention_mask", "dtype": "int64", "shape": [None, None]}]
+    spec = {"platform": "deepseek_hub", "inputs": ins,
+            "outputs": [{"name": "embedding", "dtype": "float32", "shape": [None, dim]}],
+            "batchable": True}
+
+    def run(inputs):
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        with deepseek.no_grad():
+            h = enc.model(np.ascontiguousarray(ids), attention_mask=mask).last_hidden_state
+            e = enc._pool(h, mask)
+            if enc.normalize:
+                e = F.normalize(e, p=2, dim=1)
+        return [("embedding", np.asarray(e.numpy(), dtype=np.float32))]
+    return Runner(spec, run)
+

