@@ -183,7 +183,11 @@ class Tensor:
 
     def __array__(self, dtype=None, copy=None):
         a = to_device(self._data, "cpu")
-        return a.astype(dtype) if dtype is not None else a
+        if dtype is not None and a.dtype != dtype:
+            return a.astype(dtype)  # a cast is a fresh array already
+        if copy:  # numpy 2's protocol: np.array(t, copy=True) must not share memory
+            return a.copy()
+        return a
 
     def to(self, *args, **kwargs):
         """Move and/or cast: ``to(device)``, ``to(dtype)``, ``to(device, dtype)``, ``to(other)``."""

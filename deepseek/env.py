@@ -182,6 +182,16 @@ VARIABLES: dict[str, Var] = _declare(
         "how many times the job restarted before this attempt (deepseek-run "
         "--max-restarts; torchrun's TORCHELASTIC_RESTART_COUNT)", lo=0,
         set_by="deepseek-run"),
+    Var("DEEPSEEK_ELASTIC_IN_PROCESS", "bool", False,
+        "in-process recovery (deepseek.elastic.run): deepseek-run replaces a dead "
+        "worker within --max-restarts instead of restarting the world, and the "
+        "survivors re-form the group and roll back to the last commit"),
+    Var("DEEPSEEK_ELASTIC_SPARES", "int", 0,
+        "in-process recovery: hot spares per node, started with the workers; a spare "
+        "runs the script up to elastic.run and takes a dead worker's rank at once "
+        "(no interpreter start-up in the recovery)", lo=0),
+    Var("DEEPSEEK_ELASTIC_SPARE", "str", None,
+        "marks a hot spare of in-process recovery (its id)", set_by="deepseek-run"),
     Var("DEEPSEEK_STORE_PORT", "int", None,
         "port of the store rank 0 hosts when no deepseek-run does (default: "
         "MASTER_PORT, else derived from the job id)", lo=1, hi=65535),
@@ -262,7 +272,8 @@ VARIABLES: dict[str, Var] = _declare(
         unit="elements", lo=0),
     # ---- native kernels and the engine
     Var("DEEPSEEK_NATIVE", "bool", True,
-        "use the C kernels when built; 0 forces the numpy fallback"),
+        "use the C kernels (and the C Function.apply fast path, read at import) when "
+        "built; 0 forces the numpy / Python fallback"),
     Var("DEEPSEEK_MALLOC_TUNING", "bool", True,
         "raise glibc's mmap/trim thresholds once per process (0 leaves malloc alone)"),
     # ---- the JIT (deepseek.jit)
@@ -280,6 +291,10 @@ VARIABLES: dict[str, Var] = _declare(
         "write a whole-job timeline: each rank records compute, communication and data "
         "loading to PATH.rank<N>.json, rank 0 merges them into the Chrome trace PATH "
         "(deepseek.profiler.timeline; python -m deepseek.profiler.merge PATH)"),
+    Var("DEEPSEEK_STRAGGLER_REPORT", "int", None,
+        "with DEEPSEEK_TIMELINE: every N optimizer steps rank 0 prints which rank arrived "
+        "last at the collectives of those steps, how often and by how much "
+        "(deepseek.profiler.straggler; deepseek-run --straggler-report N)", lo=1),
     Var("DEEPSEEK_TRAINER_RESULT_DIR", "str", None,
         "where rank 0 of workers a Trainer launched leaves each fit's result",
         set_by="deepseek.Trainer"),

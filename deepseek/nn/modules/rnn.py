@@ -123,6 +123,9 @@ class RNNBase(Module):
         w_ih = getattr(self, "weight_ih" + sfx)
         b_ih = getattr(self, "bias_ih" + sfx) if self.bias else None
         xp = F.linear(x, w_ih, b_ih)                      # all steps at once
+        # one split instead of T getitems: the backward is one concatenate, where T
+        # getitem backwards would each fill a zeros array of the whole (T, B, 3H)
+        xp = [ops.reshape(s, s.shape[1:]) for s in ops.split(xp, 1, 0)] if T else []
         outs = [None] * T
         steps = range(T - 1, -1, -1) if reverse else range(T)
         if batch_sizes is None:
@@ -135,7 +138,7 @@ class RNNBase(Module):
         B = h.shape[0]
         for t in steps:
             b = batch_sizes[t]
-            nh, nc = self._cell(xp[t, :b], h[:b], None if c is None else c[:b], sfx)
+            nh, nc = self._cell(xp[t][:b], h[:b], None if c is None else c[:b], sfx)
             outs[t] = nh
             h = ops.cat([nh, h[b:]], 0) if b < B else nh
             if c is not None:
