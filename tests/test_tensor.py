@@ -174,3 +174,15 @@ def test_half_precision_storage():
     assert x.tolist() == [1.0, 2.0, 3.0]
     assert (x * 2).dtype == ds.bfloat16
     assert_close(x.float() + 0.5, torch.tensor([1.5, 2.5, 3.5]))
+
+
+def test_array_protocol_copy_true_does_not_share_memory():
+    """np.array(t, copy=True) gives a private copy; np.asarray(t) still shares."""
+    t = ds.ones(3)
+    a = np.array(t, copy=True)
+    a[0] = 5.0
+    assert t.tolist() == [1.0, 1.0, 1.0]
+    b = np.asarray(t)
+    b[1] = 7.0
+    assert t.tolist() == [1.0, 7.0, 1.0]
+    assert np.array(t, dtype=np.float64).dtype == np.float64
