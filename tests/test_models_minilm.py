@@ -16,6 +16,8 @@ SENTENCES = [
     "日本語のテキスト and 中文字符 mixed with English",
     "  leading spaces,\ttabs\nand newlines  ",
     "unaffable supercalifragilisticexpialidocious antidisestablishmentarianism",
+    "ascii\x00with\x07controls\x0b\x0cand\x1f\x7fdel, a-b_c/d:e@f[g]h`i{j}k~l 3.14 x2y",
+    "",
 ]
 
 
@@ -43,3 +45,17 @@ def test_embeddings_match_sentence_transformers():
     np.testing.assert_allclose(got, ref, atol=1e-5, rtol=0)
     one = enc.encode(SENTENCES[1])                      # unpadded, alone
     np.testing.assert_allclose(one, ref[1], atol=1e-5, rtol=0)
+
+
+def test_registry_name_uses_installed_wheel(tmp_path, monkeypatch):
+    """"all-MiniLM-L6-v2" in the shipped index points at the wheel: offline, with an empty
+    cache, it resolves to the wheel's verified directory and gives the same embeddings."""
+    from deepseek import hub
+    from deepseek.models import SentenceEncoder
+    monkeypatch.setenv("DEEPSEEK_HOME", str(tmp_path))
+    monkeypatch.setenv("DEEPSEEK_HUB_OFFLINE", "1")
+    hub._index_cache.clear()
+    assert os.path.samefile(hub.resolve("all-MiniLM-L6-v2"), _dir())
+    by_name = SentenceEncoder.from_pretrained("all-MiniLM-L6-v2").encode(SENTENCES[:3])
+    by_dir = SentenceEncoder.from_pretrained(_dir()).encode(SENTENCES[:3])
+    np.testing.assert_array_equal(by_name, by_dir)

@@ -14,8 +14,11 @@ name the registry resolves.
 **The registry** is a JSON index (schema in docs/hub.md): name -> architecture, files
 (sha256 and size each), base URL, licence, source. The one shipped with the package
 (``deepseek/hub/index.json``) is used unless ``DEEPSEEK_HUB_INDEX`` (a URL or a path)
-or the ``index=`` argument names another; :func:`register` adds entries for this process.
-:func:`list` names the models, :func:`help` describes one.
+or the ``index=`` argument names another; installed distributions add entries through
+``deepseek.hub`` entry points, and :func:`register` adds entries for this process.
+:func:`list` names the models, :func:`help` describes one. An entry's files can also come
+from an installed package (``"package"``: used when it verifies) or be generated locally
+from a seed (``"generate"``: deterministic random init); see ``_sources``.
 
 **Downloads** go to the cache, ``$DEEPSEEK_HOME/hub`` (default ``~/.cache/deepseek/hub``),
 as ``<cache>/<name>/<revision>/<file>``: verified against the index's sha256 (a mismatch
@@ -39,6 +42,7 @@ import urllib.request
 
 from ._download import IntegrityError, OfflineError, fetch, file_lock, sha256_of
 from ._layout import PickleCheckpointError, build_model, save_pretrained, weight_files
+from ._sources import entry_point_indexes, generate, package_dir
 
 __all__ = ["load", "load_tokenizer", "resolve", "list", "help", "register", "save_pretrained",
            "cache_dir", "get_index", "IntegrityError", "OfflineError", "PickleCheckpointError",
@@ -47,6 +51,7 @@ __all__ = ["load", "load_tokenizer", "resolve", "list", "help", "register", "sav
 _DEFAULT_INDEX = os.path.join(os.path.dirname(__file__), "index.json")
 _registered = {}          # name -> entry, from register()
 _index_cache = {}         # source -> (entries)
+_plugin_entries = None    # from the "deepseek.hub" entry points, read once
 
 
 class HubError(LookupError):
@@ -97,6 +102,11 @@ def get_index(index=None):
         entries = {k: dict(v) for k, v in (index.get("models", index)).items()}
     else:
         entries = dict(_read_index(index or env.get("DEEPSEEK_HUB_INDEX") or _DEFAULT_INDEX))
+    global _plugin_entries
+    if _plugin_entries is None:
+        _plugin_entries = entry_point_indexes()
+    for k, v in _plugin_entries.items():
+        entries.setdefault(k, v)
     entries.update(_registered)
     return entries
 
@@ -116,6 +126,13 @@ def help(name, index=None):
              f"  source:       {e.get('source', e.get('base_url', ''))}",
              f"  revision:     {e.get('revision', 'main')}",
              f"  files:        {len(e['files'])} ({total / 1e6:.1f} MB)"]
+    pkg = e.get("package")
+    if isinstance(pkg, dict):
+        lines.append(f"  package:      the copy installed with {pkg.get('pip', pkg['module'])} "
+                     "is used when present (verified)")
+    if e.get("generate"):
+        lines.append(f"  generated:    locally, random init with seed "
+                     f"{e['generate'].get('seed', 0)} (no download)")
     return "\n".join(lines)
 
 
@@ -185,6 +202,12 @@ def resolve(name_or_path, revision=None, index=None, progress=None, rank_wait=60
         files = alt["files"] if "files" in alt else alt
     safe = p.replace("/", "--")
     root = os.path.join(cache_dir(), safe, rev)
+    if e.get("package") and rev == e.get("revision", "main"):
+        d = package_dir(p, e, files, root)      # an installed distribution's verified copy
+        if d is not None:
+            return d
+    if e.get("generate"):                       # deterministic random init: no network
+        return generate(p, e, files, root)
     targets = {f: os.path.join(root, *f.split("/")) for f in files}
     if env.get("DEEPSEEK_HUB_OFFLINE"):
         missing = [f for f, t in targets.items() if not os.path.exists(t)]

@@ -11,7 +11,6 @@ HF does). ``forward(input_ids, attention_mask=None, token_type_ids=None)`` retur
 theirs (tokenizer -> BERT -> pooling -> optional L2 normalisation).
 """
 import json
-import math
 import os
 
 import numpy as np
@@ -21,7 +20,6 @@ from ..nn import functional as F
 from .._tensor import Tensor
 from ..autograd.grad_mode import no_grad
 from ._config import Config
-from ._blas import single_thread
 
 __all__ = ["BertConfig", "BertModel", "BertForSequenceClassification", "BertOutput",
            "mean_pooling", "SentenceEncoder"]
@@ -91,9 +89,9 @@ class BertSelfAttention(nn.Module):
         def heads(t):
             return t.reshape(B, T, nh, hd).transpose(1, 2)
         q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
-        with single_thread():
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                                 dropout_p=self.dropout_p if self.training else 0.0)
+        # the op parallelises its many small per-head products itself (deepseek.ops.attention)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                             dropout_p=self.dropout_p if self.training else 0.0)
         return out.transpose(1, 2).reshape(B, T, H)
 
 
@@ -182,11 +180,13 @@ def _as_ids(x):
 
 
 def _additive_mask(attention_mask, dtype):
-    """(B, T) 1/0 -> (B, 1, 1, T) float: 0 where attended, the dtype's minimum where not."""
-    m = attention_mask._data if isinstance(attention_mask, Tensor) else np.asarray(attention_mask)
-    xp = np if isinstance(m, np.ndarray) else __import__("cupy")
-    add = (1.0 - m.astype(dtype)) * np.finfo(dtype).min
-    return Tensor._make(add.reshape(m.shape[0], 1, 1, m.shape[1]).astype(dtype, copy=False))
+    """(B, T) 1/0 -> (B, 1, 1, T) float: 0 where attended, the dtype's minimum where not
+    (Hugging Face's form). Built from tensor ops, so the JIT traces it as a function of
+    the mask input rather than freezing the example mask into the graph."""
+    m = _as_ids(attention_mask)
+    B, T = m.shape
+    add = (1.0 - m.to(dtype)) * float(np.finfo(dtype).min)
+    return add.reshape(B, 1, 1, T)
 
 
 class BertModel(nn.Module):

@@ -22,8 +22,8 @@ from ..nn import functional as F
 from .._tensor import Tensor
 from ..autograd.grad_mode import no_grad
 from ..ops.linalg import matmul
+from ..random import _rng
 from ._config import Config
-from ._blas import single_thread
 from .bert import BertOutput, _as_ids
 
 __all__ = ["GPT2Config", "GPT2Model", "GPT2LMHeadModel", "KVCache", "Conv1D"]
@@ -44,8 +44,9 @@ class Conv1D(nn.Module):
     def __init__(self, nf, nx):
         super().__init__()
         self.nf = nf
+        # drawn from deepseek's default generator, so deepseek.manual_seed fixes it
         self.weight = nn.Parameter(Tensor._make(
-            (np.random.standard_normal((nx, nf)) * 0.02).astype(np.float32)))
+            (_rng(None).standard_normal((nx, nf)) * 0.02).astype(np.float32)))
         self.bias = nn.Parameter(Tensor._make(np.zeros(nf, dtype=np.float32)))
 
     def forward(self, x):
@@ -108,8 +109,7 @@ class GPT2Attention(nn.Module):
             k, v = cache.update(layer_idx, k, v)
         S = k.shape[2]
         p = self.attn_dropout if self.training else 0.0
-        with single_thread():
-            out = self._sdpa(q, k, v, mask, T, S, p)
+        out = self._sdpa(q, k, v, mask, T, S, p)   # the op sets its own BLAS threading
         out = out.transpose(1, 2).reshape(B, T, C)
         return self.resid_dropout(self.c_proj(out))
 

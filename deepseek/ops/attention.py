@@ -2,8 +2,22 @@
 
 Only the attention probabilities (and the dropout mask) are kept for backward; the
 softmax is computed in place on the score matrix, so one (…, L, S) buffer is live.
+
+**CPU execution.** Attention is many tiny GEMMs (MiniLM: 384 products of 128x32 @ 32x128
+per layer). Handing each of them to a multithreaded OpenBLAS costs far more than it
+saves -- every call wakes and synchronises the pool, worst on a loaded machine. So on
+numpy the op runs its batched products with OpenBLAS at one thread and brings its own
+parallelism instead, as PyTorch's CPU flash attention does: the batch (…) is cut into
+work items (one batch index, or one (batch, head) pair), and each worker thread runs a
+whole item -- ``q @ k^T``, mask, softmax, ``@ v`` -- while its scores are still in cache
+(numpy releases the GIL in BLAS and in its loops). The thread count is OpenBLAS's own
+(``OPENBLAS_NUM_THREADS`` / ``OMP_NUM_THREADS`` / threadpoolctl). Small problems, other
+BLAS libraries and CuPy take the plain batched path.
 """
+import contextlib
+import ctypes
 import math
+import threading
 
 import numpy as np
 
@@ -13,9 +27,171 @@ from .._tensor import Tensor
 from ._util import xp_of, unbroadcast
 from .dropout import keep_mask
 
+# below this many multiply-adds (N * L * S * d) one thread does it faster than a pool
+_PAR_MIN_WORK = 1 << 21
+# items per worker: enough to balance, few enough to keep per-item Python cost small
+_ITEMS_PER_WORKER = 4
+
 
 def _swap(a):
     return a.swapaxes(-1, -2)
+
+
+# ---- OpenBLAS thread control -----------------------------------------------------------
+_blas_fns = None
+_blas_lock = threading.Lock()
+_blas_depth = [0, 0]       # [active single-thread sections, thread count to restore]
+
+
+def _blas_find():
+    """OpenBLAS's (get_num_threads, set_num_threads), or () when numpy's BLAS is not an
+    OpenBLAS found in this process."""
+    global _blas_fns
+    if _blas_fns is not None:
+        return _blas_fns
+    _blas_fns = ()
+    try:
+        with open("/proc/self/maps") as f:
+            libs = sorted({line.split()[-1] for line in f if "openblas" in line.lower()
+                           and line.split()[-1].startswith("/")})
+    except OSError:
+        libs = []
+    for path in libs:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for get, set_ in (("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
+                          ("openblas_get_num_threads64_", "openblas_set_num_threads64_"),
+                          ("openblas_get_num_threads", "openblas_set_num_threads")):
+            if hasattr(lib, get) and hasattr(lib, set_):
+                g, s = getattr(lib, get), getattr(lib, set_)
+                g.restype, s.argtypes = ctypes.c_int, [ctypes.c_int]
+                _blas_fns = (g, s)
+                return _blas_fns
+    return _blas_fns
+
+
+def blas_threads():
+    """The thread count OpenBLAS uses now (1 when it is not OpenBLAS, or inside a
+    :func:`blas_single_thread` block)."""
+    fns = _blas_find()
+    if not fns:
+        return 1
+    with _blas_lock:
+        return _blas_depth[1] if _blas_depth[0] else fns[0]()
+
+
+@contextlib.contextmanager
+def blas_single_thread():
+    """OpenBLAS at one thread inside the block, restored after (nesting and concurrent
+    blocks from several threads are counted: the last one out restores). The setting is
+    process-wide: a large GEMM another thread runs meanwhile also runs on one thread."""
+    fns = _blas_find()
+    if not fns:
+        yield
+        return
+    get, set_ = fns
+    with _blas_lock:
+        if _blas_depth[0] == 0:
+            _blas_depth[1] = get()
+            if _blas_depth[1] > 1:
+                set_(1)
+        _blas_depth[0] += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_depth[0] -= 1
+            if _blas_depth[0] == 0 and _blas_depth[1] > 1:
+                set_(_blas_depth[1])
+
+
+_pool = None
+_pool_size = 0
+
+
+def _run(items, fn, workers):
+    """``fn(item)`` for every item, on ``workers`` threads (the caller is one of them)."""
+    global _pool, _pool_size
+    if workers <= 1 or len(items) <= 1:
+        for it in items:
+            fn(it)
+        return
+    if _pool is None or _pool_size < workers - 1:
+        from concurrent.futures import ThreadPoolExecutor
+        _pool = ThreadPoolExecutor(workers - 1, thread_name_prefix="deepseek-sdpa")
+        _pool_size = workers - 1
+    chunks = [items[i::workers] for i in range(workers)]
+
+    def many(ch):
+        for it in ch:
+            fn(it)
+    futs = [_pool.submit(many, ch) for ch in chunks[1:]]
+    many(chunks[0])
+    for f in futs:
+        f.result()
+
+
+def _items(bshape, workers):
+    """Index tuples over the leading batch axes: as few axes as give every worker
+    ``_ITEMS_PER_WORKER`` items (all of them when the batch is small)."""
+    n, k = 1, 0
+    while k < len(bshape) and n < workers * _ITEMS_PER_WORKER:
+        n *= bshape[k]
+        k += 1
+    return list(np.ndindex(*bshape[:k]))
+
+
+def _parallel_plan(xp, q, k, v, mask):
+    """(workers, items) for the threaded CPU path, or None for the plain batched one."""
+    if xp is not np or q.ndim < 3 or q.dtype not in (np.float32, np.float64):
+        return None
+    bshape = q.shape[:-2]
+    if k.shape[:-2] != bshape or v.shape[:-2] != bshape:
+        return None                       # broadcast batch dims: the plain path
+    if mask is not None and np.broadcast_shapes(mask.shape[:-2], bshape) != bshape:
+        return None
+    work = math.prod(bshape) * q.shape[-2] * k.shape[-2] * max(q.shape[-1], v.shape[-1])
+    workers = blas_threads()
+    if workers <= 1 or work < _PAR_MIN_WORK:
+        return None
+    items = _items(bshape, workers)
+    return (workers, items) if len(items) > 1 else None
+
+
+def _small_gemms(q, k, v):
+    """One-thread BLAS for batched products of small matrices (each too small to gain
+    from threads), the BLAS as it is otherwise (one large product uses its threads)."""
+    if isinstance(q, np.ndarray) and q.ndim > 2 and \
+            q.shape[-2] * k.shape[-2] * max(q.shape[-1], v.shape[-1]) < _PAR_MIN_WORK:
+        return blas_single_thread()
+    return contextlib.nullcontext()
+
+
+def _softmax_rows(xp, s, mask, causal, normalize=True):
+    """Mask (bool: True = keep; float: added) and row-softmax ``s`` in place. With
+    ``normalize=False`` returns (exp(s - max), row sums) unnormalised: the caller divides
+    ``e @ v`` (L x d) instead of ``e`` (L x S), a quarter of the work at S = 4d."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        if mask is not None:
+            if mask.dtype == np.bool_:
+                xp.copyto(s, -np.inf, where=~mask)
+            else:
+                s += mask
+        if causal is not None:
+            xp.copyto(s, -np.inf, where=causal)
+        m = s.max(axis=-1, keepdims=True)
+        if not xp.isfinite(m).all():
+            m = xp.where(xp.isfinite(m), m, 0)  # fully masked rows give zeros, not nan
+        s -= m
+        xp.exp(s, out=s)
+        tot = s.sum(axis=-1, keepdims=True)
+        tot[tot == 0] = 1
+        if not normalize:
+            return s, tot
+        s /= tot
+    return s
 
 
 class SDPA(Function):
@@ -27,44 +203,59 @@ class SDPA(Function):
                 need_weights=False):
         xp = xp_of(q)
         qs = q * q.dtype.type(scale)
-        s = qs @ _swap(k)
-        if s.dtype != q.dtype:
-            s = s.astype(q.dtype)
-        L, S = s.shape[-2], s.shape[-1]
-        with np.errstate(invalid="ignore", over="ignore"):
-            if mask is not None:
-                bshape = np.broadcast_shapes(s.shape, mask.shape)
-                if bshape != s.shape:
-                    s = xp.ascontiguousarray(xp.broadcast_to(s, bshape))
-                if mask.dtype == np.bool_:
-                    xp.copyto(s, -np.inf, where=~mask)
+        L, S = q.shape[-2], k.shape[-2]
+        causal = xp.triu(xp.ones((L, S), dtype=bool), 1) if is_causal else None
+        keep = any(ctx.needs_input_grad) or need_weights
+        plan = _parallel_plan(xp, q, k, v, mask)
+        dm = None
+        if plan is None:
+            with _small_gemms(q, k, v):
+                s = qs @ _swap(k)
+                if s.dtype != q.dtype:
+                    s = s.astype(q.dtype)
+                if mask is not None:
+                    bshape = np.broadcast_shapes(s.shape, mask.shape)
+                    if bshape != s.shape:
+                        s = xp.ascontiguousarray(xp.broadcast_to(s, bshape))
+                p = _softmax_rows(xp, s, mask, causal)
+                if dropout_p > 0:
+                    dm = keep_mask(p.shape, dropout_p, p.dtype, p)
+                    pd = p * dm
                 else:
-                    s += mask
-            if is_causal:
-                xp.copyto(s, -np.inf, where=xp.triu(xp.ones((L, S), dtype=bool), 1))
-            m = s.max(axis=-1, keepdims=True)
-            if not xp.isfinite(m).all():
-                m = xp.where(xp.isfinite(m), m, 0)  # fully masked rows give zeros, not nan
-            s -= m
-            xp.exp(s, out=s)
-            tot = s.sum(axis=-1, keepdims=True)
-            tot[tot == 0] = 1
-            s /= tot
-        p = s
-        if dropout_p > 0:
-            dm = keep_mask(p.shape, dropout_p, p.dtype, p)
-            pd = p * dm
+                    pd = p
+                out = pd @ v
         else:
-            dm, pd = None, p
-        out = pd @ v
+            workers, items = plan
+            bshape = q.shape[:-2]
+            out = np.empty(bshape + (L, v.shape[-1]), dtype=q.dtype)
+            p = np.empty(bshape + (L, S), dtype=q.dtype) if keep else None
+            if dropout_p > 0:           # drawn whole, in one call: the same mask as serially
+                dm = keep_mask(bshape + (L, S), dropout_p, q.dtype, q)
+            pd = (np.empty_like(p) if dm is not None else p) if keep else None
+            mb = None if mask is None else np.broadcast_to(mask, bshape + mask.shape[-2:])
+
+            def item(i):
+                s = np.matmul(qs[i], _swap(k[i]), out=None if p is None else p[i])
+                mi = None if mb is None else mb[i]
+                if p is None and dm is None:     # inference: normalise the (L, d) output
+                    e, tot = _softmax_rows(np, s, mi, causal, normalize=False)
+                    o = np.matmul(e, v[i], out=out[i])
+                    o /= tot
+                    return
+                s = _softmax_rows(np, s, mi, causal)
+                if dm is not None:
+                    s = np.multiply(s, dm[i], out=None if pd is None else pd[i])
+                np.matmul(s, v[i], out=out[i])
+            with blas_single_thread():
+                _run(items, item, workers)
         if out.dtype != q.dtype:
             out = out.astype(q.dtype)
-        na = ctx.needs_input_grad
-        if na:
+        if ctx.needs_input_grad:
             ctx.save_for_backward(k, v)
             ctx.qs, ctx.p, ctx.pd, ctx.dm = qs, p, pd, dm
             ctx.scale, ctx.shapes = scale, (q.shape, k.shape, v.shape)
             ctx.mshape = None if mask is None else mask.shape
+            ctx.par = plan
         if need_weights:
             ctx.out_shapes = [out.shape, pd.shape]
             return out, pd
@@ -76,25 +267,66 @@ class SDPA(Function):
         xp = xp_of(g)
         na = ctx.needs_input_grad
         qshape, kshape, vshape = ctx.shapes
-        p, pd, dm = ctx.p, ctx.pd, ctx.dm
+        p, pd, dm, qs = ctx.p, ctx.pd, ctx.dm, ctx.qs
+        want_s = na[0] or na[1] or (len(na) > 3 and na[3])
+        want_m = len(na) > 3 and na[3]
+        if ctx.par is not None and xp is np:
+            return SDPA._backward_par(ctx, g, gw, k, v, want_s, want_m)
         gq = gk = gv = gm = None
-        if na[2]:
-            gv = unbroadcast(_swap(pd) @ g, vshape)
-        if na[0] or na[1] or (len(na) > 3 and na[3]):
-            gs = g @ _swap(v)
+        with _small_gemms(qs, k, v):
+            if na[2]:
+                gv = unbroadcast(_swap(pd) @ g, vshape)
+            if want_s:
+                gs = g @ _swap(v)
+                if gw is not None:
+                    gs += gw
+                if dm is not None:
+                    gs *= dm
+                gs *= p
+                gs -= p * gs.sum(axis=-1, keepdims=True)
+                if na[0]:
+                    gq = unbroadcast(gs @ k, qshape)
+                    gq *= gq.dtype.type(ctx.scale)
+                if na[1]:
+                    gk = unbroadcast(_swap(gs) @ qs, kshape)
+                if want_m:
+                    gm = unbroadcast(gs, ctx.mshape)
+        return gq, gk, gv, gm
+
+    @staticmethod
+    def _backward_par(ctx, g, gw, k, v, want_s, want_m):
+        """The backward of the threaded forward: the same work items, the same math."""
+        na = ctx.needs_input_grad
+        p, pd, dm, qs = ctx.p, ctx.pd, ctx.dm, ctx.qs
+        workers, items = ctx.par
+        gq = np.empty(ctx.shapes[0], dtype=g.dtype) if na[0] else None
+        gk = np.empty(ctx.shapes[1], dtype=g.dtype) if na[1] else None
+        gv = np.empty(ctx.shapes[2], dtype=g.dtype) if na[2] else None
+        gsf = np.empty(p.shape, dtype=g.dtype) if want_m else None
+        sc = g.dtype.type(ctx.scale)
+
+        def item(i):
+            gi = g[i]
+            if gv is not None:
+                np.matmul(_swap(pd[i]), gi, out=gv[i])
+            if not want_s:
+                return
+            gs = np.matmul(gi, _swap(v[i]), out=None if gsf is None else gsf[i])
             if gw is not None:
-                gs += gw
+                gs += gw[i]
             if dm is not None:
-                gs *= dm
-            gs *= p
-            gs -= p * gs.sum(axis=-1, keepdims=True)
-            if na[0]:
-                gq = unbroadcast(gs @ k, qshape)
-                gq *= gq.dtype.type(ctx.scale)
-            if na[1]:
-                gk = unbroadcast(_swap(gs) @ ctx.qs, kshape)
-            if len(na) > 3 and na[3]:
-                gm = unbroadcast(gs, ctx.mshape)
+                gs *= dm[i]
+            pi = p[i]
+            gs *= pi
+            gs -= pi * gs.sum(axis=-1, keepdims=True)
+            if gq is not None:
+                np.matmul(gs, k[i], out=gq[i])
+                gq[i] *= sc
+            if gk is not None:
+                np.matmul(_swap(gs), qs[i], out=gk[i])
+        with blas_single_thread():
+            _run(items, item, workers)
+        gm = unbroadcast(gsf, ctx.mshape) if want_m else None
         return gq, gk, gv, gm
 
 
