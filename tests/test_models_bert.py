@@ -87,3 +87,28 @@ def test_gpt2_under_jit_equals_eager():
     cf = deepseek.jit.trace(f).compile(m)
     with deepseek.no_grad():
         np.testing.assert_allclose(cf(ids).numpy(), m(ids).logits.numpy(), atol=1e-5)
+
+
+def test_gpt2_jit_traces_the_attention_mask_and_positions():
+    """GPT-2's padding mask and its position ids (counted over attended tokens) are
+    functions of the mask input in the traced graph, not the example's frozen values."""
+    deepseek.manual_seed(2)
+    m = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=64,
+                                   n_positions=32)).eval()
+    ids = Tensor._make(np.random.default_rng(2).integers(0, 64, (2, 10)))
+    ones = Tensor._make(np.ones((2, 10), np.int64))
+    left_pad = np.ones((2, 10), np.int64)
+    left_pad[1, :4] = 0
+
+    def f(model, i, a):
+        return model(i, attention_mask=a).logits
+    cf = deepseek.jit.trace(f).compile(m)
+    with deepseek.no_grad():
+        np.testing.assert_allclose(cf(ids, ones).numpy(),
+                                   m(ids, attention_mask=ones).logits.numpy(), atol=1e-5)
+        got = cf(ids, Tensor._make(left_pad)).numpy()
+        want = m(ids, attention_mask=left_pad).logits.numpy()
+        unmasked = m(ids, attention_mask=ones).logits.numpy()
+    assert np.isfinite(want).all()                        # fully padded rows stay finite
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert np.abs(want[1, 4:] - unmasked[1, 4:]).max() > 1e-3

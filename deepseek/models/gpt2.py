@@ -152,17 +152,30 @@ class GPT2Block(nn.Module):
 
 
 def _mask(attention_mask, T, S, dtype):
-    """(B, S) 1/0 padding mask + causality -> additive (B, 1, T, S) float mask."""
+    """(B, S) 1/0 padding mask + causality -> additive (B, 1, T, S) float mask.
+
+    The padding part is built from tensor ops, so the JIT and ONNX export trace it as a
+    function of the mask input instead of freezing the example mask; the causal part
+    depends on the shapes only. One ``where`` (not a sum of two minima, which would
+    overflow to -inf and turn fully padded rows into NaN)."""
+    from .. import ops
     past = S - T
-    causal = np.tril(np.ones((T, S), dtype=bool), k=past)
+    causal = Tensor._make(np.tril(np.ones((T, S), dtype=bool), k=past)[None, None])
     if attention_mask is None:
-        allowed = causal[None, None]
+        allowed = causal
     else:
-        m = np.asarray(attention_mask._data if isinstance(attention_mask, Tensor)
-                       else attention_mask).astype(bool)
-        allowed = causal[None, None] & m[:, None, None, :S]
-    add = np.where(allowed, 0.0, np.finfo(dtype).min).astype(dtype)
-    return Tensor._make(add)
+        m = _as_ids(attention_mask)[:, :S] != 0
+        # the method form: the JIT tracer records table ops without a Function as
+        # Tensor-method nodes
+        allowed = causal.logical_and(m.reshape(m.shape[0], 1, 1, S))
+    return ops.where(allowed, 0.0, float(np.finfo(dtype).min)).to(dtype)
+
+
+def _position_ids(attention_mask, past, S):
+    """Positions counted over the attended tokens only (left padding), as tensor ops."""
+    from .. import ops
+    m = _as_ids(attention_mask)
+    return ops.clamp(ops.cumsum(m, 1) - 1, min=0)[:, past:S]
 
 
 class GPT2Model(nn.Module):
@@ -190,12 +203,9 @@ class GPT2Model(nn.Module):
             raise ValueError(f"GPT-2: {S} positions exceed n_positions={self.config.n_positions}")
         if position_ids is None:
             if attention_mask is not None:
-                m = np.asarray(attention_mask._data if isinstance(attention_mask, Tensor)
-                               else attention_mask)
-                pos = np.maximum(np.cumsum(m, axis=1) - 1, 0)[:, past:S]
+                position_ids = _position_ids(attention_mask, past, S)
             else:
-                pos = np.arange(past, S)[None]
-            position_ids = Tensor._make(pos.astype(np.int64))
+                position_ids = Tensor._make(np.arange(past, S, dtype=np.int64)[None])
         x = self.wte(input_ids) + self.wpe(_as_ids(position_ids))
         x = self.drop(x)
         mask = None if attention_mask is None else _mask(attention_mask, T, S, x.dtype)
