@@ -135,19 +135,29 @@ def minilm():
     from deepseek import hub
     model = hub.load(os.path.join(os.path.dirname(gt.__file__), "model")).eval()
     ids = Tensor._make(_rng(0).integers(1000, 20000, (2, 9)))
-    mp = dox.export(model, ids, None, input_names=["input_ids"],
-                    dynamic_axes={"input_ids": {0: "batch", 1: "seq"}})
+    mask = Tensor._make(np.ones((2, 9), np.int64))
+    mp = dox.export(model, (ids, mask), None, input_names=["input_ids", "attention_mask"],
+                    dynamic_axes={"input_ids": {0: "batch", 1: "seq"},
+                                  "attention_mask": {0: "batch", 1: "seq"}})
     return model, mp, _session(mp)
 
 
-def test_minilm_real_weights_dynamic_batch_and_sequence(minilm):
+def test_minilm_real_weights_dynamic_batch_sequence_and_padding_mask(minilm):
+    """The attention mask is a real graph input: a padded batch at other sizes than the
+    (unpadded) example gives deepseek's eager result."""
     model, mp, sess = minilm
+    assert [i.name for i in mp.graph.input] == ["input_ids", "attention_mask"]
     assert [o.name for o in mp.graph.output] == ["last_hidden_state", "pooler_output"]
     dims = mp.graph.output[0].type.tensor_type.shape.dim
     assert (dims[0].dim_param, dims[1].dim_param, dims[2].dim_value) == ("batch", "seq", 384)
     for b, t in ((2, 9), (3, 17)):
-        ids = Tensor._make(_rng(b).integers(1000, 20000, (b, t)))
-        _compare(sess, model, ids)
+        ids = _rng(b).integers(1000, 20000, (b, t))
+        mask = np.ones((b, t), np.int64)
+        mask[-1, t // 2:] = 0
+        got = sess.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+        with deepseek.no_grad():
+            want = model(Tensor._make(ids), attention_mask=Tensor._make(mask))
+        np.testing.assert_allclose(got, want.last_hidden_state.numpy(), atol=ATOL, rtol=0)
 
 
 def _gpt():
@@ -169,6 +179,28 @@ def test_gpt_dynamic_sequence_runs_at_other_lengths_and_batches():
         got = sess.run(None, {"input_ids": x.numpy()})[0]
         assert got.shape == (b, t, 300)
         np.testing.assert_allclose(got, _eager(model, x)[0], atol=ATOL, rtol=0)
+
+
+def test_gpt_with_left_padding_mask_at_other_lengths():
+    """GPT-2's causal + padding mask and its mask-counted position ids are computed in the
+    graph from the attention_mask input, at sizes other than the example's."""
+    model = _gpt()
+    ids = Tensor._make(_rng(0).integers(0, 300, (2, 7)))
+    mask = Tensor._make(np.ones((2, 7), np.int64))
+    mp = dox.export(model, (ids,), None, kwargs={"attention_mask": mask},
+                    input_names=["input_ids", "attention_mask"],
+                    dynamic_axes={"input_ids": {0: "batch", 1: "seq"},
+                                  "attention_mask": {0: "batch", 1: "seq"},
+                                  "logits": {0: "batch", 1: "seq"}})
+    sess = _session(mp)
+    for b, t in ((1, 4), (3, 13)):
+        x = _rng(t).integers(0, 300, (b, t))
+        m = np.ones((b, t), np.int64)
+        m[-1, :t // 2] = 0
+        got = sess.run(None, {"input_ids": x, "attention_mask": m})[0]
+        with deepseek.no_grad():
+            want = model(Tensor._make(x), attention_mask=Tensor._make(m)).logits.numpy()
+        np.testing.assert_allclose(got, want, atol=ATOL, rtol=0)
 
 
 def test_dynamic_axis_that_changes_the_graph_is_refused():

@@ -160,7 +160,12 @@ def _mask(attention_mask, T, S, dtype):
     overflow to -inf and turn fully padded rows into NaN)."""
     from .. import ops
     past = S - T
-    causal = Tensor._make(np.tril(np.ones((T, S), dtype=bool), k=past)[None, None])
+    # key j is visible from query i (at position past + i) when j <= past + i; built
+    # from two aranges (not a frozen tril) so an ONNX export with a dynamic sequence
+    # axis computes it from the input's length
+    keys = Tensor._make(np.arange(S, dtype=np.int64).reshape(1, 1, 1, S))
+    queries = Tensor._make(np.arange(past, S, dtype=np.int64).reshape(1, 1, T, 1))
+    causal = keys <= queries
     if attention_mask is None:
         allowed = causal
     else:
