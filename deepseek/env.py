@@ -254,8 +254,9 @@ VARIABLES: dict[str, Var] = _declare(
     Var("DEEPSEEK_SHM_SYM_BYTES", "bytes", 32 << 10,
         "allreduce of a symmetric buffer is zero-copy from this size", lo=0),
     Var("DEEPSEEK_SHM_CMA", "choice", "auto",
-        "single-copy allgather through process_vm_readv where the kernel allows it; "
-        "off turns it off", choices=("auto", "off"),
+        "single-copy allgather (and send/recv of messages larger than two p2p slots) "
+        "through process_vm_readv where the kernel allows it; off turns it off",
+        choices=("auto", "off"),
         aliases=tuple((s, "auto") for s in _TRUE) + tuple((s, "off") for s in _FALSE)),
     Var("DEEPSEEK_SHM_CMA_BYTES", "bytes", 8 << 10,
         "single-copy allgather from this many bytes per rank", lo=0),
@@ -287,6 +288,9 @@ VARIABLES: dict[str, Var] = _declare(
     Var("DEEPSEEK_JIT_MAX_GRAPHS", "int", 8,
         "how many input signatures a compiled callable keeps graphs for (least "
         "recently used is dropped beyond)", lo=1),
+    Var("DEEPSEEK_JIT_MAX_PLANS", "int", 64,
+        "how many batch sizes a dynamic-batch JIT graph keeps inference plans for "
+        "(least recently used is dropped beyond)", lo=1),
     Var("DEEPSEEK_TIMELINE", "str", None,
         "write a whole-job timeline: each rank records compute, communication and data "
         "loading to PATH.rank<N>.json, rank 0 merges them into the Chrome trace PATH "

@@ -7,6 +7,10 @@ rounds:
   tl1       inference, TransformerEncoderLayer d_model 256, 4 heads, ff 1024, seq 32, batch 1
   tl_train  training step (forward + backward) of the wave-1 transformer layer:
             d_model 256, 4 heads, seq 128, batch 16, ff 1024
+  tl_train_small  the same step on a small layer (d_model 64, 4 heads, ff 128, seq 16,
+            batch 1), where Python overhead dominates
+  serve     a saved dynamic-batch MLP 784-256-10 loaded with jit.load and called with
+            batch sizes 1..16 in turn (mean per call; the compiled rows only)
   allocs    buffers allocated per compiled step after warm-up (static outputs / default)
   gpt       trace + compile time of a GPT block (d 256), and a second process's load
             of the on-disk kernel cache (compiler calls counted)
@@ -48,6 +52,9 @@ def models(lib, name):
     if name == "tl_train":
         return (nn.TransformerEncoderLayer(256, 4, dim_feedforward=1024, dropout=0.0,
                                            batch_first=True), lib.randn(16, 128, 256))
+    if name == "tl_train_small":
+        return (nn.TransformerEncoderLayer(64, 4, dim_feedforward=128, dropout=0.0,
+                                           batch_first=True), lib.randn(1, 16, 64))
     raise KeyError(name)
 
 
@@ -89,9 +96,9 @@ def inference_cells(name, steps, rounds):
     return cells
 
 
-def train_cells(steps, rounds):
+def train_cells(steps, rounds, name="tl_train"):
     import deepseek
-    m, x = models(deepseek, "tl_train")
+    m, x = models(deepseek, name)
     cm = deepseek.compile(m)
 
     def step(f):
@@ -104,6 +111,24 @@ def train_cells(steps, rounds):
     for _ in range(rounds):
         for k, f in fns.items():
             times[k].append(timer(f, steps))
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def serve_cells(rounds, tmp):
+    """A loaded dynamic-batch graph served with batch sizes 1..16 in turn."""
+    import deepseek
+    m, _ = models(deepseek, "mlp1")
+    path = os.path.join(tmp, "mlp.dsjit")
+    deepseek.jit.trace(m, deepseek.randn(4, 784), dynamic=True).save(path)
+    served = deepseek.jit.load(path)
+    xs = [deepseek.randn(b, 784) for b in range(1, 17)]
+    fns = {"deepseek eager": lambda: [m(x) for x in xs],
+           "deepseek compiled": lambda: [served(x) for x in xs]}
+    times = {k: [] for k in fns}
+    with deepseek.no_grad():
+        for _ in range(rounds):
+            for k, f in fns.items():
+                times[k].append(timer(f, 5) / len(xs))
     return {k: float(np.median(v)) for k, v in times.items()}
 
 
@@ -189,8 +214,10 @@ def main(argv=None):
     for name in ("mlp1", "tl1"):
         res[name] = inference_cells(name, a.steps, a.rounds)
     res["tl_train"] = train_cells(max(2, a.steps // 10), a.rounds)
+    res["tl_train_small"] = train_cells(a.steps * 3, a.rounds, "tl_train_small")
     res["allocs"] = alloc_cells()
     with tempfile.TemporaryDirectory() as tmp:
+        res["serve"] = serve_cells(a.rounds, tmp)
         res["gpt"] = gpt_cells(tmp)
     for name, cells in res.items():
         print(f"\n== {name}")

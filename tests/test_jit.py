@@ -116,6 +116,27 @@ def test_training_matches_eager(name):
     assert cm.traces == 1
 
 
+def test_training_replay_is_generated_code_and_follows_the_batch():
+    # The replay executor is straight-line source of Function.apply calls, one per
+    # node, built per batch size of a dynamic graph; its gradients are eager's.
+    deepseek.manual_seed(0)
+    m1, m2 = GPTBlock(), GPTBlock()
+    m2.load_state_dict(m1.state_dict())
+    cm = deepseek.compile(m2, dynamic=True)
+    for b in (2, 3, 2):
+        x = deepseek.randn(b, 8, 32)
+        for m, f in ((m1, m1), (m2, cm)):
+            m.zero_grad()
+            f(x).square().mean().backward()
+        for (n, p1), (_, p2) in zip(m1.named_parameters(), m2.named_parameters()):
+            close(p2.grad.numpy(), p1.grad.numpy())
+    e = cm._last
+    assert sorted(e.replays) == [2, 3] and cm.traces == 1
+    code = e.replays[3].code
+    assert code.startswith("def replay(x0):") and "for " not in code
+    assert code.count(".apply") == 0 and len(code.splitlines()) >= len(e.graph.nodes)
+
+
 def test_seed_api_and_graph_print():
     deepseek.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
@@ -216,6 +237,32 @@ def test_dynamic_batch_one_graph():
     assert "B" in str(cm.graph)
 
 
+def test_dynamic_batch_serving_a_range_of_sizes_builds_each_plan_once(tmp_path):
+    # Serving batch sizes 1..16 in turn used to rebuild a plan on every call: plans were
+    # bounded by DEEPSEEK_JIT_MAX_GRAPHS (8) and dropped first-built-first.
+    deepseek.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+    path = str(tmp_path / "mlp.dsjit")
+    deepseek.jit.trace(model, deepseek.randn(4, 20), dynamic=True).save(path)
+    served = deepseek.jit.load(path)
+    xs = [deepseek.randn(b, 20) for b in range(1, 17)]
+    with deepseek.no_grad():
+        for _ in range(3):
+            for x in xs:
+                close(served(x).numpy(), model(x).numpy())
+    e = served._last
+    assert e.plan_builds == 16 and len(e.plans) == 16
+    # once every size has a plan, one guard closure serves them all (no full path)
+    fast = served._fast
+    with deepseek.no_grad():
+        for x in xs[::-1]:
+            close(served(x).numpy(), model(x).numpy())
+    assert served._fast is fast
+    with deepseek.no_grad():  # a 17th size: the full path builds a plan, a new closure
+        served(deepseek.randn(17, 20))
+    assert served._fast is not fast and e.plan_builds == 17
+
+
 @pytest.mark.parametrize("code, what", [
     ("if x.sum() > 0:\n        x = x * 2", "bool"),
     ("x = x * float(x.mean())", "float"),
@@ -267,6 +314,29 @@ def test_passes_dce_cse_simplify_fold():
         w._data *= 2
         w._bump_version()
         close(cm(x).numpy(), f(x).numpy())
+
+
+def test_repeated_call_fast_path_sees_every_change():
+    # A repeated inference call skips the key/entry/plan lookups; each thing the
+    # full path guards must still send the call back through it.
+    deepseek.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.GELU(), nn.Linear(5, 3)).eval()
+    cm = deepseek.compile(model)
+    x = deepseek.randn(2, 6)
+    with deepseek.no_grad():
+        for _ in range(2):
+            close(cm(x).numpy(), model(x).numpy())
+        assert cm._fast is not None
+        model[0].weight.mul_(2)                                   # in place
+        close(cm(x).numpy(), model(x).numpy())
+        model[2].weight.data = deepseek.randn(3, 5)               # replaced
+        close(cm(x).numpy(), model(x).numpy())
+        close(cm(x.double()[:, :6].float()).numpy(), model(x).numpy())
+        x3 = deepseek.randn(3, 6)                                 # new shape: retrace
+        close(cm(x3).numpy(), model(x3).numpy())
+        model.train()                                             # new signature
+        close(cm(x).numpy(), model(x).numpy())
+    assert cm.traces == 3
 
 
 def test_zero_allocations_after_warmup():

@@ -15,8 +15,8 @@ signature). ``static_model.graph`` prints the graph; ``static_model.save(path)``
 Modules: ``tracer`` (the DispatchMode recording ops; TracerWarning), ``graph`` (the
 IR), ``passes`` (DCE, CSE, simplification, constant folding), ``fusion`` (elementwise
 groups), ``cgen`` (C kernels and their disk cache), ``plan`` (the inference executor
-with its memory plan), ``module`` (guards, signature cache, autograd replay),
-``serialize`` (save/load).
+with its memory plan), ``replay`` (the autograd executor), ``module`` (guards,
+signature cache), ``serialize`` (save/load).
 """
 from .tracer import TracerWarning
 from .module import CompiledFunction, GuardError

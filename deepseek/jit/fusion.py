@@ -2,7 +2,7 @@
 which chains of them become one kernel.
 
 An expression is a tuple tree: ``("in", k)`` the k-th input of the group, ``("c",
-value)`` a Python number, or ``(op, *children)``. ``EXPR_OF`` maps the elementwise
+value)`` a Python number, or ``(op, *children)``. ``expr_builder`` maps the elementwise
 Function classes of the op table to builders of that tree, so fusion knows ops by
 their Function class only; the printers in ``cgen`` (C), ``numexpr_expr`` (numexpr)
 and ``eval_numpy`` (plain numpy) say what each op computes, with eager's formulas
@@ -18,7 +18,7 @@ import numpy as np
 
 from .graph import Ref
 
-__all__ = ["EXPR_OF", "FusedGroup", "find_groups", "numexpr_expr", "eval_numpy"]
+__all__ = ["expr_builder", "FusedGroup", "find_groups", "numexpr_expr", "eval_numpy"]
 
 FUSIBLE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 

@@ -135,6 +135,21 @@ def refs_in(obj):
     return out
 
 
+def container_source(obj, item):
+    """Python source rebuilding the tuple, list, dict or slice ``obj`` from the source
+    ``item(x)`` of each of its items (what the generated executors return and pass);
+    None when ``obj`` is not one of those containers."""
+    if isinstance(obj, tuple):
+        return "(" + "".join(item(o) + ", " for o in obj) + ")"
+    if isinstance(obj, list):
+        return "[" + ", ".join(item(o) for o in obj) + "]"
+    if isinstance(obj, dict):
+        return "{" + ", ".join(f"{k!r}: {item(v)}" for k, v in obj.items()) + "}"
+    if isinstance(obj, slice):
+        return f"slice({item(obj.start)}, {item(obj.stop)}, {item(obj.step)})"
+    return None
+
+
 def map_syms(obj, batch):
     """``obj`` with every Sym replaced by its value at batch size ``batch``."""
     return _map_leaves(obj, Sym, lambda sym: sym.at(batch))

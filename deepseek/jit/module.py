@@ -13,10 +13,15 @@ Which executor runs:
   parameter requires grad): every node goes through ``Function.apply`` on the live
   parameters, so ``loss.backward()`` works on the result, gradients land in the
   model's ``.grad`` and DDP's hooks fire exactly as in eager mode -- without the
-  Python of the model's modules and functional wrappers;
+  Python of the model's modules and functional wrappers (``replay.ReplayProgram``:
+  generated straight-line code, one program per batch size);
 - the inference plan (``plan.InferencePlan``) otherwise: fused kernels over
   preallocated buffers, parameter-only subgraphs folded (refolded when a parameter
-  changes).
+  changes). A dynamic-batch graph keeps one plan per batch size
+  (``DEEPSEEK_JIT_MAX_PLANS``, least recently used dropped) over one shared fold.
+
+A repeated inference call with the signature of the previous one goes through one
+closure (``_fast_path``) that checks the same things without building the key.
 """
 import collections
 import warnings
@@ -24,12 +29,14 @@ import warnings
 import numpy as np
 
 from .. import env
+from .._tensor import Tensor
 from ..autograd.grad_mode import _state
-from .graph import Ref, Sym, map_refs, map_syms
+from .graph import Ref, Sym
 from . import passes
 from .plan import InferencePlan, resolve_backend
+from .replay import ReplayProgram
 from .cgen import CompileError
-from .tracer import trace_graph, tensor_method, TracerWarning
+from .tracer import trace_graph, TracerWarning
 
 __all__ = ["CompiledFunction", "GuardError"]
 
@@ -39,7 +46,6 @@ class GuardError(RuntimeError):
 
 
 def _sig(a, dynamic):
-    from .._tensor import Tensor
     if isinstance(a, Tensor):
         d = a._data
         shape = d.shape
@@ -71,6 +77,8 @@ class _Entry:
         self.plans = collections.OrderedDict()
         self.replays = {}
         self.fold_state = None
+        self.folded = None              # (constant-folded graph, the arrays it used)
+        self.plan_builds = 0
 
 
 class CompiledFunction:
@@ -87,9 +95,11 @@ class CompiledFunction:
         self.backend = backend
         self.static_outputs = static_outputs
         self.max_graphs = max_graphs or env.get("DEEPSEEK_JIT_MAX_GRAPHS")
+        self.max_plans = env.get("DEEPSEEK_JIT_MAX_PLANS")
         self._entries = collections.OrderedDict()
         self._last = None
         self.traces = 0
+        self._fast = None   # the guard + run of the latest inference call (see _fast_path)
 
     # ---- guards -------------------------------------------------------------------
     def _key(self, inputs):
@@ -97,6 +107,11 @@ class CompiledFunction:
         return (training,) + tuple(_sig(a, self.dynamic) for a in inputs)
 
     def __call__(self, *inputs):
+        fast = self._fast
+        if fast is not None and not _state.enabled:
+            res = fast(inputs)
+            if res is not _MISS:
+                return res
         key = self._key(inputs)
         e = self._entries.get(key)
         if e is None:
@@ -109,12 +124,11 @@ class CompiledFunction:
             return self._trace(key, inputs)
         self._entries.move_to_end(key)
         self._last = e
-        from .._tensor import Tensor
         tensors = [a for a in inputs if isinstance(a, Tensor)]
         if _state.enabled and (any(t.requires_grad for t in tensors) or
                                any(p.requires_grad for p in e.params.values())):
             return self._replay(e, tensors)
-        return self._infer(e, tensors)
+        return self._infer(e, tensors, inputs)
 
     # ---- tracing ----------------------------------------------------------------------
     def _param_names(self):
@@ -143,7 +157,6 @@ class CompiledFunction:
 
     def _generalise(self, graph, inputs, names):
         """Trace again at batch size B+1 and turn what changed into Sym (coef*B+off)."""
-        from .._tensor import Tensor
         from ..autograd.grad_mode import no_grad
         b1 = next((a.shape[0] for a in inputs if isinstance(a, Tensor) and a.ndim), None)
         if b1 is None:
@@ -199,54 +212,31 @@ class CompiledFunction:
         return tensors[0]._data.shape[0] if tensors and tensors[0]._data.ndim else None
 
     def _replay(self, e, tensors):
-        """Run the graph through Function.apply (autograd records it)."""
-        from .._tensor import Tensor
+        """Run the graph through Function.apply (autograd records it), as generated
+        straight-line code (``replay.ReplayProgram``)."""
         batch = self._batch(e, tensors)
         prog = e.replays.get(batch)
         if prog is None:
-            g = e.graph
-            nodes = [(n.kind, n.fn if n.kind == "function" else tensor_method(n.fn),
-                      map_syms(n.args, batch), map_syms(n.kwargs, batch), n.outs, n.multi)
-                     for n in g.nodes] if g.dynamic_batch else \
-                [(n.kind, n.fn if n.kind == "function" else tensor_method(n.fn), n.args, n.kwargs,
-                  n.outs, n.multi) for n in g.nodes]
-            consts = {v.vid: Tensor._make(v.array) for v in g.values.values() if v.kind == "const"}
-            pvids = [(v.vid, v.name) for v in g.params()]
-            prog = e.replays[batch] = (nodes, consts, pvids)
-        nodes, consts, pvids = prog
-        envr = dict(consts)
-        for vid, t in zip(e.graph.inputs, tensors):
-            envr[vid] = t
-        for vid, name in pvids:
-            envr[vid] = e.params[name]
-
-        def get(r):
-            return envr[r.vid]
-        for kind, fn, args, kwargs, outs, multi in nodes:
-            a = map_refs(args, get)
-            k = map_refs(kwargs, get) if kwargs else kwargs
-            res = fn.apply(*a, **k) if kind == "function" else fn(*a, **k)
-            if multi:
-                for o, r in zip(outs, res):
-                    envr[o] = r
-            else:
-                envr[outs[0]] = res
-        return map_refs(e.graph.out_spec, get)
+            prog = e.replays[batch] = ReplayProgram(e.graph, e.params, batch)
+            while len(e.replays) > self.max_plans:
+                e.replays.pop(next(iter(e.replays)))
+        return prog.run(*tensors)
 
     def _plan(self, e, tensors):
         batch = self._batch(e, tensors)
-        arrays = {n: t._data for n, t in e.params.items()}
         plan = e.plans.get(batch)
-        if plan is not None:
-            pa = plan.param_arrays
-            ok = all(arrays[n] is pa[n] for n in pa)
-            if ok and e.fold_state is not None:
-                ok = all(e.params[n]._vc[0] == v for n, v in e.fold_state.items())
-            if ok:
-                return plan
+        if plan is not None and self._plan_valid(e, plan):
+            e.plans.move_to_end(batch)  # least recently used goes first, not first built
+            return plan
+        arrays = {n: t._data for n, t in e.params.items()}
+        if e.folded is None or not self._fold_valid(e, arrays):
+            # the folded graph does not depend on the batch size: one fold serves
+            # every plan of the entry until a parameter changes
             e.plans.clear()
-        graph, deps = passes.fold_constants(e.graph, arrays)
-        e.fold_state = {n: e.params[n]._vc[0] for n in deps}
+            graph, deps = passes.fold_constants(e.graph, arrays)
+            e.fold_state = {n: e.params[n]._vc[0] for n in deps}
+            e.folded = (graph, arrays)
+        graph, _ = e.folded
         used = {v.name for v in graph.params()}
         backend = resolve_backend(self.backend)
         kw = dict(static_outputs=self.static_outputs)
@@ -263,16 +253,42 @@ class CompiledFunction:
             warnings.warn(f"jit: C kernels unavailable ({err}); using {fallback}", TracerWarning)
             plan = InferencePlan(graph, batch, pa, backend=fallback, **kw)
         e.plans[batch] = plan
-        while len(e.plans) > self.max_graphs:
+        e.plan_builds += 1
+        # A dynamic graph keeps one plan per batch size it has served (its buffers and
+        # kernel pointers are fixed); the bound is separate from (and larger than) the
+        # signature bound so serving a range of batch sizes in turn does not rebuild a
+        # plan on every call.
+        while len(e.plans) > self.max_plans:
             e.plans.popitem(last=False)
         return plan
 
-    def _infer(self, e, tensors):
-        from .._tensor import Tensor
+    @staticmethod
+    def _plan_valid(e, plan):
+        """The plan's parameter arrays are still the live ones and unchanged."""
+        params = e.params
+        for n, a in plan.param_arrays.items():
+            if params[n]._data is not a:
+                return False
+        if e.fold_state:
+            for n, v in e.fold_state.items():
+                if params[n]._vc[0] != v:
+                    return False
+        return True
+
+    @staticmethod
+    def _fold_valid(e, arrays):
+        _, folded_arrays = e.folded
+        if any(arrays[n] is not folded_arrays.get(n) for n in arrays):
+            return False
+        return all(e.params[n]._vc[0] == v for n, v in (e.fold_state or {}).items())
+
+    def _infer(self, e, tensors, inputs=None):
         plan = self._plan(e, tensors)
         res = plan.run(*[t._data for t in tensors])
+        if inputs is not None:  # the full path ran: the closure (if any) is stale
+            self._fast = _fast_path(self, e, plan, inputs)
         if isinstance(res, np.ndarray):
-            return Tensor._make(res)
+            return _make(res)
         return _wrap(res)
 
     # ---- introspection -------------------------------------------------------------------
@@ -288,7 +304,6 @@ class CompiledFunction:
 
     def plan_for(self, *inputs):
         """The InferencePlan that serves ``inputs`` (built if needed)."""
-        from .._tensor import Tensor
         key = self._key(inputs)
         if key not in self._entries:
             self(*inputs)
@@ -320,6 +335,65 @@ class CompiledFunction:
         return f"<deepseek.jit.CompiledFunction: {len(self._entries)} graph(s)>"
 
 
+_MISS = object()
+
+
+def _fast_path(cf, e, plan, inputs):
+    """The guard and run of one inference signature as one closure: a repeated call
+    with the same shapes/dtypes/arrays skips building the signature key, the entry
+    lookup and the plan lookup (tens of microseconds at batch 1). For a dynamic-batch
+    graph the closure serves every batch size that already has a plan. Anything that
+    does not match exactly -- input shapes, dtypes or array types, ``model.training``,
+    a parameter array replaced or (for folded ones) changed in place -- returns
+    ``_MISS`` and the call takes the full path, which rebuilds what is stale. None when
+    the inputs are not all tensors."""
+    if any(type(t) is not Tensor for t in inputs):
+        return None
+    model = cf.model
+    training = bool(getattr(model, "training", False))
+    dynamic = e.graph.dynamic_batch
+    if dynamic and (not inputs or not inputs[0]._data.ndim):
+        return None
+    cut = 1 if dynamic else 0
+    sig = tuple((t._data.shape[cut:], t._data.dtype, type(t._data)) for t in inputs)
+    n = len(inputs)
+    params = e.params
+    plans = e.plans
+    folded = [(params[name]._vc, v) for name, v in (e.fold_state or {}).items()]
+    single = isinstance(e.graph.out_spec, Ref)
+
+    def fast(xs):
+        if len(xs) != n or bool(getattr(model, "training", False)) is not training:
+            return _MISS
+        arrays = []
+        for x, (shape, dtype, typ) in zip(xs, sig):
+            if type(x) is not Tensor:
+                return _MISS
+            d = x._data
+            if type(d) is not typ or d.dtype != dtype or \
+                    (d.shape[1:] != shape if cut else d.shape != shape):
+                return _MISS
+            arrays.append(d)
+        key = arrays[0].shape[0] if cut else None
+        p = plans.get(key)
+        if p is None:
+            return _MISS
+        for name, a in p.param_arrays.items():
+            if params[name]._data is not a:
+                return _MISS
+        for vc, v in folded:
+            if vc[0] != v:
+                return _MISS
+        plans.move_to_end(key)
+        res = p.run(*arrays)
+        return _make(res) if single else _wrap(res)
+    return fast
+
+
+def _make(a):
+    return Tensor._make(a)
+
+
 def _has_numexpr():
     try:
         import numexpr  # noqa: F401
@@ -329,7 +403,6 @@ def _has_numexpr():
 
 
 def _wrap(obj):
-    from .._tensor import Tensor
     if isinstance(obj, np.ndarray):
         return Tensor._make(obj)
     if isinstance(obj, (tuple, list)):

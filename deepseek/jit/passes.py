@@ -201,7 +201,6 @@ def fold_constants(graph, arrays):
 
 def _has_sym(obj):
     found = []
-    from .graph import map_syms  # noqa: F401
     def walk(o):
         if isinstance(o, Sym):
             found.append(o)

@@ -27,7 +27,7 @@ with the C backend) and in ``alloc_counter`` at run time.
 import numpy as np
 
 from ..autograd.function import Context
-from .graph import Ref, map_refs, map_syms
+from .graph import Ref, container_source, map_refs, map_syms
 from . import fusion, cgen
 
 __all__ = ["InferencePlan", "resolve_backend"]
@@ -470,12 +470,8 @@ class InferencePlan:
         if isinstance(spec, Ref):
             name = self._name(spec.vid)
             return name if self.static_outputs else f"{name}.copy()"
-        if isinstance(spec, tuple):
-            return "(" + "".join(self._ret_expr(s) + ", " for s in spec) + ")"
-        if isinstance(spec, list):
-            return "[" + ", ".join(self._ret_expr(s) for s in spec) + "]"
-        if isinstance(spec, dict):
-            return "{" + ", ".join(f"{k!r}: {self._ret_expr(v)}" for k, v in spec.items()) + "}"
+        if isinstance(spec, (tuple, list, dict)):
+            return container_source(spec, self._ret_expr)
         return self._const(spec, "r")
 
 
