@@ -481,3 +481,27 @@ def test_trace_and_compile_time_gpt_block():
         cm(x)
     # generous bound for a loaded CI machine; bench_jit reports the real number
     assert time.perf_counter() - t < 30
+
+
+def test_function_forms_of_ops_without_a_function_are_traced_not_frozen():
+    """deepseek.logical_and(a, b) / ops.isnan(x) (table ops computed straight on arrays)
+    become graph nodes like their Tensor methods; before, the example's result was baked
+    in as a constant and a compiled call with other values was silently wrong."""
+    import deepseek.ops as dops
+    model = deepseek.nn.Linear(2, 2)
+
+    def f(m, a):
+        keep = deepseek.logical_and(a != 0, dops.logical_not(dops.isnan(a.float())))
+        return keep.float() * 2
+
+    cf = deepseek.jit.trace(f).compile(model)
+    ones = deepseek.ones(2, 6)
+    np.testing.assert_array_equal(cf(ones).numpy(), np.full((2, 6), 2.0))
+    x = np.ones((2, 6), np.float32)
+    x[1, :3] = 0
+    x[0, 4] = np.nan
+    got = cf(deepseek.tensor(x)).numpy()
+    np.testing.assert_array_equal(got, f(model, deepseek.tensor(x)).numpy())
+    assert got[1, :3].tolist() == [0, 0, 0] and got[0, 4] == 0
+    # the namespaces are restored once the trace is over
+    assert deepseek.logical_and is dops.nondiff.logical_and

@@ -270,6 +270,30 @@ def tableless_method_names():
     return names
 
 
+def _function_forms():
+    """(module, attribute, function, method name) of the public function forms of the
+    op-table ops that bypass Function.apply and whose Tensor method takes the same
+    arguments (``logical_and(a, b)`` is ``a.logical_and(b)``), in the namespaces user
+    code calls them through."""
+    import importlib
+    import sys as _sys
+    from ..ops import registry
+    mods = [importlib.import_module("deepseek.ops"), importlib.import_module("deepseek.ops.nondiff"),
+            importlib.import_module("deepseek._api"), _sys.modules["deepseek"]]
+    out = []
+    for e in registry.OP_TABLE:
+        if e.functions or e.name not in e.methods:
+            continue
+        for attr in (e.name,) + tuple(e.aliases):
+            # deepseek's lazy __getattr__ caches names in its globals: resolve now, so
+            # that a first use inside the trace cannot cache the patched function
+            getattr(mods[-1], attr, None)
+            for mod in mods:
+                if mod.__dict__.get(attr) is e.op:
+                    out.append((mod, attr, e.op, e.name))
+    return out
+
+
 class _Patches:
     """Refcounted install/remove of the Tensor patches (nested and concurrent traces)."""
 
@@ -278,6 +302,7 @@ class _Patches:
         self.count = 0
         self.saved = {}
         self.originals = {}
+        self.functions = []
 
     def acquire(self):
         from .._tensor import Tensor
@@ -297,6 +322,13 @@ class _Patches:
             for name, fn in patch.items():
                 self.saved[name] = Tensor.__dict__[name]
                 setattr(Tensor, name, fn)
+            # the function forms too (deepseek.logical_and(a, b), ops.isnan(x)): without
+            # this they ran untraced and their result was frozen into the graph as a
+            # constant of the example's values
+            self.functions = []
+            for mod, attr, orig, method in _function_forms():
+                self.functions.append((mod, attr, orig))
+                setattr(mod, attr, _tableless(orig, method))
 
     def release(self):
         from .._tensor import Tensor
@@ -307,6 +339,9 @@ class _Patches:
             for name, fn in self.saved.items():
                 setattr(Tensor, name, fn)
             self.saved = {}
+            for mod, attr, orig in self.functions:
+                setattr(mod, attr, orig)
+            self.functions = []
 
 
 _patches = _Patches()
