@@ -13,6 +13,8 @@ medians over --reps rounds, and the ratios of the medians):
 * handover: ms per batch of a large batch that costs nothing to make (256x3x64x64
   float32 = 12.6 MB; the dataset returns it ready, batch_size=None) with one worker, and
   the same batch collated from 256 samples: what moving it to the main process costs;
+* stream: the same throughput for an IterableDataset of the same images, sharded by
+  worker id (``get_worker_info``), at 2 workers: FastDataLoader next to PyTorch's;
 * input-bound: a training loop whose step is --step-ms of Python work (holding the
   GIL, as an eager framework's step does) with a transform of about 80% of that per
   batch (threads then share the GIL with the step; processes do not); the loader's own wait per step (``loader.stats``; the profiler is not built
@@ -70,6 +72,32 @@ class Images:
         return _augment(self.data[i], rng, self.rounds), i
 
 
+class ImageStream:
+    """The images of an :class:`Images` as a stream, each worker taking every
+    ``num_workers``-th (``info`` is the framework's get_worker_info); made an
+    IterableDataset of the framework by :func:`stream_of`."""
+
+    def __init__(self, images, info):
+        self.images, self.info = images, info
+
+    def __iter__(self):
+        info = self.info()
+        w, k = (0, 1) if info is None else (info.id, info.num_workers)
+        for i in range(w, len(self.images), k):
+            yield self.images[i]
+
+
+def stream_of(system, images):
+    """An ImageStream that ``system``'s loader takes as an IterableDataset."""
+    if system == "deepseek":
+        import deepseek.data as dd
+        return type("DsImageStream", (ImageStream, dd.IterableDataset), {})(
+            images, dd.get_worker_info)
+    import torch.utils.data as tud
+    return type("TorchImageStream", (ImageStream, tud.IterableDataset), {})(
+        images, tud.get_worker_info)
+
+
 class Ready:
     """``n`` times the same ready-made batch (or sample): only the handover costs."""
 
@@ -84,15 +112,17 @@ class Ready:
 
 
 def calibrate(sample_ms):
-    """Rounds of :func:`_augment` that take about ``sample_ms`` ms per sample here."""
+    """Rounds of :func:`_augment` that take about ``sample_ms`` ms of CPU per sample
+    here (CPU time, not wall time: on a machine shared with other jobs, wall time
+    would make the transform look heavier than it is)."""
     d1, d2 = Images(8, 1), Images(8, 2)
     t = []
     for d in (d1, d2):
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         for _ in range(3):
             for i in range(8):
                 d[i]
-        t.append((time.perf_counter() - t0) / 24)
+        t.append((time.process_time() - t0) / 24)
     per_round = max(t[1] - t[0], 1e-5)
     base = max(t[0] - per_round, 0.0)
     return max(1, round((sample_ms / 1e3 - base) / per_round))
@@ -197,14 +227,17 @@ def main(argv=None):
 
     rounds = calibrate(args.sample_ms)
     images = Images(args.batch_size * (args.batches + 2) * 2, rounds)
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     for i in range(32):
         images[i]
-    sample_ms = (time.perf_counter() - t0) / 32 * 1e3
-    print(f"transform: {sample_ms:.2f} ms/sample ({rounds} rounds), batch {args.batch_size}: "
-          f"{sample_ms * args.batch_size:.1f} ms of transform per batch", flush=True)
+    sample_ms = (time.process_time() - t0) / 32 * 1e3
+    print(f"transform: {sample_ms:.2f} ms/sample of CPU ({rounds} rounds), batch "
+          f"{args.batch_size}: {sample_ms * args.batch_size:.1f} ms of transform per batch",
+          flush=True)
 
-    # ---- throughput
+    # ---- throughput (after one untimed run of each system: imports, first forks)
+    for system in systems:
+        steady_rate(make_loader(system, images, 1, batch_size=args.batch_size), 2)
     for rep in range(args.reps):
         for workers in (1, 2):
             for system in systems:
@@ -231,6 +264,23 @@ def main(argv=None):
     for workers in (1, 2):
         print(f"{workers:>8} " + " ".join(
             f"{med(results['cpu_ms'][f'{s}/{workers}']):>10.1f}" for s in systems))
+
+    # ---- stream (IterableDataset), 2 workers
+    stream_systems = [s for s in systems if s in ("deepseek", "torch")]
+    for rep in range(args.reps):
+        for system in stream_systems:
+            loader = make_loader(system, stream_of(system, images), 2,
+                                 batch_size=args.batch_size)
+            rate, _, cpu = steady_rate(loader, args.batches)
+            del loader
+            results.setdefault("stream", {}).setdefault(system, []).append(rate)
+    if stream_systems:
+        row = {s: med(results["stream"][s]) for s in stream_systems}
+        print("\nIterableDataset sharded by worker id, 2 workers, batches/s (median of %d)"
+              % args.reps)
+        print("  " + "   ".join(f"{s}: {row[s]:.2f}" for s in stream_systems) +
+              (f"   fast/torch: {row['deepseek'] / row['torch']:.2f}" if "torch" in row
+               else ""), flush=True)
 
     # ---- handover
     big = (256,) + IMG

@@ -218,14 +218,19 @@ class Stream(IterableDataset):
         return iter(range(self.n))
 
 
-def test_iterable_dataset():
+@pytest.mark.timeout(60)
+def test_iterable_dataset(shm_guard):
     assert [b.tolist() for b in DataLoader(Stream(7), batch_size=3)] == [[0, 1, 2], [3, 4, 5], [6]]
     assert [b.tolist() for b in DataLoader(Stream(7), batch_size=3, drop_last=True)] == \
         [[0, 1, 2], [3, 4, 5]]
     with pytest.raises(ValueError, match="shuffle"):
         DataLoader(Stream(3), shuffle=True)
-    with pytest.raises(NotImplementedError, match="num_workers"):
-        iter(DataLoader(Stream(3), num_workers=2))
+    # worker processes each iterate their own copy: a stream that does not shard itself
+    # (get_worker_info) comes once per worker, interleaved, as in PyTorch
+    assert [b.tolist() for b in DataLoader(Stream(3), num_workers=2, timeout=30)] == \
+        [[0], [0], [1], [1], [2], [2]]
+    with pytest.raises(NotImplementedError, match="worker_mode='process'"):
+        iter(DataLoader(Stream(3), num_workers=2, worker_mode="thread"))
 
 
 def test_worker_threads_keep_the_order():

@@ -17,8 +17,8 @@ import pytest
 
 import deepseek as ds
 from deepseek.data import (DataLoader, Dataset, DistributedSampler, FastDataLoader,
-                           MemmapDataset, MemmapWriter, TensorDataset, WorkerDiedError,
-                           get_worker_info)
+                           IterableDataset, MemmapDataset, MemmapWriter, TensorDataset,
+                           WorkerDiedError, get_worker_info)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -123,20 +123,66 @@ def test_workers_are_processes_with_info_and_seeds(shm_guard):
     assert get_worker_info() is None
 
 
-def test_worker_exception_is_raised_with_traceback_and_index(shm_guard):
-    it = iter(FastDataLoader(Samples(mode="raise"), batch_size=4, num_workers=2))
+def worker_error_text(loader):
+    """The message of the ValueError iterating ``loader`` raises; no worker is left."""
+    it = iter(loader)
     pids = worker_pids(it)
     with pytest.raises(ValueError) as info:
         for _ in it:
             pass
-    text = str(info.value)
-    assert "bad sample 13" in text and "[12, 13, 14, 15]" in text
-    assert "Traceback" in text and "__getitem__" in text and "worker 1" in text
+    assert alive(pids) == []
+    return str(info.value)
+
+
+class Tagged(Dataset):
+    """Samples ``[i, tag]``; ``tag`` is what worker_init_fn set in the worker's copy."""
+
+    tag = -1
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        return np.array([i, self.tag])
+
+
+def _tag_worker(wid):
+    get_worker_info().dataset.tag = 100 + wid
+
+
+def _fail_in_worker_1(wid):
+    if wid == 1:
+        raise ZeroDivisionError("init of worker 1 failed")
+
+
+def test_worker_init_fn_and_prefetch_factor_in_processes(shm_guard):
+    data = Tagged()
+    rows = [b.numpy().tolist() for b in DataLoader(data, batch_size=2, num_workers=2,
+                                                    worker_init_fn=_tag_worker, timeout=30)]
+    # batch k came from worker k % 2, whose own copy of the dataset its init tagged
+    assert rows == [[[2 * k, 100 + k % 2], [2 * k + 1, 100 + k % 2]] for k in range(4)]
+    assert data.tag == -1
+    it = iter(DataLoader(Tagged(), batch_size=1, num_workers=2, prefetch_factor=1))
+    assert it.inner._submitted == 2         # one batch in flight per worker
+    assert len(list(it)) == 8
+    it = iter(DataLoader(Tagged(), batch_size=1, num_workers=2, timeout=30,
+                         worker_init_fn=_fail_in_worker_1))
+    pids = worker_pids(it)
+    with pytest.raises(ZeroDivisionError, match="(?s)init of worker 1 failed.*in worker_init_fn"):
+        list(it)
     assert alive(pids) == []
 
 
-def test_a_killed_worker_raises_a_clear_error(shm_guard):
-    it = iter(FastDataLoader(Samples(mode="kill"), batch_size=4, num_workers=2))
+def test_worker_exception_is_raised_with_traceback_and_index(shm_guard):
+    text = worker_error_text(FastDataLoader(Samples(mode="raise"), batch_size=4, num_workers=2))
+    assert "bad sample 13" in text and "[12, 13, 14, 15]" in text
+    assert "Traceback" in text and "__getitem__" in text and "worker 1" in text
+
+
+def assert_worker_1_killed(loader):
+    """Iterating ``loader`` (whose worker 1 SIGKILLs itself) raises WorkerDiedError
+    naming it, soon, and leaves no worker behind."""
+    it = iter(loader)
     pids = worker_pids(it)
     t0 = time.monotonic()
     with pytest.raises(WorkerDiedError, match=r"worker 1 \(pid \d+\) was killed by SIGKILL"):
@@ -144,6 +190,10 @@ def test_a_killed_worker_raises_a_clear_error(shm_guard):
             pass
     assert time.monotonic() - t0 < 20
     assert alive(pids) == []
+
+
+def test_a_killed_worker_raises_a_clear_error(shm_guard):
+    assert_worker_1_killed(FastDataLoader(Samples(mode="kill"), batch_size=4, num_workers=2))
 
 
 def test_timeout_applies_per_batch(shm_guard):
@@ -185,6 +235,28 @@ def test_a_held_batch_is_never_overwritten_and_slots_are_reused(shm_guard):
         kept = b["x"][0]                  # a view keeps its batch's slot ...
     assert kept.numpy()[0, 0] == 62       # ... unchanged after the epoch
     assert len(pool._slots) <= 2 * (2 + 2)
+
+
+def test_batches_that_outgrow_their_slot_are_moved_to_a_bigger_one(shm_guard):
+    # each batch is collated straight into its slot; one that no longer fits (its
+    # samples grow) is copied out of it, kept, and written into a bigger slot
+    class Growing(Dataset):
+        def __len__(self):
+            return 24
+
+        def __getitem__(self, i):
+            return np.full(64 * (1 + i // 4) ** 2, i, np.float32), i
+
+    dl = FastDataLoader(Growing(), batch_size=4, num_workers=2, timeout=30)
+    it = iter(dl)
+    pool = it.inner.pool
+    sizes = []
+    for x, i in it:
+        assert (x.numpy() == i.numpy()[:, None]).all()
+        sizes.append(x.shape[1])
+        hint = pool._hint
+    assert sizes == [64 * (1 + k) ** 2 for k in range(6)]
+    assert hint >= 4 * 64 * 36 * 4         # the slots grew with the batches
 
 
 def test_copy_true_gives_private_arrays(shm_guard):
@@ -457,3 +529,147 @@ def test_pin_memory_without_a_gpu_yields_the_same_batches(shm_guard):
     ref = as_lists(FastDataLoader(Samples(n=12), batch_size=4))
     assert as_lists(FastDataLoader(Samples(n=12), batch_size=4, num_workers=1,
                                    pin_memory=True)) == ref
+
+
+# ---- IterableDataset with worker processes -------------------------------------------
+
+class Shards(IterableDataset):
+    """A stream that shards itself by worker: ``how="mod"`` gives worker ``w`` the
+    samples ``w, w + n, ...``; ``how="chunks"`` contiguous, uneven parts (worker 0 gets
+    the most, PyTorch's doc example); ``how=None`` every sample in every worker.
+    ``info`` is the framework's get_worker_info, so the same code runs under PyTorch.
+    ``fail``: the sample at which the stream raises (or SIGKILLs itself)."""
+
+    def __init__(self, n, info, how="mod", fail=None, mode="raise"):
+        self.n, self.info, self.how, self.fail, self.mode = n, info, how, fail, mode
+
+    def __iter__(self):
+        info = self.info()
+        w, k = (0, 1) if info is None else (info.id, info.num_workers)
+        if self.how == "mod":
+            ids = range(w, self.n, k)
+        elif self.how == "chunks":
+            # worker w gets n // 2**(w+1) samples, the last worker the rest
+            cuts = [0]
+            for j in range(k - 1):
+                cuts.append(cuts[-1] + max(1, (self.n - cuts[-1]) // 2))
+            cuts.append(self.n)
+            ids = range(cuts[w], cuts[w + 1])
+        else:
+            ids = range(self.n)
+        for i in ids:
+            if i == self.fail:
+                if self.mode == "kill":
+                    os.kill(os.getpid(), signal.SIGKILL)
+                raise ValueError(f"bad stream item {i}")
+            yield {"i": i, "w": w, "x": np.full(2, i, np.float32)}
+
+
+def _stream_ids(batches):
+    """(sample ids, worker ids) of each batch, from deepseek or torch batches."""
+    def ints(v):
+        return v.tolist() if hasattr(v, "tolist") else int(v)
+    return [(ints(b["i"]), ints(b["w"])) for b in batches]
+
+
+def _round_robin(n, workers, bs, drop_last, how):
+    """The order PyTorch yields, built by hand: each worker's own batches, taken in
+    turn, a worker that has run out skipped."""
+    per = [[s["i"] for s in _shard_of(n, how, w, workers)] for w in range(workers)]
+    batches = []
+    for w, ids in enumerate(per):
+        bl = [ids[j:j + bs] for j in range(0, len(ids), bs)]
+        if drop_last and bl and len(bl[-1]) < bs:
+            bl.pop()
+        batches.append([(b, [w] * len(b)) for b in bl])
+    out = []
+    for k in range(max(map(len, batches))):
+        out += [bl[k] for bl in batches if k < len(bl)]
+    return out
+
+
+class _Info:
+    def __init__(self, id, num_workers):
+        self.id, self.num_workers = id, num_workers
+
+
+def _shard_of(n, how, w, k):
+    return list(Shards(n, lambda: _Info(w, k), how))
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")   # torch, 3 workers
+@pytest.mark.parametrize("n,workers,bs,drop_last,how", [
+    (23, 2, 4, False, "mod"), (23, 3, 4, True, "mod"), (40, 3, 3, False, "chunks"),
+    (40, 3, 3, True, "chunks"), (5, 2, 2, False, None)])
+def test_iterable_dataset_in_workers_matches_pytorch_order(n, workers, bs, drop_last, how,
+                                                           shm_guard):
+    ref = _round_robin(n, workers, bs, drop_last, how)
+    dl = DataLoader(Shards(n, get_worker_info, how), batch_size=bs, num_workers=workers,
+                    drop_last=drop_last, timeout=30)
+    got = _stream_ids(dl)
+    assert got == ref
+    # every batch of a worker came from that worker's own copy
+    assert all(len(set(ws)) == 1 for _, ws in got)
+    try:
+        import torch.utils.data as tud
+    except ImportError:
+        return
+    # the same dataset code, also a torch IterableDataset (what torch's loader checks)
+    TorchShards = type("TorchShards", (Shards, tud.IterableDataset), {})
+    tdl = tud.DataLoader(TorchShards(n, tud.get_worker_info, how), batch_size=bs,
+                         num_workers=workers, drop_last=drop_last, timeout=30)
+    assert _stream_ids(tdl) == got
+
+
+def test_iterable_dataset_without_batching_and_with_persistent_workers(shm_guard):
+    # batch_size=None: one sample at a time, converted (numpy arrays become Tensors)
+    got = list(FastDataLoader(Shards(7, get_worker_info), batch_size=None, num_workers=2,
+                              timeout=30))
+    assert [s["i"] for s in got] == [0, 1, 2, 3, 4, 5, 6]
+    assert [s["w"] for s in got] == [0, 1, 0, 1, 0, 1, 0]
+    assert isinstance(got[0]["x"], ds.Tensor) and got[3]["x"].tolist() == [3.0, 3.0]
+    # persistent workers: each epoch starts a new iterator in the same workers, also
+    # after an epoch left early
+    dl = FastDataLoader(Shards(30, get_worker_info), batch_size=4, num_workers=2,
+                        persistent_workers=True, timeout=30)
+    e1 = _stream_ids(dl)
+    pool = dl._pool
+    it = iter(dl)
+    next(it)
+    e3 = _stream_ids(dl)
+    assert e1 == e3 == _round_robin(30, 2, 4, False, "mod") and dl._pool is pool
+    pids = [p.pid for p in pool._procs]
+    dl.close()
+    assert alive(pids) == []
+
+
+def test_iterable_dataset_worker_error_and_death(shm_guard):
+    text = worker_error_text(DataLoader(Shards(40, get_worker_info, fail=13), batch_size=2,
+                                        num_workers=2, timeout=30))
+    # 13 is worker 1's 7th sample: in its 4th batch (batch 3, counting from 0)
+    assert "bad stream item 13" in text and "worker 1" in text
+    assert "batch 3 of its own stream" in text
+    assert "Traceback" in text and "__iter__" in text
+    # a batch that cannot cross without pickle: refused, named by its place in the stream
+    with pytest.raises(TypeError, match=r"without pickling(.|\n)*batch 0 of its own stream"):
+        list(DataLoader(Shards(4, get_worker_info), batch_size=2, num_workers=1, timeout=30,
+                        collate_fn=lambda b: {"o": object()}))
+    assert_worker_1_killed(DataLoader(Shards(40, get_worker_info, fail=13, mode="kill"),
+                                      batch_size=2, num_workers=2))
+
+
+def test_iterable_dataset_resumes_mid_epoch(shm_guard):
+    make = lambda: FastDataLoader(Shards(30, get_worker_info), batch_size=4,  # noqa
+                                  num_workers=2, timeout=30)
+    full = _stream_ids(make())
+    dl = make()
+    it = iter(dl)
+    first = _stream_ids(next(it) for _ in range(3))
+    state = dl.state_dict()
+    it.close()
+    assert state["kind"] == "iterable" and state["position"] == 3 and state["unit"] == "batch"
+    again = make()
+    again.load_state_dict(state)
+    assert first + _stream_ids(again) == full
+    with pytest.raises(ValueError, match="over an IterableDataset, this one is over a map-"):
+        FastDataLoader(Samples(), batch_size=4).load_state_dict(state)

@@ -15,16 +15,23 @@ header over its pipe; the main process rebuilds the same structure around numpy
 
 Anything else (an arbitrary object) is refused in the worker with a TypeError that
 says so: the main process never unpickles what a worker sends.
+
+Collating in place. While a worker fetches a batch, its slot is an :class:`Arena`:
+``default_collate`` stacks each array straight into it (:func:`arena_empty`), and
+:func:`layout` leaves an array it finds in the arena where it is, so a collated batch
+is written once (by the stack) instead of twice (stack, then copy into the slot).
 """
 import base64
 import collections.abc
 import json
+import math
 import mmap
 import sys
+import threading
 
 import numpy as np
 
-__all__ = ["layout", "write", "decode", "ALIGN"]
+__all__ = ["layout", "write", "decode", "ALIGN", "Arena", "set_arena", "arena_empty"]
 
 ALIGN = 64      # every array starts on a cache line (and any dtype's alignment)
 _KINDS = "biufc"  # numeric and bool dtypes only: no objects, strings or datetimes
@@ -44,22 +51,71 @@ def _as_numpy(x):
     return None, False
 
 
-def layout(batch):
+class Arena:
+    """The slot a worker is filling, as an allocator: :meth:`empty` hands out aligned
+    arrays inside it, one after the other (never freed: the arena lives for one batch)."""
+
+    def __init__(self, buf, size):
+        self.root = np.frombuffer(buf, np.uint8, count=size)
+        self.addr = self.root.ctypes.data
+        self.size, self.end = size, 0
+
+    def empty(self, shape, dtype):
+        """An uninitialized array in the slot, or None when it does not fit."""
+        dtype = np.dtype(dtype)
+        off = -(-self.end // ALIGN) * ALIGN
+        nbytes = math.prod(shape) * dtype.itemsize
+        if off + nbytes > self.size or dtype.kind not in _KINDS:
+            return None
+        self.end = off + nbytes
+        return self.root[off:off + nbytes].view(dtype).reshape(shape)
+
+    def offset_of(self, arr):
+        """Where ``arr``'s bytes start in the slot, if they are all in the part handed
+        out (and contiguous, so that one offset describes them); else None."""
+        if not arr.flags.c_contiguous:
+            return None
+        off = arr.ctypes.data - self.addr
+        return off if 0 <= off and off + arr.nbytes <= self.end else None
+
+    def release(self):
+        """Drop this arena's own view of the slot (the worker may then unmap it)."""
+        self.root = None
+
+
+_local = threading.local()
+
+
+def set_arena(arena):
+    """Make ``arena`` (or None) the one :func:`arena_empty` allocates from, in this thread."""
+    _local.arena = arena
+
+
+def arena_empty(shape, dtype):
+    """An array in the slot being filled by this thread (a loader worker's), or None
+    when there is none or it is full: the caller then allocates as usual."""
+    arena = getattr(_local, "arena", None)
+    return None if arena is None else arena.empty(shape, dtype)
+
+
+def layout(batch, arena=None):
     """(header tree, arrays, nbytes): where each array of ``batch`` goes in a slot.
 
     ``arrays`` is a list of (offset, ndarray) to copy; ``nbytes`` the slot size needed.
+    Arrays already in ``arena`` stay where they are (not listed); the others go after
+    the arena's used part.
     """
     arrays = []
-    end = [0]
-    tree = _walk(batch, arrays, end)
+    end = [0 if arena is None else arena.end]
+    tree = _walk(batch, arrays, end, arena)
     return tree, arrays, end[0]
 
 
-def _walk(x, arrays, end):
+def _walk(x, arrays, end, arena):
     # a module-level function, not a closure: a recursive closure is a reference cycle
     # that would keep the batch's arrays alive until the cyclic GC runs
     def walk(v):
-        return _walk(v, arrays, end)
+        return _walk(v, arrays, end, arena)
 
     arr, as_tensor = _as_numpy(x)
     if arr is not None:
@@ -67,9 +123,11 @@ def _walk(x, arrays, end):
             raise TypeError(f"a batch from a DataLoader worker holds an array of dtype "
                             f"{arr.dtype}, which cannot go through shared memory (numeric "
                             "and bool dtypes only)")
-        off = -(-end[0] // ALIGN) * ALIGN
-        end[0] = off + arr.nbytes
-        arrays.append((off, arr))
+        off = None if arena is None else arena.offset_of(arr)
+        if off is None:
+            off = -(-end[0] // ALIGN) * ALIGN
+            end[0] = off + arr.nbytes
+            arrays.append((off, arr))
         return {"a": [off, arr.dtype.str, list(arr.shape), as_tensor]}
     if x is None or isinstance(x, (bool, str)):
         return x
@@ -136,7 +194,7 @@ def _build(x, root, nbytes):
             dtype = np.dtype(dt)
             if dtype.kind not in _KINDS:
                 raise ValueError(f"bad dtype {dt} in a worker's batch header")
-            count = int(np.prod(shape, dtype=np.int64))
+            count = math.prod(shape)
             if root is None or off < 0 or off + count * dtype.itemsize > nbytes:
                 raise ValueError("a worker's batch header points outside its slot")
             arr = root[off:off + count * dtype.itemsize].view(dtype).reshape(shape)

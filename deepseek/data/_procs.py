@@ -18,12 +18,13 @@ later slots are made big enough from the start.
 
 Order and failures. Batch ``s`` of an epoch goes to worker ``s % num_workers``, with
 ``prefetch_factor`` batches in flight per worker, and batches are yielded in sampler
-order. A worker's exception is raised in the main process, with the worker's traceback
-and the failing indices; a worker that dies raises :class:`WorkerDiedError` naming it
-and its signal; ``timeout`` bounds the wait for each batch. Either way, and at the end
-of the epoch (unless the workers are persistent), on ``close()`` and at garbage
-collection, every worker is stopped (SIGTERM, then SIGKILL) and every slot name
-still linked is unlinked.
+order (an IterableDataset's epoch, :mod:`._stream`, picks the worker of each request
+itself and yields in the order asked). A worker's exception is raised in the main
+process, with the worker's traceback and the failing indices; a worker that dies
+raises :class:`WorkerDiedError` naming it and its signal; ``timeout`` bounds the wait
+for each batch. Either way, and at the end of the epoch (unless the workers are
+persistent), on ``close()`` and at garbage collection, every worker is stopped
+(SIGTERM, then SIGKILL) and every slot name still linked is unlinked.
 """
 import builtins
 import collections
@@ -39,9 +40,15 @@ from multiprocessing.connection import wait as mp_wait
 
 from . import _batchcodec as codec
 
-__all__ = ["WorkerPool", "ProcessIter", "WorkerDiedError", "WorkerError"]
+__all__ = ["WorkerPool", "PoolEpoch", "ProcessIter", "WorkerDiedError", "WorkerError",
+           "STREAM_END"]
 
 _JOIN = 1.0         # seconds a worker gets to finish its batch and exit before SIGTERM
+
+
+#: what :meth:`WorkerPool.get` returns for a batch an IterableDataset worker could not
+#: make because its stream had ended
+STREAM_END = object()
 
 
 class WorkerError(RuntimeError):
@@ -50,6 +57,11 @@ class WorkerError(RuntimeError):
 
 class WorkerDiedError(RuntimeError):
     """A worker process ended without being asked to (SIGKILL, the OOM killer, a crash)."""
+
+
+def _is_stream(index):
+    from ._stream import is_stream_request
+    return is_stream_request(index)
 
 
 def _job_id():
@@ -172,9 +184,10 @@ class WorkerPool:
 
     # ---- tasks -------------------------------------------------------------------
 
-    def submit(self, seq, index):
-        """Send batch ``seq`` (dataset indices ``index``) to worker ``seq % n``."""
-        w = seq % self.num_workers
+    def submit(self, seq, index, worker=None):
+        """Send batch ``seq`` (dataset indices ``index``) to ``worker`` (default: worker
+        ``seq % n``)."""
+        w = seq % self.num_workers if worker is None else worker
         slot = self._slot_for(w)
         self._task[seq] = (w, index, slot)
         self._inflight[w].append(seq)
@@ -191,32 +204,42 @@ class WorkerPool:
 
     def get(self, seq, timeout=None):
         """Batch ``seq`` (waiting for it): the rebuilt batch, or raises the worker's
-        exception / :class:`WorkerDiedError` / ``RuntimeError`` on timeout."""
-        w = seq % self.num_workers
+        exception / :class:`WorkerDiedError` / ``RuntimeError`` on timeout; for a
+        stream's worker whose stream has ended, :data:`STREAM_END`."""
+        w = self.worker_of(seq)
         deadline = None if not timeout else time.monotonic() + timeout
         conn, proc = self._conns[w], self._procs[w]
         while seq not in self._ready:
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                msg = (f"DataLoader timed out after {timeout} s waiting for batch {seq} from "
-                       f"worker {w} (pid {proc.pid}); raise timeout= if loading one batch "
-                       "takes longer")
-                self.close(now=True)
-                raise RuntimeError(msg)
-            ready = mp_wait([conn, proc.sentinel], left)
-            if conn in ready or conn.poll():
-                try:
-                    data = conn.recv_bytes()
-                except (EOFError, OSError):
-                    self._died(w, seq)
-                self._on_message(w, data)
-            elif proc.sentinel in ready:
+            # an answer already waiting is read at once (one poll, no selector set up);
+            # else sleep until the worker answers or dies
+            if not conn.poll():
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    msg = (f"DataLoader timed out after {timeout} s waiting for batch {seq} "
+                           f"from worker {w} (pid {proc.pid}); raise timeout= if loading "
+                           "one batch takes longer")
+                    self.close(now=True)
+                    raise RuntimeError(msg)
+                ready = mp_wait([conn, proc.sentinel], left)
+                if not conn.poll():
+                    if proc.sentinel in ready:
+                        self._died(w, seq)
+                    continue
+            try:
+                data = conn.recv_bytes()
+            except (EOFError, OSError):
                 self._died(w, seq)
+            self._on_message(w, data)
         kind, value = self._ready.pop(seq)
         self._task.pop(seq, None)
         if kind == "E":
             self._raise(w, value)
         return value
+
+    def worker_of(self, seq):
+        """The worker batch ``seq`` was sent to."""
+        task = self._task.get(seq)
+        return seq % self.num_workers if task is None else task[0]
 
     def _on_message(self, w, data):
         tag, body = data[:1], json.loads(data[1:])
@@ -232,6 +255,12 @@ class WorkerPool:
             raise RuntimeError(f"DataLoader worker {w} answered for batch {seq}, which "
                                "was not asked of it")
         _, index, slot = task
+        if tag == b"S":     # an IterableDataset worker's stream has ended: slot unused
+            self._inflight[w].remove(seq)
+            if slot is not None:
+                _release(weakref.ref(self), slot)
+            self._ready[seq] = ("S", STREAM_END)
+            return
         if tag == b"N":
             need = int(body["need"])
             self._hint = max(self._hint, need + need // 8)
@@ -257,8 +286,12 @@ class WorkerPool:
         self._ready[seq] = ("B", batch)
 
     def _raise(self, w, body):
-        where = "in worker_init_fn" if body["index"] == "'worker_init_fn'" else \
-            f"while loading the batch of indices {body['index']}"
+        if body["index"] == "'worker_init_fn'":
+            where = "in worker_init_fn"
+        elif body.get("stream"):     # an IterableDataset worker: no indices, a count
+            where = f"while making batch {body['index']} of its own stream"
+        else:
+            where = f"while loading the batch of indices {body['index']}"
         msg = (f"{body['type']}: {body['msg']}\n(raised in DataLoader worker {w} {where}; "
                f"the worker's traceback:)\n{body['tb']}")
         self.close(now=True)
@@ -293,7 +326,8 @@ class WorkerPool:
             how = f"exited with code {code}"
         pending = list(self._inflight[w]) or [seq]
         task = self._task.get(pending[0])
-        index = "" if task is None else f"; indices of batch {pending[0]}: {str(task[1])[:200]}"
+        index = "" if task is None or _is_stream(task[1]) else \
+            f"; indices of batch {pending[0]}: {str(task[1])[:200]}"
         msg = (f"DataLoader worker {w} (pid {proc.pid}) {how}, with batches {pending[:8]} of "
                f"this epoch assigned to it{index}")
         self.close(now=True)
@@ -350,34 +384,62 @@ class WorkerPool:
                 pass
 
 
-class ProcessIter:
-    """One epoch of batches from a :class:`WorkerPool`, in sampler order (batch ``s``
-    of the epoch is the ``s``-th item of ``indices``); with ``own_pool`` the pool is
-    closed with the epoch, else (persistent workers) it is drained first."""
+class PoolEpoch:
+    """What every epoch over a :class:`WorkerPool` shares: ``close()`` ends it and, with
+    ``own_pool``, stops the workers; else (persistent workers) the pool is drained when
+    the epoch starts, so that batches still in flight from the last one are dropped."""
 
-    def __init__(self, pool, indices, timeout=0, own_pool=True):
+    def __init__(self, pool, timeout=0, own_pool=True):
         self.pool, self.timeout, self.own_pool = pool, timeout, own_pool
-        self.indices = iter(indices)
-        self._submitted = 0
-        self._yielded = 0
         self._done = False
         try:
             if not own_pool:
                 pool.drain()
-            ahead = pool.num_workers * pool.prefetch_factor
-            for index in itertools.islice(self.indices, ahead):
-                self._submit(index)
+            self._start()
         except BaseException:
             self.close()
             raise
+
+    def _start(self):
+        """Send the epoch's first requests (``prefetch_factor`` per worker)."""
+        raise NotImplementedError
+
+    def __iter__(self):
+        return self
+
+    def close(self):
+        """End the epoch: with a pool of its own, stop the workers."""
+        if not self._done:
+            self._done = True
+            if self.own_pool:
+                self.pool.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class ProcessIter(PoolEpoch):
+    """One epoch of batches from a :class:`WorkerPool`, in sampler order (batch ``s``
+    of the epoch is the ``s``-th item of ``indices``)."""
+
+    def __init__(self, pool, indices, timeout=0, own_pool=True):
+        self.indices = iter(indices)
+        self._submitted = 0
+        self._yielded = 0
+        super().__init__(pool, timeout, own_pool)
+
+    def _start(self):
+        ahead = self.pool.num_workers * self.pool.prefetch_factor
+        for index in itertools.islice(self.indices, ahead):
+            self._submit(index)
 
     def _submit(self, index):
         # seq numbers restart at 0 every epoch (a persistent pool is drained first)
         self.pool.submit(self._submitted, index)
         self._submitted += 1
-
-    def __iter__(self):
-        return self
 
     def __next__(self):
         if self._done or self._yielded >= self._submitted:
@@ -393,19 +455,6 @@ class ProcessIter:
             self.close()
             raise
         return batch
-
-    def close(self):
-        """End the epoch: with a pool of its own, stop the workers."""
-        if not self._done:
-            self._done = True
-            if self.own_pool:
-                self.pool.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
 
 
 _DONE = object()

@@ -9,7 +9,8 @@ process), the position is the samples consumed of the sampler's order; a
 :class:`RandomSampler`'s order is drawn again from the stream state it was drawn from
 (saved in the state), a sequential order needs nothing, any other sampler is replayed
 and the seen part skipped (right when its order is reproducible). With a user's
-``batch_sampler`` the position counts batches instead.
+``batch_sampler`` the position counts batches instead; so it does for an
+IterableDataset, whose stream is replayed and the batches seen skipped.
 
 The state is plain JSON-able data (ints, strings, dicts), so a checkpoint's metadata
 can carry it.
@@ -56,6 +57,19 @@ def batched(samples, batch_size, drop_last):
         if not batch or (drop_last and len(batch) < batch_size):
             return
         yield batch
+
+
+def skipping(it, n):
+    """``it`` without its first ``n`` items (an IterableDataset's resume: the stream is
+    replayed up to where the state was taken); ``it`` is closed when this is."""
+    try:
+        for k, item in enumerate(it):
+            if k >= n:
+                yield item
+    finally:
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()
 
 
 def counting(indices, tracker, per_sample):

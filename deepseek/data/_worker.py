@@ -10,7 +10,8 @@ What crosses, in which direction:
 - worker -> main, per batch: one tag byte + JSON, never pickle: ``B`` a batch written
   into the slot (the header of :mod:`._batchcodec`), ``N`` the slot is too small
   (``need`` bytes; the batch stays cached until the main process sends a bigger slot),
-  ``E`` an exception (type name, message, formatted traceback, the failing index).
+  ``E`` an exception (type name, message, formatted traceback, the failing index),
+  ``S`` an IterableDataset worker's stream has ended (:mod:`._stream`).
 
 The worker maps each slot of its own on first use and unmaps the ones the main process
 retires. It ignores SIGINT (Ctrl-C is the main process's to handle), exits when its pipe
@@ -27,6 +28,8 @@ import traceback
 import numpy as np
 
 from . import _batchcodec as codec
+from ._nested import copy_arrays
+from ._stream import StreamEnd, StreamFetch
 
 _POLL = 0.5     # how often an idle worker checks that its parent is still alive
 
@@ -56,24 +59,79 @@ def _send(conn, tag, obj):
     conn.send_bytes(tag + json.dumps(obj, separators=(",", ":")).encode())
 
 
-def _error(conn, seq, index, exc):
+def _error(conn, seq, index, exc, stream=False):
+    """Report ``exc``; ``index`` names what failed (for a stream: its batch number)."""
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     try:
         where = repr(index)
     except Exception:
         where = "?"
     _send(conn, b"E", {"seq": seq, "type": type(exc).__name__, "msg": str(exc),
-                       "tb": text, "index": where[:200]})
+                       "tb": text, "index": where[:200], "stream": stream})
+
+
+def _failed(conn, seq, index, fetch, exc, made):
+    """Report ``exc`` for batch ``seq``: by its indices, or for a stream by its number
+    in the worker's stream (``made``: the batch was made, its layout failed)."""
+    if isinstance(fetch, StreamFetch):
+        _error(conn, seq, fetch.made - made, exc, stream=True)
+    else:
+        _error(conn, seq, index, exc)
+
+
+def _serve(conn, seq, index, name, size, dataset, fetch, segments, cached):
+    """Make batch ``seq`` and answer for it (``B``, ``N``, ``S`` or ``E``). A fresh batch
+    is collated straight into its slot (an Arena, see _batchcodec); the arena's views
+    die with this call, so the slot can be unmapped when it is retired."""
+    from ..distributed import shm
+    seg = None
+    if name is not None:
+        seg = segments.get(name)
+        if seg is None:
+            seg = segments[name] = shm.Segment.attach(name, size)
+    batch = cached.pop(seq, None)
+    arena = None
+    if batch is None:
+        arena = codec.Arena(seg.buf, size) if seg is not None else None
+        codec.set_arena(arena)
+        try:
+            batch = fetch(dataset, index)
+        except StreamEnd:
+            _send(conn, b"S", {"seq": seq})
+            return
+        except Exception as e:
+            _failed(conn, seq, index, fetch, e, made=False)
+            return
+        finally:
+            codec.set_arena(None)
+    try:
+        tree, arrays, nbytes = codec.layout(batch, arena)
+    except Exception as e:
+        _failed(conn, seq, index, fetch, e, made=True)
+        return
+    if seg is None or nbytes > size:
+        # kept for the bigger slot the main process will send; copied out of this
+        # one first when collated into it (this slot is about to be retired)
+        cached[seq] = batch if arena is None or not arena.end else copy_arrays(batch)
+        _send(conn, b"N", {"seq": seq, "need": nbytes})
+        return
+    codec.write(seg.buf, arrays)
+    del batch, arrays
+    if arena is not None:
+        arena.release()
+    conn.send_bytes(b"B" + json.dumps({"seq": seq, "tree": tree, "nbytes": nbytes},
+                                      separators=(",", ":")).encode())
 
 
 def worker_main(wid, num_workers, seed, conn, dataset, fetch, worker_init_fn, parent):
     """Run worker ``wid`` until told to stop (the target of each worker process)."""
     global info
-    from ..distributed import shm
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     info = WorkerInfo(wid, num_workers, seed, dataset)
     segments = {}           # name -> Segment mapped here
-    cached = None           # (seq, batch) waiting for a bigger slot
+    # seq -> batch waiting for a bigger slot; several may wait (a stream's batches
+    # cannot be made again: each one asked before the first slot came is kept)
+    cached = {}
     try:
         _seed_all(seed)
         if worker_init_fn is not None:
@@ -99,31 +157,7 @@ def worker_main(wid, num_workers, seed, conn, dataset, fetch, worker_init_fn, pa
                 if seg is not None:
                     seg.unlink()
                     seg.close()
-            if cached is not None and cached[0] == seq:
-                batch = cached[1]
-            else:
-                try:
-                    batch = fetch(dataset, index)
-                except Exception as e:
-                    _error(conn, seq, index, e)
-                    continue
-            cached = None
-            try:
-                tree, arrays, nbytes = codec.layout(batch)
-            except Exception as e:
-                _error(conn, seq, index, e)
-                continue
-            if name is None or nbytes > size:
-                cached = (seq, batch)
-                _send(conn, b"N", {"seq": seq, "need": nbytes})
-                continue
-            seg = segments.get(name)
-            if seg is None:
-                seg = segments[name] = shm.Segment.attach(name, size)
-            codec.write(seg.buf, arrays)
-            del batch, arrays
-            conn.send_bytes(b"B" + json.dumps({"seq": seq, "tree": tree, "nbytes": nbytes},
-                                              separators=(",", ":")).encode())
+            _serve(conn, seq, index, name, size, dataset, fetch, segments, cached)
     except (BrokenPipeError, EOFError, ConnectionResetError):
         pass  # the main process went away
     finally:

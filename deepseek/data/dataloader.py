@@ -15,7 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from . import _resume
-from ._nested import map_nested
+from ._batchcodec import arena_empty
+from ._nested import copy_arrays, map_nested
 from .dataset import IterableDataset
 from .sampler import SequentialSampler, RandomSampler, BatchSampler
 
@@ -56,6 +57,8 @@ def default_collate(batch):
                                f"but got {sorted(shapes)} in one batch (pad the samples or "
                                "pass a collate_fn)")
         xp = get_array_module(arrays[0])
+        if xp is np:
+            return Tensor._make(_stack(arrays))
         return Tensor._make(xp.stack(arrays))
     if isinstance(elem, np.ndarray):
         if elem.dtype.kind in "OSU":
@@ -86,6 +89,17 @@ def default_collate(batch):
         return [default_collate(list(s)) for s in zip(*batch)]
     raise TypeError(f"default_collate: batch must contain tensors, numpy arrays, numbers, "
                     f"dicts or lists; found {type(elem).__name__}")
+
+
+def _stack(arrays):
+    """np.stack, in a loader worker straight into the batch's shared-memory slot (one
+    write of the batch instead of two; see deepseek.data._batchcodec)."""
+    dtype = arrays[0].dtype
+    if all(a.dtype == dtype for a in arrays):
+        out = arena_empty((len(arrays),) + arrays[0].shape, dtype)
+        if out is not None:
+            return np.stack(arrays, out=out)
+    return np.stack(arrays)
 
 
 def default_convert(data):
@@ -153,6 +167,10 @@ class DataLoader:
     memory (its slot is reused at once); ``loader.stats`` says how long the loop waited
     for its batches.
 
+    An IterableDataset with ``num_workers > 0`` is iterated by each worker on its own
+    copy (``get_worker_info()`` lets the copy shard itself), the workers' batches
+    interleaved in turn, as PyTorch does (deepseek.data._stream).
+
     Map-style datasets that can gather a whole batch at once (TensorDataset, a Subset of
     one) are read with one gather per tensor instead of one call per sample.
     """
@@ -203,6 +221,7 @@ class DataLoader:
         self._epoch = 0             # epochs completed (and the auto-sharded sampler's epoch)
         self._tracker = None
         self._resume_state = None
+        self._stream_token = 0      # IterableDataset epochs started (names each to workers)
 
         if self._iterable:
             if shuffle not in (None, False):
@@ -320,11 +339,7 @@ class DataLoader:
 
     def __iter__(self):
         if self._iterable:
-            if self.num_workers > 0:
-                raise NotImplementedError("DataLoader: num_workers > 0 is not supported for "
-                                          "an IterableDataset (its stream can't be split "
-                                          "between workers); use num_workers=0")
-            return self._iter_iterable()
+            return self._iter_stream()
         tracker, indices = self._epoch_indices()
         self._tracker = tracker
         if self.num_workers == 0:
@@ -338,19 +353,55 @@ class DataLoader:
             inner = pin_iter(inner, self.pin_memory_device)
         return _resume.EpochIter(inner, tracker, self.stats, self._epoch_done)
 
+    def _iter_stream(self):
+        """One epoch of an IterableDataset: in this thread, or interleaved from worker
+        processes that each iterate their own copy (deepseek.data._stream). A loaded
+        state skips the batches its epoch had already yielded (exact when each worker's
+        stream is the same again, as a stream sharded by worker id and seeded is)."""
+        if self.num_workers and self.worker_mode == "thread":
+            raise NotImplementedError("DataLoader: an IterableDataset with worker_mode="
+                                      "'thread' is not supported (threads would share one "
+                                      "copy of the stream); use worker_mode='process'")
+        resume, self._resume_state = self._resume_state, None
+        skip = resume["position"] if resume is not None else 0
+        tracker = _resume.Tracker(self._epoch, skip, 1, "batch", "iterable")
+        self._tracker = tracker
+        if self.num_workers == 0:
+            inner = self._iter_iterable()
+        else:
+            from ._stream import StreamFetch, StreamIter
+            pool = self._worker_pool(StreamFetch(self.collate_fn, self.batch_size,
+                                                 self.drop_last))
+            self._stream_token += 1   # a new iterator in every worker, also persistent ones
+            inner = StreamIter(pool, self._stream_token, self.timeout,
+                               own_pool=not self.persistent_workers)
+            inner = _copying(inner) if self.copy else inner
+        if skip:
+            inner = _resume.skipping(inner, skip)
+        if self.pin_memory:
+            from ._pin import pin_iter
+            inner = pin_iter(inner, self.pin_memory_device)
+        return _resume.EpochIter(inner, tracker, self.stats, self._epoch_done)
+
+    def _worker_pool(self, fetch):
+        """The persistent pool if there is one, else a new pool of worker processes."""
+        from ._procs import WorkerPool
+        pool = self._pool
+        if pool is None or pool.closed:
+            pool = WorkerPool(self.dataset, fetch, self.num_workers, self._base_seed(),
+                              self.worker_init_fn, self.multiprocessing_context,
+                              self.prefetch_factor)
+            self._pool = pool if self.persistent_workers else None
+        return pool
+
     def _base_seed(self):
         return int(np.random.SeedSequence().entropy % (2 ** 32)) if self.generator is None \
             else int(self.generator.numpy.integers(0, 2 ** 32))
 
     def _iter_processes(self, indices):
-        from ._procs import ProcessIter, WorkerPool
-        pool = self._pool
-        if pool is None or pool.closed:
-            pool = WorkerPool(self.dataset,
-                              functools.partial(fetch_batch, self.collate_fn, self._auto_collation),
-                              self.num_workers, self._base_seed(), self.worker_init_fn,
-                              self.multiprocessing_context, self.prefetch_factor)
-            self._pool = pool if self.persistent_workers else None
+        from ._procs import ProcessIter
+        pool = self._worker_pool(functools.partial(fetch_batch, self.collate_fn,
+                                                   self._auto_collation))
         it = ProcessIter(pool, indices, self.timeout, own_pool=not self.persistent_workers)
         return _copying(it) if self.copy else it
 
@@ -393,9 +444,9 @@ class DataLoader:
         Mid-epoch it is the running epoch's position; after a complete epoch, the start
         of the next one."""
         tr, s = self._tracker, self.sampler
-        kind = _resume.sampler_kind(s)
+        kind = self._state_kind()
         replicas = s.num_replicas if kind == "distributed" else 1
-        unit = "batch" if self.batch_sampler_given else "sample"
+        unit = "batch" if self.batch_sampler_given or self._iterable else "sample"
         state = {"version": _resume.VERSION, "kind": kind, "num_replicas": replicas,
                  "batch_size": self.batch_size, "unit": unit, "rng": None}
         if tr is not None and not tr.done:          # mid-epoch
@@ -411,6 +462,9 @@ class DataLoader:
                 state["rng"] = s.generator.numpy.bit_generator.state
         return state
 
+    def _state_kind(self):
+        return "iterable" if self._iterable else _resume.sampler_kind(self.sampler)
+
     def load_state_dict(self, state):
         """Resume at the position ``state`` (from :meth:`state_dict`) records: the next
         ``iter(loader)`` starts at the first sample not yet seen. With a
@@ -418,7 +472,12 @@ class DataLoader:
         that epoch is split between this loader's ranks (which may be more or fewer
         than the saving ones)."""
         state = _resume.check_state(state)
-        kind = _resume.sampler_kind(self.sampler)
+        kind = self._state_kind()
+        if (state["kind"] == "iterable") != self._iterable:
+            kinds = ("a map-style dataset", "an IterableDataset")
+            raise ValueError(f"DataLoader.load_state_dict: the state is of a loader over "
+                             f"{kinds[state['kind'] == 'iterable']}, this one is over "
+                             f"{kinds[self._iterable]} ({type(self.dataset).__name__})")
         if (state["kind"] == "distributed") != (kind == "distributed"):
             raise ValueError(f"DataLoader.load_state_dict: the state is of a loader with a "
                              f"{state['kind']} sampler, this one's is {kind}")
@@ -451,20 +510,9 @@ class DataLoader:
 def _copying(it):
     try:
         for batch in it:
-            yield _copy_out(batch)
+            yield copy_arrays(batch)
     finally:
         it.close()
-
-
-def _copy_out(batch):
-    """``batch`` with every array copied out of its shared-memory slot."""
-    from .._tensor import Tensor
-
-    def leaf(x):
-        if isinstance(x, Tensor):
-            return Tensor._make(x._data.copy())
-        return x.copy() if isinstance(x, np.ndarray) else x
-    return map_nested(batch, leaf)
 
 
 _DONE = object()

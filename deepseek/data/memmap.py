@@ -24,11 +24,22 @@ import os
 
 import numpy as np
 
+from ._batchcodec import arena_empty
 from .dataset import Dataset
 
 __all__ = ["MemmapDataset", "MemmapWriter"]
 
 FORMAT = "deepseek.memmap/1"
+
+
+def _converted(src, dtype):
+    """``src`` as a new contiguous array of ``dtype``; in a loader worker, written
+    straight into the batch's shared-memory slot (one write instead of three)."""
+    out = arena_empty(src.shape, dtype)
+    if out is None:
+        out = np.empty(src.shape, dtype)
+    np.copyto(out, src, casting="unsafe")
+    return out
 
 
 def _sidecar(path):
@@ -170,13 +181,17 @@ class MemmapDataset(Dataset):
         from .._tensor import Tensor
         idx = np.fromiter((self._check(i) for i in indices), np.int64, len(indices))
         if self.seq_len is None:
-            return Tensor._make(self.array[idx])
+            out = arena_empty((len(idx),) + self.record_shape, self.dtype)
+            if out is None:
+                return Tensor._make(self.array[idx])
+            # in a loader worker: read the records straight into the batch's slot
+            return Tensor._make(np.take(self.array, idx, axis=0, out=out, mode="clip"))
         rows = (idx * self.stride)[:, None] + np.arange(self._window)
-        w = self.array[rows].astype(self.out_dtype, copy=False)
+        w = self.array[rows]
         if self.targets:
-            return [Tensor._make(np.ascontiguousarray(w[:, :-1])),
-                    Tensor._make(np.ascontiguousarray(w[:, 1:]))]
-        return Tensor._make(w)
+            return [Tensor._make(_converted(w[:, :-1], self.out_dtype)),
+                    Tensor._make(_converted(w[:, 1:], self.out_dtype))]
+        return Tensor._make(_converted(w, self.out_dtype))
 
     def _span(self, i):
         """(first byte, end byte) in the file of sample ``i``."""
