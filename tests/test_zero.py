@@ -1,8 +1,8 @@
 """ZeRO stages 1-3 against DDP and one process, on real processes (spawn_ranks).
 
 Stage 1 is DDP + ZeroRedundancyOptimizer, stage 2 FSDP(SHARD_GRAD_OP), stage 3
-FSDP(FULL_SHARD) with one unit per block. Mixed precision (bf16) is not tested: AMP does
-not exist in deepseek yet, and FSDP's mixed_precision raises NotImplementedError.
+FSDP(FULL_SHARD) with one unit per block. AMP (autocast + ShardedGradScaler) and
+subgroups: tests/test_zero_amp.py.
 """
 import numpy as np
 import pytest

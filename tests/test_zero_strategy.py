@@ -25,3 +25,16 @@ def test_every_stage_trains_like_ddp_through_the_trainer(shm_guard):
             for k in ddp[r]:
                 np.testing.assert_allclose(got[r][k], ddp[r][k], rtol=1e-5, atol=1e-6,
                                            err_msg=f"{stage} rank {r} {k}")
+
+
+@pytest.mark.timeout(300)
+def test_zero_strategies_with_16_mixed_train_like_ddp(shm_guard):
+    """precision='16-mixed' (fp16 autocast + GradScaler): the fp32 master weights are
+    sharded, and every stage ends where DDP under the same precision does."""
+    ddp = spawn_ranks(cases.trainer_fit, 2, timeout=180, args=("ddp", "16-mixed"))
+    for stage in ("zero1", "zero3"):
+        got = spawn_ranks(cases.trainer_fit, 2, timeout=180, args=(stage, "16-mixed"))
+        for r in range(2):
+            for k in ddp[r]:
+                np.testing.assert_allclose(got[r][k], ddp[r][k], rtol=1e-4, atol=1e-5,
+                                           err_msg=f"{stage} 16-mixed rank {r} {k}")

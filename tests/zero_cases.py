@@ -284,9 +284,10 @@ def ckpt_load(rank, world, stage, path):
     return full_params(runner, stage if stage != "single" else "single")
 
 
-def trainer_fit(rank, world, strategy):
-    """Trainer(strategy=...) for two epochs accumulating 2 micro-batches (the model of
-    tests/scripts/trainer_model.py); returns the unwrapped model's parameters."""
+def trainer_fit(rank, world, strategy, precision="32"):
+    """Trainer(strategy=..., precision=...) for two epochs accumulating 2 micro-batches
+    (the model of tests/scripts/trainer_model.py); returns the unwrapped model's
+    parameters."""
     import os
     import sys
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts"))
@@ -294,7 +295,7 @@ def trainer_fit(rank, world, strategy):
     import deepseek
     t = deepseek.Trainer(accelerator="cpu", strategy=strategy, seed=0, max_epochs=2,
                          accumulate_grad_batches=2, gradient_clip_val=1.0,
-                         enable_progress_bar=False)
+                         enable_progress_bar=False, precision=precision)
     model = tm.make_model(optimizer="sgd", lr=0.1)
     t.fit(model, tm.make_loader(batch_size=8))
     return tm.params(model) if strategy in ("zero1", "ddp") else \
@@ -369,3 +370,109 @@ def trainer_resume(rank, world, strategy, ckpt_dir, phase):
     params = {k: np.array(v.numpy()) for k, v in t.strategy.model_state_dict().items()}
     files = sorted(os.listdir(ckpt_dir)) if phase != "full" else []
     return params, files
+
+
+def train_amp(rank, world, stage, dtype="float16", steps=6, kind="mlp"):
+    """``steps`` steps under ``deepseek.amp.autocast(dtype)`` with a loss-scaling
+    ShardedGradScaler (fp16; bf16 runs unscaled), fp32 master parameters sharded as
+    ``stage`` shards them. Returns the full parameters and the scale after each step."""
+    import deepseek as ds
+    from deepseek.amp import autocast
+    from deepseek.distributed.fsdp import ShardedGradScaler
+    _init()
+    model = build_model(kind, seed=rank)
+    runner, optimizer = wrap(model, stage, "adamw")
+    scaler = ShardedGradScaler(init_scale=2.0 ** 12, enabled=dtype == "float16")
+    per = GLOBAL_BATCH // world
+    scales = []
+    for s in range(steps):
+        x, y = _data(kind, s)
+        optimizer.zero_grad()
+        with autocast("cpu", dtype=getattr(ds, dtype)):
+            loss = _loss(runner, kind, x[rank * per:(rank + 1) * per],
+                         y[rank * per:(rank + 1) * per])
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scales.append(scaler.get_scale())
+    return full_params(runner, stage), scales
+
+
+def amp_inf_on_one_rank(rank, world, stage, sharded=True, poke_step=1, steps=3):
+    """fp16 AMP steps where, at ``poke_step``, rank 0 alone finds an inf in the
+    gradients it holds (written into its first gradient after backward: under ZeRO-2/3
+    its own shard). Returns, per step, (whether this rank's parameters changed, the
+    scale after the step). ``sharded=False`` uses a plain GradScaler, whose ranks
+    decide alone (only used with stage 2/3 and ``steps=poke_step + 1``: the
+    ranks' next collectives no longer line up -- under ZeRO-1 already the step's
+    parameter all-gather)."""
+    import deepseek as ds
+    from deepseek.amp import GradScaler, autocast
+    from deepseek.distributed.fsdp import ShardedGradScaler
+    _init()
+    model = build_model("mlp", seed=rank)
+    runner, optimizer = wrap(model, stage, "sgd")
+    scaler = (ShardedGradScaler if sharded else GradScaler)(init_scale=2.0 ** 10)
+    held = [p for g in optimizer.param_groups for p in g["params"]]
+    per = GLOBAL_BATCH // world
+    out = []
+    for s in range(steps):
+        x, y = _data("mlp", s)
+        optimizer.zero_grad()
+        with autocast("cpu", dtype=ds.float16):
+            loss = _loss(runner, "mlp", x[rank * per:(rank + 1) * per],
+                         y[rank * per:(rank + 1) * per])
+        scaler.scale(loss).backward()
+        if s == poke_step and rank == 0:
+            held[0].grad._data.reshape(-1)[0] = np.inf
+        # what this rank holds (its shards): comparing the full parameters would take
+        # collectives, which ranks that disagree no longer line up for
+        before = [np.array(p._data, copy=True) for p in held]
+        scaler.step(optimizer)
+        scaler.update()
+        changed = any(not np.array_equal(b, p._data) for b, p in zip(before, held))
+        out.append((changed, scaler.get_scale()))
+    return out
+
+
+def subgroup_train(rank, world, stage, steps=4):
+    """ZeRO over a subgroup: ranks {0, 1} and {2, 3} of 4 are two data-parallel groups
+    (the dp dimension of a 2x2 mesh), each training its own copy on its own data.
+    Returns (group index, full parameters)."""
+    import deepseek.distributed as dist
+    _init()
+    groups = [dist.new_group([0, 1]), dist.new_group([2, 3])]
+    gi = rank // 2
+    pg = groups[gi]
+    local = rank % 2
+    model = build_model("mlp", seed=rank)
+    runner, optimizer = wrap(model, stage, "adamw", pg=pg)
+    per = GLOBAL_BATCH // 2
+    for s in range(steps):
+        x, y = _data("mlp", s + 50 * gi)   # each group sees other data
+        optimizer.zero_grad()
+        _loss(runner, "mlp", x[local * per:(local + 1) * per],
+              y[local * per:(local + 1) * per]).backward()
+        optimizer.step()
+    return gi, full_params(runner, stage)
+
+
+def subgroup_reference(group, steps=4):
+    """One process on the whole batch of ``group``'s data (rank 2*group's seed is
+    what the group broadcasts)."""
+    model = build_model("mlp", seed=2 * group)
+    optimizer = make_optimizer(model.parameters(), "adamw")
+    for s in range(steps):
+        x, y = _data("mlp", s + 50 * group)
+        optimizer.zero_grad()
+        _loss(model, "mlp", x, y).backward()
+        optimizer.step()
+    return full_params(model, "single")
+
+
+def train_reduce_dtype(rank, world, stage, reduce_dtype, steps=6):
+    """``train`` (MLP, SGD+momentum) with FSDP's
+    ``MixedPrecision(reduce_dtype=reduce_dtype)``: gradients on the wire in bf16/fp16."""
+    from deepseek.distributed.fsdp import MixedPrecision
+    return train(rank, world, stage, opt="sgd", steps=steps,
+                 mixed_precision=MixedPrecision(reduce_dtype=reduce_dtype))

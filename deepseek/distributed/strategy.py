@@ -354,7 +354,9 @@ class ZeROStrategy(DDPStrategy):
     single-file checkpoints hold the full model; the sharded optimizer state of stages
     2/3 goes through ``deepseek.distributed.checkpoint`` into ``<file>.zero/`` beside
     it (every rank writes its pieces; a resume on any number of ranks reshards it).
-    ``offload_optimizer`` (ZeRO-Offload) is the GPU path: not available yet.
+    Under ``precision='16-mixed'`` the GradScaler's inf/NaN flag is all-reduced over
+    the group, so every rank skips the same steps. ``offload_optimizer`` (ZeRO-Offload)
+    is the GPU path: not available yet.
     """
 
     stage: int = 2
@@ -378,6 +380,12 @@ class ZeROStrategy(DDPStrategy):
 
     def setup_optimizers(self, optimizers):
         from .zero import ZeroRedundancyOptimizer
+        scaler = getattr(getattr(self.trainer, "precision_plugin", None), "scaler", None)
+        if scaler is not None:
+            # '16-mixed': each rank unscales the gradients it holds (its shards): the
+            # skip decision is agreed over the group (ShardedGradScaler's reduction)
+            from .fsdp.sharded_grad_scaler import agree_on_inf
+            scaler.found_inf_reduce = agree_on_inf(self.process_group)
         out = []
         if self.stage >= 2 and optimizers:
             from .fsdp import FullyShardedDataParallel

@@ -63,21 +63,25 @@ class ReleasableBuffer:
 
 class ReusedZeros:
     """A gradient bucket's allocator (``GradBucket(alloc=...)``) that hands out the
-    same releasable memory every time, zero-filled: FSDP makes a bucket's buffer at
+    same releasable memory every time, zero-filled from element ``zero_from`` on (0:
+    all of it; a bucket passes its unpadded size, since every slot before that is
+    overwritten by a gradient's copy, and a memset of it cost 0.3 ms per 1 MB unit per
+    backward): FSDP makes a bucket's buffer at
     each backward and drops it after its reduce-scatter, and a fresh ``np.zeros`` of a
     bucket above malloc's mmap threshold faults every page in again (measured: 90 us
     per 263 KB bucket on the test VM, against 15 us for a memset of pages kept by
     ``MADV_FREE``). :meth:`release` gives the pages back as :meth:`ReleasableBuffer.
     release` does."""
 
-    def __init__(self):
+    def __init__(self, zero_from=0):
         self._buf = None
+        self._zero_from = int(zero_from)
 
     def __call__(self, numel, dtype):
         buf = self._buf
         if buf is None or buf.array.size != numel or buf.array.dtype != np.dtype(dtype):
             buf = self._buf = ReleasableBuffer(numel, dtype)
-        buf.array[...] = 0
+        buf.array[min(self._zero_from, numel):] = 0
         return buf.array
 
     def release(self):

@@ -35,8 +35,12 @@ SHARD_GRAD_OP keeps the full parameters between steps (4 bytes per parameter) an
 re-gathers them, all units at once and asynchronously at the start of the next
 forward, only after the optimizer changed the shards. NO_SHARD is DDP.
 
-Not here (yet): ``mixed_precision`` (deepseek.amp does not exist yet) and
-``cpu_offload`` (the GPU path); both raise NotImplementedError.
+Precision. fp32 master shards with ``deepseek.amp.autocast`` around the forward (and
+``ShardedGradScaler`` for fp16: the skip decision is agreed over the group);
+``mixed_precision=MixedPrecision(reduce_dtype=bf16/fp16)`` reduce-scatters the
+gradients in that dtype (``mixed_precision.py``). Not here (yet): low-precision
+gathered parameters (``param_dtype``) and ``cpu_offload`` (the GPU path); both raise
+NotImplementedError.
 """
 import contextlib
 import math
@@ -90,7 +94,9 @@ class FullyShardedDataParallel(nn.Module):
             unit's backward starts) or None.
         forward_prefetch: gather the next unit while the current one computes.
         bucket_cap_mb: gradient bucket size inside a unit (DDP's meaning).
-        mixed_precision, cpu_offload: not supported yet (raise).
+        mixed_precision: a ``fsdp.MixedPrecision``; only ``reduce_dtype`` (the
+            gradients' wire dtype) is supported.
+        cpu_offload: not supported yet (raises).
     """
 
     def __init__(self, module, process_group=None, sharding_strategy="FULL_SHARD",
@@ -104,9 +110,8 @@ class FullyShardedDataParallel(nn.Module):
         if strategy == "NO_SHARD":
             raise NotImplementedError("sharding_strategy='NO_SHARD' is DDP: use "
                                       "deepseek.distributed.DistributedDataParallel")
-        if mixed_precision is not None:
-            raise NotImplementedError("FullyShardedDataParallel: mixed_precision lands with "
-                                      "deepseek.amp, which does not exist yet")
+        from .mixed_precision import reduce_dtype_of
+        reduce_dtype = reduce_dtype_of(mixed_precision)  # (raises on what is not here)
         if cpu_offload and getattr(cpu_offload, "offload_params", True):
             raise NotImplementedError("FullyShardedDataParallel: cpu_offload is the GPU path "
                                       "(ZeRO-Offload), not available yet")
@@ -130,7 +135,8 @@ class FullyShardedDataParallel(nn.Module):
                 m, process_group=pg, sharding_strategy=strategy,
                 backward_prefetch=backward_prefetch, forward_prefetch=forward_prefetch,
                 sync_module_states=sync_module_states, bucket_cap_mb=bucket_cap_mb,
-                _exclude=exclude, _defer=not self._reshard))
+                mixed_precision=mixed_precision, _exclude=exclude,
+                _defer=not self._reshard))
         self._fsdp_wrapped_module = module
         # (not a child module: a Module attribute would be registered as a submodule,
         # making the tree cyclic -- repr, train(), children() would recurse forever)
@@ -152,7 +158,7 @@ class FullyShardedDataParallel(nn.Module):
         for pid, (names, p) in entries.items():
             by_dtype.setdefault(p._data.dtype, []).append((names, p))
         self._handles = [FlatParamHandle(ents, pg, self._reshard, self._cap,
-                                         sync_module_states)
+                                         sync_module_states, reduce_dtype)
                          for ents in by_dtype.values()]
         n = 0
         for h in self._handles:
@@ -220,7 +226,11 @@ class FullyShardedDataParallel(nn.Module):
                     h.unshard(async_op=True)
         out = self._fsdp_wrapped_module(*args, **kwargs)
         grad = is_grad_enabled()
-        if self._reshard and (root is not self or not grad):
+        # the unit that ran last in the previous forward is the first one backward
+        # needs: releasing it only to gather it again at once would cost a release and
+        # a blocking all-gather (the peak is the same either way: backward holds it)
+        last = grad and root._order and root._order[-1] is self
+        if self._reshard and (root is not self or not grad) and not last:
             for h in self._handles:
                 h.reshard()
         if grad:
