@@ -514,8 +514,11 @@ def adamw_step(param, grad, exp_avg, exp_avg_sq, *, lr, step, beta1=0.9, beta2=0
 #   int8_gemm(a int8 [M, K], packed) -> int32 [M, N]        exactly a @ w.T in int32
 #   int8_linear(a, a_scale [M], packed, w_scale [N], bias [N] | None) -> fp32 [M, N]
 #       float32(acc) * (a_scale[m] * w_scale[n]) + bias[n]
-#   int8_quantize_rows(x f32 [M, K], per_tensor=False) -> (q int8 [M, K], scale f32 [M])
-#       symmetric: scale = amax / 127, q = clip(rint(x * (1 / scale)), -127, 127)
+#   int8_quantize_rows(x f32 [M, K], per_tensor=False, kp=None, qmax=127)
+#       -> (q int8 [M, kp], scale f32 [M])
+#       symmetric: scale = amax / qmax, q = clip(rint(x * (1 / scale)), -qmax, qmax);
+#       qmax=63 (reduce_range: 7-bit activations, as fbgemm's x86 default) lets the AVX2
+#       GEMM skip a step (int8_gemm checks the range of every call's A, so it stays exact)
 #   int8_isa() / int8_isa_list() / use_int8_isa(name)
 
 __all__ += ["Int8Packed", "int8_pack", "int8_gemm", "int8_linear", "int8_quantize_rows",
@@ -637,26 +640,32 @@ def int8_linear(a, a_scale, packed, w_scale, bias=None):
     return out
 
 
-def int8_quantize_rows(x, per_tensor=False, kp=None):
-    """Symmetric dynamic quantization of x [M, K] fp32 per row (or per tensor):
-    (q int8 [M, kp or K], scale fp32 [M]); columns past K are zero."""
+def int8_quantize_rows(x, per_tensor=False, kp=None, qmax=127):
+    """Symmetric dynamic quantization of x [M, K] fp32 per row (or per tensor) to
+    [-qmax, qmax]: (q int8 [M, kp or K], scale fp32 [M]); columns past K are zero.
+    ``qmax=63`` is reduce_range (7-bit values: the AVX2 GEMM's faster loop)."""
     if not isinstance(x, np.ndarray) or x.ndim != 2:
         raise TypeError("int8_quantize_rows(): x must be a 2-D ndarray")
+    if not isinstance(qmax, (int, np.integer)) or not 1 <= qmax <= 127:
+        raise ValueError(f"int8_quantize_rows(): qmax must be an int in [1, 127], got {qmax!r}")
     x = np.ascontiguousarray(x, np.float32)
     m, k = x.shape
     kp = k if kp is None else kp
     if _int8_ok():
         q = np.empty((m, kp), np.int8)
         s = np.empty(m, np.float32)
-        _ext.int8_quantize_rows(x, m, k, kp, bool(per_tensor), q, s)
+        _ext.int8_quantize_rows(x, m, k, kp, bool(per_tensor), q, s, int(qmax))
         return q, s
-    amax = np.abs(x).max(axis=1) if k else np.zeros(m, np.float32)
+    # fmax skips NaN, as the kernels' max does (a NaN element quantizes to 0)
+    amax = np.fmax.reduce(np.abs(x), axis=1) if k else np.zeros(m, np.float32)
     if per_tensor and m:
         amax = np.full(m, amax.max(), np.float32)
-    s = np.where(amax > 0, amax / np.float32(127), np.float32(1)).astype(np.float32)
+    s = np.where(amax > 0, amax / np.float32(qmax), np.float32(1)).astype(np.float32)
     inv = (np.float32(1) / s).astype(np.float32)
     q = np.zeros((m, kp), np.int8)
-    q[:, :k] = np.clip(np.rint(x * inv[:, None]), -127, 127).astype(np.int8)
+    v = np.rint(x * inv[:, None])
+    v[np.isnan(v)] = 0                      # as the kernels: NaN quantizes to 0
+    q[:, :k] = np.clip(v, -qmax, qmax).astype(np.int8)
     return q, s
 
 

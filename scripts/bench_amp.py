@@ -3,9 +3,11 @@ autocast, side by side with PyTorch's CPU autocast in the same run.
 
     python scripts/bench_amp.py [--reps 5] [--quick] [--json]
 
-Models: the transformer encoder layer (d 256, 4 heads, seq 128, batch 16) and an MLP
-(784-1024-1024-10, batch 256). A step is forward + backward + SGD step; times are
-medians over ``--reps`` steps after a warm-up, the configurations interleaved.
+Models: the transformer encoder layer (d 256, 4 heads, seq 128, batch 16), an MLP
+(784-1024-1024-10, batch 256) and a small-op MLP (64-64-64-10, batch 16: autocast's
+per-op cost). ``--models mlp_small`` runs only the named ones. A step is forward +
+backward + SGD step; times are medians over ``--reps`` steps after a warm-up, the
+configurations interleaved.
 Peak memory of forward+backward is measured with tracemalloc (numpy reports every
 array allocation to it): the peak above what was allocated before the forward, in a
 separate, untimed run. The GEMM table compares a (M, K) @ (K, N) product in fp32
@@ -38,7 +40,17 @@ def _mlp(lib, nn):
     return m, x, lambda out: nn.functional.cross_entropy(out.float(), y)
 
 
-MODELS = {"transformer": _transformer, "mlp": _mlp}
+def _mlp_small(lib, nn):
+    """Small ops (64 wide, batch 16): the step is dispatch, not math, so this row shows
+    what autocast's per-op interception costs."""
+    m = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
+                      nn.Linear(64, 10))
+    x = lib.randn(16, 64)
+    y = lib.tensor(np.arange(16) % 10)
+    return m, x, lambda out: nn.functional.cross_entropy(out.float(), y)
+
+
+MODELS = {"transformer": _transformer, "mlp": _mlp, "mlp_small": _mlp_small}
 
 
 def _ds_step(model, x, loss_fn, opt, amp):
@@ -128,9 +140,10 @@ def main():
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="the MLP only, 3 reps")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--models", nargs="+", choices=list(MODELS), help="only these models")
     args = ap.parse_args()
     reps = 3 if args.quick else args.reps
-    names = ["mlp"] if args.quick else list(MODELS)
+    names = args.models or (["mlp"] if args.quick else list(MODELS))
     models = bench_models(reps, names)
     gemm = bench_gemm(reps, [(512, 512, 512), (2048, 256, 1024), (2048, 1024, 256)])
     if args.json:

@@ -9,7 +9,8 @@ Both systems run in this one process, in interleaved rounds (deepseek, torch, de
 ...), each round timing ``--iters`` calls of one case; the table shows the median of
 the rounds per call in microseconds, and deepseek's time over PyTorch's.
 
-    python scripts/bench_overhead.py [--rounds 15] [--iters 2000] [--profile CASE]
+    python scripts/bench_overhead.py [--rounds 15] [--iters 2000] [--clock wall|cpu]
+                                     [--profile CASE]
 
 ``--profile add_grad`` (or any case name) runs deepseek's case under cProfile and prints
 where the time goes, for finding the next thing to cut.
@@ -56,19 +57,25 @@ LABELS = {"add": "add", "mul": "mul", "relu": "relu", "add_grad": "add (grad)",
           "fwd_bwd_4ops": "fwd+bwd 4 ops"}
 
 
-def time_per_call(fn, iters):
+def time_per_call(fn, iters, clock=time.perf_counter):
     """Seconds per call of ``fn`` over ``iters`` calls (a loop unrolled by 4)."""
     n = max(iters // 4, 1)
-    t0 = time.perf_counter()
+    t0 = clock()
     for _ in range(n):
         fn()
         fn()
         fn()
         fn()
-    return (time.perf_counter() - t0) / (4 * n)
+    return (clock() - t0) / (4 * n)
 
 
-def run(rounds, iters):
+# --clock cpu: this thread's CPU time. Both systems run single-threaded in this thread,
+# so it is the per-op work itself, without the time other processes take the core
+# (on a shared machine wall-clock rounds swing by 2x).
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
+
+
+def run(rounds, iters, clock="wall"):
     """{case: {"deepseek": [us...], "torch": [us...]}} measured in interleaved rounds."""
     import deepseek
     import torch
@@ -76,13 +83,14 @@ def run(rounds, iters):
     deepseek.set_num_threads(1)
     systems = {"deepseek": cases(deepseek), "torch": cases(torch)}
     out = {name: {s: [] for s in systems} for name in systems["deepseek"]}
+    tick = CLOCKS[clock]
     for name in out:  # warm-up: first calls allocate caches
         for s in systems:
-            time_per_call(systems[s][name], 200)
+            time_per_call(systems[s][name], 200, tick)
     for _ in range(rounds):
         for name in out:
             for s in systems:
-                out[name][s].append(1e6 * time_per_call(systems[s][name], iters))
+                out[name][s].append(1e6 * time_per_call(systems[s][name], iters, tick))
     return out
 
 
@@ -127,11 +135,14 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--iters", type=int, default=2000, help="calls per round and case")
     p.add_argument("--profile", metavar="CASE", help="cProfile deepseek's CASE instead")
+    p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                   help="wall clock (default) or this thread's CPU time (shared machines)")
     a = p.parse_args(argv)
     if a.profile:
         profile(a.profile, a.iters * 5)
         return
-    print(ratio_table(run(a.rounds, a.iters), labels=LABELS))
+    print(f"clock: {a.clock}")
+    print(ratio_table(run(a.rounds, a.iters, a.clock), labels=LABELS))
 
 
 if __name__ == "__main__":

@@ -182,6 +182,7 @@ def main():
         deepseek.manual_seed(0)
         lin = dnn.Linear(k, n).eval()
         qd = Q.quantize_dynamic(dnn.Sequential(lin))[0]
+        qr = Q.quantize_dynamic(dnn.Sequential(lin), reduce_range=True)[0]
         qw4 = Q.quantize_weights(dnn.Sequential(lin), "int4")[0]
         qw8 = Q.quantize_weights(dnn.Sequential(lin), "int8")[0]
         if torch:
@@ -191,49 +192,57 @@ def main():
             x = rng.standard_normal((m, k)).astype(np.float32)
             dx = deepseek.from_numpy(x)
             fns = {"ds fp32": lambda: lin(dx), "ds int8": lambda: qd(dx),
-                   "ds w8": lambda: qw8(dx), "ds w4": lambda: qw4(dx)}
+                   "ds int8 rr": lambda: qr(dx), "ds w8": lambda: qw8(dx), "ds w4": lambda: qw4(dx)}
             if torch:
                 txx = torch.from_numpy(x)
                 fns["torch fp32"] = lambda: tl(txx)
                 fns["torch int8"] = lambda: tqd(txx)
             t = bench_inference(fns, reps)
             us = {a: f"{v * 1e6:.0f}" for a, v in t.items()}
-            rows.append([f"{k}x{n}", m, us["ds fp32"], us["ds int8"], us["ds w8"], us["ds w4"],
+            rows.append([f"{k}x{n}", m, us["ds fp32"], us["ds int8"], us["ds int8 rr"],
+                         us["ds w8"], us["ds w4"],
                          us.get("torch fp32", "-"), us.get("torch int8", "-"),
                          f"{t['ds fp32'] / t['ds int8']:.2f}x",
-                         f"{t['torch int8'] / t['ds int8']:.2f}x" if torch else "-"])
-    table("Linear (in x out), microseconds per call",
-          ["shape", "batch", "ds fp32", "ds int8 dyn", "ds w8", "ds w4", "torch fp32",
-           "torch int8 dyn", "int8 vs ds fp32", "int8 vs torch int8"], rows)
+                         f"{t['torch int8'] / t['ds int8']:.2f}x" if torch else "-",
+                         f"{t['torch int8'] / t['ds int8 rr']:.2f}x" if torch else "-"])
+    # "rr": reduce_range=True, 7-bit activations like torch's fbgemm default (torch's
+    # quantize_dynamic uses reduce_range on x86), so that column is like for like
+    table("Linear (in x out), microseconds per call (rr: reduce_range, 7-bit activations)",
+          ["shape", "batch", "ds fp32", "ds int8 dyn", "ds int8 rr", "ds w8", "ds w4",
+           "torch fp32", "torch int8 dyn", "int8 vs ds fp32", "int8 vs torch int8",
+           "int8 rr vs torch int8"], rows)
 
     # ---- end-to-end encoder
     rows = []
     qenc = Q.quantize_dynamic(enc)
     qenc_t = Q.quantize_dynamic(enc, act_mode="per_tensor")
+    qenc_rr = Q.quantize_dynamic(enc, reduce_range=True)
     if torch:
         tenc = to_torch(enc, make_encoder(torch.nn, torch.nn.functional))
         tqenc = tq.quantize_dynamic(tenc, {torch.nn.Linear}, dtype=torch.qint8)
     for b in (1, 16):
         x = rng.standard_normal((b, 32, 384)).astype(np.float32)
         dx = deepseek.from_numpy(x)
-        fns = {"fp32": lambda: enc(dx), "int8": lambda: qenc(dx)}
+        fns = {"fp32": lambda: enc(dx), "int8": lambda: qenc(dx), "int8 rr": lambda: qenc_rr(dx)}
         if torch:
             txx = torch.from_numpy(x)
             fns["torch fp32"] = lambda: tenc(txx)
             fns["torch int8"] = lambda: tqenc(txx)
         t = bench_inference(fns, max(3, reps // 3))
         ref, out, out_t = run(enc, x), run(qenc, x), run(qenc_t, x)
+        out_rr = run(qenc_rr, x)
 
         def cos(a, c):
             a, c = a.reshape(-1).astype(np.float64), c.reshape(-1).astype(np.float64)
             return a @ c / np.linalg.norm(a) / np.linalg.norm(c)
         ms = {a: f"{v * 1e3:.1f}" for a, v in t.items()}
-        rows.append([f"{b} x 32 tokens", ms["fp32"], ms["int8"], ms.get("torch fp32", "-"),
-                     ms.get("torch int8", "-"), f"{t['fp32'] / t['int8']:.2f}x",
-                     f"{cos(ref, out):.5f}", f"{cos(ref, out_t):.5f}"])
+        rows.append([f"{b} x 32 tokens", ms["fp32"], ms["int8"], ms["int8 rr"],
+                     ms.get("torch fp32", "-"), ms.get("torch int8", "-"),
+                     f"{t['fp32'] / t['int8']:.2f}x",
+                     f"{cos(ref, out):.5f}", f"{cos(ref, out_t):.5f}", f"{cos(ref, out_rr):.5f}"])
     table("MiniLM-sized encoder (6 layers, d 384, 12 heads, ffn 1536), ms per batch",
-          ["batch", "ds fp32", "ds int8", "torch fp32", "torch int8", "int8 speed-up",
-           "cosine per-row", "cosine per-tensor"], rows)
+          ["batch", "ds fp32", "ds int8", "ds int8 rr", "torch fp32", "torch int8",
+           "int8 speed-up", "cosine per-row", "cosine per-tensor", "cosine rr"], rows)
 
     # ---- accuracy
     def acc(m):
@@ -242,6 +251,8 @@ def main():
     res.append(("dynamic int8, per-row act", acc(Q.quantize_dynamic(model))))
     res.append(("dynamic int8, per-tensor act",
                 acc(Q.quantize_dynamic(model, act_mode="per_tensor"))))
+    res.append(("dynamic int8, per-row act, reduce_range",
+                acc(Q.quantize_dynamic(model, reduce_range=True))))
     for name, qc in (("static PTQ min/max", Q.default_qconfig),
                      ("static PTQ histogram 99.99%", Q.histogram_qconfig)):
         p = Q.prepare(model, qc)

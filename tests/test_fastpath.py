@@ -243,3 +243,98 @@ def test_many_arguments_and_outputs():
     sum(p.sum() for p in parts).backward()
     for x in xs:
         np.testing.assert_array_equal(x.grad.numpy(), np.ones(2, np.float32))
+
+
+# ---- under a dispatch mode: the op goes to the mode, the mode's inner call runs in C ----
+class _CountRuns:
+    """Counts calls of the Python ``_run`` (the Python path's op body)."""
+
+    def __init__(self, monkeypatch):
+        self.n = 0
+        real = F._run
+
+        def counting(cls, args, kwargs):
+            self.n += 1
+            return real(cls, args, kwargs)
+        monkeypatch.setattr(F, "_run", counting)
+
+
+@fast_built
+def test_under_a_mode_values_grads_and_ops_match_the_python_path(monkeypatch):
+    def under_mode(seed):
+        with _Count() as mode:
+            out = _program(seed)
+        return out, mode.ops
+    runs = _CountRuns(monkeypatch)
+    (fast, fast_ops), (slow, slow_ops) = _both(under_mode, 5)
+    n_slow_runs = runs.n
+    assert fast_ops == slow_ops and len(fast_ops) > 10
+    assert fast_ops[:4] == ["Matmul", "Add", "Relu", "Reshape"]
+    for k in fast:
+        if k == "flags":
+            assert fast[k] == slow[k]
+        else:
+            np.testing.assert_array_equal(fast[k].detach().numpy(), slow[k].detach().numpy(),
+                                          err_msg=k)
+    # the Python path runs every op's body in Python once; the C path never does
+    assert n_slow_runs == len(slow_ops)
+    runs.n = 0
+    under_mode(5)
+    assert runs.n == 0
+
+
+@fast_built
+def test_the_mode_sees_each_op_once_and_nested_modes_nest():
+    order = []
+
+    class Tag(DispatchMode):
+        def __init__(self, name, scale=None):
+            self.name, self.scale = name, scale
+
+        def __dispatch__(self, fn, args, kwargs):
+            order.append((self.name, fn.__name__, args[1] if fn.__name__ == "Mul" else None))
+            if self.scale is not None and fn.__name__ == "Mul":
+                args = (args[0], args[1] * self.scale)   # the outer mode sees the change
+            return fn.apply(*args, **kwargs)
+
+    x = ds.randn(3, requires_grad=True)
+    for fast in (True, False):
+        order.clear()
+        with F.use_fast_path(fast):
+            with Tag("outer"), Tag("inner", scale=10.0):
+                y = x * 2.0
+                z = y.sum()
+                assert len(ds.autograd.active_modes()) == 2
+            assert ds.autograd.active_modes() == ()
+            (g,) = ds.autograd.grad(z, [x])
+        assert order == [("inner", "Mul", 2.0), ("outer", "Mul", 20.0), ("inner", "Sum", None),
+                         ("outer", "Sum", None)], (fast, order)
+        np.testing.assert_allclose(z.item(), 20.0 * x.detach().numpy().sum(), rtol=1e-6)
+        np.testing.assert_array_equal(g.numpy(), np.full(3, 20.0, np.float32))
+
+
+@fast_built
+def test_other_threads_and_global_hooks_under_a_mode():
+    import threading
+    x = ds.randn(4)
+    other = {}
+
+    def work():
+        other["y"] = (x * 3).exp()
+        other["modes"] = ds.autograd.active_modes()
+    with _Count() as mode:
+        t = threading.Thread(target=work)
+        t.start()
+        t.join()
+        x + 1
+    assert mode.ops == ["Add"] and other["modes"] == ()
+    np.testing.assert_allclose(other["y"].numpy(), np.exp(x.numpy() * 3), rtol=1e-6)
+    # a global hook together with a mode: the hook sees the op once, at the bottom
+    hooked = []
+    h = F.register_dispatch_hook(pre=lambda fn, a, k: (hooked.append(fn.__name__), (a, k))[1])
+    try:
+        with _Count() as mode2:
+            x.neg()
+    finally:
+        h.remove()
+    assert mode2.ops == ["Neg"] and hooked == ["Neg"]

@@ -81,10 +81,13 @@ def test_gemm_exact_with_minus_128_weights(name):
         np.testing.assert_array_equal(N.int8_gemm(a, p), ref(a, w))
 
 
+@pytest.mark.parametrize("bits", [8, 7])
 @pytest.mark.parametrize("m,k,n", [(1, 768, 30), (7, 33, 5), (16, 300, 17)])
-def test_fused_epilogue_bit_identical_across_paths(m, k, n):
+def test_fused_epilogue_bit_identical_across_paths(m, k, n, bits):
+    """The fp32 epilogue (vector in the SIMD loops, full blocks of 4 and the tail) equals
+    numpy's; 7-bit activations run the AVX2 offset loop."""
     rng = np.random.default_rng(k)
-    a = rng.integers(-128, 128, (m, k), dtype=np.int8)
+    a = rng.integers(-2 ** (bits - 1), 2 ** (bits - 1), (m, k), dtype=np.int8)
     w = rng.integers(-127, 128, (n, k), dtype=np.int8)
     p = N.int8_pack(w)
     sa = rng.random(m, dtype=np.float32) + 0.01
@@ -160,3 +163,77 @@ def test_errors():
         N.int8_pack(np.zeros((3, 8), np.int16))
     with pytest.raises(ValueError, match="a_scale"):
         N.int8_linear(np.zeros((2, 8), np.int8), np.ones(3, np.float32), w, np.ones(3))
+
+
+# ---- 7-bit activations (reduce_range): the AVX2 loop without the sign step ----
+def _last_kernel():
+    from deepseek import _native
+    return _native.int8_last_kernel()
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("m,k,n", [(1, 31, 3), (2, 33, 5), (5, 97, 13), (8, 768, 30),
+                                   (17, 130, 9)])
+def test_gemm_exact_7bit_activations(name, m, k, n):
+    """Activations in [-64, 63] take the AVX2 unsigned-offset loop; against weights at
+    both ends (-128 too) the vpmaddubsw pairs reach 2 * 127 * 128 and must not clip."""
+    rng = np.random.default_rng(m + k * n)
+    a = rng.integers(-64, 64, (m, k), dtype=np.int8)
+    a[0, :2] = [-64, 63]
+    w = rng.choice(np.int8([-128, -127, 127, 1, 0]), (n, k))
+    p = N.int8_pack(w)
+    with backend(name):
+        got = N.int8_gemm(a, p)
+        if name == "avx2":
+            assert _last_kernel() == "avx2-u7"
+        elif name != "numpy":
+            assert _last_kernel() == name
+    np.testing.assert_array_equal(got, ref(a, w))
+    ext = np.full((4, 2048), 63, np.int8)
+    ext[1] = -64
+    ext[2, ::2] = -64
+    we = np.array([[-128] * 2048, [127] * 2048, [-128, 127] * 1024], np.int8)
+    with backend(name):
+        np.testing.assert_array_equal(N.int8_gemm(ext, N.int8_pack(we)), ref(ext, we))
+
+
+@pytest.mark.parametrize("name", [b for b in BACKENDS if b != "numpy"])
+def test_one_8bit_activation_leaves_the_7bit_loop(name):
+    rng = np.random.default_rng(9)
+    a = rng.integers(-64, 64, (6, 200), dtype=np.int8)
+    w = rng.integers(-127, 128, (7, 200), dtype=np.int8)
+    a[5, 199] = -65                               # the last element, past the vector body
+    with backend(name):
+        got = N.int8_gemm(a, N.int8_pack(w))
+        assert _last_kernel() == name            # the 8-bit loop of this ISA
+    np.testing.assert_array_equal(got, ref(a, w))
+
+
+@pytest.mark.parametrize("qmax", [127, 63])
+def test_quantize_rows_long_rows_and_non_finite_bit_identical(qmax):
+    """Rows long enough for the vector body and its tail, NaN (quantized to 0, ignored by
+    the max) and inf (scale inf: the row quantizes to 0), with qmax 127 and 63."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((5, 1003)).astype(np.float32) * 3
+    x[1, 10] = np.nan
+    x[2, 500] = np.inf
+    x[3, 1002] = -1e30
+    x[4, :] = 0
+    outs = []
+    for name in BACKENDS:
+        with backend(name), np.errstate(invalid="ignore"):
+            q, s = N.int8_quantize_rows(x, kp=1024, qmax=qmax)
+        assert q.min() >= -qmax and q.max() <= qmax
+        outs.append((name, q, s))
+    for name, q, s in outs[1:]:
+        np.testing.assert_array_equal(q, outs[0][1], err_msg=name)
+        np.testing.assert_array_equal(s, outs[0][2], err_msg=name)
+    q, s = outs[0][1], outs[0][2]
+    assert q[1, 10] == 0 and np.abs(q[1]).max() == qmax
+    assert s[2] == np.inf and (q[2] == 0).all()
+    assert s[4] == 1.0 and (q[4] == 0).all()
+    fin = np.isfinite(x[0])
+    assert np.abs(q[0, :1003][fin] * s[0] - x[0][fin]).max() <= s[0] / 2 * 1.0001
+    with pytest.raises(ValueError, match="qmax"):
+        N.int8_quantize_rows(x, qmax=128)
+

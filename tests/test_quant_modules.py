@@ -305,3 +305,22 @@ def test_deepcopy_then_load_and_lazy_exports(mlp, tmp_path):
     assert deepseek.quantization is Q and deepseek.qint8 == np.int8
     p = Q.prepare(mlp)
     assert "MinMaxObserver" in repr(p)
+
+
+def test_reduce_range_uses_7bit_activations(mlp):
+    """reduce_range=True: activations in [-63, 63] (torch fbgemm's choice), close to
+    fp32, a little less close than 8 bits, identical with and without the kernels."""
+    x = np.random.default_rng(5).standard_normal((16, 70)).astype(np.float32)
+    ref = run(mlp, x)
+    q8 = Q.quantize_dynamic(mlp)
+    q7 = Q.quantize_dynamic(mlp, reduce_range=True)
+    assert q7.fc1.reduce_range and not q8.fc1.reduce_range
+    assert "reduce_range=True" in repr(q7) and "reduce_range" not in repr(q8)
+    e8, e7 = rel_err(run(q8, x), ref), rel_err(run(q7, x), ref)
+    assert e7 < 0.04 and e8 < e7
+    assert cosine(run(q7, x), ref) > 0.999
+    qa, _ = N.int8_quantize_rows(x, qmax=63)
+    assert np.abs(qa).max() == 63
+    with N.use_native(False):
+        fallback = run(q7, x)
+    np.testing.assert_array_equal(run(q7, x), fallback)

@@ -35,10 +35,16 @@ _fast = None
 
 def _refresh_hooked():
     """Recompute ``_hooked`` (called when hooks or modes come and go) and tell the C
-    fast path, which sends every call to the Python path while it is true."""
+    fast path. With a global hook it sends every call to the Python path; with modes
+    only it reads the calling context's mode stack itself, so a thread without a mode
+    (and the inner call of a mode's ``__dispatch__``, made with that mode popped) keeps
+    the C path."""
     global _hooked
-    _hooked = bool(_dispatch_hooks) or bool(_post_dispatch_hooks) or _dm.any_entered()
+    hooks = bool(_dispatch_hooks) or bool(_post_dispatch_hooks)
+    _hooked = hooks or _dm.any_entered()
     if _fast is not None:
+        if hasattr(_fast, "fastpath_set_modes_only"):
+            _fast.fastpath_set_modes_only(_hooked and not hooks)
         _fast.fastpath_set_hooked(_hooked)
 
 
@@ -182,8 +188,9 @@ class Function:
         """Run the op on tensors/values: dispatch modes and hooks, forward, graph record.
 
         When the native extension is built this is replaced by its C fast path
-        (``_install_fast_path``), which runs the same steps and hands every call to
-        this Python path while a dispatch mode or hook is active."""
+        (``_install_fast_path``), which runs the same steps: it hands every call to
+        this Python path while a global hook is installed, and an op of a context with
+        an active mode to ``dispatch_mode.run_in_mode``."""
         return _apply_full(cls, args, kwargs)
 
 
@@ -320,6 +327,8 @@ def _install_fast_path(enabled=True):
             ext = None  # an extension built before the fast path existed
     if ext is None:
         if _fast is not None:
+            if hasattr(_fast, "fastpath_set_modes_only"):
+                _fast.fastpath_set_modes_only(False)
             _fast.fastpath_set_hooked(True)
         _fast = None
         Function.apply = _python_apply
@@ -327,6 +336,8 @@ def _install_fast_path(enabled=True):
     ext.fastpath_init(Tensor, Context, _np.ndarray, _apply_full, _as_output,
                       _share_view_versions, _edge, _record_out_shapes,
                       lambda dt: bool(_floating(dt)), _seq, _state)
+    if hasattr(ext, "fastpath_modes"):  # an extension built before this: all to Python
+        ext.fastpath_modes(_dm._modes, _dm.run_in_mode)
     _fast = ext
     _refresh_hooked()
     Function.apply = classmethod(ext.fast_apply)

@@ -10,7 +10,9 @@
  * member descriptors). The op itself stays the Python forward/backward pair.
  *
  * Anything unusual is handed back to Python helpers given at init: the hooked path
- * (modes/hooks: the whole call goes to Python), outputs that are not ndarrays, view
+ * (global hooks: the whole call goes to Python; dispatch modes: the op goes to the
+ * innermost mode of this context, and the call the mode makes with itself popped
+ * runs here again), outputs that are not ndarrays, view
  * ops' version-counter sharing, a leaf's first AccumulateGrad node, multi-output
  * shapes, non-differentiable outputs and unseen output dtypes.
  */
@@ -29,7 +31,16 @@ static PyObject *F_floating;    /* floating(dtype) -> bool (cache misses only) *
 static PyObject *O_seq;         /* itertools.count shared with the Python path */
 static PyObject *O_grad_state;  /* grad_mode._state (threading.local, .enabled) */
 static PyObject *D_floating;    /* dtype -> bool cache */
+static PyObject *O_modes;       /* dispatch_mode._modes (ContextVar: this context's stack) */
+static PyObject *F_in_mode;     /* run_in_mode(cls, args, kwargs, modes) */
 static int hooked = 1;          /* until init: everything goes to Python */
+/* While only dispatch modes are active (no global hook), `hooked` is true for every
+ * thread but only the contexts that entered a mode have a non-empty stack. With
+ * `modes_only` set, apply reads this context's stack and, when it is empty (another
+ * thread's mode, or the inner call a mode's __dispatch__ makes with itself popped),
+ * runs the op here instead of paying the Python path; a non-empty stack goes straight
+ * to run_in_mode. */
+static int modes_only = 0;
 
 /* slot offsets */
 static Py_ssize_t t_data, t_rg, t_grad, t_fn, t_nr, t_vc, t_acc, t_hooks, t_post, t_owned;
@@ -135,6 +146,21 @@ static PyObject *call_slow(PyObject *cls, PyObject *const *args, Py_ssize_t n,
     return r;
 }
 
+/* The op handed to the innermost mode of `modes` (this context's non-empty stack). */
+static PyObject *call_in_mode(PyObject *cls, PyObject *const *args, Py_ssize_t n,
+                              PyObject *kwnames, PyObject *modes)
+{
+    PyObject *tup = PyTuple_New(n);
+    if (!tup) return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) PyTuple_SET_ITEM(tup, i, Py_NewRef(args[i]));
+    PyObject *kw = kwargs_dict(args + n, kwnames);
+    if (!kw) { Py_DECREF(tup); return NULL; }
+    PyObject *r = PyObject_CallFunctionObjArgs(F_in_mode, cls, tup, kw, modes, NULL);
+    Py_DECREF(tup);
+    Py_DECREF(kw);
+    return r;
+}
+
 /* Is `dtype` one whose outputs carry gradient (floating)? -1 on error. */
 static int is_floating(PyObject *arr)
 {
@@ -225,7 +251,18 @@ static PyObject *py_fast_apply(PyObject *self, PyObject *const *argv, size_t nar
     PyObject *const *args = argv + 1;
     Py_ssize_t n = nall - 1;
     Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    if (hooked) return call_slow(cls, args, n, kwnames);
+    if (hooked) {
+        if (!modes_only) return call_slow(cls, args, n, kwnames);
+        PyObject *modes = NULL;
+        if (PyContextVar_Get(O_modes, NULL, &modes) < 0) return NULL;
+        int active = modes && (!PyTuple_Check(modes) || PyTuple_GET_SIZE(modes) > 0);
+        if (active) {
+            PyObject *r = call_in_mode(cls, args, n, kwnames, modes);
+            Py_DECREF(modes);
+            return r;
+        }
+        Py_XDECREF(modes);
+    }
 
     PyObject *forward = PyObject_GetAttr(cls, S_forward);
     if (!forward) return NULL;
@@ -432,12 +469,41 @@ static PyObject *py_fastpath_set_hooked(PyObject *self, PyObject *arg)
     Py_RETURN_NONE;
 }
 
+/* fastpath_modes(modes_var, run_in_mode): where apply finds this context's mode stack
+ * and how it hands an op to the innermost mode (see modes_only). */
+static PyObject *py_fastpath_modes(PyObject *self, PyObject *args)
+{
+    PyObject *var, *fn;
+    if (!PyArg_ParseTuple(args, "OO:fastpath_modes", &var, &fn)) return NULL;
+    if (!PyContextVar_CheckExact(var) || !PyCallable_Check(fn)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "fastpath_modes(): needs a ContextVar and a callable");
+        return NULL;
+    }
+    Py_XSETREF(O_modes, Py_NewRef(var));
+    Py_XSETREF(F_in_mode, Py_NewRef(fn));
+    Py_RETURN_NONE;
+}
+
+/* fastpath_set_modes_only(flag): true while modes are active but no global hook is
+ * installed (apply then asks the context's mode stack itself). */
+static PyObject *py_fastpath_set_modes_only(PyObject *self, PyObject *arg)
+{
+    int r = PyObject_IsTrue(arg);
+    if (r < 0) return NULL;
+    modes_only = r && O_modes && F_in_mode && T_tensor;
+    Py_RETURN_NONE;
+}
+
 PyMethodDef dsn_fastpath_methods[] = {
     {"fast_apply", (PyCFunction)(void (*)(void))py_fast_apply, METH_FASTCALL | METH_KEYWORDS,
      "fast_apply(cls, *args, **kwargs): Function.apply without modes or hooks "
      "(private: deepseek.autograd.function)"},
     {"fastpath_init", py_fastpath_init, METH_VARARGS, "(private: deepseek.autograd.function)"},
     {"fastpath_set_hooked", py_fastpath_set_hooked, METH_O,
+     "(private: deepseek.autograd.function)"},
+    {"fastpath_modes", py_fastpath_modes, METH_VARARGS, "(private: deepseek.autograd.function)"},
+    {"fastpath_set_modes_only", py_fastpath_set_modes_only, METH_O,
      "(private: deepseek.autograd.function)"},
     {NULL, NULL, 0, NULL},
 };

@@ -11,6 +11,9 @@
  *                 every int16 pair sum <= 2 * 128 * 127 = 32512 < 32767, so vpmaddubsw
  *                 never saturates. Weights holding -128 (never produced by the symmetric
  *                 quantizers) are flagged at packing and run the scalar loop instead.
+ *                 When every activation is 7-bit ([-64, 63]: reduce_range quantization)
+ *                 a + 64 is unsigned and vpmaddubsw(a + 64, w) cannot saturate: the sign
+ *                 step is skipped and 64 * rowsum(w) subtracted (checked per call).
  *   "scalar"      plain int32 loops; the reference every path equals bit for bit.
  *
  * Layout (dsn_int8 packing, done once by deepseek.native.int8_pack): W is [Np, Kp] int8
@@ -31,6 +34,9 @@
 enum { I8_SCALAR = 0, I8_AVX2 = 1, I8_VNNI = 2 };
 static const char *const I8_NAMES[] = {"scalar", "avx2", "avx512vnni"};
 static int i8_isa = -1;
+/* The loop the last int8_gemm ran ("scalar", "avx2", "avx2-u7", "avx512vnni"): the
+ * tests check that each one is reached (dsn_py_int8_last_kernel). */
+static const char *i8_last = "none";
 
 static int i8_supported(int isa)
 {
@@ -109,6 +115,24 @@ I8_T2 static inline __m128i i8_hsum4(__m256i a0, __m256i a1, __m256i a2, __m256i
     return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
 }
 
+/* i8_store for the vector loops: the four sums of a full block go out with SSE (the same
+ * fp32 operations in the same order as i8_store, so the results are bit-identical). */
+I8_T2 static inline void i8_store4(const i8_out *o, size_t m, size_t n0, __m128i v)
+{
+    if (o->N - n0 < 4) {
+        int32_t s[4];
+        _mm_storeu_si128((__m128i *)s, v);
+        i8_store(o, m, n0, s);
+    } else if (o->C) {
+        _mm_storeu_si128((__m128i *)(o->C + m * o->N + n0), v);
+    } else {
+        __m128 sc = _mm_mul_ps(_mm_set1_ps(o->as[m]), _mm_loadu_ps(o->ws + n0));
+        __m128 y = _mm_mul_ps(_mm_cvtepi32_ps(v), sc);
+        if (o->bias) y = _mm_add_ps(y, _mm_loadu_ps(o->bias + n0));
+        _mm_storeu_ps(o->Y + m * o->N + n0, y);
+    }
+}
+
 #define I8_DOT(acc, ua, a, wv)                                                           \
     acc = _mm256_add_epi32(acc, _mm256_madd_epi16(                                       \
               _mm256_maddubs_epi16(ua, _mm256_sign_epi8(wv, a)), ones))
@@ -137,11 +161,8 @@ I8_T2 static void i8_gemm_avx2(const int8_t *A, size_t M, const int8_t *W, size_
                 v = _mm256_loadu_si256((const __m256i *)(w3 + k));
                 I8_DOT(c03, ua, a, v); I8_DOT(c13, ub, b, v);
             }
-            int32_t s[4];
-            _mm_storeu_si128((__m128i *)s, i8_hsum4(c00, c01, c02, c03));
-            i8_store(o, m, n0, s);
-            _mm_storeu_si128((__m128i *)s, i8_hsum4(c10, c11, c12, c13));
-            i8_store(o, m + 1, n0, s);
+            i8_store4(o, m, n0, i8_hsum4(c00, c01, c02, c03));
+            i8_store4(o, m + 1, n0, i8_hsum4(c10, c11, c12, c13));
         }
         for (; m < M; m++) {
             const int8_t *p = A + m * Kp;
@@ -154,63 +175,97 @@ I8_T2 static void i8_gemm_avx2(const int8_t *A, size_t M, const int8_t *W, size_
                 I8_DOT(c2, ua, a, _mm256_loadu_si256((const __m256i *)(w2 + k)));
                 I8_DOT(c3, ua, a, _mm256_loadu_si256((const __m256i *)(w3 + k)));
             }
-            int32_t s[4];
-            _mm_storeu_si128((__m128i *)s, i8_hsum4(c0, c1, c2, c3));
-            i8_store(o, m, n0, s);
+            i8_store4(o, m, n0, i8_hsum4(c0, c1, c2, c3));
         }
     }
+}
+
+/* The 2 x 4 register-blocked loop of the kernels that offset the activations to
+ * unsigned: UOP(a, off) makes the unsigned bytes, DOT(acc, u, w) adds four u * w products
+ * per int32 lane, and rowsum(w) << SHIFT (the offset times the weights) comes back out. */
+#define I8_OFFSET_KERNEL(NAME, TARGET, OFFSET, UOP, DOT, SHIFT)                            \
+TARGET static void NAME(const int8_t *A, size_t M, const int8_t *W, size_t Np, size_t Kp,   \
+                        const int32_t *rowsum, const i8_out *o)                             \
+{                                                                                           \
+    const __m256i ones = _mm256_set1_epi16(1), off = _mm256_set1_epi8((char)(OFFSET));      \
+    (void)ones;                                                                             \
+    for (size_t n0 = 0; n0 < Np && n0 < o->N; n0 += 4) {                                    \
+        const int8_t *w0 = W + n0 * Kp, *w1 = w0 + Kp, *w2 = w1 + Kp, *w3 = w2 + Kp;        \
+        __m128i comp = _mm_slli_epi32(_mm_loadu_si128((const __m128i *)(rowsum + n0)),      \
+                                      SHIFT);                                               \
+        size_t m = 0;                                                                       \
+        for (; m + 2 <= M; m += 2) {                                                        \
+            const int8_t *p = A + m * Kp, *q = p + Kp;                                      \
+            __m256i c00 = _mm256_setzero_si256(), c01 = c00, c02 = c00, c03 = c00;          \
+            __m256i c10 = c00, c11 = c00, c12 = c00, c13 = c00;                             \
+            for (size_t k = 0; k < Kp; k += 32) {                                           \
+                __m256i a = UOP(_mm256_loadu_si256((const __m256i *)(p + k)), off);         \
+                __m256i b = UOP(_mm256_loadu_si256((const __m256i *)(q + k)), off);         \
+                __m256i v = _mm256_loadu_si256((const __m256i *)(w0 + k));                  \
+                DOT(c00, a, v); DOT(c10, b, v);                                             \
+                v = _mm256_loadu_si256((const __m256i *)(w1 + k));                          \
+                DOT(c01, a, v); DOT(c11, b, v);                                             \
+                v = _mm256_loadu_si256((const __m256i *)(w2 + k));                          \
+                DOT(c02, a, v); DOT(c12, b, v);                                             \
+                v = _mm256_loadu_si256((const __m256i *)(w3 + k));                          \
+                DOT(c03, a, v); DOT(c13, b, v);                                             \
+            }                                                                               \
+            i8_store4(o, m, n0, _mm_sub_epi32(i8_hsum4(c00, c01, c02, c03), comp));         \
+            i8_store4(o, m + 1, n0, _mm_sub_epi32(i8_hsum4(c10, c11, c12, c13), comp));     \
+        }                                                                                   \
+        for (; m < M; m++) {                                                                \
+            const int8_t *p = A + m * Kp;                                                   \
+            __m256i c0 = _mm256_setzero_si256(), c1 = c0, c2 = c0, c3 = c0;                 \
+            for (size_t k = 0; k < Kp; k += 32) {                                           \
+                __m256i a = UOP(_mm256_loadu_si256((const __m256i *)(p + k)), off);         \
+                DOT(c0, a, _mm256_loadu_si256((const __m256i *)(w0 + k)));                  \
+                DOT(c1, a, _mm256_loadu_si256((const __m256i *)(w1 + k)));                  \
+                DOT(c2, a, _mm256_loadu_si256((const __m256i *)(w2 + k)));                  \
+                DOT(c3, a, _mm256_loadu_si256((const __m256i *)(w3 + k)));                  \
+            }                                                                               \
+            i8_store4(o, m, n0, _mm_sub_epi32(i8_hsum4(c0, c1, c2, c3), comp));             \
+        }                                                                                   \
+    }                                                                                       \
+}
+
+/* 7-bit activations (every a in [-64, 63], what reduce_range quantization produces):
+ * u = a + 64 is in [0, 127], so vpmaddubsw(u, w) pairs stay within 2 * 127 * 128 = 32512
+ * whatever the weights, and the sign step of the 8-bit loop is not needed (one
+ * instruction of four per 32 products, fbgemm's reduce_range loop); the offset comes
+ * back out as 64 * rowsum(w). Chosen per call after checking A's range, so it is exact. */
+#define I8_DOT7(acc, u, wv) \
+    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, wv), ones))
+
+I8_OFFSET_KERNEL(i8_gemm_avx2_u7, I8_T2, 64, _mm256_add_epi8, I8_DOT7, 6)
+
+/* Does every byte of A [n bytes] lie in [-64, 63]? (one pass, ~1/N of the GEMM's work) */
+I8_T2 static int i8_fits7(const int8_t *A, size_t n)
+{
+    __m256i lo = _mm256_setzero_si256(), hi = lo;
+    size_t k = 0;
+    for (; k + 32 <= n; k += 32) {
+        __m256i v = _mm256_loadu_si256((const __m256i *)(A + k));
+        lo = _mm256_min_epi8(lo, v);
+        hi = _mm256_max_epi8(hi, v);
+    }
+    int8_t l[32], h[32];
+    _mm256_storeu_si256((__m256i *)l, lo);
+    _mm256_storeu_si256((__m256i *)h, hi);
+    int ok = 1;
+    for (int j = 0; j < 32; j++) ok &= l[j] >= -64 && h[j] <= 63;
+    for (; k < n; k++) ok &= A[k] >= -64 && A[k] <= 63;
+    return ok;
 }
 
 /* ------------------------------------------------------- AVX512-VNNI (256-bit) */
 
 #define I8_TV __attribute__((target("avx2,avx512f,avx512bw,avx512vl,avx512vnni")))
 
-I8_TV static void i8_gemm_vnni(const int8_t *A, size_t M, const int8_t *W, size_t Np,
-                               size_t Kp, const int32_t *rowsum, const i8_out *o)
-{
-    const __m256i flip = _mm256_set1_epi8((char)0x80);
-    for (size_t n0 = 0; n0 < Np && n0 < o->N; n0 += 4) {
-        const int8_t *w0 = W + n0 * Kp, *w1 = w0 + Kp, *w2 = w1 + Kp, *w3 = w2 + Kp;
-        __m128i comp = _mm_slli_epi32(_mm_loadu_si128((const __m128i *)(rowsum + n0)), 7);
-        size_t m = 0;
-        for (; m + 2 <= M; m += 2) {
-            const int8_t *p = A + m * Kp, *q = p + Kp;
-            __m256i c00 = _mm256_setzero_si256(), c01 = c00, c02 = c00, c03 = c00;
-            __m256i c10 = c00, c11 = c00, c12 = c00, c13 = c00;
-            for (size_t k = 0; k < Kp; k += 32) {
-                __m256i a = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(p + k)), flip);
-                __m256i b = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(q + k)), flip);
-                __m256i v = _mm256_loadu_si256((const __m256i *)(w0 + k));
-                c00 = _mm256_dpbusd_epi32(c00, a, v); c10 = _mm256_dpbusd_epi32(c10, b, v);
-                v = _mm256_loadu_si256((const __m256i *)(w1 + k));
-                c01 = _mm256_dpbusd_epi32(c01, a, v); c11 = _mm256_dpbusd_epi32(c11, b, v);
-                v = _mm256_loadu_si256((const __m256i *)(w2 + k));
-                c02 = _mm256_dpbusd_epi32(c02, a, v); c12 = _mm256_dpbusd_epi32(c12, b, v);
-                v = _mm256_loadu_si256((const __m256i *)(w3 + k));
-                c03 = _mm256_dpbusd_epi32(c03, a, v); c13 = _mm256_dpbusd_epi32(c13, b, v);
-            }
-            int32_t s[4];
-            _mm_storeu_si128((__m128i *)s, _mm_sub_epi32(i8_hsum4(c00, c01, c02, c03), comp));
-            i8_store(o, m, n0, s);
-            _mm_storeu_si128((__m128i *)s, _mm_sub_epi32(i8_hsum4(c10, c11, c12, c13), comp));
-            i8_store(o, m + 1, n0, s);
-        }
-        for (; m < M; m++) {
-            const int8_t *p = A + m * Kp;
-            __m256i c0 = _mm256_setzero_si256(), c1 = c0, c2 = c0, c3 = c0;
-            for (size_t k = 0; k < Kp; k += 32) {
-                __m256i a = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(p + k)), flip);
-                c0 = _mm256_dpbusd_epi32(c0, a, _mm256_loadu_si256((const __m256i *)(w0 + k)));
-                c1 = _mm256_dpbusd_epi32(c1, a, _mm256_loadu_si256((const __m256i *)(w1 + k)));
-                c2 = _mm256_dpbusd_epi32(c2, a, _mm256_loadu_si256((const __m256i *)(w2 + k)));
-                c3 = _mm256_dpbusd_epi32(c3, a, _mm256_loadu_si256((const __m256i *)(w3 + k)));
-            }
-            int32_t s[4];
-            _mm_storeu_si128((__m128i *)s, _mm_sub_epi32(i8_hsum4(c0, c1, c2, c3), comp));
-            i8_store(o, m, n0, s);
-        }
-    }
-}
+/* a ^ 0x80 = a + 128: unsigned for vpdpbusd, which sums four u8 x s8 products straight
+ * into int32 (no saturation) */
+#define I8_DOTV(acc, u, wv) acc = _mm256_dpbusd_epi32(acc, u, wv)
+
+I8_OFFSET_KERNEL(i8_gemm_vnni, I8_TV, 0x80, _mm256_xor_si256, I8_DOTV, 7)
 #endif
 
 /* ------------------------------------------------------------ Python layer */
@@ -284,7 +339,11 @@ PyObject *dsn_py_int8_gemm(PyObject *self, PyObject *args)
     /* rows of A in chunks that stay in L1 (~16 KiB) while every weight block passes */
     size_t mc = Kp ? (size_t)(16384 / Kp) : 1;
     mc = mc < 2 ? 2 : (mc > 16 ? 16 : mc);
+    int fits7 = 0;
     Py_BEGIN_ALLOW_THREADS
+#ifdef DSN_X86
+    if (isa == I8_AVX2) fits7 = i8_fits7((const int8_t *)bA.buf, (size_t)(M * Kp));
+#endif
     for (size_t m0 = 0; m0 < (size_t)M; m0 += mc) {
         size_t mm = (size_t)M - m0 < mc ? (size_t)M - m0 : mc;
         const int8_t *Am = (const int8_t *)bA.buf + m0 * (size_t)Kp;
@@ -292,16 +351,25 @@ PyObject *dsn_py_int8_gemm(PyObject *self, PyObject *args)
         if (oc.C) oc.C += m0 * (size_t)N;
         if (oc.Y) { oc.Y += m0 * (size_t)N; oc.as += m0; }
 #ifdef DSN_X86
-        if (isa == I8_VNNI)
+        if (isa == I8_VNNI) {
             i8_gemm_vnni(Am, mm, bW.buf, (size_t)Np, (size_t)Kp, bR.buf, &oc);
-        else if (isa == I8_AVX2 && !full)
+            i8_last = "avx512vnni";
+        } else if (isa == I8_AVX2 && fits7) {
+            i8_gemm_avx2_u7(Am, mm, bW.buf, (size_t)Np, (size_t)Kp, bR.buf, &oc);
+            i8_last = "avx2-u7";
+        } else if (isa == I8_AVX2 && !full) {
             i8_gemm_avx2(Am, mm, bW.buf, (size_t)Np, (size_t)Kp, &oc);
-        else
+            i8_last = "avx2";
+        } else
 #endif
+        {
             i8_gemm_scalar(Am, mm, bW.buf, (size_t)Np, (size_t)Kp, &oc);
+            i8_last = "scalar";
+        }
     }
     Py_END_ALLOW_THREADS
     (void)isa;
+    (void)fits7;
     ret = Py_None; Py_INCREF(ret);
 done:
     if (hA) PyBuffer_Release(&bA);
@@ -315,17 +383,94 @@ done:
     return ret;
 }
 
-/* int8_quantize_rows(x f32 [M*K], M, K, Kp, per_tensor, out i8 [M*Kp], scales f32 [M]):
- * symmetric, scale = amax / 127 (1 when amax is 0), q = clamp(rint(x * (1 / scale)),
- * -127, 127), zero padding to Kp; exactly the numpy fallback's fp32 operations. */
+/* ---------------------------------------------- dynamic activation quantization */
+/* Per row: amax = max |x| (NaN ignored), then q = clamp(rint(x * inv), -qmax, qmax) with NaN
+ * -> 0. The AVX2 versions do the very same fp32 operations (multiply, round to nearest
+ * even: the default MXCSR mode nearbyintf uses too, clamp), so every path is bit-identical. */
+
+static float i8_amax_scalar(const float *r, size_t K)
+{
+    float amax = 0.0f;
+    for (size_t k = 0; k < K; k++) { float a = fabsf(r[k]); amax = a > amax ? a : amax; }
+    return amax;
+}
+
+static inline int8_t i8_q1(float x, float inv, float qmax)
+{
+    float v = nearbyintf(x * inv);
+    if (v != v) return 0;
+    v = v > qmax ? qmax : (v < -qmax ? -qmax : v);
+    return (int8_t)v;
+}
+
+static void i8_quant_scalar(const float *r, size_t K, float inv, float qmax, int8_t *d)
+{
+    for (size_t k = 0; k < K; k++) d[k] = i8_q1(r[k], inv, qmax);
+}
+
+#ifdef DSN_X86
+I8_T2 static float i8_amax_avx2(const float *r, size_t K)
+{
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256 m0 = _mm256_setzero_ps(), m1 = m0;
+    size_t k = 0;
+    /* max_ps(x, acc) returns acc when x is NaN: NaN ignored, as in the scalar loop */
+    for (; k + 16 <= K; k += 16) {
+        m0 = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(r + k), absmask), m0);
+        m1 = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(r + k + 8), absmask), m1);
+    }
+    m0 = _mm256_max_ps(m0, m1);
+    float t[8];
+    _mm256_storeu_ps(t, m0);
+    float amax = i8_amax_scalar(r + k, K - k);
+    for (int j = 0; j < 8; j++) amax = t[j] > amax ? t[j] : amax;
+    return amax;
+}
+
+I8_T2 static inline __m256i i8_q8(const float *x, __m256 inv, __m256 lo, __m256 hi)
+{
+    __m256 v = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x), inv),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 ordered = _mm256_cmp_ps(v, v, _CMP_ORD_Q);           /* NaN -> 0 */
+    v = _mm256_and_ps(_mm256_min_ps(_mm256_max_ps(v, lo), hi), ordered);
+    return _mm256_cvtps_epi32(v);
+}
+
+I8_T2 static void i8_quant_avx2(const float *r, size_t K, float inv, float qmax, int8_t *d)
+{
+    const __m256 vi = _mm256_set1_ps(inv), lo = _mm256_set1_ps(-qmax), hi = _mm256_set1_ps(qmax);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    size_t k = 0;
+    for (; k + 32 <= K; k += 32) {
+        __m256i a = _mm256_packs_epi32(i8_q8(r + k, vi, lo, hi), i8_q8(r + k + 8, vi, lo, hi));
+        __m256i b = _mm256_packs_epi32(i8_q8(r + k + 16, vi, lo, hi),
+                                       i8_q8(r + k + 24, vi, lo, hi));
+        __m256i q = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(a, b), order);
+        _mm256_storeu_si256((__m256i *)(d + k), q);
+    }
+    i8_quant_scalar(r + k, K - k, inv, qmax, d + k);
+}
+#endif
+
+/* int8_quantize_rows(x f32 [M*K], M, K, Kp, per_tensor, out i8 [M*Kp], scales f32 [M]
+ *                    [, qmax = 127]):
+ * symmetric, scale = amax / qmax (1 when amax is 0), q = clamp(rint(x * (1 / scale)),
+ * -qmax, qmax), zero padding to Kp; exactly the numpy fallback's fp32 operations.
+ * qmax 63 (reduce_range) gives 7-bit values, which int8_gemm runs on its faster loop. */
 PyObject *dsn_py_int8_quantize_rows(PyObject *self, PyObject *args)
 {
     PyObject *ox, *oq, *os;
     Py_ssize_t M, K, Kp;
-    int per_tensor;
-    if (!PyArg_ParseTuple(args, "OnnnpOO:int8_quantize_rows", &ox, &M, &K, &Kp, &per_tensor,
-                          &oq, &os))
+    int per_tensor, iqmax = 127;
+    if (!PyArg_ParseTuple(args, "OnnnpOO|i:int8_quantize_rows", &ox, &M, &K, &Kp, &per_tensor,
+                          &oq, &os, &iqmax))
         return NULL;
+    if (iqmax < 1 || iqmax > 127) {
+        PyErr_Format(PyExc_ValueError, "int8_quantize_rows(): qmax must be in [1, 127], got %d",
+                     iqmax);
+        return NULL;
+    }
+    const float qmax = (float)iqmax;
     if (M < 0 || K < 0 || Kp < K) {
         PyErr_SetString(PyExc_ValueError, "int8_quantize_rows(): bad sizes");
         return NULL;
@@ -339,26 +484,31 @@ PyObject *dsn_py_int8_quantize_rows(PyObject *self, PyObject *args)
     const float *x = bx.buf;
     int8_t *q = bq.buf;
     float *sc = bs.buf;
+    int vec = i8_current() != I8_SCALAR;
+    (void)vec;
     Py_BEGIN_ALLOW_THREADS
     float tmax = 0.0f;
     for (Py_ssize_t m = 0; m < M; m++) {
-        float amax = 0.0f;
         const float *r = x + m * K;
-        for (Py_ssize_t k = 0; k < K; k++) { float a = fabsf(r[k]); amax = a > amax ? a : amax; }
+#ifdef DSN_X86
+        float amax = vec ? i8_amax_avx2(r, (size_t)K) : i8_amax_scalar(r, (size_t)K);
+#else
+        float amax = i8_amax_scalar(r, (size_t)K);
+#endif
         sc[m] = amax;
         tmax = amax > tmax ? amax : tmax;
     }
     for (Py_ssize_t m = 0; m < M; m++) {
         float amax = per_tensor ? tmax : sc[m];
-        float s = amax > 0.0f ? amax / 127.0f : 1.0f;
+        float s = amax > 0.0f ? amax / qmax : 1.0f;
         float inv = 1.0f / s;
         const float *r = x + m * K;
         int8_t *d = q + m * Kp;
-        for (Py_ssize_t k = 0; k < K; k++) {
-            float v = nearbyintf(r[k] * inv);
-            v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
-            d[k] = (int8_t)v;
-        }
+#ifdef DSN_X86
+        if (vec) i8_quant_avx2(r, (size_t)K, inv, qmax, d);
+        else
+#endif
+            i8_quant_scalar(r, (size_t)K, inv, qmax, d);
         memset(d + K, 0, (size_t)(Kp - K));
         sc[m] = s;
     }
@@ -388,6 +538,11 @@ PyObject *dsn_py_int8_isa(PyObject *self, PyObject *args)
         return NULL;
     }
     return PyUnicode_FromString(I8_NAMES[i8_current()]);
+}
+
+PyObject *dsn_py_int8_last_kernel(PyObject *self, PyObject *noargs)
+{
+    return PyUnicode_FromString(i8_last);
 }
 
 PyObject *dsn_py_int8_isa_list(PyObject *self, PyObject *noargs)

@@ -748,6 +748,7 @@ PyObject *dsn_py_int8_gemm(PyObject *, PyObject *);
 PyObject *dsn_py_int8_quantize_rows(PyObject *, PyObject *);
 PyObject *dsn_py_int8_isa(PyObject *, PyObject *);
 PyObject *dsn_py_int8_isa_list(PyObject *, PyObject *);
+PyObject *dsn_py_int8_last_kernel(PyObject *, PyObject *);
 PyObject *dsn_py_wq_linear(PyObject *, PyObject *);
 /* fused casts of the DDP compression hooks (dsn_wire.c) */
 PyObject *dsn_py_wire_pack(PyObject *, PyObject *);
@@ -758,6 +759,8 @@ static PyMethodDef methods[] = {
     {"int8_quantize_rows", dsn_py_int8_quantize_rows, METH_VARARGS, "(private: dsn_int8.c)"},
     {"int8_isa", dsn_py_int8_isa, METH_VARARGS, "int8_isa([name]) (private: dsn_int8.c)"},
     {"int8_isa_list", dsn_py_int8_isa_list, METH_NOARGS, "(private: dsn_int8.c)"},
+    {"int8_last_kernel", dsn_py_int8_last_kernel, METH_NOARGS,
+     "the loop the last int8_gemm ran (private: tests)"},
     {"wq_linear", dsn_py_wq_linear, METH_VARARGS, "weight-only GEMV (private: dsn_int8.c)"},
     {"wire_pack", dsn_py_wire_pack, METH_VARARGS, "(private: dsn_wire.c)"},
     {"wire_unpack", dsn_py_wire_unpack, METH_VARARGS, "(private: dsn_wire.c)"},

@@ -103,12 +103,14 @@ class PackedInt8Module(QuantizedModule):
                 n += b._data.nbytes
         return n
 
-    def _int8_matmul(self, x2d, a_mode, a_scale=None):
-        """fp32 [M, N] = dequant(quant(x) @ w.T) * scales + bias."""
+    def _int8_matmul(self, x2d, a_mode, a_scale=None, qmax=127):
+        """fp32 [M, N] = dequant(quant(x) @ w.T) * scales + bias (dynamic activations
+        in [-qmax, qmax], or static ones with the calibrated ``a_scale``)."""
         p = self._packed_weight()
         kp = p.data.shape[1]
         if a_scale is None:
-            q, s = _N.int8_quantize_rows(x2d, per_tensor=a_mode == "per_tensor", kp=kp)
+            q, s = _N.int8_quantize_rows(x2d, per_tensor=a_mode == "per_tensor", kp=kp,
+                                         qmax=qmax)
         else:                       # static: fixed per-tensor scale from calibration
             inv = np.float32(1) / np.float32(a_scale)
             q = np.zeros((x2d.shape[0], kp), np.int8)
