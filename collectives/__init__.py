@@ -20,7 +20,7 @@ Environment knobs: ``DEEPSEEK_DETERMINISTIC=1`` (rank-order reductions everywher
 64 KiB), ``DEEPSEEK_SHM_SYM_BYTES`` (symmetric buffers: zero-copy allreduce from this
 size, default 32 KiB), ``DEEPSEEK_SHM_CMA`` / ``DEEPSEEK_SHM_CMA_BYTES`` (single-copy
 allgather through process_vm_readv where the kernel allows it: 0 turns it off; from 8
-KiB per rank), ``DEEPSEEK_SHM_SPIN_US`` (spin before sleeping in the kernel; adaptive,
+KiB per rank; also single-copy send/recv above two p2p slots), ``DEEPSEEK_SHM_SPIN_US`` (spin before sleeping in the kernel; adaptive,
 at most 2000 us when ranks <= cores, 20 us when oversubscribed),
 ``DEEPSEEK_COLLECTIVES_TIMEOUT`` (default timeout, seconds).
 

@@ -291,33 +291,65 @@ class ProcessGroup:
         self._execute(opname, seq, timeout, body, sig)
         return None
 
-    def _p2p(self, opname, body, async_op, timeout, worker, lock, x, peer, tag):
+    def _p2p(self, opname, fn, async_op, timeout, worker, lock, x, peer, tag, nowait=None):
+        """Run ``fn(ctx, x, peer, tag)`` (the backend's send or recv): inline when
+        blocking -- after the async ops of its direction issued before it -- or on the
+        direction's worker thread. No closure, Work or description string is built on
+        the blocking path: at 8 bytes these were a good part of the cost."""
         self._check_usable()
         self._p2p_seq += 1
         seq = self._p2p_seq
-        desc = f"{opname} (p2p seq {seq}) in group {self.name!r} on rank {self.rank}"
         issued = _trace.now() if _trace.sink is not None else 0
-
-        def run():
-            ctx = OpContext(opname, seq, timeout if timeout is not None else self.timeout,
-                            self.name, self.rank, self.ranks)
-            t0 = _trace.now() if issued else 0
-            with lock:
-                self._check_usable()
-                try:
-                    body(ctx)
-                except BaseException as e:
-                    self._fail(ctx, e)
-                    raise
-            if t0:  # the timeline/profiler (collectives/trace.py): pipeline sends/recvs
-                _trace.emit_p2p(self, opname, seq, x.nbytes, self.ranks[peer], tag,
-                                issued, t0)
         if async_op:
-            return worker.submit(run, Work(desc))
-        if not worker.idle:
+            desc = f"{opname} (p2p seq {seq}) in group {self.name!r} on rank {self.rank}"
+            if nowait is not None and not worker._pending and lock.acquire(False):
+                # a small send whose slot is free completes here: no thread handoff
+                try:
+                    done, exc = self._p2p_nowait(opname, nowait, seq, timeout, x, peer,
+                                                 tag, issued)
+                finally:
+                    lock.release()
+                if done:
+                    return completed_work(desc, exc=exc)  # errors come from wait()
+            return worker.submit(lambda: self._run_p2p(opname, fn, seq, timeout, lock, x,
+                                                       peer, tag, issued), Work(desc))
+        if worker._pending:
             worker.drain()
-        run()
+        self._run_p2p(opname, fn, seq, timeout, lock, x, peer, tag, issued)
         return None
+
+    def _p2p_nowait(self, opname, fn, seq, timeout, x, peer, tag, issued):
+        """``fn`` (the backend's send_nowait) under the caller's lock: (True, error or
+        None) when the op completed (or failed) without waiting, (False, None) when it
+        must go to the worker."""
+        ctx = OpContext(opname, seq, self.timeout if timeout is None else timeout,
+                        self.name, self.rank, self.ranks)
+        t0 = _trace.now() if issued else 0
+        try:
+            self._check_usable()
+            if not fn(ctx, x, peer, tag):
+                return False, None
+        except Exception as e:  # noqa: BLE001 - delivered through Work.wait
+            if not isinstance(e, GroupBrokenError):
+                self._fail(ctx, e)
+            return True, e
+        if t0:
+            _trace.emit_p2p(self, opname, seq, x.nbytes, self.ranks[peer], tag, issued, t0)
+        return True, None
+
+    def _run_p2p(self, opname, fn, seq, timeout, lock, x, peer, tag, issued):
+        ctx = OpContext(opname, seq, self.timeout if timeout is None else timeout,
+                        self.name, self.rank, self.ranks)
+        t0 = _trace.now() if issued else 0
+        with lock:
+            self._check_usable()
+            try:
+                fn(ctx, x, peer, tag)
+            except BaseException as e:
+                self._fail(ctx, e)
+                raise
+        if t0:  # the timeline/profiler (collectives/trace.py): pipeline sends/recvs
+            _trace.emit_p2p(self, opname, seq, x.nbytes, self.ranks[peer], tag, issued, t0)
 
     def _debug_check(self, ctx, sig):
         sig = dict(sig, op=ctx.op)
@@ -646,23 +678,26 @@ class ProcessGroup:
     def send(self, x, dst, tag=0, async_op=False, timeout=None):
         """Send ``x`` to group rank ``dst``; matched by ``(source, tag)``."""
         f = self._arr(x, "send")
-        dst = self._rank_arg(dst, "dst")
+        if type(dst) is not int or not 0 <= dst < self.size:
+            dst = self._rank_arg(dst, "dst")
         if dst == self.rank:
             raise CollectiveArgumentError("send: dst is this rank")
-        tag = self._tag(tag)
-        b = self._backend
-        return self._p2p("send", lambda ctx: b.send(ctx, f, dst, tag), async_op, timeout,
-                         self._send_worker, self._send_lock, f, dst, tag)
+        if type(tag) is not int or not 0 <= tag < 2 ** 31:
+            tag = self._tag(tag)
+        return self._p2p("send", self._backend.send, async_op, timeout,
+                         self._send_worker, self._send_lock, f, dst, tag,
+                         getattr(self._backend, "send_nowait", None))
 
     def recv(self, x, src, tag=0, async_op=False, timeout=None):
         """Receive into ``x`` the next message from ``src`` with this ``tag``."""
         f = self._arr(x, "recv", writable=True)
-        src = self._rank_arg(src, "src")
+        if type(src) is not int or not 0 <= src < self.size:
+            src = self._rank_arg(src, "src")
         if src == self.rank:
             raise CollectiveArgumentError("recv: src is this rank")
-        tag = self._tag(tag)
-        b = self._backend
-        return self._p2p("recv", lambda ctx: b.recv(ctx, f, src, tag), async_op, timeout,
+        if type(tag) is not int or not 0 <= tag < 2 ** 31:
+            tag = self._tag(tag)
+        return self._p2p("recv", self._backend.recv, async_op, timeout,
                          self._recv_worker, self._recv_lock, f, src, tag)
 
     @staticmethod

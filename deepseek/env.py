@@ -254,12 +254,17 @@ VARIABLES: dict[str, Var] = _declare(
     Var("DEEPSEEK_SHM_SYM_BYTES", "bytes", 32 << 10,
         "allreduce of a symmetric buffer is zero-copy from this size", lo=0),
     Var("DEEPSEEK_SHM_CMA", "choice", "auto",
-        "single-copy allgather (and send/recv of messages larger than two p2p slots) "
-        "through process_vm_readv where the kernel allows it; off turns it off",
+        "single-copy allgather (and send/recv, see DEEPSEEK_SHM_P2P_CMA_BYTES) through "
+        "process_vm_readv where the kernel allows it; off turns it off",
         choices=("auto", "off"),
         aliases=tuple((s, "auto") for s in _TRUE) + tuple((s, "off") for s in _FALSE)),
     Var("DEEPSEEK_SHM_CMA_BYTES", "bytes", 8 << 10,
         "single-copy allgather from this many bytes per rank", lo=0),
+    Var("DEEPSEEK_SHM_P2P_CMA_BYTES", "bytes", 0,
+        "send/recv messages from this size (and above two p2p slots) are read once, "
+        "straight from the sender's array (process_vm_readv); 0: never -- the default, "
+        "since the two-copy slot pipeline, where both ranks copy at once, measured "
+        "faster with a core per rank", lo=0),
     Var("DEEPSEEK_SHM_SPIN_US", "float", None,
         "spin this long before sleeping in the kernel (default adaptive: 2000 when "
         "ranks <= cores, else 20)", unit="microseconds", lo=0),

@@ -5,7 +5,8 @@
 
 - p2p: ping-pong between two ranks over shared memory, deepseek ``send``/``recv``
   next to mpi4py + MPICH ``Send``/``Recv`` (through ``mpiexec``) in the same run:
-  half round-trip latency at 8 B, bandwidth at 1-64 MiB.
+  half round-trip time at 8 B and 64 KiB, bandwidth at 4 and 64 MiB; the two
+  alternate ``--rounds`` times and the table shows medians.
 - pipeline: pp = 2 and 4 with m = 4 x pp microbatches on an MLP stack, for GPipe,
   1F1B and interleaved 1F1B (2 stages per rank): the measured bubble (1 - busy/wall,
   from each rank's compute timestamps; the worst rank), the idealised bubble of the
@@ -31,11 +32,11 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-SIZES = [8, 1 << 20, 4 << 20, 16 << 20, 64 << 20]
+SIZES = [8, 64 << 10, 4 << 20, 64 << 20]
 
 
 def _iters(n):
-    return 2000 if n <= 1024 else max(4, min(50, (256 << 20) // n))
+    return 2000 if n <= 1024 else 400 if n <= (64 << 10) else max(4, min(50, (256 << 20) // n))
 
 
 def fmt_size(n):
@@ -46,7 +47,9 @@ def fmt_size(n):
 
 
 # ---------------------------------------------------------------------- p2p
-def _pingpong(send, recv, rank, n):
+def _pingpong(send, recv, rank, n, blocks=5):
+    """One-way time of a ping-pong of ``n`` bytes: the median over ``blocks`` timed
+    blocks of ``_iters(n)`` round trips (half a round trip each)."""
     buf = np.zeros(max(n, 1), np.uint8)
     it = _iters(n)
 
@@ -59,9 +62,12 @@ def _pingpong(send, recv, rank, n):
                 recv(buf, 0)
                 send(buf, 0)
     rounds(3)  # warm-up
-    t0 = time.perf_counter()
-    rounds(it)
-    return (time.perf_counter() - t0) / it / 2  # one way
+    times = []
+    for _ in range(blocks):
+        t0 = time.perf_counter()
+        rounds(max(1, it // blocks))
+        times.append((time.perf_counter() - t0) / max(1, it // blocks) / 2)
+    return float(np.median(times))
 
 
 def p2p_worker(rank, world, sizes):
@@ -100,30 +106,40 @@ def run_mpich(sizes):
         return {int(k): v for k, v in json.load(open(op)).items()}
 
 
-def bench_p2p():
+def bench_p2p(rounds=3, sizes=SIZES):
+    """deepseek and MPICH ping-pongs, alternated ``rounds`` times (so that both see the
+    same background load); per size the median over rounds of each one's median."""
     from deepseek.testing.multiprocess import spawn_ranks
 
-    ours = spawn_ranks(p2p_worker, 2, timeout=600, args=(SIZES,))[0]
-    try:
-        mpi = run_mpich(SIZES)
-    except Exception as e:  # noqa: BLE001
-        print(f"(MPICH run failed: {e})")
-        mpi = None
+    ours, mpi = [], []
+    for _ in range(rounds):
+        ours.append(spawn_ranks(p2p_worker, 2, timeout=600, args=(sizes,))[0])
+        try:
+            m = run_mpich(sizes)
+        except Exception as e:  # noqa: BLE001
+            print(f"(MPICH run failed: {e})")
+            m = None
+        if m:
+            mpi.append(m)
     rows = []
-    for n in SIZES:
-        r = {"bytes": n, "deepseek_s": ours[n], "mpich_s": mpi[n] if mpi else None}
+    for n in sizes:
+        r = {"bytes": n, "deepseek_s": float(np.median([o[n] for o in ours])),
+             "mpich_s": float(np.median([m[n] for m in mpi])) if mpi else None,
+             # per round: MPICH time / ours, from runs next to each other
+             "ratios": [m[n] / o[n] for o, m in zip(ours, mpi)]}
         rows.append(r)
-    print("\np2p send/recv, 2 ranks, one host (one-way time; bandwidth = bytes/time)")
-    print(f"{'size':>8} | {'deepseek':>18} | {'MPICH':>18} | ratio")
+    print(f"\np2p send/recv, 2 ranks, one host (one-way time; bandwidth = bytes/time; "
+          f"median of {rounds} alternated runs)")
+    print(f"{'size':>8} | {'deepseek':>12} | {'MPICH':>12} | ratio (>1: deepseek faster)")
     for r in rows:
         def cell(t):
             if t is None:
                 return "-"
-            return f"{t * 1e6:.1f} us" if r["bytes"] <= 1024 else \
+            return f"{t * 1e6:.1f} us" if r["bytes"] <= (64 << 10) else \
                 f"{r['bytes'] / t / 1e9:.2f} GB/s"
-        ratio = (r["mpich_s"] / r["deepseek_s"]) if r["mpich_s"] else float("nan")
-        print(f"{fmt_size(r['bytes']):>8} | {cell(r['deepseek_s']):>18} | "
-              f"{cell(r['mpich_s']):>18} | {ratio:.2f}x")
+        ratio = float(np.median(r["ratios"])) if r["ratios"] else float("nan")
+        print(f"{fmt_size(r['bytes']):>8} | {cell(r['deepseek_s']):>12} | "
+              f"{cell(r['mpich_s']):>12} | {ratio:.2f}x")
     return rows
 
 
@@ -262,6 +278,8 @@ def main(argv=None):
     ap.add_argument("--pp", type=int, nargs="+", default=[2, 4])
     ap.add_argument("--d", type=int, default=256)
     ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="p2p: alternated deepseek / MPICH runs (medians over them)")
     ap.add_argument("--json", nargs="?", const="-", default=None)
     ap.add_argument("--_mpi", nargs=2, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -270,7 +288,7 @@ def main(argv=None):
         return 0
     out = {}
     if a.only in (None, "p2p"):
-        out["p2p"] = bench_p2p()
+        out["p2p"] = bench_p2p(a.rounds)
     if a.only in (None, "pipeline"):
         out["pipeline"] = bench_pipeline(a.pp, a.d, batch=16, seq=32, steps=a.steps)
     if a.only in (None, "tp"):

@@ -8,7 +8,7 @@ Layout of the group's segment (``n`` ranks, slot size ``C``, p2p slot size ``P``
     chan    n*n x 64 B     per ordered pair (src, dst): sent, sleepers, acked, sleepers
     in      n x 2 x C      per rank, two halves (double buffering)
     out     2 x C          result area of reduce-scatter + allgather
-    p2p     n*n x 2 x (64 + P)   two slots per ordered pair
+    p2p     n*n x 2 x (64 + P)   two slots per ordered pair (protocol: shm_p2p.py)
 
 Synchronisation is a per-rank *step* counter (int32, wrap-safe). A collective is a
 sequence of *rounds*, each on one chunk of the message and one half of the buffers,
@@ -103,10 +103,10 @@ from ... import env as envvars
 from .. import _futex
 from .. import shm as _shm
 from .._context import OpContext
-from ..errors import (CollectiveArgumentError, CollectiveError, CollectiveMismatchError,
-                      PeerFailureError)
+from ..errors import CollectiveError, CollectiveMismatchError, PeerFailureError
 from ..reduce_ops import ReduceOp, reduce_into
 from .base import Backend
+from .shm_p2p import _K, ShmP2P
 
 CTRL_BYTES = 1024
 CHAN_BYTES = 64
@@ -155,9 +155,7 @@ COLL_ALLGATHER_CMA, _COLL_BARRIER = 5, 6
 _SEG_ADDR, _CMA_OK = 24, 26
 # shared ctrl words where a symmetric allreduce publishes its piece (dsn_shm.h)
 _SYM_SIG, _SYM_SIG_LEN = 16, 5
-# int32 words inside a channel block
-_SENT, _SENT_SLEEP, _ACK, _ACK_SLEEP = 0, 1, 2, 3
-_K = 2  # p2p slots per channel
+# the channel blocks' words (sent, sleepers, acked, sleepers) and the p2p slots: shm_p2p.py
 
 _M32, _H32 = 0xFFFFFFFF, 0x80000000
 try:
@@ -241,7 +239,7 @@ def segment_size(n, chunk, p2p):
             + 2 * chunk + n * n * _K * (HDR_BYTES + p2p))
 
 
-class ShmTransport(Backend):
+class ShmTransport(ShmP2P, Backend):
     """Collectives and p2p over one shared-memory segment (all ranks on one host)."""
 
     name = "shm"
@@ -333,6 +331,7 @@ class ShmTransport(Backend):
         self._stash = {}       # (src, tag) -> list of received arrays of other tags
         self._checked_round = None  # the last round whose signatures this rank compared
         self._closed = False
+        self._p2p_init()
 
     # --- low-level words -----------------------------------------------------
     def _ctrl_word(self, r, word):
@@ -360,11 +359,16 @@ class ShmTransport(Backend):
         ptrace_scope or a container's seccomp policy). ``DEEPSEEK_SHM_CMA=0`` turns
         it off. Each rank reads every peer's pid word through the peer's own address
         of the segment and checks the value; then all agree through one barrier."""
-        ok = envvars.get("DEEPSEEK_SHM_CMA") != "off" and self.coll_kernel is not None \
+        # 1: readable and the C allgather is there; 3: readable only (the single-copy
+        # send/recv needs no C, collectives/backends/shm_p2p.py); 2: not readable
+        readable = envvars.get("DEEPSEEK_SHM_CMA") != "off" \
             and all(self._cma_reads(p) for p in self._peers)
-        self._w[self._ctrl_word(self.rank, _CMA_OK)] = 1 if ok else 2
+        verdict = (1 if self.coll_kernel is not None else 3) if readable else 2
+        self._w[self._ctrl_word(self.rank, _CMA_OK)] = verdict
         self.barrier(ctx)
-        self.cma = all(self._w[self._ctrl_word(r, _CMA_OK)] == 1 for r in range(self.size))
+        seen = [self._w[self._ctrl_word(r, _CMA_OK)] for r in range(self.size)]
+        self.cma = all(v == 1 for v in seen)
+        self.p2p_cma = all(v in (1, 3) for v in seen)
 
     def _cma_reads(self, p):
         try:
@@ -1010,91 +1014,7 @@ class ShmTransport(Backend):
                 out[r * m + lo: r * m + hi] = x[me * m + lo: me * m + hi] if r == me else \
                     self._in(r, h, dt, n * c)[me * c:(me + 1) * c]
 
-    # --- point to point ------------------------------------------------------------
-    def _p2p_slot(self, src, dst, k):
-        off = self._p2p_off + ((src * self.size + dst) * _K + k) * (HDR_BYTES + self.P)
-        return off
-
-    def send(self, ctx, x, dst, tag):
-        data = x.view(np.uint8)
-        total = data.size
-        sent_idx = self._chan_word(self.rank, dst, _SENT)
-        ack_idx = self._chan_word(self.rank, dst, _ACK)
-        off, first = 0, True
-        while first or off < total:
-            first = False
-            k = min(self.P, total - off)
-            seq = self._sent[dst]
-            # slot seq % K is free once the receiver acked message seq - K
-            self._wait_word(ctx, ack_idx, ack_idx + 1, _wrap(seq - _K + 1), dst,
-                            lambda: [dst])
-            base = self._p2p_slot(self.rank, dst, seq % _K)
-            hdr = self._u8[base: base + 24].view(np.int64)
-            hdr[0], hdr[1], hdr[2] = tag, total, k
-            self._u8[base + HDR_BYTES: base + HDR_BYTES + k] = data[off: off + k]
-            self._sent[dst] = _wrap(seq + 1)
-            self._post_word(sent_idx, sent_idx + 1, self._sent[dst])
-            off += k
-
-    def _next_chunk(self, ctx, src):
-        """Wait for the next chunk from ``src``; returns (tag, total, view, release)."""
-        sent_idx = self._chan_word(src, self.rank, _SENT)
-        ack_idx = self._chan_word(src, self.rank, _ACK)
-        seq = self._acked[src]
-        self._wait_word(ctx, sent_idx, sent_idx + 1, _wrap(seq + 1), src, lambda: [src])
-        base = self._p2p_slot(src, self.rank, seq % _K)
-        tag, total, k = (int(v) for v in self._u8[base: base + 24].view(np.int64))
-        view = self._u8[base + HDR_BYTES: base + HDR_BYTES + k]
-
-        def release():
-            self._acked[src] = _wrap(seq + 1)
-            self._post_word(ack_idx, ack_idx + 1, self._acked[src])
-
-        return tag, total, view, release
-
-    def _read_message(self, ctx, src, dest=None):
-        tag, total, view, release = self._next_chunk(ctx, src)
-        if dest is None or dest.size != total:
-            dest = np.empty(total, np.uint8)
-        off = 0
-        while True:
-            dest[off: off + view.size] = view
-            off += view.size
-            release()
-            if off >= total:
-                return tag, dest
-            _, _, view, release = self._next_chunk(ctx, src)
-
-    def recv(self, ctx, x, src, tag):
-        data = x.view(np.uint8)
-        pending = self._stash.get((src, tag))
-        if pending:
-            buf = pending.pop(0)
-            if buf.size != data.size:
-                raise CollectiveArgumentError(
-                    f"{ctx.describe()}: message from {src} with tag {tag} has {buf.size} "
-                    f"bytes, the receive buffer {data.size}")
-            data[...] = buf
-            return
-        while True:
-            got_tag, buf = self._peek_and_read(ctx, src, tag, data)
-            if got_tag == tag:
-                if buf is not data:
-                    raise CollectiveArgumentError(
-                        f"{ctx.describe()}: message from {src} with tag {tag} has "
-                        f"{buf.size} bytes, the receive buffer {data.size}")
-                return
-            self._stash.setdefault((src, got_tag), []).append(buf)
-
-    def _peek_and_read(self, ctx, src, tag, data):
-        # read the header first to decide whether the message lands in ``data``
-        sent_idx = self._chan_word(src, self.rank, _SENT)
-        seq = self._acked[src]
-        self._wait_word(ctx, sent_idx, sent_idx + 1, _wrap(seq + 1), src, lambda: [src])
-        base = self._p2p_slot(src, self.rank, seq % _K)
-        got_tag, total = (int(v) for v in self._u8[base: base + 16].view(np.int64))
-        dest = data if (got_tag == tag and total == data.size) else None
-        return self._read_message(ctx, src, dest)
+    # --- point to point: collectives/backends/shm_p2p.py (ShmP2P) --------------------
 
     def close(self):
         if self._closed:
@@ -1106,7 +1026,8 @@ class ShmTransport(Backend):
         self._sym_tables = {}
         self._w.release()
         self._q.release()
-        self._w = self._q = None
+        self._mv.release()  # the p2p byte view (shm_p2p.py)
+        self._w = self._q = self._mv = None
         self._u8 = None
         self.seg.close()
 
