@@ -139,3 +139,32 @@ def test_blas_single_thread_nests_and_restores():
         assert A.blas_threads() == n          # what will be restored, seen from inside
     if A._blas_find():
         assert A._blas_fns[0]() == n
+
+
+@pytest.mark.timeout(60)
+def test_thread_pool_keeps_fork_and_is_forgotten_in_a_forked_child(monkeypatch):
+    """After a threaded attention call the DataLoader still forks (the idle pool is
+    fork-safe), and attention in a forked child runs instead of waiting on threads
+    that do not exist there."""
+    import os
+    from deepseek.data import _procs
+    monkeypatch.setattr(A, "_PAR_MIN_WORK", 0)
+    monkeypatch.setattr(A, "blas_threads", lambda: 2)
+    q, k, v = _qkv()
+    want = F.scaled_dot_product_attention(q, k, v).detach().numpy()
+    assert A._pool is not None
+    assert _procs.default_context().get_start_method() == "fork"
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: attention on the threaded path again, then report
+        try:
+            got = F.scaled_dot_product_attention(q, k, v).detach().numpy()
+            os.write(w, b"ok" if np.allclose(got, want) else b"bad")
+        finally:
+            os._exit(0)
+    os.close(w)
+    try:
+        assert os.read(r, 8) == b"ok"
+    finally:
+        os.close(r)
+        os.waitpid(pid, 0)

@@ -70,12 +70,25 @@ def _job_id():
     return job if job else f"dl{os.getpid()}"
 
 
+# idle pools of deepseek's own that reset themselves in a forked child (attention's
+# FORK_SAFE_THREAD_PREFIX): without this, one transformer forward before the loader
+# sent every later loader to forkserver (slow start, datasets must pickle)
+_FORK_SAFE_PREFIXES = ("deepseek-sdpa",)
+
+
+def _threads_unsafe_to_fork():
+    """Whether another Python thread runs here that a fork would leave broken."""
+    me = threading.current_thread()
+    return any(t is not me and not t.name.startswith(_FORK_SAFE_PREFIXES)
+               for t in threading.enumerate())
+
+
 def default_context():
     """Fork where it is safe (Linux, no other thread running in this process), else
     forkserver, else spawn."""
     import multiprocessing as mp
     methods = mp.get_all_start_methods()
-    if "fork" in methods and threading.active_count() == 1 and not _cuda_initialized():
+    if "fork" in methods and not _threads_unsafe_to_fork() and not _cuda_initialized():
         return mp.get_context("fork")
     return mp.get_context("forkserver" if "forkserver" in methods else "spawn")
 

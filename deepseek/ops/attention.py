@@ -17,6 +17,7 @@ BLAS libraries and CuPy take the plain batched path.
 import contextlib
 import ctypes
 import math
+import os
 import threading
 
 import numpy as np
@@ -109,6 +110,19 @@ def blas_single_thread():
 
 _pool = None
 _pool_size = 0
+# The pool's threads are idle between calls, and a forked child forgets the pool (the
+# threads do not exist there), so they do not make fork unsafe: the DataLoader's
+# start-method choice (data/_procs.py) ignores threads with this name prefix.
+FORK_SAFE_THREAD_PREFIX = "deepseek-sdpa"
+
+
+def _forget_pool_in_child():
+    global _pool, _pool_size
+    _pool, _pool_size = None, 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_in_child)
 
 
 def _run(items, fn, workers):
@@ -120,7 +134,7 @@ def _run(items, fn, workers):
         return
     if _pool is None or _pool_size < workers - 1:
         from concurrent.futures import ThreadPoolExecutor
-        _pool = ThreadPoolExecutor(workers - 1, thread_name_prefix="deepseek-sdpa")
+        _pool = ThreadPoolExecutor(workers - 1, thread_name_prefix=FORK_SAFE_THREAD_PREFIX)
         _pool_size = workers - 1
     chunks = [items[i::workers] for i in range(workers)]
 
