@@ -153,9 +153,12 @@ def test_chaos_inprocess_recovery_matches_an_uninterrupted_run(tmp_path, jobs, s
 def test_inprocess_budget_exhausted_ends_the_job_with_the_code(tmp_path, jobs):
     run = _run_inproc(tmp_path, 200, 1, jobs, STEP_SLEEP="0.05")
     for n in range(2):
-        _wait(lambda: any(r.get("gen") == n and r["step"] >= 3 for r in progress(tmp_path)
-                          if "step" in r), f"generation {n}", run)
-        pid = [r for r in progress(tmp_path) if "step" in r and r["rank"] == 2][-1]["pid"]
+        # rank 2 itself must have reported in generation n: the newest record of rank 2
+        # may otherwise still be the killed process of generation n - 1
+        _wait(lambda: any(r.get("gen") == n and r["rank"] == 2 and r["step"] >= 3
+                          for r in progress(tmp_path) if "step" in r), f"generation {n}", run)
+        pid = [r for r in progress(tmp_path)
+               if "step" in r and r["rank"] == 2 and r.get("gen") == n][-1]["pid"]
         os.kill(pid, signal.SIGKILL)
     rc, out, err = finish(run, 60)
     assert rc == 128 + signal.SIGKILL, err
