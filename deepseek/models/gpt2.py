@@ -20,6 +20,7 @@ import numpy as np
 from .. import nn
 from ..nn import functional as F
 from .._tensor import Tensor
+from ..backend import get_array_module
 from ..autograd.grad_mode import no_grad
 from ..ops.linalg import matmul
 from ..random import _rng
@@ -72,7 +73,7 @@ class KVCache:
         buf = self.k[i]
         if buf is None or buf.shape[2] < need:
             cap = max(need, self.capacity, 2 * (buf.shape[2] if buf is not None else 0))
-            xp = np if isinstance(kd, np.ndarray) else __import__("cupy")
+            xp = get_array_module(kd)
             nk = xp.empty(kd.shape[:2] + (cap,) + kd.shape[3:], dtype=kd.dtype)
             nv = xp.empty_like(nk)
             if buf is not None:
