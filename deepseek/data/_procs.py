@@ -70,16 +70,15 @@ def _job_id():
     return job if job else f"dl{os.getpid()}"
 
 
-# idle pools of deepseek's own that reset themselves in a forked child (attention's
-# FORK_SAFE_THREAD_PREFIX): without this, one transformer forward before the loader
-# sent every later loader to forkserver (slow start, datasets must pickle)
-_FORK_SAFE_PREFIXES = ("deepseek-sdpa",)
-
-
 def _threads_unsafe_to_fork():
-    """Whether another Python thread runs here that a fork would leave broken."""
+    """Whether another Python thread runs here that a fork would leave broken.
+
+    Attention's idle pool resets itself in a forked child, so its threads do not count:
+    without this, one transformer forward before the loader sent every later loader to
+    forkserver (slow start, datasets must pickle)."""
+    from ..ops.attention import FORK_SAFE_THREAD_PREFIX
     me = threading.current_thread()
-    return any(t is not me and not t.name.startswith(_FORK_SAFE_PREFIXES)
+    return any(t is not me and not t.name.startswith(FORK_SAFE_THREAD_PREFIX)
                for t in threading.enumerate())
 
 
