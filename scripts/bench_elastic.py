@@ -61,17 +61,22 @@ stamp("FIRST", _t0)
 stamp("PID", os.getpid())
 """
 
-DEEPSEEK_WORKER = _COMMON + """\
-import numpy as np
-from deepseek import collectives as C
-pg = C.init_process_group()
-pg.allreduce(np.ones(1024, np.float32))
+# one step, then rank 1 dies in the first attempt (the others wait to be stopped)
+_STEP_THEN_FAIL_ONCE = """\
 stamp("STEP", time.time())
 if attempt == 0:
     if rank == "1":
         stamp("DEATH", time.time())
         os._exit(1)
     time.sleep(300)
+"""
+
+DEEPSEEK_WORKER = _COMMON + """\
+import numpy as np
+from deepseek import collectives as C
+pg = C.init_process_group()
+pg.allreduce(np.ones(1024, np.float32))
+""" + _STEP_THEN_FAIL_ONCE + """\
 C.destroy_process_group()
 """
 
@@ -80,12 +85,7 @@ import torch
 import torch.distributed as dist
 dist.init_process_group("gloo")
 dist.all_reduce(torch.ones(1024))
-stamp("STEP", time.time())
-if attempt == 0:
-    if rank == "1":
-        stamp("DEATH", time.time())
-        os._exit(1)
-    time.sleep(300)
+""" + _STEP_THEN_FAIL_ONCE + """\
 dist.destroy_process_group()
 """
 
