@@ -96,6 +96,93 @@ def test_kserve_v2(mlp):
         assert e.value.status == 404 and "serves 'mlp'" in e.value.reason
 
 
+_TRITON_CLIENT = r"""
+import json, sys
+import numpy as np
+import tritonclient.http as th
+url, x = sys.argv[1], np.load(sys.argv[2])
+c = th.InferenceServerClient(url)
+inp = th.InferInput("input", list(x.shape), "FP32")
+inp.set_data_from_numpy(x, binary_data=True)
+res = {}
+for binary in (True, False):
+    out = c.infer("mlp", [inp], outputs=[th.InferRequestedOutput("output", binary_data=binary)])
+    res[str(binary)] = out.as_numpy("output").tolist()
+res["meta"] = c.get_model_metadata("mlp")
+res["live"], res["extensions"] = c.is_server_live(), c.get_server_metadata()["extensions"]
+print(json.dumps(res))
+"""
+
+
+def test_kserve_binary_tensor_extension_with_tritonclient(mlp, tmp_path):
+    """tritonclient (Triton's own client, which sends binary tensors by default) talks to
+    the server unchanged: binary inputs, binary and JSON outputs, metadata."""
+    pytest.importorskip("tritonclient.http")
+    srv, model = mlp
+    x = np.random.default_rng(4).standard_normal((3, 16)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    # its own process: tritonclient's HTTP stack is gevent, kept out of the test process
+    r = subprocess.run([sys.executable, "-c", _TRITON_CLIENT, srv.url.split("://", 1)[1],
+                        str(tmp_path / "x.npy")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(r.stdout)
+    for binary in ("True", "False"):
+        np.testing.assert_allclose(np.array(res[binary], np.float32), _ref(model, x),
+                                   rtol=1e-5, atol=1e-6, err_msg=binary)
+    assert res["live"] and "binary_tensor_data" in res["extensions"]
+    assert res["meta"]["inputs"][0]["shape"] == [-1, 16]
+
+
+def _v2_binary(c, header, blobs, extra_headers=None):
+    import http.client
+    head = json.dumps(header).encode()
+    conn = http.client.HTTPConnection(c.host, c.port, timeout=30)
+    try:
+        hdrs = {"Content-Type": "application/octet-stream",
+                "Inference-Header-Content-Length": str(len(head))}
+        hdrs.update(extra_headers or {})
+        conn.request("POST", "/v2/models/mlp/infer", body=head + b"".join(blobs),
+                     headers=hdrs)
+        r = conn.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+    finally:
+        conn.close()
+
+
+def test_kserve_binary_wire_format_and_its_errors(mlp):
+    srv, model = mlp
+    x = np.random.default_rng(5).standard_normal((2, 16)).astype(np.float32)
+    inp = {"name": "input", "shape": [2, 16], "datatype": "FP32",
+           "parameters": {"binary_data_size": x.nbytes}}
+    with Client(srv.url) as c:
+        # every output binary through the request-level parameter
+        status, hdrs, body = _v2_binary(c, {"inputs": [inp],
+                                            "parameters": {"binary_data_output": True}},
+                                        [x.tobytes()])
+        assert status == 200 and hdrs["content-type"] == "application/octet-stream", body
+        n = int(hdrs["inference-header-content-length"])
+        (o,) = json.loads(body[:n])["outputs"]
+        assert "data" not in o and o["parameters"]["binary_data_size"] == 2 * 4 * 4
+        got = np.frombuffer(body[n:], "<f4").reshape(o["shape"])
+        np.testing.assert_allclose(got, _ref(model, x), rtol=1e-5, atol=1e-6)
+        # binary input, JSON output: a plain JSON answer
+        status, hdrs, body = _v2_binary(c, {"inputs": [inp]}, [x.tobytes()])
+        assert status == 200 and "inference-header-content-length" not in hdrs
+        np.testing.assert_allclose(np.array(json.loads(body)["outputs"][0]["data"])
+                                   .reshape(2, 4), _ref(model, x), rtol=1e-5, atol=1e-6)
+        cases = [([x.tobytes()[:-4]], None, "only 124 bytes of binary data are left"),
+                 ([x.tobytes(), b"xx"], None, "2 bytes of binary data after the JSON header"),
+                 ([x.tobytes()], {"Inference-Header-Content-Length": "999999"},
+                  "Inference-Header-Content-Length: expected the JSON header's size")]
+        for blobs, hdr, reason in cases:
+            status, _, data = _v2_binary(c, {"inputs": [inp]}, blobs, hdr)
+            assert status == 400 and reason in json.loads(data)["error"], data
+        bad = dict(inp, parameters={"binary_data_size": -1})
+        status, _, data = _v2_binary(c, {"inputs": [bad]}, [x.tobytes()])
+        assert status == 400 and "binary_data_size must be a non-negative int" in \
+            json.loads(data)["error"]
+
+
 def _metric(text, name, labels=""):
     m = re.search(rf"^{re.escape(name)}{re.escape(labels)} (\S+)$", text, re.M)
     return float(m.group(1)) if m else None
@@ -200,6 +287,48 @@ def test_onnx_model_and_a_model_that_raises(tmp_path):
         np.testing.assert_allclose(c.predict({"x": x})["y"], onnx_mlp_reference(x, w),
                                    rtol=1e-5, atol=1e-5)
         assert srv.status()["restarts"] == 0          # the worker survived the error
+
+
+def _onnx_lookup(path, table):
+    """An ONNX model y = table[idx]: onnxruntime raises for an index out of range, so one
+    request's values can make the model fail where the others' do not."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    node = helper.make_node("Gather", ["table", "idx"], ["y"], axis=0)
+    graph = helper.make_graph(
+        [node], "lookup",
+        [helper.make_tensor_value_info("idx", TensorProto.INT64, ["N"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", table.shape[1]])],
+        [numpy_helper.from_array(table, "table")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def test_a_bad_request_does_not_fail_the_others_in_its_batch(tmp_path):
+    pytest.importorskip("onnxruntime")
+    table = np.arange(40, dtype=np.float32).reshape(10, 4)
+    _onnx_lookup(tmp_path / "lookup.onnx", table)
+    idx = [np.array([i % 10, (i + 3) % 10], np.int64) for i in range(7)] + \
+        [np.array([2, 99], np.int64)]                        # 99: out of the table
+    with run_server(tmp_path / "lookup.onnx", "--max-batch-size", 16, "--max-delay-ms",
+                    300) as srv:
+        def call(a):
+            with Client(srv.url) as c:
+                try:
+                    return c.predict({"idx": a})["y"]
+                except ServeError as e:
+                    return e
+        with cf.ThreadPoolExecutor(len(idx)) as ex:
+            got = list(ex.map(call, idx))
+        with Client(srv.url) as c:
+            text = c.metrics()
+        assert "running them one by one" in srv.log()       # they did share a batch
+    for a, g in zip(idx[:-1], got[:-1]):
+        np.testing.assert_array_equal(g, table[a])
+    assert isinstance(got[-1], ServeError) and got[-1].status >= 400
+    assert "99" in got[-1].reason or "out of" in got[-1].reason.lower(), got[-1].reason
+    assert _metric(text, "deepseek_serve_batch_size_count") >= 1
 
 
 @pytest.mark.timeout(180)

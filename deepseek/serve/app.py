@@ -3,8 +3,9 @@
 Routes: ``POST /v1/predict``, ``GET /v1/models``, ``GET /health``, ``GET /ready``,
 ``GET /metrics``, and KServe v2's ``GET /v2``, ``GET /v2/health/live``,
 ``GET /v2/health/ready``, ``GET /v2/models/{name}``, ``GET /v2/models/{name}/ready``,
-``POST /v2/models/{name}/infer``. Every error is JSON ``{"error": reason}`` with a 4xx/5xx
-status. The handlers only parse, check and queue: the batcher and the worker pool (started
+``POST /v2/models/{name}/infer`` (JSON, or JSON and binary tensors: KServe's binary tensor
+data extension, as tritonclient sends them). Every error is JSON ``{"error": reason}`` with
+a 4xx/5xx status. The handlers only parse, check and queue: the batcher and the worker pool (started
 in the lifespan, on uvicorn's event loop) do the rest.
 """
 import asyncio
@@ -162,16 +163,24 @@ def create_app(cfg, on_fatal=None):
     async def v2_infer(request):
         _model(request)
         body = await read_body(request)
-        obj = codec.parse_json(body)
-        arrays, wanted = codec.v2_inputs(obj)
+        head, binary = codec.v2_split_body(
+            body, request.headers.get("inference-header-content-length"))
+        obj = codec.parse_json(head)
+        arrays, requested = codec.v2_inputs(obj, binary)
+        params = obj.get("parameters") or {}
         outs = await infer(arrays, set(arrays))
-        if wanted:
-            unknown = [n for n in wanted if n not in outs]
+        if requested:
+            unknown = [o["name"] for o in requested if o["name"] not in outs]
             if unknown:
                 raise _HTTPError(400, f"unknown output(s) {unknown}: the model gives "
                                       f"{list(outs)}")
-        return Response(codec.v2_json(outs, cfg.name, obj.get("id"), wanted),
-                        media_type="application/json")
+        out, head_len = codec.v2_body(outs, cfg.name, obj.get("id"), requested,
+                                      bool(isinstance(params, dict)
+                                           and params.get("binary_data_output")))
+        if head_len is None:
+            return Response(out, media_type="application/json")
+        return Response(out, media_type="application/octet-stream",
+                        headers={"Inference-Header-Content-Length": str(head_len)})
 
     def _model(request):
         name = request.path_params["name"]
@@ -208,7 +217,7 @@ def create_app(cfg, on_fatal=None):
     async def v2_server(request):
         from .. import __version__
         return JSONResponse({"name": "deepseek-serve", "version": __version__,
-                             "extensions": []})
+                             "extensions": ["binary_tensor_data"]})
 
     @measured("/v2/health")
     async def v2_live(request):

@@ -12,7 +12,12 @@ Formats of ``POST /v1/predict``:
   input names, answered with a safetensors file of the outputs.
 
 ``POST /v2/models/{name}/infer`` takes KServe v2 JSON (``inputs: [{name, shape, datatype,
-data}]``, data flat in row-major order or nested) and answers in kind.
+data}]``, data flat in row-major order or nested) and answers in kind, with the binary tensor
+data extension (what tritonclient sends by default): an ``Inference-Header-Content-Length: N``
+header says the first N bytes of the body are the JSON; an input with
+``"parameters": {"binary_data_size": k}`` has no ``data`` and takes the next k bytes after it
+(little-endian, row-major); outputs asked for with ``"parameters": {"binary_data": true}``
+(or every output, with the request parameter ``binary_data_output``) come back the same way.
 
 Every problem raises :class:`BadRequest` with the HTTP status and a message saying what was
 expected and what came.
@@ -23,8 +28,8 @@ import json
 
 import numpy as np
 
-__all__ = ["BadRequest", "parse_json", "v1_inputs", "safetensors_inputs", "v2_inputs",
-           "check_inputs", "v1_json", "safetensors_body", "v2_json", "V2_DTYPES"]
+__all__ = ["BadRequest", "parse_json", "v1_inputs", "safetensors_inputs", "v2_split_body",
+           "v2_inputs", "check_inputs", "v1_json", "safetensors_body", "v2_body", "V2_DTYPES"]
 
 V2_DTYPES = {"BOOL": "bool", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32",
              "UINT64": "uint64", "INT8": "int8", "INT16": "int16", "INT32": "int32",
@@ -131,15 +136,43 @@ def safetensors_inputs(body):
     return arrays
 
 
-def v2_inputs(obj):
-    """``({name: array}, requested output names or None)`` from KServe v2 infer JSON."""
+def v2_split_body(body, header_length):
+    """``(JSON part, binary part)`` of a v2 infer body; ``header_length`` is the
+    ``Inference-Header-Content-Length`` header's text (None: all of it is JSON)."""
+    if header_length is None:
+        return body, b""
+    text = header_length.strip()
+    if not text.isdigit() or int(text) > len(body):
+        raise BadRequest(f"Inference-Header-Content-Length: expected the JSON header's size "
+                         f"in bytes, at most the body's {len(body)}, got {header_length!r}")
+    n = int(text)
+    return body[:n], memoryview(body)[n:]
+
+
+def _binary_size(t, where):
+    params = t.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise BadRequest(f"{where}: parameters must be an object, got "
+                         f"{type(params).__name__}")
+    size = params.get("binary_data_size")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+        raise BadRequest(f"{where}: binary_data_size must be a non-negative int, got {size!r}")
+    return size
+
+
+def v2_inputs(obj, binary=b""):
+    """``({name: array}, the request's ``outputs`` list or None)`` from KServe v2 infer JSON;
+    ``binary`` holds the tensors that follow the JSON (the binary data extension)."""
     ins = obj.get("inputs")
     if not isinstance(ins, list) or not ins:
         raise BadRequest('expected {"inputs": [{"name", "shape", "datatype", "data"}, ...]}')
-    arrays = {}
+    arrays, pos = {}, 0
     for i, t in enumerate(ins):
-        if not isinstance(t, dict) or not {"name", "shape", "datatype", "data"} <= set(t):
-            raise BadRequest(f"inputs[{i}]: needs name, shape, datatype and data, got "
+        size = _binary_size(t, f"inputs[{i}]") if isinstance(t, dict) else None
+        need = {"name", "shape", "datatype"} | (set() if size is not None else {"data"})
+        if not isinstance(t, dict) or not need <= set(t):
+            raise BadRequest(f"inputs[{i}]: needs name, shape, datatype and data (or the "
+                             "binary_data_size parameter), got "
                              f"{sorted(t) if isinstance(t, dict) else type(t).__name__}")
         where = f"input {t['name']!r}"
         dt = V2_DTYPES.get(str(t["datatype"]).upper())
@@ -147,6 +180,15 @@ def v2_inputs(obj):
             raise BadRequest(f"{where}: datatype {t['datatype']!r} is not one of "
                              f"{sorted(V2_DTYPES)}")
         shape = _shape(t["shape"], where)
+        if size is not None:
+            if pos + size > len(binary):
+                raise BadRequest(f"{where}: binary_data_size {size} but only "
+                                 f"{len(binary) - pos} bytes of binary data are left in the "
+                                 "body")
+            arrays[t["name"]] = _from_bytes(binary[pos:pos + size], _dtype(dt, where), shape,
+                                            where)
+            pos += size
+            continue
         a = _from_list(t["data"], where)
         if a.size != (int(np.prod(shape, dtype=np.int64)) if shape else 1):
             raise BadRequest(f"{where}: shape {list(shape)} holds "
@@ -154,10 +196,14 @@ def v2_inputs(obj):
         if a.dtype.kind == "f" and np.dtype(dt).kind in "biu":
             raise BadRequest(f"{where}: datatype {t['datatype']} but the data are not integers")
         arrays[t["name"]] = a.astype(dt).reshape(shape)
+    if pos != len(binary):
+        raise BadRequest(f"{len(binary) - pos} bytes of binary data after the JSON header are "
+                         "not claimed by any input's binary_data_size")
     outs = obj.get("outputs")
-    wanted = [o.get("name") for o in outs if isinstance(o, dict)] if isinstance(outs, list) \
-        else None
-    return arrays, wanted
+    if outs is not None and not (isinstance(outs, list)
+                                 and all(isinstance(o, dict) and "name" in o for o in outs)):
+        raise BadRequest('outputs: expected a list of {"name": ..., "parameters": ...}')
+    return arrays, outs
 
 
 def _fmt_shape(shape):
@@ -215,18 +261,33 @@ def safetensors_body(outputs):
     return save({n: np.ascontiguousarray(a) for n, a in outputs.items()})
 
 
-def v2_json(outputs, model_name, request_id=None, wanted=None):
-    """The KServe v2 infer answer."""
-    outs = []
+def v2_body(outputs, model_name, request_id=None, requested=None, binary_default=False):
+    """``(body, JSON header length or None)``: the KServe v2 infer answer. ``requested`` is
+    the request's ``outputs`` list (None: every output); an output goes as binary data when
+    it asks for ``binary_data`` or, not saying, when ``binary_default`` (the request's
+    ``binary_data_output``) is set; the length is None when no output is binary."""
+    want = None if not requested else {o["name"]: (o.get("parameters") or {}) for o in requested}
+    outs, blobs = [], []
     for n, a in outputs.items():
-        if wanted and n not in wanted:
+        if want is not None and n not in want:
             continue
-        outs.append({"name": n, "datatype": _TO_V2.get(a.dtype.name, "BYTES"),
-                     "shape": list(a.shape), "data": a.reshape(-1).tolist()})
+        entry = {"name": n, "datatype": _TO_V2.get(a.dtype.name, "BYTES"),
+                 "shape": list(a.shape)}
+        binary = (want or {}).get(n, {}).get("binary_data", binary_default)
+        if binary:
+            raw = np.ascontiguousarray(a, a.dtype.newbyteorder("<")).tobytes()
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            blobs.append(raw)
+        else:
+            entry["data"] = a.reshape(-1).tolist()
+        outs.append(entry)
     body = {"model_name": model_name, "model_version": "1", "outputs": outs}
     if request_id is not None:
         body["id"] = request_id
-    return json.dumps(body).encode()
+    head = json.dumps(body).encode()
+    if not blobs:
+        return head, None
+    return b"".join([head] + blobs), len(head)
 
 
 def v2_tensor_meta(t):
