@@ -263,12 +263,42 @@ class WorkerPool:
         batch = [r for r in batch if not r.future.done()]      # callers that went away
         if not batch:
             return self._release(w)
-        names = sorted(batch[0].inputs)
-        rows = sum(r.rows for r in batch)
         if self.metrics:
-            self.metrics.batch_size.observe(rows)
+            self.metrics.batch_size.observe(sum(r.rows for r in batch))
             for r in batch:
                 self.metrics.queue_delay.observe(t - r.t0)
+        try:
+            return self._finish(w, batch, results=await self._execute(w, batch))
+        except WorkerCrashed as e:
+            return self._finish(w, batch, exc=e)
+        except ModelError as e:
+            if len(batch) == 1 or e.status == 413:
+                return self._finish(w, batch, exc=e)
+            # one bad request (or a model that does not batch) must not fail the others
+            # that happened to share its batch: run each alone, so only the bad one errs
+            log.warning("worker %d: a batch of %d requests failed (%s); running them one "
+                        "by one", w.wid, len(batch), e)
+        for i, r in enumerate(batch):
+            try:
+                res = await self._execute(w, [r])
+            except WorkerCrashed as e:
+                return self._finish(w, batch[i:], exc=e)
+            except ModelError as e:
+                if not r.future.done():
+                    r.future.set_exception(e)
+                continue
+            if not r.future.done():
+                r.future.set_result(res[0])
+        self._release(w)
+
+    async def _execute(self, w, batch):
+        """Run ``batch`` on ``w``: one result dict per request; ModelError when the model
+        raised or its outputs do not split, WorkerCrashed when ``w`` died meanwhile."""
+        if w.state == "dead":       # died between two batches of a one-by-one retry
+            raise WorkerCrashed(f"worker {w.wid} (pid {w.pid}) died before running this "
+                                "request")
+        names = sorted(batch[0].inputs)
+        rows = sum(r.rows for r in batch)
         try:
             layout, off = [], 0
             for n in names:
@@ -283,32 +313,27 @@ class WorkerPool:
                 off += -(-dst.nbytes // shm.ALIGN) * shm.ALIGN
                 del dst
         except ValueError as e:
-            return self._finish(w, batch, exc=ModelError(str(e), 413))
+            raise ModelError(str(e), 413) from None
         self._next_batch += 1
         w.batch = self._next_batch
         w.reply = asyncio.get_running_loop().create_future()
         w.writer.write(protocol.encode({"type": "run", "id": w.batch, "inputs": layout}))
-        try:
-            msg = await w.reply
-        except WorkerCrashed as e:
-            return self._finish(w, batch, exc=e)
+        msg = await w.reply
+        w.reply = None
         if msg["type"] == "error":
-            return self._finish(w, batch, exc=ModelError(msg["error"], msg.get("status", 500)))
-        try:
-            outs = shm.unpack(w.arena_out, msg["outputs"])
-            results = [{} for _ in batch]
-            for n, a in list(outs.items()):
-                if len(batch) > 1 and (a.ndim == 0 or a.shape[0] != rows):
-                    raise ModelError(f"output {n!r} has shape {list(a.shape)}: a batched model "
-                                     f"must return {rows} rows along dim 0")
-                r0 = 0
-                for res, r in zip(results, batch):
-                    res[n] = a[r0:r0 + r.rows].copy() if len(batch) > 1 else a.copy()
-                    r0 += r.rows
-            del outs
-        except ModelError as e:
-            return self._finish(w, batch, exc=e)
-        self._finish(w, batch, results=results)
+            raise ModelError(msg["error"], msg.get("status", 500))
+        outs = shm.unpack(w.arena_out, msg["outputs"])
+        results = [{} for _ in batch]
+        for n, a in list(outs.items()):
+            if len(batch) > 1 and (a.ndim == 0 or a.shape[0] != rows):
+                raise ModelError(f"output {n!r} has shape {list(a.shape)}: a batched model "
+                                 f"must return {rows} rows along dim 0")
+            r0 = 0
+            for res, r in zip(results, batch):
+                res[n] = a[r0:r0 + r.rows].copy() if len(batch) > 1 else a.copy()
+                r0 += r.rows
+        del outs
+        return results
 
     def _finish(self, w, batch, results=None, exc=None):
         for i, r in enumerate(batch):
