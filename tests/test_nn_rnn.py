@@ -114,3 +114,37 @@ def test_transformer_decoder_and_full_transformer_match_torch():
     o = dm(ds.tensor(s), ds.tensor(t), tgt_mask=mask_d)
     to = tm(torch.tensor(s), torch.tensor(t), tgt_mask=mask_t)
     np.testing.assert_allclose(o.detach().numpy(), to.detach().numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("cls,kw", [c for c in CONFIGS if c[0] in ("GRU", "LSTM")
+                                    and not c[1].get("proj_size")], ids=lambda v: str(v))
+def test_fused_recurrence_equals_the_per_step_ops(cls, kw):
+    """Outside dispatch modes GRU/LSTM run one fused op per direction; under a mode (here
+    one that only passes ops through, as the JIT tracer and the profiler do) the per-step
+    ops run instead: the same outputs, final states (c_n too) and gradients."""
+    from deepseek.autograd.dispatch_mode import DispatchMode
+    m = getattr(ds.nn, cls)(4, 5, **kw)
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(3, 6, 4)).astype(np.float32)
+    L = m.num_layers * (2 if m.bidirectional else 1)
+    h0 = rng.normal(size=(L, 3 if kw.get("batch_first") else 6, 5)).astype(np.float32)
+
+    def run():
+        a, h = ds.tensor(x, requires_grad=True), ds.tensor(h0, requires_grad=True)
+        hx = (h, h * 0.5) if cls == "LSTM" else h
+        o, hn = m(a, hx)
+        states = hn if cls == "LSTM" else (hn,)
+        loss = (o * o).sum() + sum((s * s).sum() for s in states)
+        m.zero_grad()
+        loss.backward()
+        return ([o.detach().numpy()] + [s.detach().numpy() for s in states],
+                [a.grad.numpy(), h.grad.numpy()] + [p.grad.numpy().copy() for p in m.parameters()],
+                o.grad_fn.name())
+    fused_vals, fused_grads, fused_fn = run()
+    with DispatchMode():
+        step_vals, step_grads, step_fn = run()
+    assert "Sequence" not in step_fn
+    if not kw.get("bidirectional") and not kw.get("batch_first"):
+        assert fused_fn == f"{cls}SequenceBackward", fused_fn     # the fused op did run
+    for f, s in zip(fused_vals + fused_grads, step_vals + step_grads):
+        np.testing.assert_allclose(f, s, rtol=1e-5, atol=1e-5)

@@ -7,7 +7,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from . import conv as C, pooling as P, normalization as N, loss as LS, embedding as EM
-from . import dropout as D, attention as A, padding as PD
+from . import dropout as D, attention as A, padding as PD, recurrent as RC
 from .opinfo import OpInfo, Shape, samples
 from ._table_core import _softmax_np
 
@@ -260,6 +260,74 @@ def _dropout_call(x, p):
     return D.dropout(x, p, generator=Generator().manual_seed(0))
 
 
+def _sig(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def _gru_np(xp, h, w, b=None):
+    H, outs = h.shape[1], []
+    for x in xp:
+        hp = h @ w.T + (0 if b is None else b)
+        r, z = _sig(x[:, :H] + hp[:, :H]), _sig(x[:, H:2 * H] + hp[:, H:2 * H])
+        n = np.tanh(x[:, 2 * H:] + r * hp[:, 2 * H:])
+        h = (1 - z) * n + z * h
+        outs.append(h)
+    return np.stack(outs)
+
+
+def _lstm_np(xp, h, c, w, b=None):
+    H, outs = h.shape[1], []
+    for x in xp:
+        a = x + h @ w.T + (0 if b is None else b)
+        i, f, o, g = _sig(a[:, :H]), _sig(a[:, H:2 * H]), _sig(a[:, 3 * H:]), np.tanh(a[:, 2 * H:3 * H])
+        c = f * c + i * g
+        h = o * np.tanh(c)
+        outs.append(h)
+    return np.stack(outs), c
+
+
+def _gru_torch(t, xp, h, w, b=None):
+    H, outs = h.shape[1], []
+    for x in xp:
+        hp = h @ w.T + (0 if b is None else b)
+        r, z = t.sigmoid(x[:, :H] + hp[:, :H]), t.sigmoid(x[:, H:2 * H] + hp[:, H:2 * H])
+        h = (1 - z) * t.tanh(x[:, 2 * H:] + r * hp[:, 2 * H:]) + z * h
+        outs.append(h)
+    return t.stack(outs)
+
+
+def _lstm_torch(t, xp, h, c, w, b=None):
+    H, outs = h.shape[1], []
+    for x in xp:
+        a = x + h @ w.T + (0 if b is None else b)
+        c = t.sigmoid(a[:, H:2 * H]) * c + t.sigmoid(a[:, :H]) * t.tanh(a[:, 2 * H:3 * H])
+        h = t.sigmoid(a[:, 3 * H:]) * t.tanh(c)
+        outs.append(h)
+    return t.stack(outs), c
+
+
+# T 3, B 2, H 4; the weights small enough that the gates stay off saturation
+_T, _B, _H = 3, 2, 4
+RECURRENT = [
+    # the fused recurrences nn.GRU / nn.LSTM run outside dispatch modes (so JIT, ONNX
+    # and autocast see the per-step ops instead); fp32 under autocast: a recurrence
+    # compounds rounding step after step
+    OpInfo("gru_sequence", RC.gru_sequence, RC.GRUSequence, autocast="fp32",
+           sample_inputs=samples(
+               ((Shape((_T, _B, 3 * _H), -1, 1), Shape((_B, _H), -1, 1),
+                 Shape((3 * _H, _H), -0.5, 0.5), Shape((3 * _H,), -0.5, 0.5)), {}),
+               ((Shape((_T, _B, 3 * _H), -1, 1), Shape((_B, _H), -1, 1),
+                 Shape((3 * _H, _H), -0.5, 0.5)), {}, "no bias")),
+           ref_numpy=_gru_np, ref_torch=_gru_torch, tol=(1e-6, 1e-7)),
+    OpInfo("lstm_sequence", RC.lstm_sequence, RC.LSTMSequence, autocast="fp32",
+           sample_inputs=samples(
+               ((Shape((_T, _B, 4 * _H), -1, 1), Shape((_B, _H), -1, 1), Shape((_B, _H), -1, 1),
+                 Shape((4 * _H, _H), -0.5, 0.5), Shape((4 * _H,), -0.5, 0.5)), {}),
+               ((Shape((_T, _B, 4 * _H), -1, 1), Shape((_B, _H), -1, 1), Shape((_B, _H), -1, 1),
+                 Shape((4 * _H, _H), -0.5, 0.5)), {}, "no bias")),
+           ref_numpy=_lstm_np, ref_torch=_lstm_torch, tol=(1e-6, 1e-7)),
+]
+
 OTHER = [
     OpInfo("embedding", EM.embedding, EM.Embedding,
            # (padding_idx zeroes a row's gradient by design: not a finite-difference case)
@@ -289,4 +357,4 @@ OTHER = [
 ]
 
 ENTRIES = ([_conv(n) for n in (1, 2, 3)] + [_pool(k, n) for k in ("max", "avg") for n in (1, 2, 3)]
-           + [_adaptive(n) for n in (1, 2, 3)] + NORM + LOSSES + OTHER)
+           + [_adaptive(n) for n in (1, 2, 3)] + NORM + LOSSES + OTHER + RECURRENT)

@@ -2,14 +2,20 @@
 gate order and initialisation, so a torch state_dict loads as is), with packed
 sequences (``nn.utils.rnn``).
 
-The recurrence is written with differentiable ops (linear, sigmoid, tanh, ...), one
-time step at a time; the input projection of all steps is one matmul up front. A
-packed input runs every sequence for its own length: at each step only the first
-``batch_sizes[t]`` rows (sequences sorted by decreasing length) advance.
+The input projection of all steps is one matmul up front. The recurrence of a GRU or
+LSTM direction over a padded batch is one fused op (``ops.recurrent``: a forward and a
+backward loop over arrays, one graph node) when no dispatch mode is active; under a mode
+(the JIT tracer, ONNX export, autocast, the profiler) and for plain RNNs, packed inputs
+and LSTM projections it is written with differentiable ops (linear, sigmoid, tanh, ...),
+one time step at a time, which the modes see op by op. A packed input runs every
+sequence for its own length: at each step only the first ``batch_sizes[t]`` rows
+(sequences sorted by decreasing length) advance.
 """
 import math
 
 from ... import ops
+from ...autograd.dispatch_mode import active_modes
+from ...ops import recurrent
 from .. import functional as F
 from .. import init
 from ..module import Module
@@ -123,6 +129,9 @@ class RNNBase(Module):
         w_ih = getattr(self, "weight_ih" + sfx)
         b_ih = getattr(self, "bias_ih" + sfx) if self.bias else None
         xp = F.linear(x, w_ih, b_ih)                      # all steps at once
+        if batch_sizes is None and T and self.mode in ("GRU", "LSTM") \
+                and not self.proj_size and not active_modes():
+            return self._fused_direction(xp, h, c, sfx, reverse)
         # one split instead of T getitems: the backward is one concatenate, where T
         # getitem backwards would each fill a zeros array of the whole (T, B, 3H)
         xp = [ops.reshape(s, s.shape[1:]) for s in ops.split(xp, 1, 0)] if T else []
@@ -147,6 +156,19 @@ class RNNBase(Module):
                                                                          dtype=o.dtype, device=o.device)], 0)
                   for o in outs]
         return ops.stack(padded, 0), h, c
+
+    def _fused_direction(self, xp, h, c, sfx, reverse):
+        """One direction through ``ops.recurrent`` (see the module docstring)."""
+        w_hh = getattr(self, "weight_hh" + sfx)
+        b_hh = getattr(self, "bias_hh" + sfx) if self.bias else None
+        if reverse:
+            xp = ops.flip(xp, (0,))
+        if self.mode == "GRU":
+            out, c = recurrent.gru_sequence(xp, h, w_hh, b_hh), None
+        else:
+            out, c = recurrent.lstm_sequence(xp, h, c, w_hh, b_hh)
+        h = out[-1]
+        return (ops.flip(out, (0,)) if reverse else out), h, c
 
     def forward(self, input, hx=None):
         packed = isinstance(input, PackedSequence)
