@@ -41,6 +41,8 @@ Math
         the error function of a float32/float64 array (GELU's normal CDF): float32 to
         5e-7 absolute (a vectorised rational approximation), float64 to 1 ulp (libm);
         the fallback uses scipy.special.erf (math.erf without scipy).
+    gelu(src, out=None, cdf=None) -> ndarray
+        float32 GELU x * Phi(x) in one pass (Phi by erf; ``cdf`` receives Phi too).
 
 Reductions (what the collectives call on every reduce step)
     reduce(op: str, inputs: Sequence[ndarray], out: ndarray) -> out
@@ -338,6 +340,36 @@ def erf(src, out=None):
     else:
         _fallback.erf(src, out)
     return out
+
+
+def gelu(src, out=None, cdf=None):
+    """GELU (exact form) of a float32 array in one pass: ``out = src * cdf`` with
+    ``cdf = 0.5 * (1 + erf(src / sqrt(2)))``, bit for bit what that numpy sequence gives
+    with this module's :func:`erf`; ``cdf``, an array of src's size, receives the normal
+    CDF too (GELU's backward reads it). Returns ``out``."""
+    fn = "gelu"
+    if isinstance(src, np.ndarray) and not src.flags.c_contiguous:
+        src = np.ascontiguousarray(src)
+    _c.array(fn, "src", src, (_c.F32,))
+    if out is None:
+        out = np.empty(src.shape, src.dtype)
+    else:
+        _c.array(fn, "out", out, (src.dtype,), writeable=True)
+        _c.size(fn, "out", out, src.size, "src")
+        _c.no_overlap(fn, "src", src, "out", out, allow_same=True)
+    if cdf is not None:
+        _c.array(fn, "cdf", cdf, (src.dtype,), writeable=True)
+        _c.size(fn, "cdf", cdf, src.size, "src")
+        _c.no_overlap(fn, "src", src, "cdf", cdf)
+        _c.no_overlap(fn, "out", out, "cdf", cdf)
+    if available() and hasattr(_ext, "gelu"):
+        _ext.gelu(src, out, cdf)
+    else:
+        _fallback.gelu(src, out, cdf, erf)
+    return out
+
+
+__all__ += ["gelu"]
 
 
 # ------------------------------------------------------------------- reductions

@@ -36,6 +36,16 @@ def erf(src, out):
     sp_erf(src, out=out)
 
 
+def gelu(src, out, cdf, erf):
+    # the numpy sequence the kernel reproduces, operation for operation
+    c = erf(src * np.float32(0.70710678118654752440))
+    c += np.float32(1.0)
+    c *= np.float32(0.5)
+    if cdf is not None:
+        cdf.reshape(-1)[:] = c.reshape(-1)
+    np.multiply(src, c, out=out)
+
+
 def _combine(op, acc, x):
     if op in ("sum", "avg"):
         np.add(acc, x, out=acc)

@@ -55,3 +55,40 @@ def test_erf_rejects_bad_input():
         native.erf([0.5])
     with pytest.raises(ValueError, match="has 2 elements, expected 3"):
         native.erf(np.zeros(3, np.float32), out=np.zeros(2, np.float32))
+
+
+@pytest.mark.parametrize("use_c", paths)
+def test_gelu_is_the_numpy_sequence_bit_for_bit(use_c):
+    """native.gelu is x * (0.5 * (1 + erf(x / sqrt 2))) computed in float32 in that order,
+    with the same path's erf: the same bits, the CDF too; NaN/inf propagate."""
+    rng = np.random.default_rng(1)
+    x = np.concatenate([rng.normal(size=997) * 4, [0.0, -0.0, 30.0, -30.0, np.inf, -np.inf,
+                                                   np.nan]]).astype(np.float32)
+    with native.use_native(use_c):
+        cdf = np.empty_like(x)
+        y = native.gelu(x, cdf=cdf)
+        want_cdf = np.float32(0.5) * (np.float32(1.0) + native.erf(x * np.float32(0.7071067811865476)))
+    np.testing.assert_array_equal(cdf, want_cdf)
+    np.testing.assert_array_equal(y, x * want_cdf)
+    exact = x.astype(np.float64) * 0.5 * (1 + _exact(x / np.sqrt(2.0)))
+    ok = np.isfinite(x)
+    # erf's absolute error (< 5e-7) scaled by |x|
+    np.testing.assert_allclose(y[ok], exact[ok], rtol=1e-6, atol=5e-7 * 30)
+    # as in the numpy sequence: -inf * Phi(-inf) = -inf * 0 is NaN
+    assert np.isnan(y[-1]) and y[-3] == np.inf and np.isnan(y[-2])
+    with native.use_native(use_c):
+        m = x[:12].reshape(3, 4)
+        np.testing.assert_array_equal(native.gelu(m[:, ::2]), native.gelu(m)[:, ::2])
+        same = m.copy()
+        native.gelu(same, out=same)               # in place is allowed
+        np.testing.assert_array_equal(same, native.gelu(m))
+
+
+def test_gelu_rejects_bad_input():
+    with pytest.raises(TypeError, match="float32, got float64"):
+        native.gelu(np.zeros(3))
+    with pytest.raises(ValueError, match="has 2 elements, expected 3"):
+        native.gelu(np.zeros(3, np.float32), cdf=np.zeros(2, np.float32))
+    x = np.zeros(4, np.float32)
+    with pytest.raises(ValueError):
+        native.gelu(x, cdf=x)                    # cdf over the input

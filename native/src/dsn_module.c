@@ -293,6 +293,53 @@ fail:
     return NULL;
 }
 
+/* GELU of a float32 in one pass: y = x * cdf with cdf = 0.5 * (1 + erf(x * 1/sqrt(2))),
+ * each operation a float32 one in numpy's order (so the result is the numpy sequence's,
+ * bit for bit); cdf also written when asked (the backward needs it). */
+DSN_NO_TRAP static void gelu_f32_loop(const float *x, float *y, float *cdf, size_t n)
+{
+    const float r = 0.70710678118654752440f;
+    if (cdf) {
+        for (size_t i = 0; i < n; i++) {
+            float c = 0.5f * (1.0f + erf_f32(x[i] * r));
+            cdf[i] = c;
+            y[i] = x[i] * c;
+        }
+    } else {
+        for (size_t i = 0; i < n; i++) y[i] = x[i] * (0.5f * (1.0f + erf_f32(x[i] * r)));
+    }
+}
+
+/* gelu(src, out, cdf_or_None): float32 GELU (exact form, erf_f32's accuracy) */
+static PyObject *py_gelu(PyObject *self, PyObject *args)
+{
+    const char *fn = "gelu";
+    PyObject *osrc, *oout, *ocdf;
+    dsn_arg src = {0}, out = {0}, cdf = {0};
+    if (!PyArg_ParseTuple(args, "OOO:gelu", &osrc, &oout, &ocdf)) return NULL;
+    int with_cdf = ocdf != Py_None;
+    if (get_arg(fn, "src", osrc, DSN_F32, 0, &src) < 0 ||
+        get_arg(fn, "out", oout, DSN_F32, 1, &out) < 0 ||
+        check_len(fn, "out", &out, src.n, "src") < 0 ||
+        check_overlap(fn, "src", &src, "out", &out, 1) < 0)
+        goto fail;
+    if (with_cdf && (get_arg(fn, "cdf", ocdf, DSN_F32, 1, &cdf) < 0 ||
+                     check_len(fn, "cdf", &cdf, src.n, "src") < 0 ||
+                     check_overlap(fn, "src", &src, "cdf", &cdf, 0) < 0 ||
+                     check_overlap(fn, "out", &out, "cdf", &cdf, 0) < 0))
+        goto fail;
+    size_t n = src.n;
+    Py_BEGIN_ALLOW_THREADS
+    gelu_f32_loop((const float *)src.view.buf, (float *)out.view.buf,
+                  with_cdf ? (float *)cdf.view.buf : NULL, n);
+    Py_END_ALLOW_THREADS
+    release_arg(&src); release_arg(&out); release_arg(&cdf);
+    Py_RETURN_NONE;
+fail:
+    release_arg(&src); release_arg(&out); release_arg(&cdf);
+    return NULL;
+}
+
 static PyObject *py_reduce(PyObject *self, PyObject *args)
 {
     const char *fn = "reduce";
@@ -770,6 +817,7 @@ static PyMethodDef methods[] = {
     {"convert", py_convert, METH_VARARGS, "convert(kind, src, out)"},
     {"reduce", py_reduce, METH_VARARGS, "reduce(op, dtype, inputs, out)"},
     {"erf", py_erf, METH_VARARGS, "erf(dtype, src, out)"},
+    {"gelu", py_gelu, METH_VARARGS, "gelu(src, out, cdf_or_None) (float32)"},
     {"unscale", py_unscale, METH_VARARGS, "unscale(dtype, grad, inv_scale) -> bool"},
     {"sgd", py_sgd, METH_VARARGS,
      "sgd(param, grad, buf, half, half_dtype, lr, momentum, dampening, weight_decay, "
