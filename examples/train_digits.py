@@ -54,15 +54,38 @@ def accuracy(model, X, y):
     return float((pred == y).mean())
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description="Train an MLP on the 8x8 digits with deepseek")
+def train_permuted(model, X, y, epochs, seed=0, batch_size=32, lr=3e-3, weight_decay=1e-2):
+    """Train ``model`` in place, the quick fixed way the quantization test and benchmark
+    use: AdamW at a constant learning rate, each epoch in batches of a fresh permutation
+    from numpy's generator of ``seed`` (no DataLoader, no schedule). Returns the model."""
+    opt = AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    rng = np.random.default_rng(seed)
+    for _ in range(epochs):
+        perm = rng.permutation(len(X))
+        for i in range(0, len(perm), batch_size):
+            b = perm[i:i + batch_size]
+            loss = F.cross_entropy(model(deepseek.from_numpy(X[b])), deepseek.from_numpy(y[b]))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model
+
+
+def arg_parser(description):
+    """The options of the digits run (epochs, seed, lr, batch size, weight decay, data),
+    shared with examples/train_digits_trainer.py."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--weight-decay", type=float, default=1e-2)
     ap.add_argument("--data", default=DATA)
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None):
+    args = arg_parser("Train an MLP on the 8x8 digits with deepseek").parse_args(argv)
 
     start = time.perf_counter()
     deepseek.manual_seed(args.seed)  # weights, and through them the whole run

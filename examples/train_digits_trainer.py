@@ -10,7 +10,6 @@ LearningRateMonitor records the cosine schedule. Rerunning with the same --out
 resumes from last.ckpt (exactly where it stopped). At the end the best checkpoint is
 loaded and its test accuracy printed.
 """
-import argparse
 import os
 import sys
 
@@ -22,7 +21,7 @@ from deepseek.optim.lr_scheduler import CosineAnnealingLR
 from deepseek.trainer import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_digits import DATA, MLP, accuracy, load  # noqa: E402  (the same model and data)
+from train_digits import MLP, accuracy, arg_parser, load  # noqa: E402  (the same model and data)
 
 
 class DigitsMLP(MLP):
@@ -49,15 +48,9 @@ class DigitsMLP(MLP):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="Train the digits MLP with deepseek.Trainer")
-    ap.add_argument("--epochs", type=int, default=20)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--weight-decay", type=float, default=1e-2)
+    ap = arg_parser("Train the digits MLP with deepseek.Trainer")
     ap.add_argument("--patience", type=int, default=5)
     ap.add_argument("--out", default="digits-ckpt", help="checkpoint folder")
-    ap.add_argument("--data", default=DATA)
     args = ap.parse_args(argv)
 
     Xtr, ytr, Xte, yte = load(args.data)

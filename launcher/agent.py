@@ -36,6 +36,7 @@ are noticed at once without polling.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import selectors
 import signal
@@ -257,15 +258,11 @@ class NodeAgent:
             if not kids:
                 return
             for pid in kids:
-                try:
+                with contextlib.suppress(ProcessLookupError):   # it exited meanwhile
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
             for pid in kids:
-                try:
+                with contextlib.suppress(ChildProcessError):    # already reaped
                     os.waitpid(pid, 0)
-                except ChildProcessError:
-                    pass
 
     def note_removed(self, removed: list[str]):
         if removed:
@@ -452,7 +449,7 @@ class Agent(NodeAgent):
     def _close_store(self, code: int):
         c = self.c
         if self.client is not None:
-            try:
+            with contextlib.suppress(StoreError):       # the store is gone: nobody to tell
                 self.client.set(f"deepseek/run/done/{c.node_rank}", str(code))
                 if self.server is not None:
                     # Node 0 hosts the store: keep it up until every node is done
@@ -465,8 +462,6 @@ class Agent(NodeAgent):
                         except StoreError:
                             self.note("not every node reported done within --timeout; "
                                       "closing the store")
-            except StoreError:
-                pass
             self.client.close()
         if self.server is not None:
             self.server.close()

@@ -17,3 +17,16 @@ def interleaved_medians(fns, repeats, warmup=1):
             f()
             times[k].append(time.perf_counter() - t0)
     return {k: float(statistics.median(v)) for k, v in times.items()}
+
+
+def median_seconds(fn, repeats, warmup=0):
+    """Median seconds of one call of the zero-argument ``fn`` over ``repeats`` timed
+    calls, after ``warmup`` untimed ones (page faults, caches, lazy set-up)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)

@@ -23,12 +23,13 @@ medians over --reps rounds, and the ratios of the medians):
     python scripts/bench_data.py [--reps 3] [--batches 16] [--json out.json]
 """
 import argparse
-import json
 import statistics
 import sys
 import time
 
 import numpy as np
+
+from _report import write_json  # (scripts/ is sys.path[0])
 
 IMG = (3, 64, 64)
 
@@ -319,9 +320,7 @@ def main(argv=None):
 
     results["config"] = {"sample_ms": sample_ms, "rounds": rounds, "batch_size": args.batch_size,
                          "batches": args.batches, "reps": args.reps, "step_ms": args.step_ms}
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+    write_json(args.json, results)
     return 0
 
 

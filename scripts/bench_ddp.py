@@ -23,13 +23,13 @@ noisy: a slow phase then hits all configurations alike.
     python scripts/bench_ddp.py [--rounds 5] [--per-round 4] [--repeats 2] [--json out.json]
 """
 import argparse
-import json
 import os
 import socket
 import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from _report import write_json  # noqa: E402  (scripts/ is sys.path[0])
 
 MODELS = ("mlp", "transformer")
 BATCH = {"mlp": 256, "transformer": 16}
@@ -213,9 +213,7 @@ def main(argv=None):
             print(f"{name:<12} {label:<30} {1e3 * step:>8.1f} {world * b / step:>10.0f} {eff:>10.2f} "
                   f"{'-' if hidden is None else f'{hidden:.2f}':>7} {ms(local):>10} {ms(comm):>8}",
                   flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
+    write_json(args.json, rows, indent=2)
     return 0
 
 

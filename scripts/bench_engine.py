@@ -23,6 +23,9 @@ import subprocess
 import sys
 import time
 
+from _report import write_json  # (scripts/ is sys.path[0])
+from _torch import torch_installed
+
 WORKLOADS = ("mlp", "transformer", "cnn")
 
 
@@ -143,11 +146,7 @@ def main(argv=None):
         run_cell(args.cell[0], args.cell[1], int(args.cell[2]), args.steps, args.warmup,
                  args.device)
         return 0
-    try:
-        import importlib.util
-        have_torch = importlib.util.find_spec("torch") is not None
-    except Exception:
-        have_torch = False
+    have_torch = torch_installed()
     rows = []
     print(f"{'workload':<12} {'threads':>7} {'deepseek ms':>12} {'torch ms':>10} {'ratio':>7} "
           f"{'no-malloc-tuning ms':>20}")
@@ -174,9 +173,7 @@ def main(argv=None):
         for key in ("deepseek", "torch", "deepseek_no_malloc_tuning"):
             if row[key] and "error" in row[key]:
                 print(f"error in {key} {row['workload']} x{row['threads']}: {row[key]['error']}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
+    write_json(args.json, rows, indent=2)
     return 0
 
 

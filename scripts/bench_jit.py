@@ -32,6 +32,8 @@ import warnings  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from _report import write_json  # noqa: E402  (scripts/ is sys.path[0])
+
 
 def timer(fn, steps):
     fn()
@@ -157,23 +159,9 @@ GPT_CODE = r"""
 import time, json, sys
 t0 = time.perf_counter()
 import deepseek
-from deepseek import nn
-from deepseek.nn import functional as F
+sys.path.insert(0, sys.argv[1])
+from gpt_block import GPTBlock
 from deepseek.jit import cgen
-class GPTBlock(nn.Module):
-    def __init__(self, d=256, h=4):
-        super().__init__()
-        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
-        self.fc, self.out = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
-        self.h = h
-    def forward(self, x):
-        B, T, C = x.shape
-        q, k, v = self.qkv(self.ln1(x)).split(C, dim=-1)
-        q, k, v = (t.reshape(B, T, self.h, C // self.h).transpose(1, 2) for t in (q, k, v))
-        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        x = x + self.proj(a.transpose(1, 2).reshape(B, T, C))
-        return x + self.out(F.gelu(self.fc(self.ln2(x))))
 m = GPTBlock().eval(); x = deepseek.randn(1, 64, 256)
 t = time.perf_counter()
 cm = deepseek.jit.trace(m, x, backend="c")
@@ -182,13 +170,16 @@ with deepseek.no_grad():
 dt = time.perf_counter() - t
 print(json.dumps({"seconds": dt, "compiled": cgen.stats["compiled"], "loaded": cgen.stats["loaded"]}))
 """
+# GPT_CODE's one argument: where it imports the block from
+EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples")
 
 
 def gpt_cells(tmp):
     env = dict(os.environ, DEEPSEEK_JIT_CACHE_DIR=tmp)
     out = {}
-    r1 = subprocess.run([sys.executable, "-c", GPT_CODE], capture_output=True, text=True, env=env)
-    r2 = subprocess.run([sys.executable, "-c", GPT_CODE], capture_output=True, text=True,
+    r1 = subprocess.run([sys.executable, "-c", GPT_CODE, EXAMPLES], capture_output=True, text=True,
+                        env=env)
+    r2 = subprocess.run([sys.executable, "-c", GPT_CODE, EXAMPLES], capture_output=True, text=True,
                         env=dict(env, CC="false"))
     for label, r in (("cold cache", r1), ("warm cache, CC=false", r2)):
         if r.returncode:
@@ -228,9 +219,7 @@ def main(argv=None):
                 print(f"  {k:20s} {v * 1e6:12.1f} us{rel}")
             else:
                 print(f"  {k:20s} {v}")
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(res, f, indent=1)
+    write_json(a.json, res)
     return 0
 
 

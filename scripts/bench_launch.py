@@ -22,6 +22,8 @@ import sys
 import tempfile
 import time
 
+from _torch import torch_installed  # (scripts/ is sys.path[0])
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 DEEPSEEK_WORKER = """\
@@ -111,12 +113,7 @@ def main():
     results = []
     ds = [sys.executable, "-m", "deepseek.launcher", "--nproc", str(args.nproc), ds_script]
     results.append(bench("deepseek-run", ds, args.nproc, args.reps, env))
-    try:
-        import importlib.util
-        has_torch = importlib.util.find_spec("torch") is not None
-    except Exception:
-        has_torch = False
-    if has_torch:
+    if torch_installed():
         tr = [sys.executable, "-m", "torch.distributed.run", "--standalone",
               "--nproc-per-node", str(args.nproc), torch_script]
         try:

@@ -14,26 +14,20 @@ fused Adam >= 3x numpy's multi-pass version.
 """
 import argparse
 import json
-import statistics
 import sys
-import time
 
 import ml_dtypes
 import numpy as np
 
+from _timing import median_seconds  # (scripts/ is sys.path[0])
 from deepseek import native as N
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 
 
 def timeit(fn, repeats):
-    fn()                                    # warm-up: page faults, caches
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    """Median seconds of ``fn`` over ``repeats`` calls, after one warm-up call."""
+    return median_seconds(fn, repeats, warmup=1)
 
 
 def cases(n):

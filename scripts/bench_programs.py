@@ -23,15 +23,14 @@ table shows the median over rounds and deepseek's step time over PyTorch's.
 import argparse
 import math
 import os
-import statistics
 import sys
-import time
 
 for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_v, "1")
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.join(_HERE, ".."), _HERE]
+from _timing import median_seconds  # noqa: E402
 
 
 # ---- the models: PyTorch API only, ``torch`` is whichever library runs them --------------
@@ -208,15 +207,6 @@ MODELS = {
 
 
 # ---- measuring ------------------------------------------------------------------------------
-def _median_step(step, steps):
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def run(models, rounds, steps, warmup=3):
     """{model: {"deepseek": [s...], "torch": [s...]}}: per-round median step times."""
     import deepseek
@@ -235,7 +225,7 @@ def run(models, rounds, steps, warmup=3):
     for _ in range(rounds):
         for name in models:
             for s in libs:
-                out[name][s].append(_median_step(built[name, s], steps))
+                out[name][s].append(median_seconds(built[name, s], steps))
     return out
 
 

@@ -23,6 +23,7 @@ def tp_layers(rank, world):
     import deepseek.distributed as dist
     from deepseek import nn
     from deepseek.distributed import tensor_parallel as tpl
+    from deepseek.testing.collective_calls import counted_allreduces
 
     dist.init_process_group()
     g = dist.new_group(list(range(world)))
@@ -67,18 +68,11 @@ def tp_layers(rank, world):
     ds.manual_seed(0)
     mlp = nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 16))
     tpl.parallelize_module(mlp, g, {"0": tpl.ColwiseParallel(), "2": tpl.RowwiseParallel()})
-    calls = []
-    orig = g.allreduce
-
-    def counting(arr, *a, **k):
-        calls.append(arr.nbytes)
-        return orig(arr, *a, **k)
-    g.allreduce = counting
-    xt = ds.from_numpy(x_np.copy()).requires_grad_(True)
-    y = mlp(xt)
-    fwd = len(calls)
-    y.sum().backward()
-    g.allreduce = orig
+    with counted_allreduces(g) as calls:
+        xt = ds.from_numpy(x_np.copy()).requires_grad_(True)
+        y = mlp(xt)
+        fwd = len(calls)
+        y.sum().backward()
     res["mlp"] = (y.array.copy(), xt.grad.array.copy(), fwd, len(calls) - fwd,
                   type(mlp[0]).__name__, type(mlp[2]).__name__)
     return res

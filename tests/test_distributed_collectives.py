@@ -2,6 +2,7 @@
 import pytest
 
 import distributed_cases as cases
+from fresh_python import run_code
 from deepseek.testing.multiprocess import spawn_ranks
 
 pytestmark = pytest.mark.timeout(120)
@@ -13,16 +14,11 @@ def test_tensor_collectives(world):
 
 
 def test_distributed_imports_no_engine_into_collectives():
-    import subprocess
-    import sys
-
     code = ("import sys, deepseek.collectives as C; "
             "bad = [m for m in sys.modules if m.startswith(('deepseek._tensor', "
             "'deepseek.autograd', 'deepseek.nn', 'deepseek.distributed'))]; "
             "assert not bad, bad; print('ok')")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=60)
-    assert out.returncode == 0 and "ok" in out.stdout, out.stderr
+    assert "ok" in run_code(code)
 
 
 def test_symmetric_tensor_all_reduce():

@@ -8,6 +8,7 @@ down); a signal ends everything. Several agents on one machine play the nodes.
 Every test checks that no process the job started is alive afterwards and that no
 shared-memory segment of any round's run id is left in /dev/shm.
 """
+import contextlib
 import json
 import os
 import signal
@@ -198,22 +199,35 @@ def test_losing_the_agent_that_hosts_the_store_ends_the_job(tmp_path, agents):
     assert {r["restart"] for r in records(tmp_path)} == {0}     # nobody restarted
 
 
+@contextlib.contextmanager
+def _reaped(proc):
+    """Kill ``proc``'s session when the block leaves it running (a wait or an assert failed)."""
+    try:
+        yield
+    finally:
+        if proc.poll() is None:
+            _kill_session(proc.pid)
+            proc.communicate()
+
+
+def _sigterm(proc, timeout):
+    """SIGTERM to deepseek-run; its stderr, once it has exited with 128 + SIGTERM."""
+    proc.send_signal(signal.SIGTERM)
+    rc, _, err = finish(proc, timeout)
+    assert rc == 128 + signal.SIGTERM, err
+    return err
+
+
 def test_sigterm_while_an_attempt_is_being_stopped_ends_everything(tmp_path):
     """Rank 1 fails; rank 0 ignores SIGTERM, so the restart waits out --grace; SIGTERM
     to deepseek-run then ends the job: no restart, nothing left."""
     proc = start(tmp_path, "--standalone", "--nproc", "2", "--max-restarts", "3",
                  "--grace", "20", "--omp-threads", "1", WORKER, "stubborn")
-    try:
+    with _reaped(proc):
         wait_for(lambda: (tmp_path / "failed").exists(), "rank 1's failure", [proc])
         time.sleep(0.5)
         t0 = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        rc, out, err = finish(proc, 30)
-    finally:
-        if proc.poll() is None:
-            _kill_session(proc.pid)
-            proc.communicate()
-    assert rc == 128 + signal.SIGTERM, err
+        err = _sigterm(proc, 30)
     assert time.monotonic() - t0 < 15, err      # not the 20 s grace
     assert "failed first: exit code 5" in err and "got SIGTERM" in err, err
     assert {r["restart"] for r in records(tmp_path)} == {0}     # no restart
@@ -225,17 +239,11 @@ def test_sigterm_while_waiting_for_nodes(tmp_path):
     proc = start(tmp_path, *_elastic("--nnodes", "2:2", "--nproc", "1",
                                      "--rdzv-endpoint", f"127.0.0.1:{port}"),
                  WORKER, "until_world", "2", env=_env(tmp_path, DEEPSEEK_TOKEN=TOKEN))
-    try:
+    with _reaped(proc):
         wait_for(lambda: _listening(port), "the agent to host the store", [proc])
         time.sleep(1.0)         # it is in the rendezvous now (signal handlers installed)
         assert proc.poll() is None
-        proc.send_signal(signal.SIGTERM)
-        rc, out, err = finish(proc, 20)
-    finally:
-        if proc.poll() is None:
-            _kill_session(proc.pid)
-            proc.communicate()
-    assert rc == 128 + signal.SIGTERM, err
+        err = _sigterm(proc, 20)
     assert "got SIGTERM: leaving the job" in err, err
     assert records(tmp_path) == []
 

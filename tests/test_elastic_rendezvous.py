@@ -2,6 +2,7 @@
 round completion (max, min + last call, join timeout), node ranks, per-round stores
 and tokens (an old round's token or store is useless in the new one), round numbers
 (an old round's report does not touch the new one), heartbeats, scale up."""
+import contextlib
 import time
 
 import pytest
@@ -19,30 +20,28 @@ class Job:
     """A store, its RoundHost, and members made on demand; everything closed at the end."""
 
     def __init__(self, **settings):
-        self.server = StoreServer("127.0.0.1", 0, TOKEN).start()
-        self.clients = []
-        self.members = []
-        self.host = RoundHost(self.client(), "t", RendezvousSettings(**settings), TOKEN,
-                              bind="127.0.0.1", public_host="127.0.0.1").start()
+        # closes in reverse order: each member or host before the clients it uses, the
+        # server last
+        self._opened = contextlib.ExitStack()
+        self.server = self._closed_at_end(StoreServer("127.0.0.1", 0, TOKEN).start())
+        self.host = self._closed_at_end(RoundHost(
+            self.client(), "t", RendezvousSettings(**settings), TOKEN, bind="127.0.0.1",
+            public_host="127.0.0.1").start())
+
+    def _closed_at_end(self, thing):
+        """``thing``, to be closed by :meth:`close`."""
+        return self._opened.enter_context(contextlib.closing(thing))
 
     def client(self):
-        c = StoreClient("127.0.0.1", self.server.port, TOKEN, timeout=10,
-                        connect_timeout=5)
-        self.clients.append(c)
-        return c
+        return self._closed_at_end(StoreClient("127.0.0.1", self.server.port, TOKEN,
+                                               timeout=10, connect_timeout=5))
 
     def member(self, name, nproc=1, hb=0.05):
-        m = Member(self.client(), self.client(), "t", name, nproc, hb_interval=hb)
-        self.members.append(m)
-        return m
+        return self._closed_at_end(Member(self.client(), self.client(), "t", name, nproc,
+                                          hb_interval=hb))
 
     def close(self):
-        for m in self.members:
-            m.close()
-        self.host.close()
-        for c in self.clients:
-            c.close()
-        self.server.close()
+        self._opened.close()
 
 
 @pytest.fixture

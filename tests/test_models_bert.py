@@ -14,6 +14,22 @@ def _tiny():
                                 num_attention_heads=4, intermediate_size=64)).eval()
 
 
+def _traced_with_mask(m, out, ids, ones, mask):
+    """``out(m(ids, attention_mask=a))`` traced with the all-ones mask ``ones`` (checked
+    against eager there), then called with the numpy ``mask``: the same signature, so no
+    retrace. (traced, eager, eager with ``ones``) outputs for ``mask``, as numpy."""
+    def f(model, i, a):
+        return out(model(i, attention_mask=a))
+    cf = deepseek.jit.trace(f).compile(m)
+    with deepseek.no_grad():
+        np.testing.assert_allclose(cf(ids, ones).numpy(),
+                                   out(m(ids, attention_mask=ones)).numpy(), atol=1e-5)
+        got = cf(ids, Tensor._make(mask)).numpy()
+        want = out(m(ids, attention_mask=mask)).numpy()
+        unmasked = out(m(ids, attention_mask=ones)).numpy()
+    return got, want, unmasked
+
+
 def test_jit_traces_the_attention_mask():
     m = _tiny()
     rng = np.random.default_rng(0)
@@ -22,15 +38,7 @@ def test_jit_traces_the_attention_mask():
     pad = np.ones((2, 8), np.int64)
     pad[1, 5:] = 0
 
-    def f(model, i, a):
-        return model(i, attention_mask=a).last_hidden_state
-    cf = deepseek.jit.trace(f).compile(m)
-    with deepseek.no_grad():
-        np.testing.assert_allclose(cf(ids, ones).numpy(),
-                                   m(ids, attention_mask=ones).last_hidden_state.numpy(), atol=1e-5)
-        got = cf(ids, Tensor._make(pad)).numpy()          # same signature: no retrace
-        want = m(ids, attention_mask=pad).last_hidden_state.numpy()
-        unmasked = m(ids, attention_mask=ones).last_hidden_state.numpy()
+    got, want, unmasked = _traced_with_mask(m, lambda o: o.last_hidden_state, ids, ones, pad)
     np.testing.assert_allclose(got, want, atol=1e-5)
     assert np.abs(want[1] - unmasked[1]).max() > 1e-3     # the mask does change row 1
 
@@ -100,15 +108,7 @@ def test_gpt2_jit_traces_the_attention_mask_and_positions():
     left_pad = np.ones((2, 10), np.int64)
     left_pad[1, :4] = 0
 
-    def f(model, i, a):
-        return model(i, attention_mask=a).logits
-    cf = deepseek.jit.trace(f).compile(m)
-    with deepseek.no_grad():
-        np.testing.assert_allclose(cf(ids, ones).numpy(),
-                                   m(ids, attention_mask=ones).logits.numpy(), atol=1e-5)
-        got = cf(ids, Tensor._make(left_pad)).numpy()
-        want = m(ids, attention_mask=left_pad).logits.numpy()
-        unmasked = m(ids, attention_mask=ones).logits.numpy()
+    got, want, unmasked = _traced_with_mask(m, lambda o: o.logits, ids, ones, left_pad)
     assert np.isfinite(want).all()                        # fully padded rows stay finite
     np.testing.assert_allclose(got, want, atol=1e-5)
     assert np.abs(want[1, 4:] - unmasked[1, 4:]).max() > 1e-3

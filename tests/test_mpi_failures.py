@@ -77,11 +77,18 @@ def _failed_at(out):
     return float(m.group(1))
 
 
+def _run_failing(n, mode, within):
+    """The output of an n-rank job that ``mode`` makes fail at step 50, once it has
+    exited nonzero at most ``within`` seconds after the failure."""
+    code, out, end = _run(n, mode, "50")
+    assert code != 0, out
+    assert end - _failed_at(out) < within, out
+    return out
+
+
 @needs_mpi
 def test_uncaught_exception_aborts_the_job():
-    code, out, end = _run(3, "raise", "50")
-    assert code != 0, out
-    assert end - _failed_at(out) < 15, out
+    out = _run_failing(3, "raise", within=15)
     assert "Traceback (most recent call last)" in out, out
     assert "RuntimeError: boom at step 50" in out, out
     assert "USER-HOOK RuntimeError" in out, out  # the hook set before ours still runs
@@ -90,20 +97,16 @@ def test_uncaught_exception_aborts_the_job():
 
 @needs_mpi
 def test_rank_exiting_0_early_ends_the_job_with_an_error():
-    code, out, end = _run(3, "exit0", "50")
-    assert code != 0, out
     # the leave notice makes the peers fail at once, long before any timeout
-    assert end - _failed_at(out) < 15, out
+    out = _run_failing(3, "exit0", within=15)
     assert re.search(r"PeerFailureError: allreduce \(seq 51\) .* group rank 1 \(global rank "
                      r"1\) left the job", out), out
 
 
 @needs_mpi
 def test_wait_past_the_collective_timeout_raises():
-    code, out, end = _run(2, "sleep", "50")
-    assert code != 0, out
     # init_process_group(timeout=2); rank 1 sleeps 8 s: the timeout, not rank 1, ends it
-    assert end - _failed_at(out) < 7, out
+    out = _run_failing(2, "sleep", within=7)
     assert re.search(r"TIMEOUT-OK rank 0 op=allreduce seq=51 group=default rank=0: timed "
                      r"out after 2s", out), out
     assert "CollectiveTimeoutError" in out, out

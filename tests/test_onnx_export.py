@@ -6,6 +6,7 @@ within its quantization bound; the unmapped-op error; atomic writes."""
 import io
 import os
 import warnings
+from collections import OrderedDict
 
 import numpy as np
 import pytest
@@ -251,37 +252,24 @@ class _Attn(nn.Module):
         return deepseek.cummax(x, 1)[0] * 2
 
 
-class _Block(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.attn = _Attn()
-
-    def forward(self, x):
-        return self.attn(x)
-
-
 class _Encoder(nn.Module):
     def __init__(self):
         super().__init__()
-        self.layers = nn.ModuleList([_Block()])
+        self.layers = nn.ModuleList([nn.Sequential(OrderedDict(attn=_Attn()))])
 
     def forward(self, x):
         return self.layers[0](x)
 
 
-class _Model(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.encoder = _Encoder()
-
-    def forward(self, x):
-        return self.encoder(x)
+def _model():
+    """A model whose op without an export sits at encoder.layers.0.attn."""
+    return nn.Sequential(OrderedDict(encoder=_Encoder()))
 
 
 def test_unmapped_op_names_the_op_and_the_module_path(tmp_path):
     path = tmp_path / "m.onnx"
     with pytest.raises(dox.UnsupportedOpError) as ei:
-        dox.export(_Model(), _randn(2, 3), str(path))
+        dox.export(_model(), _randn(2, 3), str(path))
     msg = str(ei.value)
     assert "no ONNX export for op 'cummax'" in msg
     assert "called in encoder.layers.0.attn" in msg

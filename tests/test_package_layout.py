@@ -1,12 +1,11 @@
 """What a newcomer sees of the package: only existing submodules are advertised, and a
 source checkout maps exactly the folders that pyproject maps (no deepseek.tests)."""
 import os
-import subprocess
-import sys
 
 import pytest
 
 import deepseek
+from fresh_python import run_code
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -34,7 +33,5 @@ def test_a_raw_checkout_without_install_imports_the_mapped_folders():
             "getattr(f, '__name__', type(f).__name__)]; "
             "import deepseek.collectives.store, deepseek.launcher, deepseek.native, "
             "deepseek.elastic, deepseek.collectives as c; print(c.__file__)")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                         text=True, timeout=60, env=dict(os.environ, PYTHONPATH=ROOT))
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == os.path.join(ROOT, "collectives", "__init__.py")
+    out = run_code(code, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert out.strip() == os.path.join(ROOT, "collectives", "__init__.py")

@@ -262,19 +262,7 @@ def test_digits_accuracy_drop_below_one_point():
     td = _digits()
     Xtr, ytr, Xte, yte = td.load(td.DATA)
     deepseek.manual_seed(0)
-    model = td.MLP()
-    opt = deepseek.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-2)
-    rng = np.random.default_rng(0)
-    for _ in range(8):
-        perm = rng.permutation(len(Xtr))
-        for i in range(0, len(perm), 32):
-            b = perm[i:i + 32]
-            loss = nn.functional.cross_entropy(model(deepseek.from_numpy(Xtr[b])),
-                                               deepseek.from_numpy(ytr[b]))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model.eval()
+    model = td.train_permuted(td.MLP(), Xtr, ytr, epochs=8).eval()
 
     def acc(m):
         return float((run(m, Xte).argmax(1) == yte).mean())

@@ -56,18 +56,10 @@ def test_compare_with_torch_skips_without_torch():
 
 def test_compare_with_torch_detects_gradient_mismatch():
     torch = pytest.importorskip("torch")
-    from deepseek.autograd import Function
+    from custom_functions import doubling
     from deepseek.testing import compare_with_torch
 
-    class BadDouble(Function):
-        @staticmethod
-        def forward(ctx, a):
-            return a * 2
-
-        @staticmethod
-        def backward(ctx, g):
-            return g * 3
-
+    BadDouble = doubling("BadDouble", grad_factor=3)   # its backward does not match its forward
     with pytest.raises(AssertionError, match="gradient of input 0"):
         compare_with_torch(BadDouble.apply, lambda x: x * 2, [(3,)])
     with pytest.raises(AssertionError, match="dtype"):

@@ -17,8 +17,8 @@ __all__ = ["is_available", "device_count", "current_device", "set_device", "get_
            "amp", "Event", "Stream", "current_stream", "stream"]
 
 
-def _cupy():
-    return _backend.cupy_module()
+# the cupy module, or None without CuPy (deepseek.backend does the one import of it)
+_cupy = _backend.cupy_module
 
 
 def is_available():

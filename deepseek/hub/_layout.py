@@ -73,12 +73,18 @@ def read_state_dict(directory):
     return sd
 
 
-def read_config(directory):
-    p = os.path.join(directory, "config.json")
+def read_json(directory, name):
+    """The JSON file ``name`` of ``directory``, parsed ({} when there is none)."""
+    p = os.path.join(directory, name)
     if not os.path.exists(p):
         return {}
     with open(p, encoding="utf-8") as f:
         return json.load(f)
+
+
+def read_config(directory):
+    """``config.json`` of an HF-layout directory ({} when there is none)."""
+    return read_json(directory, "config.json")
 
 
 def _fit_prefix(sd, model_keys):

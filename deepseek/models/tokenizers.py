@@ -22,16 +22,14 @@ import unicodedata
 
 import numpy as np
 
+from ..hub._layout import read_json
+
 __all__ = ["WordPieceTokenizer", "ByteLevelBPETokenizer", "load_tokenizer"]
 
 
 def _tokenizer_config(directory):
     """``tokenizer_config.json`` of an HF-layout directory ({} when there is none)."""
-    p = os.path.join(directory, "tokenizer_config.json")
-    if not os.path.exists(p):
-        return {}
-    with open(p, encoding="utf-8") as f:
-        return json.load(f)
+    return read_json(directory, "tokenizer_config.json")
 
 
 def _batch_out(ids_list, type_ids_list, padding, pad_id, return_tensors, max_length=None):
@@ -62,6 +60,20 @@ def _batch_out(ids_list, type_ids_list, padding, pad_id, return_tensors, max_len
             out = {k: Tensor._make(v) for k, v in out.items()}
     elif return_tensors is not None:
         raise ValueError(f"return_tensors must be None, 'np' or 'ds', got {return_tensors!r}")
+    return out
+
+
+def _encode_texts(texts, encode, padding, pad_id, return_tensors, max_length, type_ids=True):
+    """Both tokenizers' ``__call__``: ``encode`` one text or each of several, then
+    ``_batch_out``; one str in and no tensors out gives its row, not a list of one row.
+    ``type_ids=False`` leaves out ``token_type_ids`` (GPT-2 has none)."""
+    single = isinstance(texts, str)
+    ids = [encode(t) for t in ([texts] if single else list(texts))]
+    out = _batch_out(ids, [[0] * len(x) for x in ids], padding, pad_id, return_tensors, max_length)
+    if not type_ids:
+        out.pop("token_type_ids")
+    if single and return_tensors is None:
+        out = {k: v[0] for k, v in out.items()}
     return out
 
 
@@ -99,6 +111,11 @@ _ASCII_CLEAN.update({9: " ", 10: " ", 13: " "})
 _ASCII_PUNCT = re.compile(r"[!-/:-@\[-`{-~]|[^!-/:-@\[-`{-~]+")
 
 
+def _token_id(attr):
+    """A read-only property: the vocabulary id of the token held in ``self.<attr>``."""
+    return property(lambda self: self.vocab[getattr(self, attr)], doc=f"The id of ``{attr}``.")
+
+
 class WordPieceTokenizer:
     """BERT's tokenizer. ``vocab`` maps token -> id (its order is the file's)."""
 
@@ -116,21 +133,11 @@ class WordPieceTokenizer:
         self.max_input_chars_per_word = max_input_chars_per_word
         self._cache = {}
 
-    @property
-    def pad_token_id(self):
-        return self.vocab[self.pad_token]
-
-    @property
-    def cls_token_id(self):
-        return self.vocab[self.cls_token]
-
-    @property
-    def sep_token_id(self):
-        return self.vocab[self.sep_token]
-
-    @property
-    def unk_token_id(self):
-        return self.vocab[self.unk_token]
+    # the special tokens' ids: properties, so that setting ``pad_token`` moves its id too
+    pad_token_id = _token_id("pad_token")
+    cls_token_id = _token_id("cls_token")
+    sep_token_id = _token_id("sep_token")
+    unk_token_id = _token_id("unk_token")
 
     def __len__(self):
         return len(self.vocab)
@@ -271,14 +278,8 @@ class WordPieceTokenizer:
 
     def __call__(self, texts, padding=False, truncation=False, max_length=None,
                  return_tensors=None, add_special_tokens=True):
-        single = isinstance(texts, str)
-        batch = [texts] if single else list(texts)
-        ids = [self.encode(t, add_special_tokens, truncation, max_length) for t in batch]
-        out = _batch_out(ids, [[0] * len(x) for x in ids], padding, self.pad_token_id,
-                         return_tensors, max_length)
-        if single and return_tensors is None:
-            out = {k: v[0] for k, v in out.items()}
-        return out
+        return _encode_texts(texts, lambda t: self.encode(t, add_special_tokens, truncation, max_length),
+                             padding, self.pad_token_id, return_tensors, max_length)
 
     def save_pretrained(self, directory):
         os.makedirs(directory, exist_ok=True)
@@ -439,15 +440,9 @@ class ByteLevelBPETokenizer:
 
     def __call__(self, texts, padding=False, truncation=False, max_length=None,
                  return_tensors=None, add_special_tokens=False):
-        single = isinstance(texts, str)
-        batch = [texts] if single else list(texts)
-        ids = [self.encode(t, truncation=truncation, max_length=max_length) for t in batch]
-        out = _batch_out(ids, [[0] * len(x) for x in ids], padding, self.pad_token_id or 0,
-                         return_tensors, max_length)
-        out.pop("token_type_ids")
-        if single and return_tensors is None:
-            out = {k: v[0] for k, v in out.items()}
-        return out
+        return _encode_texts(texts, lambda t: self.encode(t, truncation=truncation, max_length=max_length),
+                             padding, self.pad_token_id or 0, return_tensors, max_length,
+                             type_ids=False)
 
     def save_pretrained(self, directory):
         os.makedirs(directory, exist_ok=True)

@@ -570,39 +570,23 @@ def abs_(a):
     return Abs.apply(a)
 
 
-def exp(a):
-    """e ** a elementwise (integer inputs become the default float dtype)."""
-    return Exp.apply(_floating(a))
+def _on_floats(fn, name, what):
+    """The public op ``name``: ``fn.apply`` elementwise, on the default float dtype
+    when the input is an integer tensor; ``what`` begins its docstring."""
+    def op(a):
+        return fn.apply(_floating(a))
+    op.__name__ = op.__qualname__ = name
+    op.__doc__ = f"{what} elementwise (integer inputs become the default float dtype)."
+    return op
 
 
-def log(a):
-    """Natural logarithm elementwise (integer inputs become the default float dtype)."""
-    return Log.apply(_floating(a))
-
-
-def sqrt(a):
-    """Square root elementwise (integer inputs become the default float dtype)."""
-    return Sqrt.apply(_floating(a))
-
-
-def rsqrt(a):
-    """1 / sqrt(a) elementwise (integer inputs become the default float dtype)."""
-    return Rsqrt.apply(_floating(a))
-
-
-def sin(a):
-    """Sine elementwise (integer inputs become the default float dtype)."""
-    return Sin.apply(_floating(a))
-
-
-def cos(a):
-    """Cosine elementwise (integer inputs become the default float dtype)."""
-    return Cos.apply(_floating(a))
-
-
-def tanh(a):
-    """Hyperbolic tangent elementwise (integer inputs become the default float dtype)."""
-    return Tanh.apply(_floating(a))
+exp = _on_floats(Exp, "exp", "e ** a")
+log = _on_floats(Log, "log", "Natural logarithm")
+sqrt = _on_floats(Sqrt, "sqrt", "Square root")
+rsqrt = _on_floats(Rsqrt, "rsqrt", "1 / sqrt(a)")
+sin = _on_floats(Sin, "sin", "Sine")
+cos = _on_floats(Cos, "cos", "Cosine")
+tanh = _on_floats(Tanh, "tanh", "Hyperbolic tangent")
 
 
 def sigmoid(a):

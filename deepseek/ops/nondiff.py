@@ -54,20 +54,21 @@ gt = _compare("greater", "gt", ">")
 ge = _compare("greater_equal", "ge", ">=")
 
 
-def _raw_binary(np_name, name, what):
+def _raw_binary(name, what):
+    """The op ``name``: numpy's function of the same name on the two arrays."""
     def op(self, other):
         other = as_tensor_operand(other)
         b = other._data if isinstance(other, Tensor) else other
-        return Tensor._make(getattr(_xp(self), np_name)(self._data, b))
+        return Tensor._make(getattr(_xp(self), name)(self._data, b))
     return _named(op, name, f"{what} of ``self`` and ``other`` elementwise (broadcast); "
                   "no gradient.")
 
 
-bitwise_and = _raw_binary("bitwise_and", "bitwise_and", "Bitwise AND (logical AND for bool)")
-bitwise_or = _raw_binary("bitwise_or", "bitwise_or", "Bitwise OR (logical OR for bool)")
-bitwise_xor = _raw_binary("bitwise_xor", "bitwise_xor", "Bitwise XOR (logical XOR for bool)")
-logical_and = _raw_binary("logical_and", "logical_and", "Logical AND (nonzero is True)")
-logical_or = _raw_binary("logical_or", "logical_or", "Logical OR (nonzero is True)")
+bitwise_and = _raw_binary("bitwise_and", "Bitwise AND (logical AND for bool)")
+bitwise_or = _raw_binary("bitwise_or", "Bitwise OR (logical OR for bool)")
+bitwise_xor = _raw_binary("bitwise_xor", "Bitwise XOR (logical XOR for bool)")
+logical_and = _raw_binary("logical_and", "Logical AND (nonzero is True)")
+logical_or = _raw_binary("logical_or", "Logical OR (nonzero is True)")
 
 
 def bitwise_not(self):

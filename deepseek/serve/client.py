@@ -38,9 +38,10 @@ class Client:
 
     def close(self):
         """Close the connection (the next call opens another)."""
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        # forget it first: a close that raises still leaves the client able to reconnect
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
 
     def __enter__(self):
         return self

@@ -182,6 +182,31 @@ static int wire_buf(PyObject *o, Py_buffer *v, int writable, const char *name)
 
 static size_t code_size(int code) { return code == DSN_F32 ? 4 : 2; }
 
+/* The buffers of a wire_pack / wire_unpack call (`fn`): `code` must name a wire format,
+   the float32 side (src when `f32_is_src`, else out) must hold 4-byte items, the other
+   side items of `code`'s size, as many as the float32 side. Returns that count, or -1
+   with a ValueError set and no buffer held. */
+static Py_ssize_t wire_args(const char *fn, PyObject *osrc, PyObject *odst, int code,
+                            int f32_is_src, Py_buffer *s, Py_buffer *d)
+{
+    if (code != DSN_F32 && code != DSN_F16 && code != DSN_BF16) {
+        PyErr_Format(PyExc_ValueError, "%s(): bad %s code %d", fn, f32_is_src ? "dst" : "src",
+                     code);
+        return -1;
+    }
+    if (wire_buf(osrc, s, 0, "src") < 0) return -1;
+    if (wire_buf(odst, d, 1, "out") < 0) { PyBuffer_Release(s); return -1; }
+    const Py_buffer *f = f32_is_src ? s : d, *w = f32_is_src ? d : s;
+    size_t n = (size_t)f->len / 4;
+    if (f->itemsize != 4 || (size_t)w->itemsize != code_size(code) ||
+        (size_t)w->len / (size_t)w->itemsize != n) {
+        PyBuffer_Release(s); PyBuffer_Release(d);
+        PyErr_Format(PyExc_ValueError, "%s(): src/out item size or length mismatch", fn);
+        return -1;
+    }
+    return (Py_ssize_t)n;
+}
+
 /* wire_pack(src f32, dst, dst_code, do_scale, scale, simd) -> max |src| (float) */
 PyObject *dsn_py_wire_pack(PyObject *self, PyObject *args)
 {
@@ -192,19 +217,9 @@ PyObject *dsn_py_wire_pack(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OOiidi:wire_pack", &osrc, &odst, &dcode, &do_scale, &scale,
                           &simd))
         return NULL;
-    if (dcode != DSN_F32 && dcode != DSN_F16 && dcode != DSN_BF16) {
-        PyErr_Format(PyExc_ValueError, "wire_pack(): bad dst code %d", dcode);
-        return NULL;
-    }
-    if (wire_buf(osrc, &s, 0, "src") < 0) return NULL;
-    if (wire_buf(odst, &d, 1, "out") < 0) { PyBuffer_Release(&s); return NULL; }
-    size_t n = (size_t)s.len / 4;
-    if (s.itemsize != 4 || (size_t)d.itemsize != code_size(dcode) ||
-        (size_t)d.len / (size_t)d.itemsize != n) {
-        PyBuffer_Release(&s); PyBuffer_Release(&d);
-        PyErr_SetString(PyExc_ValueError, "wire_pack(): src/out item size or length mismatch");
-        return NULL;
-    }
+    Py_ssize_t got = wire_args("wire_pack", osrc, odst, dcode, 1, &s, &d);
+    if (got < 0) return NULL;
+    size_t n = (size_t)got;
     uint32_t m;
     float fs = (float)scale;
     int use = wire_simd(simd);
@@ -229,19 +244,9 @@ PyObject *dsn_py_wire_unpack(PyObject *self, PyObject *args)
     Py_buffer s, d;
     if (!PyArg_ParseTuple(args, "OiOdi:wire_unpack", &osrc, &scode, &odst, &scale, &simd))
         return NULL;
-    if (scode != DSN_F32 && scode != DSN_F16 && scode != DSN_BF16) {
-        PyErr_Format(PyExc_ValueError, "wire_unpack(): bad src code %d", scode);
-        return NULL;
-    }
-    if (wire_buf(osrc, &s, 0, "src") < 0) return NULL;
-    if (wire_buf(odst, &d, 1, "out") < 0) { PyBuffer_Release(&s); return NULL; }
-    size_t n = (size_t)d.len / 4;
-    if (d.itemsize != 4 || (size_t)s.itemsize != code_size(scode) ||
-        (size_t)s.len / (size_t)s.itemsize != n) {
-        PyBuffer_Release(&s); PyBuffer_Release(&d);
-        PyErr_SetString(PyExc_ValueError, "wire_unpack(): src/out item size or length mismatch");
-        return NULL;
-    }
+    Py_ssize_t got = wire_args("wire_unpack", osrc, odst, scode, 0, &s, &d);
+    if (got < 0) return NULL;
+    size_t n = (size_t)got;
     float fs = (float)scale;
     int use = wire_simd(simd);
     Py_BEGIN_ALLOW_THREADS

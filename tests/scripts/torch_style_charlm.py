@@ -1,20 +1,14 @@
 """A char-level language model (GRU + a small transformer decoder head) written
 against PyTorch's API; runs unchanged under torch or deepseek (``--lib``). Prints one
 JSON line with the per-step losses and a greedy sample."""
-import argparse
 import json
 import math
 
 import numpy as np
 
-p = argparse.ArgumentParser()
-p.add_argument("--lib", default="torch")
-p.add_argument("--steps", type=int, default=6)
-args = p.parse_args()
-if args.lib == "deepseek":
-    import deepseek as torch
-else:
-    import torch
+from _torch_style import torch_and_args  # (tests/scripts/ is sys.path[0])
+
+torch, args = torch_and_args(steps=6)
 nn = torch.nn  # (``import torch.nn`` would import the real torch package by name)
 F = torch.nn.functional
 

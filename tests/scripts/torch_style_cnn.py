@@ -1,22 +1,17 @@
 """An MNIST-like CNN training loop written against PyTorch's API.
 
-Runs unchanged with ``import torch`` or with deepseek (``--lib deepseek`` swaps only
-the import line, as a user would). Prints one JSON line: the per-step losses and the
-final eval accuracy. The data are synthetic (seeded numpy), the initial weights are
-drawn with numpy and copied in, so both libraries start from the same numbers."""
-import argparse
+Runs unchanged with ``import torch`` or with deepseek (``--lib deepseek`` imports
+deepseek as ``torch``, see _torch_style.py: the one line a user would swap). Prints one
+JSON line: the per-step losses and the final eval accuracy. The data are synthetic
+(seeded numpy), the initial weights are drawn with numpy and copied in, so both
+libraries start from the same numbers."""
 import json
 
 import numpy as np
 
-p = argparse.ArgumentParser()
-p.add_argument("--lib", default="torch")
-p.add_argument("--steps", type=int, default=8)
-args = p.parse_args()
-if args.lib == "deepseek":
-    import deepseek as torch
-else:
-    import torch
+from _torch_style import torch_and_args  # (tests/scripts/ is sys.path[0])
+
+torch, args = torch_and_args(steps=8)
 nn = torch.nn  # (``import torch.nn`` would import the real torch package by name)
 F = torch.nn.functional
 

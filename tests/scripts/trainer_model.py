@@ -42,15 +42,17 @@ def make_model(dropout=0.0, optimizer="adam", lr=0.05, scheduler=None):
         def forward(self, x):
             return self.fc2(self.drop(self.fc1(x).tanh()))
 
-        def training_step(self, batch, batch_idx):
+        def _mse(self, batch):
             x, y = batch
-            loss = F.mse_loss(self(x), y)
+            return F.mse_loss(self(x), y)
+
+        def training_step(self, batch, batch_idx):
+            loss = self._mse(batch)
             self.log("train_loss", loss)
             return loss
 
         def validation_step(self, batch, batch_idx):
-            x, y = batch
-            self.log("val_loss", F.mse_loss(self(x), y))
+            self.log("val_loss", self._mse(batch))
 
         def configure_optimizers(self):
             if optimizer == "sgd":

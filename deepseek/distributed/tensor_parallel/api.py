@@ -24,31 +24,43 @@ from .layers import ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedd
 __all__ = ["parallelize_module", "ColwiseParallel", "RowwiseParallel"]
 
 
-class ColwiseParallel:
+class _ParallelStyle:
+    """How a plan entry shards a module: ``_converters()`` lists (nn class, function of
+    (module, group) returning its tensor-parallel version); the first class that the
+    module is an instance of decides."""
+
+    def _converters(self):
+        raise NotImplementedError
+
+    def apply(self, module, group):
+        """The tensor-parallel version of ``module`` over ``group``."""
+        converters = self._converters()
+        for kind, convert in converters:
+            if isinstance(module, kind):
+                return convert(module, group)
+        kinds = " or ".join(f"nn.{kind.__name__}" for kind, _ in converters)
+        raise TypeError(f"{type(self).__name__} applies to {kinds}, not {type(module).__name__}")
+
+
+class ColwiseParallel(_ParallelStyle):
     """Split an ``nn.Linear``'s output features."""
 
     def __init__(self, gather_output=False):
         self.gather_output = gather_output
 
-    def apply(self, module, group):
-        if isinstance(module, nn.Linear):
-            return ColumnParallelLinear.from_linear(module, group, self.gather_output)
-        raise TypeError(f"ColwiseParallel applies to nn.Linear, not {type(module).__name__}")
+    def _converters(self):
+        return [(nn.Linear, lambda m, g: ColumnParallelLinear.from_linear(m, g, self.gather_output))]
 
 
-class RowwiseParallel:
+class RowwiseParallel(_ParallelStyle):
     """Split an ``nn.Linear``'s input features, or an ``nn.Embedding``'s rows."""
 
     def __init__(self, input_is_parallel=True):
         self.input_is_parallel = input_is_parallel
 
-    def apply(self, module, group):
-        if isinstance(module, nn.Linear):
-            return RowParallelLinear.from_linear(module, group, self.input_is_parallel)
-        if isinstance(module, nn.Embedding):
-            return VocabParallelEmbedding.from_embedding(module, group)
-        raise TypeError(f"RowwiseParallel applies to nn.Linear or nn.Embedding, not "
-                        f"{type(module).__name__}")
+    def _converters(self):
+        return [(nn.Linear, lambda m, g: RowParallelLinear.from_linear(m, g, self.input_is_parallel)),
+                (nn.Embedding, VocabParallelEmbedding.from_embedding)]
 
 
 def parallelize_module(module, device_mesh, parallelize_plan):

@@ -11,6 +11,13 @@ def _ntuple(v, n):
     return tuple(v) if isinstance(v, (tuple, list)) else (v,) * n
 
 
+def _nd_family(base, name, docs):
+    """The classes ``{name}1d``, ``{name}2d`` and ``{name}3d``: subclasses of ``base``
+    (which reads the dimension count from ``_nd``) with one docstring each, in base's module."""
+    return tuple(type(f"{name}{nd}d", (base,), {"_nd": nd, "__doc__": doc, "__module__": base.__module__})
+                 for nd, doc in enumerate(docs, 1))
+
+
 class _ConvNd(Module):
     _nd = 2
 
@@ -93,13 +100,5 @@ class _ConvNd(Module):
         return s.format(**self.__dict__)
 
 
-class Conv1d(_ConvNd):
-    _nd = 1
-
-
-class Conv2d(_ConvNd):
-    _nd = 2
-
-
-class Conv3d(_ConvNd):
-    _nd = 3
+Conv1d, Conv2d, Conv3d = _nd_family(_ConvNd, "Conv", ("1-d convolution.", "2-d convolution.",
+                                                     "3-d convolution."))

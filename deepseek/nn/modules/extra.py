@@ -8,28 +8,36 @@ from .. import functional as F
 from .. import init
 from ..module import Module
 from ..parameter import Parameter
-from .conv import _ConvNd, _ntuple
+from .conv import _ConvNd, _nd_family, _ntuple
+
+
+def _options_init(defaults, ignored=()):
+    """``__init__`` of a parameterless Module: its options by position (in ``defaults``'
+    order) or by keyword, kept as attributes; the ``ignored`` ones are accepted and dropped."""
+    order = list(defaults)
+
+    def __init__(self, *args, **kwargs):
+        Module.__init__(self)
+        vals = dict(defaults)
+        vals.update(zip(order, args))
+        vals.update(kwargs)
+        for k, v in vals.items():
+            if k not in ignored:
+                setattr(self, k, v)
+    return __init__
 
 
 def _simple(name, fn, doc, **defaults):
     """A parameterless Module whose forward is ``fn(input, **options)``."""
     keys = list(defaults)
 
-    def __init__(self, *args, **kwargs):
-        Module.__init__(self)
-        vals = dict(defaults)
-        vals.update(zip(keys, args))
-        vals.update(kwargs)
-        for k, v in vals.items():
-            setattr(self, k, v)
-
     def forward(self, input):
         return fn(input, **{k: getattr(self, k) for k in keys})
 
     def extra_repr(self):
         return ", ".join(f"{k}={getattr(self, k)}" for k in keys)
-    return type(name, (Module,), {"__init__": __init__, "forward": forward, "extra_repr": extra_repr,
-                                  "__doc__": doc, "__module__": __name__})
+    return type(name, (Module,), {"__init__": _options_init(defaults), "forward": forward,
+                                  "extra_repr": extra_repr, "__doc__": doc, "__module__": __name__})
 
 
 Hardsigmoid = _simple("Hardsigmoid", F.hardsigmoid, "relu6(x + 3) / 6.", inplace=False)
@@ -128,19 +136,9 @@ class _ConvTransposeNd(_ConvNd):
                   self._output_padding(input, output_size), self.groups, self.dilation)
 
 
-class ConvTranspose1d(_ConvTransposeNd):
-    """1-d transposed convolution."""
-    _nd = 1
-
-
-class ConvTranspose2d(_ConvTransposeNd):
-    """2-d transposed convolution."""
-    _nd = 2
-
-
-class ConvTranspose3d(_ConvTransposeNd):
-    """3-d transposed convolution."""
-    _nd = 3
+ConvTranspose1d, ConvTranspose2d, ConvTranspose3d = _nd_family(
+    _ConvTransposeNd, "ConvTranspose", ("1-d transposed convolution.", "2-d transposed convolution.",
+                                        "3-d transposed convolution."))
 
 
 class Upsample(Module):
@@ -225,19 +223,10 @@ class _InstanceNorm(Module):
         return ops.squeeze(out, 0) if unbatched else out
 
 
-class InstanceNorm1d(_InstanceNorm):
-    """Instance normalisation of (N, C, L)."""
-    _nd = 1
-
-
-class InstanceNorm2d(_InstanceNorm):
-    """Instance normalisation of (N, C, H, W)."""
-    _nd = 2
-
-
-class InstanceNorm3d(_InstanceNorm):
-    """Instance normalisation of (N, C, D, H, W)."""
-    _nd = 3
+InstanceNorm1d, InstanceNorm2d, InstanceNorm3d = _nd_family(
+    _InstanceNorm, "InstanceNorm", ("Instance normalisation of (N, C, L).",
+                                    "Instance normalisation of (N, C, H, W).",
+                                    "Instance normalisation of (N, C, D, H, W)."))
 
 
 class _MaxUnpoolNd(Module):
@@ -250,19 +239,8 @@ class _MaxUnpoolNd(Module):
         return fn(input, indices, self.kernel_size, self.stride, self.padding, output_size)
 
 
-class MaxUnpool1d(_MaxUnpoolNd):
-    """Inverse of MaxPool1d."""
-    _nd = 1
-
-
-class MaxUnpool2d(_MaxUnpoolNd):
-    """Inverse of MaxPool2d."""
-    _nd = 2
-
-
-class MaxUnpool3d(_MaxUnpoolNd):
-    """Inverse of MaxPool3d."""
-    _nd = 3
+MaxUnpool1d, MaxUnpool2d, MaxUnpool3d = _nd_family(
+    _MaxUnpoolNd, "MaxUnpool", ("Inverse of MaxPool1d.", "Inverse of MaxPool2d.", "Inverse of MaxPool3d."))
 
 
 class CosineSimilarity(Module):
@@ -310,22 +288,18 @@ class Unfold(Module):
         return F.unfold(input, self.kernel_size, self.dilation, self.padding, self.stride)
 
 
-def _loss(name, fn, doc, **defaults):
-    keys = list(defaults)
+# PyTorch's deprecated loss arguments: still taken (by position too), without effect
+_DEPRECATED_LOSS_ARGS = ("size_average", "reduce")
 
-    def __init__(self, *args, **kwargs):
-        Module.__init__(self)
-        vals = dict(defaults)
-        vals.update(zip(keys, args))
-        vals.update(kwargs)
-        for k in ("size_average", "reduce"):
-            vals.pop(k, None)
-        for k, v in vals.items():
-            setattr(self, k, v)
+
+def _loss(name, fn, doc, **defaults):
+    """A loss Module whose forward is ``fn(*inputs, **options)``."""
+    keys = [k for k in defaults if k not in _DEPRECATED_LOSS_ARGS]
 
     def forward(self, *inputs):
-        return fn(*inputs, **{k: getattr(self, k) for k in keys if k not in ("size_average", "reduce")})
-    return type(name, (Module,), {"__init__": __init__, "forward": forward, "__doc__": doc, "__module__": __name__})
+        return fn(*inputs, **{k: getattr(self, k) for k in keys})
+    return type(name, (Module,), {"__init__": _options_init(defaults, _DEPRECATED_LOSS_ARGS),
+                                  "forward": forward, "__doc__": doc, "__module__": __name__})
 
 
 KLDivLoss = _loss("KLDivLoss", F.kl_div, "KL divergence (input in log space).", size_average=None,

@@ -5,6 +5,7 @@ import numpy as np
 from .. import modules as _m
 from ..._tensor import Tensor
 from ._common import PackedInt8Module, as_array, buffer, linear_rows, quantize_per_channel
+from ._repr import linear_repr
 
 
 class Linear(PackedInt8Module):
@@ -36,8 +37,7 @@ class Linear(PackedInt8Module):
         return "QuantizedLinear"
 
     def extra_repr(self):
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"dtype=qint8, input_scale={float(self.input_scale._data[0]):.6g}")
+        return linear_repr(self, f"dtype=qint8, input_scale={float(self.input_scale._data[0]):.6g}")
 
 
 class Conv2d(PackedInt8Module):

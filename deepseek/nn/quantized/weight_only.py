@@ -6,6 +6,7 @@ import numpy as np
 from .. import modules as _m
 from ..._tensor import Tensor
 from ._common import QuantizedModule, as_array, buffer, linear_rows
+from ._repr import linear_repr
 
 
 def quantize_groupwise(w, bits, group_size):
@@ -101,8 +102,7 @@ class WeightOnlyLinear(QuantizedModule):
         return "WeightOnlyQuantizedLinear"
 
     def extra_repr(self):
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"dtype=int{self.bits}, group_size={self.group_size}")
+        return linear_repr(self, f"dtype=int{self.bits}, group_size={self.group_size}")
 
 
 class Embedding(QuantizedModule):

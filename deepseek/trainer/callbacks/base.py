@@ -54,38 +54,21 @@ class Callback:
     def teardown(self, trainer, model, stage):
         """After fit/validate ends (also when it failed)."""
 
-    def on_fit_start(self, trainer, model):
-        pass
+    def _no_op(self, trainer, model):
+        """Nothing, until overridden (when each hook runs: the module's docstring)."""
 
-    def on_fit_end(self, trainer, model):
-        pass
-
-    def on_train_start(self, trainer, model):
-        pass
-
-    def on_train_end(self, trainer, model):
-        pass
-
-    def on_train_epoch_start(self, trainer, model):
-        pass
-
-    def on_train_epoch_end(self, trainer, model):
-        pass
+    # the hooks that take only (trainer, model) share one that does nothing
+    on_fit_start = on_fit_end = _no_op
+    on_train_start = on_train_end = _no_op
+    on_train_epoch_start = on_train_epoch_end = _no_op
+    on_validation_start = on_validation_end = on_validation_epoch_start = _no_op
+    on_after_backward = _no_op
 
     def on_train_batch_start(self, trainer, model, batch, batch_idx):
         pass
 
     def on_train_batch_end(self, trainer, model, outputs, batch, batch_idx):
         """After the micro-batch (and the optimizer step when it ended a window)."""
-
-    def on_validation_start(self, trainer, model):
-        pass
-
-    def on_validation_end(self, trainer, model):
-        pass
-
-    def on_validation_epoch_start(self, trainer, model):
-        pass
 
     def on_validation_epoch_end(self, trainer, model):
         """The validation metrics are in ``trainer.callback_metrics`` by now."""
@@ -98,9 +81,6 @@ class Callback:
         pass
 
     def on_before_backward(self, trainer, model, loss):
-        pass
-
-    def on_after_backward(self, trainer, model):
         pass
 
     def on_before_optimizer_step(self, trainer, model, optimizer):
