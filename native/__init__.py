@@ -155,16 +155,21 @@ def use_native(enabled=True):
 
 
 @contextlib.contextmanager
+def _switched(get, set_, name):
+    """Inside the block ``set_(name)``; after it, what ``get()`` said before."""
+    previous = get()
+    set_(name)
+    try:
+        yield
+    finally:
+        set_(previous)
+
+
 def use_isa(name):
     """Run the C kernels with one instruction set inside the block (tests, benchmarks)."""
     if _ext is None:
         raise RuntimeError("use_isa(): the extension deepseek._native is not built")
-    previous = _ext.isa()
-    _ext.set_isa(name)
-    try:
-        yield
-    finally:
-        _ext.set_isa(previous)
+    return _switched(_ext.isa, _ext.set_isa, name)
 
 
 def _raw(a):
@@ -320,21 +325,27 @@ def wire_unpack(src, out, scale):
 _ERF_DTYPES = (_c.F32, _c.F64)
 
 
+def _elementwise_args(fn, src, out, dtypes):
+    """(src, out) of an elementwise kernel, checked: src of one of ``dtypes`` (a strided
+    view is copied once: then the kernel), out of src's dtype and size (allocated when
+    None), the very same array as src or not overlapping it."""
+    if isinstance(src, np.ndarray) and not src.flags.c_contiguous:
+        src = np.ascontiguousarray(src)
+    _c.array(fn, "src", src, dtypes)
+    if out is None:
+        return src, np.empty(src.shape, src.dtype)
+    _c.array(fn, "out", out, (src.dtype,), writeable=True)
+    _c.size(fn, "out", out, src.size, "src")
+    _c.no_overlap(fn, "src", src, "out", out, allow_same=True)
+    return src, out
+
+
 def erf(src, out=None):
     """The error function elementwise: float32 or float64 array (any shape) -> an array
     of its dtype and shape. C, one vectorised pass: float32 by Eigen/XLA's rational
     approximation (absolute error < 5e-7), float64 by libm's erf (1 ulp). Fallback:
     scipy.special.erf (math.erf element by element without scipy), within 1 ulp."""
-    fn = "erf"
-    if isinstance(src, np.ndarray) and not src.flags.c_contiguous:
-        src = np.ascontiguousarray(src)  # views are fine: one copy, then the kernel
-    _c.array(fn, "src", src, _ERF_DTYPES)
-    if out is None:
-        out = np.empty(src.shape, src.dtype)
-    else:
-        _c.array(fn, "out", out, (src.dtype,), writeable=True)
-        _c.size(fn, "out", out, src.size, "src")
-        _c.no_overlap(fn, "src", src, "out", out, allow_same=True)
+    src, out = _elementwise_args("erf", src, out, _ERF_DTYPES)
     if available():
         _ext.erf(_DTYPE_CODES[src.dtype], src, out)
     else:
@@ -348,15 +359,7 @@ def gelu(src, out=None, cdf=None):
     with this module's :func:`erf`; ``cdf``, an array of src's size, receives the normal
     CDF too (GELU's backward reads it). Returns ``out``."""
     fn = "gelu"
-    if isinstance(src, np.ndarray) and not src.flags.c_contiguous:
-        src = np.ascontiguousarray(src)
-    _c.array(fn, "src", src, (_c.F32,))
-    if out is None:
-        out = np.empty(src.shape, src.dtype)
-    else:
-        _c.array(fn, "out", out, (src.dtype,), writeable=True)
-        _c.size(fn, "out", out, src.size, "src")
-        _c.no_overlap(fn, "src", src, "out", out, allow_same=True)
+    src, out = _elementwise_args(fn, src, out, (_c.F32,))
     if cdf is not None:
         _c.array(fn, "cdf", cdf, (src.dtype,), writeable=True)
         _c.size(fn, "cdf", cdf, src.size, "src")
@@ -572,17 +575,11 @@ def int8_isa():
     return _ext.int8_isa() if _int8_ok() else "numpy"
 
 
-@contextlib.contextmanager
 def use_int8_isa(name):
     """Run the int8 kernels with one instruction set inside the block (tests, benchmarks)."""
     if not int8_isa_list():
         raise RuntimeError("use_int8_isa(): the extension deepseek._native is not built")
-    previous = _ext.int8_isa()
-    _ext.int8_isa(name)
-    try:
-        yield
-    finally:
-        _ext.int8_isa(previous)
+    return _switched(_ext.int8_isa, _ext.int8_isa, name)
 
 
 class Int8Packed:

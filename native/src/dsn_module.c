@@ -156,6 +156,17 @@ static void release_arg(dsn_arg *a)
     a->held = 0;
 }
 
+/* The end of a kernel's wrapper: its argument buffers released (c may be NULL); None when
+ * it ran (ok), NULL with the Python error already set when it did not. */
+static PyObject *release_all(int ok, dsn_arg *a, dsn_arg *b, dsn_arg *c)
+{
+    release_arg(a);
+    release_arg(b);
+    if (c) release_arg(c);
+    if (!ok) return NULL;
+    Py_RETURN_NONE;
+}
+
 static int check_len(const char *fn, const char *name, const dsn_arg *a, size_t n,
                      const char *ref)
 {
@@ -213,11 +224,9 @@ static PyObject *py_convert(PyObject *self, PyObject *args)
     Py_BEGIN_ALLOW_THREADS
     K->convert(kind, src.view.buf, dst.view.buf, src.n);
     Py_END_ALLOW_THREADS
-    release_arg(&src); release_arg(&dst);
-    Py_RETURN_NONE;
+    return release_all(1, &src, &dst, NULL);
 fail:
-    release_arg(&src); release_arg(&dst);
-    return NULL;
+    return release_all(0, &src, &dst, NULL);
 }
 
 /* erf of a float32: the rational approximation p(x) / q(x^2) on [-4, 4] that Eigen and
@@ -286,11 +295,9 @@ static PyObject *py_erf(PyObject *self, PyObject *args)
         for (size_t i = 0; i < n; i++) y[i] = erf(x[i]);
     }
     Py_END_ALLOW_THREADS
-    release_arg(&src); release_arg(&out);
-    Py_RETURN_NONE;
+    return release_all(1, &src, &out, NULL);
 fail:
-    release_arg(&src); release_arg(&out);
-    return NULL;
+    return release_all(0, &src, &out, NULL);
 }
 
 /* GELU of a float32 in one pass: y = x * cdf with cdf = 0.5 * (1 + erf(x * 1/sqrt(2))),
@@ -333,11 +340,9 @@ static PyObject *py_gelu(PyObject *self, PyObject *args)
     gelu_f32_loop((const float *)src.view.buf, (float *)out.view.buf,
                   with_cdf ? (float *)cdf.view.buf : NULL, n);
     Py_END_ALLOW_THREADS
-    release_arg(&src); release_arg(&out); release_arg(&cdf);
-    Py_RETURN_NONE;
+    return release_all(1, &src, &out, &cdf);
 fail:
-    release_arg(&src); release_arg(&out); release_arg(&cdf);
-    return NULL;
+    return release_all(0, &src, &out, &cdf);
 }
 
 static PyObject *py_reduce(PyObject *self, PyObject *args)

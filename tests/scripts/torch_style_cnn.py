@@ -1,4 +1,4 @@
-"""An MNIST-like CNN training loop written against PyTorch's API.
+"""An MNIST-like CNN training loop written against PyTorch's API (an nn.Sequential model).
 
 Runs unchanged with ``import torch`` or with deepseek (``--lib deepseek`` imports
 deepseek as ``torch``, see _torch_style.py: the one line a user would swap). Prints one
@@ -21,22 +21,14 @@ torch.manual_seed(0)
 torch.backends.cudnn.benchmark = True
 
 
-class Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 8, 3, 1)
-        self.conv2 = nn.Conv2d(8, 16, 3, 1)
-        self.bn = nn.BatchNorm2d(16)
-        self.dropout = nn.Dropout(0.0)
-        self.fc1 = nn.Linear(16 * 5 * 5, 32)
-        self.fc2 = nn.Linear(32, 10)
-
-    def forward(self, x):
-        x = F.relu(self.conv1(x))
-        x = F.max_pool2d(self.bn(self.conv2(x)), 2)
-        x = self.dropout(torch.flatten(x, 1))
-        x = F.relu(self.fc1(x))
-        return F.log_softmax(self.fc2(x), dim=1)
+def Net():
+    # the nn.Sequential style (scripts/bench_programs.py's MNIST net is the subclass one)
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, 1), nn.ReLU(),
+        nn.Conv2d(8, 16, 3, 1), nn.BatchNorm2d(16), nn.MaxPool2d(2),
+        nn.Dropout(0.0), nn.Flatten(1),
+        nn.Linear(16 * 5 * 5, 32), nn.ReLU(),
+        nn.Linear(32, 10), nn.LogSoftmax(dim=1))
 
 
 rng = np.random.default_rng(0)
