@@ -248,7 +248,8 @@ def on_default_destroy(pg, wait=30.0):
         try:
             s = merge(t.path, pg.size)
             if pg.size > 1:
-                sys.stderr.write(format_straggler_report(s["stragglers"]) + "\n")
+                sys.stderr.write(f"deepseek timeline: {format_clock_offsets(s)}\n"
+                                 + format_straggler_report(s["stragglers"]) + "\n")
         except Exception as e:  # noqa: BLE001
             sys.stderr.write(f"deepseek timeline: merge failed: {e}\n")
 
@@ -279,8 +280,11 @@ def merge(path, world_size=None, parts=None):
     out = []
     for d in docs:
         r = d["rank"]
+        clock = "" if r == 0 else \
+            f", clock {d['offset_ns'] / 1e3:+.1f} us +- {d['offset_err_ns'] / 1e3:.1f} us"
         out.append({"name": "process_name", "ph": "M", "pid": r, "tid": 0,
-                    "args": {"name": f"rank {r} ({d.get('host', '?')} pid {d.get('pid')})"}})
+                    "args": {"name": f"rank {r} ({d.get('host', '?')} pid {d.get('pid')}"
+                                     f"{clock})"}})
         out.append({"name": "process_sort_index", "ph": "M", "pid": r, "tid": 0,
                     "args": {"sort_index": r}})
         for tid, tname in THREAD_NAMES.items():
@@ -417,6 +421,21 @@ def straggler_report(trace, threshold=0.2):
             "flagged": flagged, "threshold": threshold}
 
 
+def format_clock_offsets(summary):
+    """The measured clock offsets of a merge summary (or the merged file's metadata) as
+    one line: ``clock offsets vs rank 0: rank 1 +12.3 us +- 4.1 us, ...`` (offset added
+    to a rank's clock to get rank 0's, +- its error bound: half the best store round
+    trip of the start-up ping-pong)."""
+    off = {int(k): v for k, v in summary.get("offset_ns", {}).items()}
+    err = {int(k): v for k, v in summary.get("offset_err_ns", {}).items()}
+    others = sorted(r for r in off if r != 0)
+    if not others:
+        return "clock offsets vs rank 0: no other rank"
+    parts = [f"rank {r} {off[r] / 1e3:+.1f} us +- {err.get(r, 0) / 1e3:.1f} us" for r in others]
+    return ("clock offsets vs rank 0 (measured through the store at start-up): "
+            + ", ".join(parts))
+
+
 def format_straggler_report(rep):
     """The report of :func:`straggler_report` as lines of text."""
     if not rep["collectives"]:
@@ -441,8 +460,10 @@ def main(argv=None):
                          "merges PATH.rank<N>.json into one Chrome trace at PATH\n")
         return 2
     s = merge(argv[0], int(argv[1]) if len(argv) > 1 else None)
-    print(json.dumps({k: s[k] for k in ("ranks", "missing", "events", "offset_err_ns")}))
-    sys.stderr.write(format_straggler_report(s["stragglers"]) + "\n")
+    print(json.dumps({k: s[k] for k in ("ranks", "missing", "events", "offset_ns",
+                                        "offset_err_ns")}))
+    sys.stderr.write(format_clock_offsets(s) + "\n" + format_straggler_report(s["stragglers"])
+                     + "\n")
     return 0
 
 

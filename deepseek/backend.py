@@ -51,6 +51,30 @@ def cupy_available():
         return False
 
 
+def on_device(array):
+    """True when ``array`` is a cupy (GPU) array."""
+    return _cupy is not None and isinstance(array, _cupy.ndarray)
+
+
+def device_event():
+    """A timing CUDA event recorded now on the current device's current stream: the
+    device reaches it once the work queued before it is done (the profiler's device
+    time). Needs cupy."""
+    if _cupy is None:
+        raise RuntimeError("device_event: cupy is not installed (pip install 'deepseek[cuda]')")
+    ev = _cupy.cuda.Event()
+    # named: old cupy records on the null stream when none is given
+    ev.record(_cupy.cuda.get_current_stream())
+    return ev
+
+
+def event_elapsed_ns(start, end):
+    """Device time in ns from event ``start`` to event ``end`` (both of
+    :func:`device_event`, of one device); waits for ``end`` to be reached."""
+    end.synchronize()
+    return int(_cupy.cuda.get_elapsed_time(start, end) * 1e6)
+
+
 def get_array_module(*arrays):
     """numpy or cupy, whichever owns the first cupy array among ``arrays``."""
     if _cupy is not None:

@@ -476,5 +476,7 @@ def _finish_timeline(path):
         return
     sys.stderr.write(f"deepseek-run: timeline of {len(summary.get('ranks', []))} ranks "
                      f"written to {path}\n")
-    if summary.get("stragglers") and not merged_by_rank0:
-        sys.stderr.write(trace.format_straggler_report(summary["stragglers"]) + "\n")
+    if not merged_by_rank0:  # else rank 0 printed these after its merge
+        sys.stderr.write(f"deepseek-run: {trace.format_clock_offsets(summary)}\n")
+        if summary.get("stragglers"):
+            sys.stderr.write(trace.format_straggler_report(summary["stragglers"]) + "\n")

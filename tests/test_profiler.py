@@ -4,6 +4,7 @@ import json
 import time
 
 import numpy as np
+import pytest
 
 import deepseek as ds
 import deepseek.nn as nn
@@ -180,3 +181,125 @@ def test_op_flops_formulas():
                       [(2, 4, 8, 16), (2, 4, 8, 16), (2, 4, 8, 16)], [(2, 4, 8, 16)]) == \
         4 * 2 * 4 * 8 * 8 * 16
     assert P.op_flops("deepseek::relu", [(3,)], [(3,)]) == 0
+
+
+def _device_marked(raw, ref_ns, dev0):
+    """Device marks for the op / backward events of ``raw`` as the device mode makes
+    them, with the device clock given as plain ns readings (no GPU here): event i's
+    kernels start 2 us after it started on the host and run (i + 1) us. Returns the
+    marks and {event index: (device start on the host clock, device ns)}."""
+    marks, want = [], {}
+    for i, r in enumerate(raw):
+        if r[1] in ("cpu_op", "backward"):
+            s = dev0 + (r[3] - ref_ns) + 2000
+            marks.append(("", "device", r[2], r[3] - 1, r[4] + 1, None, None, 0,
+                          (s, s + 1000 * (i + 1))))
+            want[i] = (r[3] + 2000, 1000 * (i + 1))
+    return marks, want
+
+
+def test_device_marks_give_ops_ranges_table_and_trace_device_time():
+    """The pairing behind the CUDA columns, run on the CPU with the device clock as
+    plain numbers: each op and backward node gets the device time of the mark whose
+    host window holds it, a range the sum of the ops inside it (self: 0), and the
+    table's CUDA columns, its cuda sort keys and the trace's GPU row show them."""
+    from deepseek.profiler import profiler as PP
+    m = _mlp()
+    x = ds.randn(8, 16)
+    with P.profile() as prof:
+        with P.record_function("fwd"):
+            loss = m(x).sum()
+        loss.backward()
+    raw = list(prof.raw_events())
+    ref_ns, dev0 = raw[0][3] - 5000, 10_000_000
+    marks, want = _device_marked(raw, ref_ns, dev0)
+    # marks that hold no event pair with nothing: one before everything (of a
+    # discarded warm-up step), and one whose window ends inside an op (the op's own
+    # mark is gone: that op has no device time)
+    k = min(want)
+    del marks[0], want[k]
+    t0k = raw[k][3]
+    marks += [("", "device", raw[0][2], 1, 2, None, None, 0, (0, 99)),
+              ("", "device", raw[k][2], t0k - 1, t0k + 1, None, None, 0, (0, 77))]
+    evs = PP._materialize(raw + marks[::-1], ((dev0, ref_ns), lambda a, b: b - a))
+    assert len(evs) == len(raw)
+    assert evs[k].device_ns == 0 and evs[k].device_start_ns is None
+    for i, e in enumerate(evs):
+        if i in want:
+            assert (e.device_start_ns, e.device_ns) == want[i], e
+            assert e.self_cuda_time_total == e.cuda_time_total == want[i][1] / 1e3
+    fwd = next(e for e in evs if e.name == "fwd")
+    inside = sum(e.device_ns for e in evs if e.cat == "cpu_op"
+                 and fwd.start_ns <= e.start_ns and e.end_ns <= fwd.end_ns)
+    assert inside and fwd.device_ns == inside and fwd.self_device_time_total == 0
+    step = next(e for e in evs if e.cat == "step")
+    assert step.device_ns == sum(d for _, d in want.values())
+
+    avg = PP._key_averages(evs, False, False)
+    rows = {r.key: r for r in avg}
+    lin = rows["deepseek::linear"]
+    assert lin.count == 2 and lin.self_cuda_time_total == lin.device_time_total == sum(
+        e.device_ns for e in evs if e.name == "deepseek::linear") / 1e3
+    table = avg.table(sort_by="self_cuda_time_total", row_limit=3)
+    assert "Self CUDA" in table and "CUDA total" in table and "Self CUDA time total" in table
+    top = max((r for r in avg), key=lambda r: r.self_device_time_total)
+    assert table.splitlines()[3].startswith(top.key[:20]), table
+    top = max(avg, key=lambda r: r.device_time_total)
+    assert avg.table(sort_by="cuda_time_total").splitlines()[3].startswith(top.key[:20])
+    assert rows["fwd"].device_time_total == fwd.device_ns / 1e3
+
+    doc = P.chrome_trace(evs, pid=7)
+    gpu = [e for e in doc["traceEvents"] if e["ph"] == "X" and e["cat"] == "kernel"]
+    assert len(gpu) == len(want)
+    assert {e["tid"] for e in gpu} == {PP.DEVICE_TID}
+    names = {(e["pid"], e["tid"]): e["args"]["name"] for e in doc["traceEvents"]
+             if e["ph"] == "M" and e["name"] == "thread_name"}
+    assert names[(7, PP.DEVICE_TID)] == "GPU (CUDA events)"
+    assert sorted((e["ts"], e["dur"]) for e in gpu) == sorted(
+        (s / 1e3, d / 1e3) for s, d in want.values())
+
+
+def test_cpu_run_cuda_sort_keys_fall_back_to_cpu():
+    m = _mlp()
+    with P.profile() as prof:
+        m(ds.randn(8, 16)).sum().backward()
+    t_cuda = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=4)
+    t_cpu = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=4)
+    assert t_cuda == t_cpu and "CUDA" not in t_cpu
+
+
+def test_activities():
+    """CPU only (and, without a GPU, every profile): the plain mode, no device events;
+    CUDA asked for without a GPU: a warning and CPU events; bad lists: clear errors."""
+    from deepseek.profiler import profiler as PP
+    from deepseek.backend import cupy_available
+    x = ds.randn(3)
+    with P.profile(activities=[P.ProfilerActivity.CPU]) as prof:
+        assert type(prof._mode) is PP._ProfMode
+        x + x
+    assert [e.name for e in prof.events() if e.cat == "cpu_op"] == ["deepseek::add"]
+    assert not prof._device and prof._dev_ref is None
+    for bad in ([], ["cpu"], [P.ProfilerActivity.CPU, 1]):
+        with pytest.raises(ValueError, match="ProfilerActivity"):
+            P.profile(activities=bad)
+    if cupy_available():
+        return  # the GPU half: tests/test_profiler_gpu.py
+    with P.profile() as prof:  # the default: CPU, and CUDA only with a GPU
+        assert type(prof._mode) is PP._ProfMode
+    with pytest.warns(RuntimeWarning, match="no GPU"):
+        prof = P.profile(activities=[P.ProfilerActivity.CUDA])
+    with prof:
+        assert type(prof._mode) is PP._ProfMode
+        x * x
+    assert [e.name for e in prof.events() if e.cat == "cpu_op"] == ["deepseek::mul"]
+
+
+def test_device_event_helpers_without_cupy():
+    """backend's event helpers: a numpy array is not on the device; without cupy an
+    event is a clear error (the profiler never asks for one then)."""
+    from deepseek import backend
+    assert not backend.on_device(np.ones(2, np.float32))
+    if backend.cupy_module() is not None:
+        pytest.skip("cupy is installed: tests/test_profiler_gpu.py")
+    with pytest.raises(RuntimeError, match="cupy is not installed"):
+        backend.device_event()

@@ -4,6 +4,7 @@ alignment and the merge command are checked; a second test renders the merged tr
 in a real headless Chromium (tests/test_viz.py has the browser helper)."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -79,11 +80,20 @@ def test_clocks_aligned(job):
     """A collective ends on every rank at about the same moment: on the aligned clock
     the ends of the same (group, seq) agree within a few ms; the measured offset on
     one host (one clock) is within its error bound of 0."""
-    path, _ = job
+    path, r = job
     doc = json.load(open(path))
     meta = doc["metadata"]["deepseek_timeline"]
     off, err = meta["offset_ns"]["1"], meta["offset_err_ns"]["1"]
     assert err > 0 and abs(off) <= err + 50_000, meta
+    # the measured offset and its error bound are reported at the end of the job (once)
+    # and named on rank 1's process row
+    lines = [ln for ln in r.stderr.splitlines() if "clock offsets vs rank 0" in ln]
+    assert len(lines) == 1, r.stderr[-3000:]
+    m = re.search(r"rank 1 ([+-][\d.]+) us \+- ([\d.]+) us", lines[0])
+    assert m and abs(float(m[1]) - off / 1e3) <= 0.051 and abs(float(m[2]) - err / 1e3) <= 0.051
+    rows = {e["pid"]: e["args"]["name"] for e in doc["traceEvents"]
+            if e["ph"] == "M" and e["name"] == "process_name"}
+    assert f"clock {off / 1e3:+.1f} us +- {err / 1e3:.1f} us" in rows[1] and "clock" not in rows[0]
     ends = {}
     for e in _x(doc):
         if e["cat"] == "collective":
@@ -105,7 +115,22 @@ def test_merge_command(job, tmp_path):
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
     assert summary["ranks"] == [0, 1] and summary["missing"] == []
+    assert set(summary["offset_ns"]) == set(summary["offset_err_ns"]) == {"0", "1"}
+    assert "clock offsets vs rank 0 (measured through the store at start-up): rank 1 " \
+        in r.stderr, r.stderr
     assert json.load(open(out))["traceEvents"] == json.load(open(path))["traceEvents"]
+
+
+def test_format_clock_offsets():
+    """The offset line reads the merge summary (int ranks) and the merged file's
+    metadata (JSON: string ranks) alike, rank 0 being the reference."""
+    from deepseek.collectives import trace
+    meta = {"offset_ns": {"0": 0, "1": 12_345, "2": -500},
+            "offset_err_ns": {"0": 0, "1": 4_100, "2": 900}}
+    assert trace.format_clock_offsets(meta).endswith(
+        ": rank 1 +12.3 us +- 4.1 us, rank 2 -0.5 us +- 0.9 us")
+    assert trace.format_clock_offsets({"offset_ns": {0: 0}, "offset_err_ns": {0: 0}}) == \
+        "clock offsets vs rank 0: no other rank"
 
 
 @pytest.mark.timeout(300)
@@ -176,8 +201,29 @@ def test_deepseek_run_timeline_option(tmp_path):
                        capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"timeline of 2 ranks written to {path}" in r.stderr, r.stderr[-3000:]
+    assert r.stderr.count("clock offsets vs rank 0") == 1, r.stderr[-3000:]
     doc = json.load(open(path))
     assert {e["pid"] for e in _x(doc)} == {0, 1}
+
+
+@pytest.mark.timeout(300)
+def test_launcher_merges_and_reports_offsets(tmp_path):
+    """A job that never destroys its process group: rank 0 does not merge, the
+    launcher does once the workers have exited, and it prints the measured clock
+    offset (with its error bound) and the straggler report itself."""
+    path = str(tmp_path / "late.json")
+    env = {k: v for k, v in os.environ.items() if k != "DEEPSEEK_TIMELINE"}
+    env["TIMELINE_NO_DESTROY"] = "1"
+    r = subprocess.run([sys.executable, "-m", "deepseek.launcher", "--nproc", "2",
+                        "--timeout", "60", "--timeline", path, WORKER], env=env,
+                       capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-3000:]
+    meta = json.load(open(path))["metadata"]["deepseek_timeline"]
+    off, err = meta["offset_ns"]["1"], meta["offset_err_ns"]["1"]
+    lines = [ln for ln in r.stderr.splitlines() if "clock offsets vs rank 0" in ln]
+    assert len(lines) == 1 and lines[0].startswith("deepseek-run: "), r.stderr[-3000:]
+    assert f"rank 1 {off / 1e3:+.1f} us +- {err / 1e3:.1f} us" in lines[0], (lines, meta)
+    assert "straggler report" in r.stderr
 
 
 @pytest.mark.timeout(300)

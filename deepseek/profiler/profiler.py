@@ -11,7 +11,14 @@ the clock ``collectives.trace`` aligns across ranks):
 - ``Optimizer.step`` (``deepseek.optim.optimizer._step_hook``);
 - DataLoader waits (``deepseek.data.dataloader._wait_hook``);
 - every collective (``collectives.trace.sink``): op, group, seq, bytes, algorithm,
-  backend, transport.
+  backend, transport;
+- on the GPU (``ProfilerActivity.CUDA``, the default when cupy sees a GPU), the device
+  time of every op and backward node that ran on a CUDA tensor: a second mode
+  (``_DeviceProfMode``) records a CUDA event before and after each such op
+  (``backend.device_event``) into a ``"device"`` mark next to the op's event; marks
+  are paired with their events and the events resolved (``backend.event_elapsed_ns``)
+  only when results are asked for. The CPU-only mode is left as it was: no event, no
+  test, no per-op cost when not on a GPU.
 
 When nothing profiles, none of this costs anything beyond the engine's own None /
 False checks: the mode is only entered while a profile is recording, and the hooks
@@ -27,6 +34,7 @@ import threading
 import time
 from functools import partial as _partial
 
+from .. import backend as _be
 from ..autograd.dispatch_mode import DispatchMode as _DispatchMode
 
 _ns = time.perf_counter_ns
@@ -143,7 +151,7 @@ class FunctionEvent:
     """One recorded event. Times in ns of ``time.perf_counter_ns``."""
 
     __slots__ = ("name", "cat", "tid", "start_ns", "end_ns", "child_ns", "input_shapes",
-                 "output_shapes", "flops", "mem", "args")
+                 "output_shapes", "flops", "mem", "args", "device_ns", "device_start_ns")
 
     def __init__(self, name, cat, tid, start_ns, end_ns, input_shapes=None,
                  output_shapes=None, mem=0, args=None):
@@ -154,6 +162,10 @@ class FunctionEvent:
         self.flops = None
         self.mem = mem
         self.args = args
+        # device (CUDA event) time: an op's or backward node's own, a range's the sum
+        # of the ops inside it; device_start_ns on the host clock (None: not placed)
+        self.device_ns = 0
+        self.device_start_ns = None
 
     @property
     def cpu_time_total(self):
@@ -162,6 +174,19 @@ class FunctionEvent:
     @property
     def self_cpu_time_total(self):
         return (self.end_ns - self.start_ns - self.child_ns) / 1e3
+
+    @property
+    def device_time_total(self):
+        """Device time (us) of the kernels of this event (and of the events inside it)."""
+        return self.device_ns / 1e3
+
+    @property
+    def self_device_time_total(self):
+        """Device time (us) of this event's own kernels: 0 for a range (as PyTorch)."""
+        return 0.0 if self.cat in _CONTAINERS else self.device_ns / 1e3
+
+    cuda_time_total = device_time_total
+    self_cuda_time_total = self_device_time_total
 
     def __repr__(self):
         return (f"<FunctionEvent {self.name} cat={self.cat} "
@@ -212,12 +237,15 @@ class _ProfMode(_DispatchMode):
         if self.shapes:
             # interned: the same shapes come back every step, and objects that outlive
             # the op are what makes the cyclic GC run (and each full pass is as long
-            # as the whole heap); a temporary that dies at once costs it nothing
+            # as the whole heap); a temporary that dies at once costs it nothing.
+            # Inputs and outputs are one key (one hash, one lookup), and the inputs a
+            # loop: a comprehension is a function call in Python 3.11.
             T = self.tensor
-            ins = tuple([a._data.shape if isinstance(a, T) else () for a in args])
-            ins = _shapes.setdefault(ins, ins)
-            outs = tuple([o._data.shape for o in out]) if multi else (out._data.shape,)
-            outs = _shapes.setdefault(outs, outs)
+            ins = ()
+            for a in args:
+                ins += (a._data.shape if isinstance(a, T) else (),)
+            key = (ins, tuple([o._data.shape for o in out]) if multi else (out._data.shape,))
+            ins, outs = _shapes.setdefault(key, key)
         if self.mem and not fn.is_view:
             if multi:
                 for o in out:
@@ -231,11 +259,80 @@ class _ProfMode(_DispatchMode):
         return out
 
 
+def _device_mark(prof, ta, start):
+    """Close a device-time window opened at host time ``ta`` with CUDA event ``start``:
+    a ``"device"`` mark around the op / backward event just recorded in this thread
+    (paired with it by time in ``_attach_device``: no index into a buffer that other
+    threads append to)."""
+    prof._buf.append(("", "device", _get_ident(), ta, _ns(), None, None, 0,
+                      (start, _be.device_event())))
+
+
+def _timed_backward_device(prof, name, ctx, grads):
+    """``_timed_backward`` with CUDA events around it: the backward node of an op that
+    ran on the GPU (set by ``_DeviceProfMode``)."""
+    if not prof._recording_now:
+        return type(ctx).run_backward(ctx, grads)
+    ta = _ns()
+    start = _be.device_event()
+    try:
+        return _timed_backward(prof, name, ctx, grads)
+    finally:
+        _device_mark(prof, ta, start)
+
+
+class _DeviceProfMode(_ProfMode):
+    """The mode of a profile with device timing (``ProfilerActivity.CUDA`` and a GPU):
+    ``_ProfMode``'s op event, plus CUDA events before and after every op whose output
+    is a GPU array (and around its backward node). Only this mode pays for events."""
+
+    def __dispatch__(self, fn, args, kwargs):
+        be = _be
+        ta = _ns()
+        start = be.device_event()  # before the op: its kernels are queued after it
+        out = _ProfMode.__dispatch__(self, fn, args, kwargs)
+        first = out[0] if type(out) is tuple else out
+        if be.on_device(first._data):
+            _device_mark(self.prof, ta, start)
+            node = first.grad_fn
+            timer = node.__dict__.get("run_backward") if node is not None else None
+            if type(timer) is _partial and timer.func is _timed_backward:
+                node.run_backward = _partial(_timed_backward_device, *timer.args)
+        return out
+
+
+def _wants_device(activities, use_cuda):
+    """(record CPU events, time the device) for ``profile(activities=, use_cuda=)``:
+    PyTorch's rules. No ``activities``: CPU, and CUDA when a GPU is there (or as
+    ``use_cuda`` says). CUDA asked for without cupy and a GPU: a warning, CPU only."""
+    if activities is None:
+        cpu, cuda, asked = True, use_cuda is not False, bool(use_cuda)
+    else:
+        acts = set(activities)
+        bad = [a for a in acts if not isinstance(a, ProfilerActivity)]
+        if bad or not acts:
+            raise ValueError(f"profile: activities must be a non-empty list of "
+                             f"ProfilerActivity (CPU, CUDA), got {list(activities)!r}")
+        cpu, cuda = ProfilerActivity.CPU in acts, ProfilerActivity.CUDA in acts
+        asked = cuda
+    if cuda and not _be.cupy_available():
+        if asked:
+            import warnings
+            warnings.warn("deepseek.profiler: ProfilerActivity.CUDA asked for but cupy sees "
+                          "no GPU: no device time is recorded, CPU events are",
+                          RuntimeWarning, stacklevel=3)
+        cpu, cuda = True, False
+    return cpu, cuda
+
+
 class profile:
     """``with profile(...) as prof: ... prof.step()`` (PyTorch's ``torch.profiler.profile``).
 
-    ``activities`` is accepted for compatibility (CPU is what this engine runs on;
-    device kernels are timed as the ops that launch them). ``record_shapes`` keeps
+    ``activities``: ``ProfilerActivity.CPU`` records the host events;
+    ``ProfilerActivity.CUDA`` adds the device time of the ops that run on CUDA tensors
+    (CUDA events around each; ``self_cuda_time_total`` / ``cuda_time_total`` in
+    ``key_averages``, a device row in the chrome trace); CUDA alone keeps only the ops
+    that ran on the GPU. Default: CPU, and CUDA when cupy sees a GPU. ``record_shapes`` keeps
     input/output shapes (``key_averages(group_by_input_shape=True)``);
     ``profile_memory`` counts the bytes of each op's outputs (views: 0);
     ``with_flops`` estimates FLOPs of matmul, linear, conv and attention;
@@ -248,6 +345,10 @@ class profile:
                  with_flops=False, with_modules=False, experimental_config=None,
                  use_cuda=None):
         self.activities = activities
+        self._cpu, self._device = _wants_device(activities, use_cuda)
+        # (CUDA event, host ns) recorded together when device timing starts: places the
+        # device events on the host clock (the chrome trace's device row)
+        self._dev_ref = None
         self.schedule = schedule
         self.on_trace_ready = on_trace_ready
         self.record_shapes = bool(record_shapes)
@@ -339,7 +440,14 @@ class profile:
         if on:
             if len(_shapes) > 100_000:  # shapes that vary without end: start afresh
                 _shapes.clear()
-            self._mode = _ProfMode(self)
+            if self._device:
+                self._mode = _DeviceProfMode(self)
+                if self._dev_ref is None:
+                    ev = _be.device_event()
+                    ev.synchronize()  # the device is at the event now: pair it with now
+                    self._dev_ref = (ev, _ns())
+            else:
+                self._mode = _ProfMode(self)
             self._mode.__enter__()
             _recording.append(self)
         else:
@@ -379,7 +487,9 @@ class profile:
         raw = self._buf if (self._buf or self._saved is None) else self._saved
         src, n, evs = self._cache
         if src is not raw or n != len(raw):
-            evs = _materialize(raw)
+            evs = _materialize(raw, self._dev_ref and (self._dev_ref, _be.event_elapsed_ns))
+            if not self._cpu:  # CUDA only: the ops that ran on the device (and ranges)
+                evs = [e for e in evs if e.device_ns or e.cat not in ("cpu_op", "backward")]
             self._cache = (raw, len(raw), evs)
         return list(evs)
 
@@ -388,41 +498,71 @@ class profile:
 
     def export_chrome_trace(self, path):
         """Write the events as Chrome-trace JSON (chrome://tracing, Perfetto)."""
-        pid = os.getpid()
-        out = []
-        tids = {}
-        for e in self.events():
-            tid = tids.setdefault(e.tid, len(tids))
-            args = {}
-            if e.input_shapes is not None:
-                args["Input Dims"] = [list(s) for s in e.input_shapes]
-            if e.mem:
-                args["bytes"] = e.mem
-            if self.with_flops:
-                f = _flops_of(e)
-                if f:
-                    args["flops"] = f
-            if isinstance(e.args, dict):
-                args.update(e.args)
-            out.append({"name": e.name, "cat": e.cat, "ph": "X", "pid": pid, "tid": tid,
-                        "ts": e.start_ns / 1e3, "dur": (e.end_ns - e.start_ns) / 1e3,
-                        "args": args})
-        out.append({"name": "process_name", "ph": "M", "pid": pid, "tid": 0,
-                    "args": {"name": f"deepseek {pid}"}})
+        doc = chrome_trace(self.events(), self.with_flops)
         with open(path, "w") as f:
-            json.dump({"traceEvents": out, "displayTimeUnit": "ms"}, f)
+            json.dump(doc, f)
         return path
+
+
+def chrome_trace(events, with_flops=False, pid=None):
+    """The Chrome-trace document of FunctionEvents: one row per host thread, and a
+    ``GPU (CUDA events)`` row with the device time of the ops that have some."""
+    pid = os.getpid() if pid is None else pid
+    out, dev = [], []
+    tids = {}
+    for e in events:
+        tid = tids.setdefault(e.tid, len(tids))
+        args = {}
+        if e.input_shapes is not None:
+            args["Input Dims"] = [list(s) for s in e.input_shapes]
+        if e.mem:
+            args["bytes"] = e.mem
+        if with_flops:
+            f = _flops_of(e)
+            if f:
+                args["flops"] = f
+        if isinstance(e.args, dict):
+            args.update(e.args)
+        if e.device_ns:
+            args["device_time_us"] = e.device_ns / 1e3
+        out.append({"name": e.name, "cat": e.cat, "ph": "X", "pid": pid, "tid": tid,
+                    "ts": e.start_ns / 1e3, "dur": (e.end_ns - e.start_ns) / 1e3,
+                    "args": args})
+        if e.device_ns and e.cat not in _CONTAINERS:
+            # the device row: when the op's kernels ran (on the host clock where the
+            # reference event placed them, else at the op's start)
+            ts = e.device_start_ns if e.device_start_ns is not None else e.start_ns
+            dev.append({"name": e.name, "cat": "kernel", "ph": "X", "pid": pid,
+                        "tid": DEVICE_TID, "ts": ts / 1e3, "dur": e.device_ns / 1e3,
+                        "args": {"cpu_op_ts": e.start_ns / 1e3}})
+    out.append({"name": "process_name", "ph": "M", "pid": pid, "tid": 0,
+                "args": {"name": f"deepseek {pid}"}})
+    if dev:
+        out += dev
+        out.append({"name": "thread_name", "ph": "M", "pid": pid, "tid": DEVICE_TID,
+                    "args": {"name": "GPU (CUDA events)"}})
+    return {"traceEvents": out, "displayTimeUnit": "ms"}
 
 
 # ranges can have events inside them; ops, backward nodes, collectives and data waits
 # are leaves (an op's inner ops run below the profiler's mode)
 _CONTAINERS = frozenset(("user_annotation", "optimizer", "step"))
+# the chrome trace's device row (thread ids of host threads are small indices)
+DEVICE_TID = 1 << 20
 
 
-def _materialize(raw):
+def _materialize(raw, device=None):
     """FunctionEvents of raw event tuples (in recorded order), with ``child_ns`` (the
-    time of the events directly inside each range) found by one sweep per thread."""
+    time of the events directly inside each range) found by one sweep per thread.
+    ``device``: ``((ref event, ref host ns), elapsed_ns)`` when the profile timed the
+    device: its ``"device"`` marks give their ops (and the ranges around) device time."""
+    marks = ()
+    if device is not None:
+        marks = [r for r in raw if r[1] == "device"]
+        raw = [r for r in raw if r[1] != "device"]
     evs = [FunctionEvent(*r) for r in raw]
+    if marks:
+        _attach_device(evs, marks, *device)
     by_tid = {}
     for e in evs:
         by_tid.setdefault(e.tid, []).append(e)
@@ -432,13 +572,49 @@ def _materialize(raw):
         for e in lst:
             while open_ and open_[-1].end_ns <= e.start_ns:
                 open_.pop()
-            for parent in reversed(open_):
+            for i in range(len(open_) - 1, -1, -1):
+                parent = open_[i]
                 if parent.end_ns >= e.end_ns:
                     parent.child_ns += e.end_ns - e.start_ns
+                    if e.device_ns and e.cat not in _CONTAINERS:
+                        for outer in open_[:i + 1]:  # every range around it
+                            if outer.end_ns >= e.end_ns:
+                                outer.device_ns += e.device_ns
                     break
             if e.cat in _CONTAINERS:
                 open_.append(e)
     return evs
+
+
+def _attach_device(evs, marks, ref, elapsed_ns):
+    """Give each op / backward event of ``evs`` the device time of its ``"device"``
+    mark: the mark of a thread whose host window ``[ta, tb]`` holds the event (the
+    first event of that thread starting at or after ``ta``; ops do not nest in one
+    thread). ``elapsed_ns(a, b)``: device ns between two events (``ref`` = (event,
+    host ns) taken together places each op's kernels on the host clock)."""
+    import bisect
+    by_tid = {}
+    for e in evs:
+        if e.cat in ("cpu_op", "backward"):
+            by_tid.setdefault(e.tid, []).append(e)
+    starts = {}
+    for tid, lst in by_tid.items():
+        lst.sort(key=lambda e: e.start_ns)
+        starts[tid] = [e.start_ns for e in lst]
+    ref_ev, ref_ns = ref
+    for _, _, tid, ta, tb, _, _, _, (start, end) in marks:
+        lst = by_tid.get(tid)
+        if not lst:
+            continue
+        i = bisect.bisect_left(starts[tid], ta)
+        if i == len(lst) or lst[i].end_ns > tb:
+            continue  # its event was not kept (a discarded warm-up, a swapped buffer)
+        e = lst[i]
+        e.device_ns = elapsed_ns(start, end)
+        try:
+            e.device_start_ns = ref_ns + elapsed_ns(ref_ev, start)
+        except Exception:  # noqa: BLE001 - another device than the reference's
+            e.device_start_ns = None
 
 
 def _flops_of(e):
@@ -538,13 +714,18 @@ def _refresh_hooks():
 
 # ---------------------------------------------------------------- key_averages
 class FunctionEventAvg:
+    """One row of ``key_averages()``: the events of one name (and input shapes), summed.
+    Times in us; ``*_cuda_*`` are PyTorch's names of the ``*_device_*`` ones."""
+
     __slots__ = ("key", "count", "cpu_time_total", "self_cpu_time_total", "flops",
-                 "cpu_memory_usage", "self_cpu_memory_usage", "input_shapes", "cat")
+                 "cpu_memory_usage", "self_cpu_memory_usage", "input_shapes", "cat",
+                 "device_time_total", "self_device_time_total")
 
     def __init__(self, key, shapes, cat):
         self.key, self.input_shapes, self.cat = key, shapes, cat
         self.count = 0
         self.cpu_time_total = self.self_cpu_time_total = 0.0
+        self.device_time_total = self.self_device_time_total = 0.0
         self.flops = 0
         self.cpu_memory_usage = self.self_cpu_memory_usage = 0
 
@@ -556,6 +737,14 @@ class FunctionEventAvg:
     def self_cpu_time(self):
         return self.self_cpu_time_total / self.count if self.count else 0.0
 
+    @property
+    def device_time(self):
+        return self.device_time_total / self.count if self.count else 0.0
+
+    cuda_time_total = property(lambda self: self.device_time_total)
+    self_cuda_time_total = property(lambda self: self.self_device_time_total)
+    cuda_time = device_time
+
     def __repr__(self):
         return (f"<FunctionEventAvg {self.key} count={self.count} "
                 f"self={self.self_cpu_time_total:.1f}us total={self.cpu_time_total:.1f}us>")
@@ -566,17 +755,26 @@ class EventList(list):
 
     def table(self, sort_by="self_cpu_time_total", row_limit=100, header=None,
               max_name_column_width=55, top_level_events_only=False):
-        key = sort_by.replace("cuda", "cpu").replace("device", "cpu")
+        has_dev = any(r.device_time_total for r in self)
+        # PyTorch's "cuda" sort keys are the "device" ones; with no device time recorded
+        # (a CPU run) they sort by the CPU time of the same name
+        key = sort_by.replace("cuda", "device")
+        if not has_dev:
+            key = key.replace("device", "cpu")
         rows = sorted(self, key=lambda r: getattr(r, key, 0) or 0, reverse=True)
         if row_limit is not None and row_limit >= 0:
             rows = rows[:row_limit]
         tot_self = sum(r.self_cpu_time_total for r in self) or 1.0
+        tot_dev = sum(r.self_device_time_total for r in self) or 1.0
         has_shapes = any(r.input_shapes is not None for r in rows)
         has_flops = any(r.flops for r in self)
         has_mem = any(r.cpu_memory_usage for r in self)
         w = min(max([len("Name")] + [len(r.key) for r in rows]), max_name_column_width)
         cols = [("Name", w), ("Self CPU %", 11), ("Self CPU", 11), ("CPU total", 11),
                 ("CPU time avg", 12)]
+        if has_dev:
+            cols += [("Self CUDA", 11), ("Self CUDA %", 11), ("CUDA total", 11),
+                     ("CUDA time avg", 13)]
         if has_mem:
             cols += [("CPU Mem", 11), ("Self CPU Mem", 12)]
         cols += [("# of Calls", 10)]
@@ -593,6 +791,10 @@ class EventList(list):
         for r in rows:
             vals = [r.key, f"{100 * r.self_cpu_time_total / tot_self:.2f}%",
                     _t(r.self_cpu_time_total), _t(r.cpu_time_total), _t(r.cpu_time)]
+            if has_dev:
+                vals += [_t(r.self_device_time_total),
+                         f"{100 * r.self_device_time_total / tot_dev:.2f}%",
+                         _t(r.device_time_total), _t(r.device_time)]
             if has_mem:
                 vals += [_b(r.cpu_memory_usage), _b(r.self_cpu_memory_usage)]
             vals += [r.count]
@@ -601,7 +803,10 @@ class EventList(list):
             if has_shapes:
                 vals += [str([list(s) for s in r.input_shapes]) if r.input_shapes else "[]"]
             lines.append(fmt(vals))
-        lines += [sep, f"Self CPU time total: {_t(tot_self)}", ""]
+        lines += [sep, f"Self CPU time total: {_t(tot_self)}"]
+        if has_dev:
+            lines.append(f"Self CUDA time total: {_t(tot_dev)}")
+        lines.append("")
         return "\n".join(lines)
 
     def __str__(self):
@@ -636,6 +841,9 @@ def _key_averages(events, by_shape, with_flops):
         r.count += 1
         r.cpu_time_total += e.cpu_time_total
         r.self_cpu_time_total += e.self_cpu_time_total
+        if e.device_ns:
+            r.device_time_total += e.device_time_total
+            r.self_device_time_total += e.self_device_time_total
         r.cpu_memory_usage += e.mem
         r.self_cpu_memory_usage += e.mem
         if with_flops:

@@ -37,7 +37,9 @@ def install():
     tl = _trace.timeline()
     if tl is None:
         return None
-    prof = _p.profile()
+    # host events only: the timeline reads raw events and never resolves CUDA events,
+    # so device timing would cost two events per GPU op for the life of the process
+    prof = _p.profile(activities=[_p.ProfilerActivity.CPU])
     prof.start()
     tl.sources.append(_source(prof))
     _prof = prof

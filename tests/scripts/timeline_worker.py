@@ -1,5 +1,7 @@
 """A tiny DDP job for tests/test_timeline.py, run under deepseek-run with
-DEEPSEEK_TIMELINE set. TIMELINE_SLOW_RANK (optional) makes that rank sleep each step."""
+DEEPSEEK_TIMELINE set. TIMELINE_SLOW_RANK (optional) makes that rank sleep each step;
+TIMELINE_NO_DESTROY=1 leaves the process group alone at the end (the rank files are
+written at exit and the launcher merges them)."""
 import os
 import time
 
@@ -28,4 +30,5 @@ for epoch in range(2):
         opt.zero_grad()
         loss.backward()
         opt.step()
-dist.destroy_process_group()
+if os.environ.get("TIMELINE_NO_DESTROY") != "1":
+    dist.destroy_process_group()
