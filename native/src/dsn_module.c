@@ -805,6 +805,8 @@ PyObject *dsn_py_wq_linear(PyObject *, PyObject *);
 /* fused casts of the DDP compression hooks (dsn_wire.c) */
 PyObject *dsn_py_wire_pack(PyObject *, PyObject *);
 PyObject *dsn_py_wire_unpack(PyObject *, PyObject *);
+/* send/recv of the shm transport (dsn_p2p.c) */
+#include "dsn_p2p.h"
 
 static PyMethodDef methods[] = {
     {"int8_gemm", dsn_py_int8_gemm, METH_VARARGS, "int8 GEMM (private: dsn_int8.c)"},
@@ -838,6 +840,10 @@ static PyMethodDef methods[] = {
     {"shm_allreduce_sym", (PyCFunction)(void (*)(void))py_shm_allreduce_sym, METH_FASTCALL,
      "shm_allreduce_sym(state_addr, x, code, budget_ns, table_addr) -> status "
      "(private: collectives)"},
+    {"p2p_send", (PyCFunction)(void (*)(void))dsn_py_p2p_send, METH_FASTCALL,
+     "p2p_send(state, x, dst, tag, budget_ns) -> status (private: dsn_p2p.c)"},
+    {"p2p_recv", (PyCFunction)(void (*)(void))dsn_py_p2p_recv, METH_FASTCALL,
+     "p2p_recv(state, x, src, tag, budget_ns) -> status (private: dsn_p2p.c)"},
     {NULL, NULL, 0, NULL},
 };
 
