@@ -27,9 +27,20 @@ through precomputed word indices and memoryviews (no numpy temporaries, no
 closures): at 8 bytes the Python cost per send or recv is a few microseconds. Anything
 else (another tag first, a size mismatch, several chunks) takes the general path,
 which stashes messages of other tags for a later recv of that tag.
+
+With the native kernels (``deepseek._native.p2p_send`` / ``p2p_recv``,
+native/src/dsn_p2p.c) the eager protocol runs in C, on the same words: one call per
+message, every chunk, waiting with the GIL released (spin, then futex), and returning
+to Python only to check aborts, dead peers and the deadline when a wait lasts
+(``_p2p_drive``), or to hand over a message that is not the one asked for (another
+tag or size, a single-copy header: the Python path stashes it or raises). The
+ProcessGroup calls the kernels directly for blocking sends and receives. Both paths
+read the chunk counters from the channel words themselves (only this rank writes its
+``sent`` and ``acked`` words), so they interleave freely.
 """
 import ctypes
 import os
+import time
 
 import numpy as np
 
@@ -41,10 +52,33 @@ _CMA = -1  # header word 2 of a single-copy message
 _M32, _H32 = 0xFFFFFFFF, 0x80000000
 # int32 words inside a channel block
 _SENT, _ACK = 0, 2
+# words of the C kernels' state array and their statuses (native/src/dsn_p2p.h)
+(_G_BASE, _G_N, _G_ME, _G_CHAN, _G_SLOTS, _G_P, _G_SPIN_MAX, _G_SPIN_CUR, _G_CMA,
+ _G_SEND_DONE, _G_RECV_DONE, _G_YIELD_NS, _G_WORDS) = range(13)
+P2P_DONE, P2P_PENDING, P2P_ABORT, P2P_OTHER, P2P_NOT_ELIGIBLE = 0, 1, 2, 3, -1
+#: what the first kernel call of a message may wait (ns) before Python checks the
+#: deadline and the peers; later calls wait at most 50 ms each
+FIRST_BUDGET_NS = 20_000_000
+_NO_CMA = 2 ** 62
+#: a waiting kernel spins this long before it also yields the core between polls
+YIELD_AFTER_NS = 2000
 
 
 def _wrap(v):
     return ((v + _H32) & _M32) - _H32
+
+
+def p2p_kernels():
+    """(send, recv) of deepseek._native, or (None, None) when the native kernels are
+    not in use (extension not built, ``DEEPSEEK_NATIVE=0``): the Python path runs."""
+    try:
+        from deepseek import native as _native
+        from deepseek import _native as _ext
+    except ImportError:
+        return None, None
+    if not _native.available():
+        return None, None
+    return getattr(_ext, "p2p_send", None), getattr(_ext, "p2p_recv", None)
 
 
 class _IoVec(ctypes.Structure):
@@ -106,15 +140,60 @@ class ShmP2P:
         self._o_slot = [[self._p2p_slot(me, d, k) for k in range(_K)] for d in range(n)]
         self._i_slot = [[self._p2p_slot(s, me, k) for k in range(_K)] for s in range(n)]
         self._missing = [(lambda p=p: [p]) for p in range(n)]
+        # the C kernels' geometry and resumable progress (native/src/dsn_p2p.h)
+        g = self._p2p_state = np.zeros(_G_WORDS, np.int64)
+        g[_G_BASE], g[_G_N], g[_G_ME] = self._addr, n, me
+        g[_G_CHAN], g[_G_SLOTS], g[_G_P] = self._chan_off, self._p2p_off, self.P
+        g[_G_SPIN_MAX] = g[_G_SPIN_CUR] = int(min(self.spin_s, 1.0) * 1e9)
+        g[_G_CMA] = _NO_CMA
+        g[_G_YIELD_NS] = YIELD_AFTER_NS
+        self.p2p_state_addr = g.ctypes.data
+        #: the C send / recv (None: the Python protocol below)
+        self.p2p_send_kernel, self.p2p_recv_kernel = p2p_kernels()
         #: single-copy sends from this size on, when probe_cma found them usable
         #: (DEEPSEEK_SHM_P2P_CMA_BYTES; 0: never)
-        self.p2p_cma = False
         want = envvars.get("DEEPSEEK_SHM_P2P_CMA_BYTES")
         self.p2p_cma_bytes = max(want, _K * self.P + 1) if want else float("inf")
+        self.p2p_cma = False
         self.p2p_single_copy = 0  # messages received by the single-copy path (stats)
         # async sends up to this size run inline when their slot is free: copying 64
         # KiB costs about what the worker thread's wake-up does
         self.eager_inline_bytes = min(self.P, 64 << 10)
+
+    @property
+    def p2p_cma(self):
+        """Whether sends of ``p2p_cma_bytes`` and more take the single-copy path (set
+        by ShmTransport.probe_cma); the C kernels leave those to Python."""
+        return self._p2p_cma
+
+    @p2p_cma.setter
+    def p2p_cma(self, on):
+        self._p2p_cma = bool(on)
+        cut = self.p2p_cma_bytes if on else float("inf")
+        self._p2p_state[_G_CMA] = _NO_CMA if cut == float("inf") else int(cut)
+
+    def _p2p_drive(self, ctx, kernel, x, peer, tag, st):
+        """Finish a C send/recv whose first call returned ``st``: call it again (it
+        resumes where it stopped) in slices of at most 50 ms, between which the
+        peers' aborts, their liveness and the deadline are checked. True when done,
+        False when the Python path must take the message (nothing was consumed)."""
+        clock = time.perf_counter
+        addr = self.p2p_state_addr
+        next_alive = clock() + 0.5
+        while st:
+            if st == P2P_OTHER or st == P2P_NOT_ELIGIBLE:
+                return False
+            if st == P2P_ABORT:
+                self._check_abort(ctx)
+            now = clock()
+            if now >= ctx.deadline:
+                raise ctx.timeout_error([peer])
+            if now >= next_alive:
+                next_alive = now + 0.5
+                self._check_alive(ctx, [peer])
+            st = kernel(addr, x, peer, tag,
+                        int(min(0.05, max(ctx.deadline - now, 0.0)) * 1e9) + 1000)
+        return True
 
     def _p2p_slot(self, src, dst, k):
         return self._p2p_off + ((src * self.size + dst) * _K + k) * self._slot_stride
@@ -128,7 +207,7 @@ class ShmP2P:
             self._wait_word(ctx, ack, ack + 1, target, dst, self._missing[dst])
 
     def _publish(self, dst, seq):
-        s = self._sent[dst] = _wrap(seq + 1)
+        s = _wrap(seq + 1)
         idx = self._o_sent[dst]
         w = self._w
         w[idx] = s
@@ -144,19 +223,32 @@ class ShmP2P:
         total = data.size
         if total > self.eager_inline_bytes:
             return False
-        seq = self._sent[dst]
+        seq = self._w[self._o_sent[dst]]
         if ((self._w[self._o_ack[dst]] - _wrap(seq - _K + 1)) & _M32) >= _H32:
             return False
         self.send(ctx, data, dst, tag)
         return True
 
+    def _in_c(self, ctx, kernel, x, peer, tag):
+        """True when ``kernel`` (the C send or recv, None when not in use) moved the
+        message: a first time budget, then resumed slices (``_p2p_drive``)."""
+        if kernel is None:
+            return False
+        st = kernel(self.p2p_state_addr, x, peer, tag, FIRST_BUDGET_NS)
+        return st == P2P_DONE or self._p2p_drive(ctx, kernel, x, peer, tag, st)
+
     def send(self, ctx, x, dst, tag):
+        """Send ``x`` to ``dst`` (in C when the kernels are in use)."""
+        if not self._in_c(ctx, self.p2p_send_kernel, x, dst, tag):
+            self._send_py(ctx, x, dst, tag)
+
+    def _send_py(self, ctx, x, dst, tag):
         data = x.view(np.uint8) if x.dtype.itemsize != 1 or x.dtype.kind != "u" else x
         total = data.size
         q, mv, P = self._q, self._mv, self.P
         if total <= P:  # one chunk: the latency path, _slot_free/_publish inlined
-            seq = self._sent[dst]
             w = self._w
+            seq = w[self._o_sent[dst]]
             if ((w[self._o_ack[dst]] - seq + _K - 1) & _M32) >= _H32:
                 self._slot_free(ctx, dst, seq)
             base = self._o_slot[dst][seq % _K]
@@ -164,14 +256,14 @@ class ShmP2P:
             q[qi], q[qi + 1], q[qi + 2] = tag, total, total
             if total:
                 mv[base + 64: base + 64 + total] = data
-            s = self._sent[dst] = ((seq + 1 + _H32) & _M32) - _H32
+            s = ((seq + 1 + _H32) & _M32) - _H32
             idx = self._o_sent[dst]
             w[idx] = s
             if w[idx + 1]:
                 self._post_word(idx, idx + 1, s)  # a sleeper: clear its flag, wake it
             return
         if self.p2p_cma and total >= self.p2p_cma_bytes:
-            seq = self._sent[dst]
+            seq = self._w[self._o_sent[dst]]
             self._slot_free(ctx, dst, seq)
             base = self._o_slot[dst][seq % _K]
             qi = base >> 3
@@ -185,7 +277,7 @@ class ShmP2P:
         off = 0
         while off < total:
             k = min(P, total - off)
-            seq = self._sent[dst]
+            seq = self._w[self._o_sent[dst]]
             self._slot_free(ctx, dst, seq)
             base = self._o_slot[dst][seq % _K]
             qi = base >> 3
@@ -197,7 +289,7 @@ class ShmP2P:
     # --- recv ----------------------------------------------------------------------
     def _arrived(self, ctx, src):
         """Wait for the next chunk from ``src``; returns its slot's byte offset."""
-        seq = self._acked[src]
+        seq = self._w[self._i_ack[src]]
         idx = self._i_sent[src]
         target = _wrap(seq + 1)
         if ((self._w[idx] - target) & _M32) >= _H32:
@@ -205,17 +297,24 @@ class ShmP2P:
         return self._i_slot[src][seq % _K]
 
     def _release(self, src):
-        a = self._acked[src] = _wrap(self._acked[src] + 1)
         idx = self._i_ack[src]
         w = self._w
+        a = _wrap(w[idx] + 1)
         w[idx] = a
         if w[idx + 1]:
             self._post_word(idx, idx + 1, a)
 
     def recv(self, ctx, x, src, tag):
+        """Receive into ``x`` the next message from ``src`` with this ``tag`` (in C
+        when the kernels are in use and no message of another tag is stashed)."""
+        if self._stash or not self._in_c(ctx, self.p2p_recv_kernel, x, src, tag):
+            self._recv_py(ctx, x, src, tag)
+
+    def _recv_py(self, ctx, x, src, tag):
         data = x.view(np.uint8) if x.dtype.itemsize != 1 or x.dtype.kind != "u" else x
         if not self._stash:  # the latency path, _arrived/_release inlined
-            seq, w = self._acked[src], self._w
+            w = self._w
+            seq = w[self._i_ack[src]]
             idx = self._i_sent[src]
             if ((w[idx] - seq - 1) & _M32) >= _H32:
                 self._wait_word(ctx, idx, idx + 1, _wrap(seq + 1), src, self._missing[src])
@@ -225,7 +324,7 @@ class ShmP2P:
                 k = data.size  # one chunk, ours
                 if k:
                     memoryview(data)[:] = self._mv[base + 64: base + 64 + k]
-                a = self._acked[src] = ((seq + 1 + _H32) & _M32) - _H32
+                a = ((seq + 1 + _H32) & _M32) - _H32
                 idx = self._i_ack[src]
                 w[idx] = a
                 if w[idx + 1]:
