@@ -2,6 +2,7 @@
 quantize_dynamic (fbgemm) in one run: sizes, Linear speed, end-to-end encoder, accuracy.
 
     python scripts/bench_quant.py [--threads 1] [--repeats 15] [--quick]
+                                  [--clock wall|thread] [--only sizes,linear,encoder,accuracy]
 
 Every timing is the median of --repeats rounds; the candidates of one table are run
 interleaved inside each round (one call each, in turn), so load changes on the machine
@@ -11,7 +12,9 @@ kernels are single-threaded: use 1 for a like-for-like comparison).
 import argparse
 import contextlib
 import os
+import statistics
 import sys
+import time
 
 
 def _threads_from_argv():
@@ -46,9 +49,26 @@ except ImportError:  # pragma: no cover
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+CLOCK = "wall"      # --clock: "thread" times each call in CPU seconds of this thread
+
+
 def bench(fns, repeats):
-    """{name: median seconds}, the fns interleaved in every round (after one warm-up)."""
-    return interleaved_medians(fns, repeats)
+    """{name: median seconds}, the fns interleaved in every round (after one warm-up).
+    With ``--clock thread`` each call is timed by time.thread_time(): on a shared
+    machine whose cores are oversubscribed, wall time counts the slices other processes
+    ran; the thread's CPU time does not (every candidate here runs on this one thread)."""
+    if CLOCK == "wall":
+        return interleaved_medians(fns, repeats)
+    cpu = {k: [] for k in fns}
+
+    def timed(name, fn):
+        def call():
+            t0 = time.thread_time()
+            fn()
+            cpu[name].append(time.thread_time() - t0)
+        return call
+    interleaved_medians({k: timed(k, f) for k, f in fns.items()}, repeats)
+    return {k: float(statistics.median(v[1:])) for k, v in cpu.items()}   # [0]: warm-up
 
 
 def bench_inference(fns, repeats):
@@ -150,32 +170,21 @@ def run(m, x):
         return m(deepseek.from_numpy(x)).numpy()
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--repeats", type=int, default=15)
-    ap.add_argument("--quick", action="store_true", help="fewer repeats and epochs")
-    args = ap.parse_args()
-    reps = 5 if args.quick else args.repeats
-    print(f"int8 path: {N.int8_isa()} (available: {N.int8_isa_list()}), threads={args.threads}, "
-          f"torch {torch.__version__ if torch else 'missing'} engine "
-          f"{torch.backends.quantized.engine if torch else '-'}; medians of {reps} rounds")
-
-    # ---- sizes
-    deepseek.manual_seed(0)
+def size_table(model, enc):
+    """Size on disk and in memory of fp32 vs int8 vs int4 models."""
     rows = []
-    model, Xtr, Xte, yte = train_digits(4 if args.quick else 20)
     sizes(rows, "digits MLP 64-128-128-10", model, group=32)
     sizes(rows, "MLP 784-1024-1024-10", dnn.Sequential(dnn.Linear(784, 1024), dnn.ReLU(),
                                                        dnn.Linear(1024, 1024), dnn.ReLU(),
                                                        dnn.Linear(1024, 10)))
-    enc = make_encoder(dnn, dnn.functional).eval()
     sizes(rows, "MiniLM-sized encoder (6 x d384)", enc)
     table("Size (state_dict in safetensors; memory incl. packed kernel layout)",
           ["model", "weights", "fp32 MB", "int8 MB", "int8 disk", "int8 mem", "int4 MB",
            "int4 disk", "int4 mem"], rows)
 
-    # ---- Linear speed
+
+def linear_table(reps):
+    """Linear 768x3072 / 3072x768 at batch 1, 8, 64: every candidate interleaved."""
     rows = []
     rng = np.random.default_rng(0)
     for k, n in ((768, 3072), (3072, 768)):
@@ -212,8 +221,11 @@ def main():
            "torch fp32", "torch int8 dyn", "int8 vs ds fp32", "int8 vs torch int8",
            "int8 rr vs torch int8"], rows)
 
-    # ---- end-to-end encoder
+
+def encoder_table(enc, reps):
+    """The MiniLM-sized encoder end to end, fp32 vs int8 (and torch), with cosines."""
     rows = []
+    rng = np.random.default_rng(1)
     qenc = Q.quantize_dynamic(enc)
     qenc_t = Q.quantize_dynamic(enc, act_mode="per_tensor")
     qenc_rr = Q.quantize_dynamic(enc, reduce_range=True)
@@ -244,7 +256,9 @@ def main():
           ["batch", "ds fp32", "ds int8", "ds int8 rr", "torch fp32", "torch int8",
            "int8 speed-up", "cosine per-row", "cosine per-tensor", "cosine rr"], rows)
 
-    # ---- accuracy
+
+def accuracy_table(model, Xtr, Xte, yte):
+    """digits MLP top-1 after each quantization flow."""
     def acc(m):
         return float((run(m, Xte).argmax(1) == yte).mean())
     res = [("fp32", acc(model))]
@@ -265,6 +279,44 @@ def main():
                                                                       group_size=32))))
     table("digits MLP top-1 (360 test images)", ["model", "top-1", "drop (points)"],
           [[n, f"{a * 100:.2f}%", f"{(res[0][1] - a) * 100:+.2f}"] for n, a in res])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--quick", action="store_true", help="fewer repeats and epochs")
+    ap.add_argument("--clock", choices=("wall", "thread"), default="wall",
+                    help="time calls by wall clock or by this thread's CPU time (use "
+                         "'thread' with --threads 1 on an oversubscribed machine)")
+    ap.add_argument("--only", default="sizes,linear,encoder,accuracy",
+                    help="comma-separated sections to run")
+    args = ap.parse_args()
+    global CLOCK
+    CLOCK = args.clock
+    only = set(args.only.split(","))
+    bad = only - {"sizes", "linear", "encoder", "accuracy"}
+    if bad:
+        ap.error(f"--only: unknown sections {sorted(bad)}")
+    reps = 5 if args.quick else args.repeats
+    print(f"int8 path: {N.int8_isa()} (available: {N.int8_isa_list()}), threads={args.threads}, "
+          f"torch {torch.__version__ if torch else 'missing'} engine "
+          f"{torch.backends.quantized.engine if torch else '-'}; medians of {reps} rounds")
+
+    print(f"timing: {CLOCK} clock, medians of {reps} rounds")
+    deepseek.manual_seed(0)
+    model = Xtr = Xte = yte = None
+    if only & {"sizes", "accuracy"}:
+        model, Xtr, Xte, yte = train_digits(4 if args.quick else 20)
+    enc = make_encoder(dnn, dnn.functional).eval()
+    if "sizes" in only:
+        size_table(model, enc)
+    if "linear" in only:
+        linear_table(reps)
+    if "encoder" in only:
+        encoder_table(enc, reps)
+    if "accuracy" in only:
+        accuracy_table(model, Xtr, Xte, yte)
 
 
 if __name__ == "__main__":

@@ -237,3 +237,91 @@ def test_quantize_rows_long_rows_and_non_finite_bit_identical(qmax):
     with pytest.raises(ValueError, match="qmax"):
         N.int8_quantize_rows(x, qmax=128)
 
+
+
+# ---- blocking and alignment of the SIMD loops (row chunks, aligned scratch copies) ----
+def _misaligned(a, offset=16):
+    """A copy of the int8 array ``a`` whose data starts ``offset`` bytes past a 64-byte
+    boundary (numpy only promises 16-byte alignment; the kernels copy such rows)."""
+    raw = np.empty(a.nbytes + 128, np.int8)
+    start = (-raw.ctypes.data % 64) + offset
+    out = raw[start:start + a.nbytes].reshape(a.shape)
+    out[...] = a
+    assert out.ctypes.data % 64 == offset
+    return out
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("bits,lo,loop", [(8, -127, "avx2"), (8, -128, "avx2-sign"),
+                                          (7, -64, "avx2-u7")])
+def test_gemm_exact_over_several_row_chunks_and_misaligned_rows(name, bits, lo, loop):
+    """K = 4096 makes the SIMD loops split A into chunks of 32 rows (their unsigned
+    copies held in 256 KiB): 70 rows = two full chunks and a tail of 6, on rows that
+    start 16 bytes past a cache line (the vpsignb loop copies them to aligned scratch)
+    and aligned ones; each AVX2 loop in turn (``loop``: what AVX2 runs)."""
+    rng = np.random.default_rng(bits - lo)
+    m, k, n = 70, 4096, 9
+    a = rng.integers(lo, 2 ** (bits - 1), (m, k), dtype=np.int8)
+    a[:, :2] = lo                                  # the extremes the unsigned copies map
+    a[:, 2:4] = 2 ** (bits - 1) - 1
+    w = rng.integers(-127, 128, (n, k), dtype=np.int8)
+    p = N.int8_pack(w)
+    sa = rng.random(m, dtype=np.float32) + 0.5
+    sw = rng.random(n, dtype=np.float32) + 0.5
+    expect = ref(a, w)
+    with backend(name):
+        for arr in (a, _misaligned(a, 16), _misaligned(a, 0)):
+            np.testing.assert_array_equal(N.int8_gemm(arr, p), expect, err_msg=name)
+            np.testing.assert_array_equal(
+                N.int8_linear(arr, sa, p, sw), expect.astype(np.float32) *
+                (sa[:, None] * sw[None, :]), err_msg=name)
+            if name == "avx2":
+                assert _last_kernel() == loop
+
+
+def test_modules_pack_their_weight_64_byte_aligned():
+    """The quantized modules move the packed weight to 64-byte aligned memory (so no
+    32-byte weight load straddles two cache lines); the ``weight`` buffer stays its
+    [N, K] view, results equal the plain packing's, and edits in place still reach it."""
+    from deepseek.nn.quantized._common import pack_aligned
+    rng = np.random.default_rng(5)
+    w = rng.integers(-127, 128, (37, 300), dtype=np.int8)
+    a = rng.integers(-127, 128, (5, 300), dtype=np.int8)
+    for _ in range(4):                             # numpy's own placement varies
+        p = pack_aligned(w)
+        assert p.data.ctypes.data % 64 == 0
+        assert p._w.shape == (37, 300) and np.shares_memory(p._w, p.data)
+        np.testing.assert_array_equal(p._w, w)
+        np.testing.assert_array_equal(N.int8_gemm(a, p), ref(a, w))
+        np.testing.assert_array_equal(p.rowsum, N.int8_pack(w).rowsum)
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_xor_loop_exact_at_the_extremes_and_its_fallbacks(name):
+    """The AVX2 8-bit loop (vpmaddubsw(|a|, w ^ (a < 0)) plus the row's sum of negative
+    |a|): +-127 activations against -128 / 127 / -127 weights reach int16 pair sums of
+    2 * 127 * 128 and must not clip; a -128 activation moves the call to the vpsignb loop,
+    and to the scalar loop when the weight holds -128 too (vpsignb needs |w| <= 127)."""
+    k = 2048
+    a = np.array([[-127] * k, [127] * k, [-127, 127] * (k // 2), [127, -127, -127, 127] * (k // 4),
+                  [0] * k, [-1] * k, [-127, 0] * (k // 2)], np.int8)
+    w = np.array([[127] * k, [-128] * k, [-128, 127] * (k // 2), [-127] * k, [1] * k,
+                  [127, -128, -128, 127] * (k // 4), [0] * k], np.int8)
+    p = N.int8_pack(w)
+    with backend(name):
+        got = N.int8_gemm(a, p)
+        if name == "avx2":
+            assert _last_kernel() == "avx2"
+    np.testing.assert_array_equal(got, ref(a, w))
+    assert got[0, 1] == 127 * 128 * k
+    rng = np.random.default_rng(11)
+    b = rng.integers(-127, 128, (9, 300), dtype=np.int8)
+    w2 = rng.integers(-127, 128, (6, 300), dtype=np.int8)
+    for wt, loop in ((w2, "avx2-sign"), (np.where(w2 == 5, -128, w2).astype(np.int8), "scalar")):
+        b[4, 299] = -128                             # the last element, past the vector body
+        pk = N.int8_pack(wt)
+        with backend(name):
+            got = N.int8_gemm(b, pk)
+            if name == "avx2":
+                assert _last_kernel() == loop
+        np.testing.assert_array_equal(got, ref(b, wt))

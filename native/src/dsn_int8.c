@@ -6,11 +6,15 @@
  *                 at a time straight into int32, so no saturation is possible; the
  *                 activations are offset to unsigned (a ^ 0x80 = a + 128) and the
  *                 compensation 128 * rowsum(w) (computed once at packing) is subtracted.
- *   "avx2"        vpmaddubsw / vpmaddwd(ones) / vpaddd as fbgemm does, with the signed
- *                 trick maddubs(|a|, sign(w, a)) = a * w: |a| <= 128 and |w| <= 127 keep
- *                 every int16 pair sum <= 2 * 128 * 127 = 32512 < 32767, so vpmaddubsw
- *                 never saturates. Weights holding -128 (never produced by the symmetric
- *                 quantizers) are flagged at packing and run the scalar loop instead.
+ *   "avx2"        vpmaddubsw / vpmaddwd(ones) / vpaddd as fbgemm does, made exact for
+ *                 8-bit activations: vpmaddubsw(|a|, w ^ (a < 0 ? 0xFF : 0)) sums
+ *                 a * w - |a| over the a < 0 (~w = -w - 1), the row's sum of negative
+ *                 |a| is added back in the epilogue; |a| <= 127, |w ^ s| <= 128 keep
+ *                 every int16 pair sum <= 2 * 127 * 128 = 32512 < 32767, so vpmaddubsw
+ *                 never saturates, whatever the weights. Activations holding -128 (never
+ *                 produced by the quantizers) run "avx2-sign" instead: the signed trick
+ *                 maddubs(|a|, sign(w, a)) = a * w, exact for |a| <= 128 and |w| <= 127
+ *                 (weights holding -128 are flagged at packing and run the scalar loop).
  *                 When every activation is 7-bit ([-64, 63]: reduce_range quantization)
  *                 a + 64 is unsigned and vpmaddubsw(a + 64, w) cannot saturate: the sign
  *                 step is skipped and 64 * rowsum(w) subtracted (checked per call).
@@ -20,22 +24,44 @@
  * row-major (one row per output channel), Np a multiple of 4 and Kp of 32, zero padded;
  * A is [M, Kp] int8, zero padded. Results: int32 [M, N] or, fused, fp32
  * out[m, n] = float(acc) * (a_scale[m] * w_scale[n]) + bias[n] in that order.
+ *
+ * Why row-major and not fbgemm's panels (8 or 16 channels x K in groups of 4, the
+ * activations broadcast 4 bytes at a time): the modules' ``weight`` buffer is a view of
+ * this very array, so the int8 weight is held once (a second, panel copy would halve the
+ * 4x memory saving). Measured on an AVX2 Zen 3 with a 64 x 768 x 768 problem in L2 (min
+ * of 200): the exact 8-bit loop below runs 68 int8 MACs/ns, a 4 x 16 panel kernel with
+ * the same four vector ops per 32 products 66, and an int16 vpmaddwd kernel (weights
+ * widened) 69: the exact 8-bit loop is bound by its four ops per 32 products whatever
+ * the layout. Panels only pay where the op count drops (7-bit activations: 89 vs 74).
+ *
+ * Blocking: rows of A in chunks whose bytes and unsigned copy U stay in L2 (256 KiB),
+ * blocks of 4 channels outer (their 4 x Kp weights stay in L1 while every row of the
+ * chunk passes), so the weight streams from memory once per chunk; the next block's
+ * weights are prefetched while the first rows run. U (|a|, a + 64 or a ^ 0x80: the
+ * unsigned operand of vpmaddubsw / vpdpbusd) is made once per chunk instead of once per
+ * block of channels, and rows that are not 32-byte aligned are copied to aligned
+ * scratch (numpy gives 16-byte alignment; a 32-byte load across two lines costs two).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include "dsn_common.h"
 #if defined(DSN_X86)
 #include <immintrin.h>
 #endif
 
+/* Bytes of A per row chunk: the two planes the loops read (|a| and the sign mask, or
+ * the one offset copy) then take 256 KiB of the 512 KiB L2 (64 and 192 KiB measured no
+ * better at K = 768 and 3072) */
+#define I8_CHUNK 131072
 enum { I8_SCALAR = 0, I8_AVX2 = 1, I8_VNNI = 2 };
 static const char *const I8_NAMES[] = {"scalar", "avx2", "avx512vnni"};
 static int i8_isa = -1;
-/* The loop the last int8_gemm ran ("scalar", "avx2", "avx2-u7", "avx512vnni"): the
- * tests check that each one is reached (dsn_py_int8_last_kernel). */
+/* The loop the last int8_gemm ran ("scalar", "avx2", "avx2-sign", "avx2-u7",
+ * "avx512vnni"): the tests check that each one is reached (dsn_py_int8_last_kernel). */
 static const char *i8_last = "none";
 
 static int i8_supported(int isa)
@@ -136,96 +162,144 @@ I8_T2 static inline void i8_store4(const i8_out *o, size_t m, size_t n0, __m128i
 #define I8_DOT(acc, ua, a, wv)                                                           \
     acc = _mm256_add_epi32(acc, _mm256_madd_epi16(                                       \
               _mm256_maddubs_epi16(ua, _mm256_sign_epi8(wv, a)), ones))
+#define I8_LD(p) _mm256_loadu_si256((const __m256i *)(p))
+/* While the first rows of a chunk run against one block of 4 channels, the next block's
+ * weights (4 rows of Kp bytes from nx) are prefetched, one cache line of each row per 64
+ * bytes of K: the weights come cold from memory at every call (a model's layers run one
+ * after the other), and at small batch the hardware prefetcher alone leaves the loop
+ * waiting on them (13-17% of batch 8 at 768 x 3072, measured with the cache flushed). */
+#define I8_PREFETCH_NEXT(nx, Kp, k)                                                      \
+    do {                                                                                 \
+        if ((nx) && !((k) & 63)) {                                                       \
+            _mm_prefetch((const char *)(nx) + (k), _MM_HINT_T0);                         \
+            _mm_prefetch((const char *)(nx) + (Kp) + (k), _MM_HINT_T0);                  \
+            _mm_prefetch((const char *)(nx) + 2 * (Kp) + (k), _MM_HINT_T0);              \
+            _mm_prefetch((const char *)(nx) + 3 * (Kp) + (k), _MM_HINT_T0);              \
+        }                                                                                \
+    } while (0)
 
-I8_T2 static void i8_gemm_avx2(const int8_t *A, size_t M, const int8_t *W, size_t Np,
-                               size_t Kp, const i8_out *o)
+/* The unsigned operand of the offset loops, made once per chunk of A (n a multiple of
+ * 32): a + 64 (7-bit activations) or a ^ 0x80 = a + 128 (VNNI); |a| and the sign mask
+ * of the 8-bit loops come from i8_prep_xor. One pass over the chunk's bytes, against
+ * M x Kp x N / 32 vector steps of the GEMM that no longer redo it per block of 4
+ * channels. */
+enum { I8_U_ADD64 = 1, I8_U_XOR80 = 2 };
+
+I8_T2 static void i8_prep_u(const int8_t *A, size_t n, int how, uint8_t *U)
 {
-    const __m256i ones = _mm256_set1_epi16(1);
-    for (size_t n0 = 0; n0 < Np && n0 < o->N; n0 += 4) {
-        const int8_t *w0 = W + n0 * Kp, *w1 = w0 + Kp, *w2 = w1 + Kp, *w3 = w2 + Kp;
-        size_t m = 0;
-        for (; m + 2 <= M; m += 2) {
-            const int8_t *p = A + m * Kp, *q = p + Kp;
-            __m256i c00 = _mm256_setzero_si256(), c01 = c00, c02 = c00, c03 = c00;
-            __m256i c10 = c00, c11 = c00, c12 = c00, c13 = c00;
-            for (size_t k = 0; k < Kp; k += 32) {
-                __m256i a = _mm256_loadu_si256((const __m256i *)(p + k));
-                __m256i b = _mm256_loadu_si256((const __m256i *)(q + k));
-                __m256i ua = _mm256_abs_epi8(a), ub = _mm256_abs_epi8(b);
-                __m256i v = _mm256_loadu_si256((const __m256i *)(w0 + k));
-                I8_DOT(c00, ua, a, v); I8_DOT(c10, ub, b, v);
-                v = _mm256_loadu_si256((const __m256i *)(w1 + k));
-                I8_DOT(c01, ua, a, v); I8_DOT(c11, ub, b, v);
-                v = _mm256_loadu_si256((const __m256i *)(w2 + k));
-                I8_DOT(c02, ua, a, v); I8_DOT(c12, ub, b, v);
-                v = _mm256_loadu_si256((const __m256i *)(w3 + k));
-                I8_DOT(c03, ua, a, v); I8_DOT(c13, ub, b, v);
-            }
-            i8_store4(o, m, n0, i8_hsum4(c00, c01, c02, c03));
-            i8_store4(o, m + 1, n0, i8_hsum4(c10, c11, c12, c13));
-        }
-        for (; m < M; m++) {
-            const int8_t *p = A + m * Kp;
-            __m256i c0 = _mm256_setzero_si256(), c1 = c0, c2 = c0, c3 = c0;
-            for (size_t k = 0; k < Kp; k += 32) {
-                __m256i a = _mm256_loadu_si256((const __m256i *)(p + k));
-                __m256i ua = _mm256_abs_epi8(a);
-                I8_DOT(c0, ua, a, _mm256_loadu_si256((const __m256i *)(w0 + k)));
-                I8_DOT(c1, ua, a, _mm256_loadu_si256((const __m256i *)(w1 + k)));
-                I8_DOT(c2, ua, a, _mm256_loadu_si256((const __m256i *)(w2 + k)));
-                I8_DOT(c3, ua, a, _mm256_loadu_si256((const __m256i *)(w3 + k)));
-            }
-            i8_store4(o, m, n0, i8_hsum4(c0, c1, c2, c3));
-        }
+    const __m256i c64 = _mm256_set1_epi8(64), c80 = _mm256_set1_epi8((char)0x80);
+    for (size_t k = 0; k < n; k += 32) {
+        __m256i a = I8_LD(A + k);
+        a = how == I8_U_ADD64 ? _mm256_add_epi8(a, c64) : _mm256_xor_si256(a, c80);
+        _mm256_storeu_si256((__m256i *)(U + k), a);
     }
 }
 
-/* The 2 x 4 register-blocked loop of the kernels that offset the activations to
- * unsigned: UOP(a, off) makes the unsigned bytes, DOT(acc, u, w) adds four u * w products
- * per int32 lane, and rowsum(w) << SHIFT (the offset times the weights) comes back out. */
-#define I8_OFFSET_KERNEL(NAME, TARGET, OFFSET, UOP, DOT, SHIFT)                            \
-TARGET static void NAME(const int8_t *A, size_t M, const int8_t *W, size_t Np, size_t Kp,   \
-                        const int32_t *rowsum, const i8_out *o)                             \
+/* The exact 8-bit loop without vpsignb: with S = (a < 0 ? 0xFF : 0) per byte,
+ * w ^ S is w where a >= 0 and ~w = -w - 1 where a < 0, so (|a| (-w - 1) = a w - |a|)
+ *     vpmaddubsw(|a|, w ^ S) summed over k = sum(a * w) - sum(|a| over the a < 0),
+ * and that last sum depends on the row only (neg[m], made with U and S once per chunk):
+ * the epilogue adds it back. vpxor in place of vpsignb: 0-10% faster (median ~4%,
+ * 768 x 3072 and 3072 x 768 at batch 8 and 64), and any weight is fine. Exact while no
+ * activation is -128: |a| <= 127 and |w ^ S| <= 128 keep every int16 pair sum within
+ * 2 * 127 * 128 = 32512. A chunk holding -128 runs the vpsignb loop (i8_gemm_avx2,
+ * below; i8_prep_xor reports it). */
+#define I8_DOTX(acc, u, s, wv)                                                           \
+    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(                                       \
+              _mm256_maddubs_epi16(u, _mm256_xor_si256(wv, s)), ones))
+
+/* Every SIMD loop, one blocking: 2 rows x 4 output channels per block, K inner, the
+ * sums of each (row, channel) pair in one register (8 lanes, added up once at the end).
+ * U holds the unsigned operand (|a|, a + 64 or a ^ 0x80) and X the rows' second one
+ * (S for vpxor, A for vpsignb; unused by the offset loops, whose DOT ignores it), made
+ * once per chunk (i8_prep_xor / i8_prep_u), not once per block of channels: the loop
+ * spends its vector ops on the products only. Blocks of 4 channels are outer: their
+ * 4 x Kp weights stay in L1 while every row of the A chunk (sized by the caller to stay
+ * in L2) passes. The epilogue adds neg[m] (NULL: 0) and subtracts rowsum[n] << SHIFT
+ * (NULL: 0), the offset times the weights of the offset loops. */
+#define I8_KERNEL(NAME, TARGET, DOT, SHIFT)                                                 \
+TARGET static void NAME(const uint8_t *U, const int8_t *X, const int32_t *neg,              \
+                        const int32_t *rowsum, size_t M, const int8_t *W, size_t Np,        \
+                        size_t Kp, const i8_out *o)                                         \
 {                                                                                           \
-    const __m256i ones = _mm256_set1_epi16(1), off = _mm256_set1_epi8((char)(OFFSET));      \
+    const __m256i ones = _mm256_set1_epi16(1);                                              \
     (void)ones;                                                                             \
     for (size_t n0 = 0; n0 < Np && n0 < o->N; n0 += 4) {                                    \
         const int8_t *w0 = W + n0 * Kp, *w1 = w0 + Kp, *w2 = w1 + Kp, *w3 = w2 + Kp;        \
-        __m128i comp = _mm_slli_epi32(_mm_loadu_si128((const __m128i *)(rowsum + n0)),      \
-                                      SHIFT);                                               \
+        __m128i comp = rowsum ? _mm_slli_epi32(_mm_loadu_si128((const __m128i *)(rowsum     \
+                                               + n0)), SHIFT) : _mm_setzero_si128();        \
         size_t m = 0;                                                                       \
         for (; m + 2 <= M; m += 2) {                                                        \
-            const int8_t *p = A + m * Kp, *q = p + Kp;                                      \
+            const uint8_t *up = U + m * Kp, *uq = up + Kp;                                  \
+            const int8_t *xp = X + m * Kp, *xq = xp + Kp;                                   \
+            const int8_t *nx = m == 0 && n0 + 4 < Np ? w0 + 4 * Kp : NULL;                  \
             __m256i c00 = _mm256_setzero_si256(), c01 = c00, c02 = c00, c03 = c00;          \
             __m256i c10 = c00, c11 = c00, c12 = c00, c13 = c00;                             \
             for (size_t k = 0; k < Kp; k += 32) {                                           \
-                __m256i a = UOP(_mm256_loadu_si256((const __m256i *)(p + k)), off);         \
-                __m256i b = UOP(_mm256_loadu_si256((const __m256i *)(q + k)), off);         \
-                __m256i v = _mm256_loadu_si256((const __m256i *)(w0 + k));                  \
-                DOT(c00, a, v); DOT(c10, b, v);                                             \
-                v = _mm256_loadu_si256((const __m256i *)(w1 + k));                          \
-                DOT(c01, a, v); DOT(c11, b, v);                                             \
-                v = _mm256_loadu_si256((const __m256i *)(w2 + k));                          \
-                DOT(c02, a, v); DOT(c12, b, v);                                             \
-                v = _mm256_loadu_si256((const __m256i *)(w3 + k));                          \
-                DOT(c03, a, v); DOT(c13, b, v);                                             \
+                I8_PREFETCH_NEXT(nx, Kp, k);                                                \
+                __m256i ua = I8_LD(up + k), ub = I8_LD(uq + k);                             \
+                __m256i xa = I8_LD(xp + k), xb = I8_LD(xq + k);                             \
+                __m256i v = I8_LD(w0 + k);                                                  \
+                DOT(c00, ua, xa, v); DOT(c10, ub, xb, v);                                   \
+                v = I8_LD(w1 + k);                                                          \
+                DOT(c01, ua, xa, v); DOT(c11, ub, xb, v);                                   \
+                v = I8_LD(w2 + k);                                                          \
+                DOT(c02, ua, xa, v); DOT(c12, ub, xb, v);                                   \
+                v = I8_LD(w3 + k);                                                          \
+                DOT(c03, ua, xa, v); DOT(c13, ub, xb, v);                                   \
             }                                                                               \
-            i8_store4(o, m, n0, _mm_sub_epi32(i8_hsum4(c00, c01, c02, c03), comp));         \
-            i8_store4(o, m + 1, n0, _mm_sub_epi32(i8_hsum4(c10, c11, c12, c13), comp));     \
+            i8_store4(o, m, n0, _mm_sub_epi32(_mm_add_epi32(i8_hsum4(c00, c01, c02, c03),   \
+                      _mm_set1_epi32(neg ? neg[m] : 0)), comp));                            \
+            i8_store4(o, m + 1, n0, _mm_sub_epi32(_mm_add_epi32(                            \
+                      i8_hsum4(c10, c11, c12, c13), _mm_set1_epi32(neg ? neg[m + 1] : 0)),  \
+                      comp));                                                               \
         }                                                                                   \
         for (; m < M; m++) {                                                                \
-            const int8_t *p = A + m * Kp;                                                   \
+            const uint8_t *up = U + m * Kp;                                                 \
+            const int8_t *xp = X + m * Kp;                                                  \
+            const int8_t *nx = m == 0 && n0 + 4 < Np ? w0 + 4 * Kp : NULL;                  \
             __m256i c0 = _mm256_setzero_si256(), c1 = c0, c2 = c0, c3 = c0;                 \
             for (size_t k = 0; k < Kp; k += 32) {                                           \
-                __m256i a = UOP(_mm256_loadu_si256((const __m256i *)(p + k)), off);         \
-                DOT(c0, a, _mm256_loadu_si256((const __m256i *)(w0 + k)));                  \
-                DOT(c1, a, _mm256_loadu_si256((const __m256i *)(w1 + k)));                  \
-                DOT(c2, a, _mm256_loadu_si256((const __m256i *)(w2 + k)));                  \
-                DOT(c3, a, _mm256_loadu_si256((const __m256i *)(w3 + k)));                  \
+                I8_PREFETCH_NEXT(nx, Kp, k);                                                \
+                __m256i ua = I8_LD(up + k), xa = I8_LD(xp + k);                             \
+                DOT(c0, ua, xa, I8_LD(w0 + k));                                             \
+                DOT(c1, ua, xa, I8_LD(w1 + k));                                             \
+                DOT(c2, ua, xa, I8_LD(w2 + k));                                             \
+                DOT(c3, ua, xa, I8_LD(w3 + k));                                             \
             }                                                                               \
-            i8_store4(o, m, n0, _mm_sub_epi32(i8_hsum4(c0, c1, c2, c3), comp));             \
+            i8_store4(o, m, n0, _mm_sub_epi32(_mm_add_epi32(i8_hsum4(c0, c1, c2, c3),       \
+                      _mm_set1_epi32(neg ? neg[m] : 0)), comp));                            \
         }                                                                                   \
     }                                                                                       \
+}
+
+I8_KERNEL(i8_gemm_avx2x, I8_T2, I8_DOTX, 0)
+/* vpsignb: maddubs(|a|, sign(w, a)) = a * w ("avx2-sign"; |a| <= 128, |w| <= 127) */
+I8_KERNEL(i8_gemm_avx2, I8_T2, I8_DOT, 0)
+
+/* U = |a|, S = (a < 0 ? 0xFF : 0) and neg[m] = sum of |a| over the a < 0 of row m, for
+ * M rows of Kp bytes; returns 0 when some a is -128 (the xor loop would not be exact). */
+I8_T2 static int i8_prep_xor(const int8_t *A, size_t M, size_t Kp, uint8_t *U, uint8_t *S,
+                             int32_t *neg)
+{
+    const __m256i zero = _mm256_setzero_si256(), m128 = _mm256_set1_epi8((char)0x80);
+    __m256i bad = zero;
+    for (size_t m = 0; m < M; m++) {
+        __m256i tot = zero;
+        for (size_t k = m * Kp; k < (m + 1) * Kp; k += 32) {
+            __m256i a = I8_LD(A + k);
+            __m256i sg = _mm256_cmpgt_epi8(zero, a), u = _mm256_abs_epi8(a);
+            bad = _mm256_or_si256(bad, _mm256_cmpeq_epi8(a, m128));
+            _mm256_storeu_si256((__m256i *)(U + k), u);
+            _mm256_storeu_si256((__m256i *)(S + k), sg);
+            /* vpsadbw: four 64-bit sums of 8 bytes each (|a| <= 128, Kp < 2^24: no wrap) */
+            tot = _mm256_add_epi64(tot, _mm256_sad_epu8(_mm256_and_si256(u, sg), zero));
+        }
+        int64_t t[4];
+        _mm256_storeu_si256((__m256i *)t, tot);
+        neg[m] = (int32_t)(t[0] + t[1] + t[2] + t[3]);
+    }
+    return _mm256_testz_si256(bad, bad);
 }
 
 /* 7-bit activations (every a in [-64, 63], what reduce_range quantization produces):
@@ -233,10 +307,10 @@ TARGET static void NAME(const int8_t *A, size_t M, const int8_t *W, size_t Np, s
  * whatever the weights, and the sign step of the 8-bit loop is not needed (one
  * instruction of four per 32 products, fbgemm's reduce_range loop); the offset comes
  * back out as 64 * rowsum(w). Chosen per call after checking A's range, so it is exact. */
-#define I8_DOT7(acc, u, wv) \
-    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, wv), ones))
+#define I8_DOT7(acc, u, x, wv) \
+    ((void)(x), acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, wv), ones)))
 
-I8_OFFSET_KERNEL(i8_gemm_avx2_u7, I8_T2, 64, _mm256_add_epi8, I8_DOT7, 6)
+I8_KERNEL(i8_gemm_avx2_u7, I8_T2, I8_DOT7, 6)
 
 /* Does every byte of A [n bytes] lie in [-64, 63]? (one pass, ~1/N of the GEMM's work) */
 I8_T2 static int i8_fits7(const int8_t *A, size_t n)
@@ -263,9 +337,9 @@ I8_T2 static int i8_fits7(const int8_t *A, size_t n)
 
 /* a ^ 0x80 = a + 128: unsigned for vpdpbusd, which sums four u8 x s8 products straight
  * into int32 (no saturation) */
-#define I8_DOTV(acc, u, wv) acc = _mm256_dpbusd_epi32(acc, u, wv)
+#define I8_DOTV(acc, u, x, wv) ((void)(x), acc = _mm256_dpbusd_epi32(acc, u, wv))
 
-I8_OFFSET_KERNEL(i8_gemm_vnni, I8_TV, 0x80, _mm256_xor_si256, I8_DOTV, 7)
+I8_KERNEL(i8_gemm_vnni, I8_TV, I8_DOTV, 7)
 #endif
 
 /* ------------------------------------------------------------ Python layer */
@@ -336,40 +410,83 @@ PyObject *dsn_py_int8_gemm(PyObject *self, PyObject *args)
                 has ? (const float *)bas.buf : NULL, hws ? (const float *)bws.buf : NULL,
                 hb ? (const float *)bb.buf : NULL, (size_t)N};
     int isa = i8_current();
-    /* rows of A in chunks that stay in L1 (~16 KiB) while every weight block passes */
-    size_t mc = Kp ? (size_t)(16384 / Kp) : 1;
-    mc = mc < 2 ? 2 : (mc > 16 ? 16 : mc);
-    int fits7 = 0;
+    /* Rows of A in chunks whose planes (2 x mc x Kp bytes) stay in L2 while the 4 x Kp
+     * weights of one block of channels sit in L1 and every row of the chunk passes: the
+     * weight streams from memory once per chunk (once in all for M x Kp <= 128 KiB:
+     * batch 64 at K = 2048). */
+    size_t mc = Kp ? (size_t)(I8_CHUNK / Kp) : 2;
+    mc = mc < 2 ? 2 : mc & ~(size_t)1;
+    if (mc > (size_t)M) mc = (size_t)M;
+    enum { L_SCALAR, L_AVX2, L_U7, L_VNNI } loop = L_SCALAR;
+    uint8_t *U = NULL;
+    int nomem = 0;
     Py_BEGIN_ALLOW_THREADS
 #ifdef DSN_X86
-    if (isa == I8_AVX2) fits7 = i8_fits7((const int8_t *)bA.buf, (size_t)(M * Kp));
+    if (isa == I8_VNNI) loop = L_VNNI;
+    else if (isa == I8_AVX2 && i8_fits7((const int8_t *)bA.buf, (size_t)(M * Kp))) loop = L_U7;
+    else if (isa == I8_AVX2) loop = L_AVX2;
+    /* scratch, 64-byte aligned (a 32-byte load across two cache lines costs two): U, then
+     * S (the xor loop) or an aligned copy of the rows (the vpsignb loop: numpy only
+     * promises 16-byte alignment), then neg (int32 per row) */
+    size_t plane = mc * (size_t)Kp;
+    if (loop != L_SCALAR && M > 0 && Kp > 0) {
+        size_t bytes = 2 * plane + mc * sizeof(int32_t);
+        U = (uint8_t *)aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+        nomem = U == NULL;
+    }
 #endif
-    for (size_t m0 = 0; m0 < (size_t)M; m0 += mc) {
+    for (size_t m0 = 0; m0 < (size_t)M && !nomem; m0 += mc) {
         size_t mm = (size_t)M - m0 < mc ? (size_t)M - m0 : mc;
         const int8_t *Am = (const int8_t *)bA.buf + m0 * (size_t)Kp;
         i8_out oc = o;
         if (oc.C) oc.C += m0 * (size_t)N;
         if (oc.Y) { oc.Y += m0 * (size_t)N; oc.as += m0; }
+        int done_chunk = 0;
 #ifdef DSN_X86
-        if (isa == I8_VNNI) {
-            i8_gemm_vnni(Am, mm, bW.buf, (size_t)Np, (size_t)Kp, bR.buf, &oc);
+        if (loop == L_VNNI) {
+            i8_prep_u(Am, mm * (size_t)Kp, I8_U_XOR80, U);
+            i8_gemm_vnni(U, (const int8_t *)U, NULL, bR.buf, mm, bW.buf, (size_t)Np,
+                         (size_t)Kp, &oc);
             i8_last = "avx512vnni";
-        } else if (isa == I8_AVX2 && fits7) {
-            i8_gemm_avx2_u7(Am, mm, bW.buf, (size_t)Np, (size_t)Kp, bR.buf, &oc);
+            done_chunk = 1;
+        } else if (loop == L_U7) {
+            i8_prep_u(Am, mm * (size_t)Kp, I8_U_ADD64, U);
+            i8_gemm_avx2_u7(U, (const int8_t *)U, NULL, bR.buf, mm, bW.buf, (size_t)Np,
+                            (size_t)Kp, &oc);
             i8_last = "avx2-u7";
-        } else if (isa == I8_AVX2 && !full) {
-            i8_gemm_avx2(Am, mm, bW.buf, (size_t)Np, (size_t)Kp, &oc);
-            i8_last = "avx2";
-        } else
+            done_chunk = 1;
+        } else if (loop == L_AVX2) {
+            int32_t *neg = (int32_t *)(U + 2 * plane);
+            if (i8_prep_xor(Am, mm, (size_t)Kp, U, U + plane, neg)) {
+                i8_gemm_avx2x(U, (const int8_t *)(U + plane), neg, NULL, mm, bW.buf,
+                              (size_t)Np, (size_t)Kp, &oc);
+                i8_last = "avx2";
+                done_chunk = 1;
+            } else if (!full) {          /* a -128 activation: the vpsignb loop (U = |A|) */
+                if ((uintptr_t)Am & 31) {
+                    memcpy(U + plane, Am, mm * (size_t)Kp);
+                    Am = (const int8_t *)(U + plane);
+                }
+                i8_gemm_avx2(U, Am, NULL, NULL, mm, bW.buf, (size_t)Np, (size_t)Kp, &oc);
+                i8_last = "avx2-sign";
+                done_chunk = 1;
+            }
+        }
 #endif
-        {
+        if (!done_chunk) {
             i8_gemm_scalar(Am, mm, bW.buf, (size_t)Np, (size_t)Kp, &oc);
             i8_last = "scalar";
         }
     }
+    free(U);
     Py_END_ALLOW_THREADS
     (void)isa;
-    (void)fits7;
+    (void)full;
+    (void)loop;
+    if (nomem) {
+        PyErr_NoMemory();
+        goto done;
+    }
     ret = Py_None; Py_INCREF(ret);
 done:
     if (hA) PyBuffer_Release(&bA);

@@ -18,6 +18,33 @@ def quantize_per_channel(w):
     return q, scale
 
 
+def pack_aligned(q):
+    """``deepseek.native.int8_pack(q)`` with the packed rows moved to 64-byte aligned
+    memory (numpy only promises 16): the kernels' 32-byte weight loads then never
+    straddle two cache lines, worth ~5% of the int8 GEMM. ``packed._w`` stays the
+    [N, K] view of the packed data (the module's ``weight`` buffer)."""
+    p = _N.int8_pack(np.ascontiguousarray(q, np.int8))
+    d = p.data
+    if d.ctypes.data % 64:
+        raw = np.empty(d.nbytes + 64, np.uint8)
+        off = -raw.ctypes.data % 64
+        data = raw[off:off + d.nbytes].view(np.int8).reshape(d.shape)
+        data[...] = d
+        p.data, p._w = data, data[:p.n, :p.k]
+    return p
+
+
+def _owner(a):
+    return a if a.base is None else a.base
+
+
+def _views_packed(w, p):
+    """Is the array ``w`` still the [N, K] view into ``p.data`` the kernels read? (a
+    replaced buffer is another array; a deepcopy keeps ``w is p._w`` but gives both
+    their own memory, so the owners differ). Attribute checks only: once per call."""
+    return w is p._w and _owner(w) is _owner(p.data)
+
+
 def as_array(x):
     return x._data if isinstance(x, Tensor) else np.asarray(x)
 
@@ -67,7 +94,7 @@ class PackedInt8Module(QuantizedModule):
             self.bias = None
 
     def _set_weight(self, q, scale):
-        self._packed = _N.int8_pack(np.ascontiguousarray(q, np.int8))
+        self._packed = pack_aligned(q)
         self.register_buffer("weight", Tensor._make(self._packed._w))
         self.register_buffer("weight_scale", buffer(np.asarray(scale, np.float32)))
         self._packed_vc = self.weight._vc[0]
@@ -75,10 +102,10 @@ class PackedInt8Module(QuantizedModule):
     def _packed_weight(self):
         w = self.weight
         p = self._packed
-        fresh = w._data.base is not p.data          # replaced, or copied by deepcopy
+        fresh = not _views_packed(w._data, p)       # replaced, or copied by deepcopy
         if fresh or w._vc[0] != self._packed_vc:    # ... or edited in place
             if fresh:
-                self._packed = p = _N.int8_pack(np.ascontiguousarray(w._data, np.int8))
+                self._packed = p = pack_aligned(w._data)
                 self._buffers["weight"] = Tensor._make(p._w)
             else:
                 p.rowsum = p.data.astype(np.int32).sum(axis=1, dtype=np.int32)
