@@ -29,6 +29,7 @@ from .work import Worker, Work, completed_work
 
 
 _SUM = ReduceOp.SUM
+_P2P_BUDGET_NS = 20_000_000  # the C send/recv's first wait, before Python checks
 # kinds of the shm transport's C collectives (native/src/dsn_shm.h)
 _ALLGATHER, _GATHER, _REDUCE_SCATTER, _BROADCAST, _ALLGATHER_CMA = 1, 2, 3, 4, 5
 
@@ -100,6 +101,13 @@ class ProcessGroup:
                 self._fast_ops[(dt, ReduceOp(opname))] = code
             self._fast = {dt: c for (dt, op), c in self._fast_ops.items()
                           if op is ReduceOp.SUM}
+        # p2p fast path (shm transport with the C send/recv, native/src/dsn_p2p.c): the
+        # kernels, called straight from send/recv; None once the group is broken or
+        # closed, so that every call then takes the general path and raises there
+        self._p2p_send_k = getattr(backend, "p2p_send_kernel", None)
+        self._p2p_recv_k = getattr(backend, "p2p_recv_kernel", None)
+        self._p2p_addr = getattr(backend, "p2p_state_addr", 0)
+        self._p2p_stash = getattr(backend, "_stash", None)  # messages of other tags
         if name == "default" and envvars.get("DEEPSEEK_TIMELINE"):
             _trace.on_default_group(self)  # clock alignment through the store
 
@@ -222,6 +230,7 @@ class ProcessGroup:
                 or not isinstance(exc, CollectiveError):
             self._broken = exc
             self._fast = None
+            self._p2p_send_k = self._p2p_recv_k = None
             try:
                 self._backend.abort(f"{type(exc).__name__} in {ctx.describe()}: {exc}"[:400])
             except Exception:  # noqa: BLE001
@@ -350,6 +359,40 @@ class ProcessGroup:
                 raise
         if t0:  # the timeline/profiler (collectives/trace.py): pipeline sends/recvs
             _trace.emit_p2p(self, opname, seq, x.nbytes, self.ranks[peer], tag, issued, t0)
+
+    def _p2p_fast(self, opname, kernel, lock, x, peer, tag, timeout):
+        """The blocking send/recv of the shm transport in one C call (the kernel
+        checks the buffer, rank and tag itself and refuses, touching nothing, what the
+        general path must explain); False when not taken: the general path runs."""
+        if _trace.sink is not None or not lock.acquire(False):
+            return False  # tracing: the general path emits the events
+        try:
+            st = kernel(self._p2p_addr, x, peer, tag, _P2P_BUDGET_NS)
+            if st < 0:
+                return False
+            self._p2p_seq += 1
+            if st:
+                self._p2p_finish(opname, kernel, st, timeout, x, peer, tag)
+            return True
+        finally:
+            lock.release()
+
+    def _p2p_finish(self, opname, kernel, st, timeout, x, peer, tag):
+        """A C send/recv (the fast path of send/recv) that did not complete in its
+        first call (status ``st``): finish it with the checks of the general path
+        (aborts, dead peers, the deadline, a broken group), or hand the message to the
+        Python protocol when the kernel gave it back (another tag or size). Called
+        with the direction's lock held, so that nothing else uses the channel."""
+        ctx = OpContext(opname, self._p2p_seq, self.timeout if timeout is None else timeout,
+                        self.name, self.rank, self.ranks)
+        b = self._backend
+        f = x.reshape(-1)
+        try:
+            if not b._p2p_drive(ctx, kernel, f, peer, tag, st):
+                (b._send_py if opname == "send" else b._recv_py)(ctx, f, peer, tag)
+        except BaseException as e:
+            self._fail(ctx, e)
+            raise
 
     def _debug_check(self, ctx, sig):
         sig = dict(sig, op=ctx.op)
@@ -677,6 +720,11 @@ class ProcessGroup:
     # ------------------------------------------------------------------ p2p
     def send(self, x, dst, tag=0, async_op=False, timeout=None):
         """Send ``x`` to group rank ``dst``; matched by ``(source, tag)``."""
+        k = self._p2p_send_k
+        if k is not None and not async_op and type(x) is np.ndarray and type(dst) is int \
+                and not self._send_worker._pending \
+                and self._p2p_fast("send", k, self._send_lock, x, dst, tag, timeout):
+            return None
         f = self._arr(x, "send")
         if type(dst) is not int or not 0 <= dst < self.size:
             dst = self._rank_arg(dst, "dst")
@@ -690,6 +738,11 @@ class ProcessGroup:
 
     def recv(self, x, src, tag=0, async_op=False, timeout=None):
         """Receive into ``x`` the next message from ``src`` with this ``tag``."""
+        k = self._p2p_recv_k
+        if k is not None and not async_op and type(x) is np.ndarray and type(src) is int \
+                and not self._p2p_stash and not self._recv_worker._pending \
+                and self._p2p_fast("recv", k, self._recv_lock, x, src, tag, timeout):
+            return None
         f = self._arr(x, "recv", writable=True)
         if type(src) is not int or not 0 <= src < self.size:
             src = self._rank_arg(src, "src")
@@ -730,6 +783,7 @@ class ProcessGroup:
         finally:
             self._closed = True
             self._fast = None
+            self._p2p_send_k = self._p2p_recv_k = None
             for w in (self._worker, self._send_worker, self._recv_worker):
                 w.stop()
             self._backend.close()

@@ -116,22 +116,32 @@ def interleaved_bad_m(rank, world, m):
     return None
 
 
+def _mlp_stage(world, d):
+    """This rank's stage of an MLP stack, one block per rank (same weights on every
+    call: seed 0)."""
+    import deepseek as ds
+    from deepseek import nn
+    from deepseek.distributed.pipelining import pipeline
+
+    ds.manual_seed(0)
+    model = nn.Sequential(*[nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(),
+                                          nn.Linear(4 * d, d)) for _ in range(world)])
+    (stage,) = pipeline(model, list(range(1, world)))
+    return stage
+
+
 def memory_runs(rank, world, m, d=64, seq=32, batch=16):
     """Peak live microbatches and traced numpy bytes per stage, GPipe vs 1F1B."""
     import tracemalloc
 
     import deepseek as ds
-    from deepseek import nn
     import deepseek.distributed as dist
-    from deepseek.distributed.pipelining import Schedule1F1B, ScheduleGPipe, pipeline
+    from deepseek.distributed.pipelining import Schedule1F1B, ScheduleGPipe
 
     dist.init_process_group()
     out = {}
     for name, cls in (("gpipe", ScheduleGPipe), ("1f1b", Schedule1F1B)):
-        ds.manual_seed(0)
-        model = nn.Sequential(*[nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(),
-                                              nn.Linear(4 * d, d)) for _ in range(world)])
-        (stage,) = pipeline(model, list(range(1, world)))
+        stage = _mlp_stage(world, d)
         sched = cls(stage, m, loss_fn=lambda o, y: ((o - y) ** 2).mean())
         x, y = ds.randn(batch, seq, d), ds.zeros(batch, seq, d)
         sched.step(x, target=y)  # warm: grads allocated, shapes exchanged
@@ -142,4 +152,27 @@ def memory_runs(rank, world, m, d=64, seq=32, batch=16):
         peak = tracemalloc.get_traced_memory()[1] - base
         tracemalloc.stop()
         out[name] = {"peak_live": stage.peak_live, "peak_bytes": peak}
+    return out
+
+
+def timing_runs(rank, world, m, steps=2, d=64, seq=16, batch=16):
+    """Each schedule's logged events (absolute perf_counter seconds) for ``steps``
+    steps, to compare across ranks (test_pipeline_schedules.py)."""
+    import deepseek as ds
+    import deepseek.distributed as dist
+    from deepseek.distributed.pipelining import Schedule1F1B, ScheduleGPipe
+
+    dist.init_process_group()
+    out = {}
+    for name, cls in (("gpipe", ScheduleGPipe), ("1f1b", Schedule1F1B)):
+        stage = _mlp_stage(world, d)
+        sched = cls(stage, m, loss_fn=lambda o, y: ((o - y) ** 2).mean(), log_timing=True)
+        x, y = ds.randn(batch, seq, d).requires_grad_(True), ds.zeros(batch, seq, d)
+        out[name] = []
+        for _ in range(steps):
+            dist.barrier()
+            sched.step(x, target=y)
+            out[name].append(sched.events())
+        st = sched.stats()
+        out[name + "_stats"] = (st["busy_s"], st["wall_s"])
     return out

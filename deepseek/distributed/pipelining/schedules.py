@@ -18,6 +18,12 @@ with unit costs and gives each rank's idle share (the idealised bubble), which f
 GPipe and 1F1B is (p-1)/(m+p-1) and for interleaved with v stages per rank
 (p-1)/(v*m+p-1). With ``log_timing=True`` the executor records when each action's
 compute started and ended; ``stats()`` gives this rank's busy and idle time per step.
+The formula's bubble is idle time over the whole pipeline's span -- from the first
+forward on stage 0 to the last backward there -- which no rank sees alone (the last
+stage starts late and finishes early): ``events()`` gives a step's actions in
+absolute ``time.perf_counter`` seconds, which the processes of one host share
+(CLOCK_MONOTONIC), and ``measured_bubble`` turns every rank's events into each
+rank's idle share of that common span.
 
 Memory: 1F1B starts the backward of microbatch i as soon as the last stage can, so
 stage s holds at most p - s microbatches' activations (GPipe holds all m);
@@ -33,7 +39,8 @@ import time
 from .stage import PipelineError, PipelineStage
 
 __all__ = ["ScheduleGPipe", "Schedule1F1B", "ScheduleInterleaved1F1B", "gpipe_order",
-           "one_f_one_b_order", "interleaved_order", "simulate", "bubble_formula"]
+           "one_f_one_b_order", "interleaved_order", "simulate", "bubble_formula",
+           "measured_bubble"]
 
 
 # ---------------------------------------------------------------------- the orders
@@ -117,6 +124,23 @@ def simulate(orders, num_stages, f_cost=1.0, b_cost=2.0):
     return span, busy, [1.0 - b / span for b in busy]
 
 
+def measured_bubble(events_by_rank):
+    """Each rank's idle share of one step from the schedules' own timestamps:
+    ``events_by_rank[r]`` is rank r's ``schedule.events(step)`` (absolute
+    perf_counter seconds, comparable between processes of one host). The span runs
+    from the first compute start on any rank to the last compute end; a rank's busy
+    time is the sum of its actions' compute. Returns {"span_s", "busy_s" (per rank),
+    "bubble" (per rank), "mean", "worst"}."""
+    evs = [e for ev in events_by_rank for e in ev]
+    if not evs:
+        raise PipelineError("measured_bubble: no events (log_timing=True?)")
+    span = max(e[4] for e in evs) - min(e[3] for e in evs)
+    busy = [sum(t1 - t0 for _, _, _, t0, t1 in ev) for ev in events_by_rank]
+    bubble = [1.0 - b / span if span > 0 else 0.0 for b in busy]
+    return {"span_s": span, "busy_s": busy, "bubble": bubble,
+            "mean": sum(bubble) / len(bubble), "worst": max(bubble)}
+
+
 # ---------------------------------------------------------------------- the executor
 def _split(x, m, what):
     if x is None:
@@ -162,6 +186,7 @@ class _Schedule:
         self.order = self._order()
         self.timings = []   # per step: list of (kind, stage, mb, t0, t1)
         self.step_times = []
+        self.step_starts = []  # per step: its start, absolute perf_counter seconds
 
     def _order(self):
         raise NotImplementedError
@@ -254,6 +279,7 @@ class _Schedule:
             raise
         wall = clock() - t_step
         self.step_times.append(wall)
+        self.step_starts.append(t_step)
         if self.log_timing:
             self.timings.append(events)
         if has_last:
@@ -274,6 +300,14 @@ class _Schedule:
                 "ideal_bubble": self.ideal_bubble()[self.rank],
                 "formula": bubble_formula(self.pp, self.n_microbatches, self._v),
                 "peak_live": {s.stage_index: s.peak_live for s in self.stages}}
+
+    def events(self, step=-1):
+        """A logged step's actions as (kind, stage, mb, t0, t1) in absolute
+        perf_counter seconds (for ``measured_bubble`` across ranks)."""
+        if not self.timings:
+            raise PipelineError("no timings: build the schedule with log_timing=True")
+        t = self.step_starts[step]
+        return [(k, s, mb, t + t0, t + t1) for k, s, mb, t0, t1 in self.timings[step]]
 
     def ideal_bubble(self, f_cost=1.0, b_cost=2.0):
         """Idle share of every rank with unit compute costs and free communication."""
