@@ -192,6 +192,10 @@ VARIABLES: dict[str, Var] = _declare(
         "(no interpreter start-up in the recovery)", lo=0),
     Var("DEEPSEEK_ELASTIC_SPARE", "str", None,
         "marks a hot spare of in-process recovery (its id)", set_by="deepseek-run"),
+    Var("DEEPSEEK_ELASTIC_MIN_WORKERS", "int", 0,
+        "in-process recovery: when a worker dies and no hot spare is free, the "
+        "survivors go on without it while the world stays at least this large (0: "
+        "never shrink; the dead worker is replaced)", lo=0),
     Var("DEEPSEEK_STORE_PORT", "int", None,
         "port of the store rank 0 hosts when no deepseek-run does (default: "
         "MASTER_PORT, else derived from the job id)", lo=1, hi=65535),

@@ -8,9 +8,10 @@ drives it; it sits on :mod:`deepseek.collectives.store` only (stdlib, no numpy),
 the launcher stays cheap to import.
 
 In-process recovery (Horovod Elastic's shape): :class:`State` (``commit``,
-``restore``, ``sync``), :func:`run` around the training function, and
-:class:`ElasticSampler` (the data position survives a reset), in
-:mod:`deepseek.elastic.state` and :mod:`deepseek.elastic.inprocess`. Resuming a
+``restore``, ``sync``, ``bind`` for sharded ZeRO state), :func:`run` around the
+training function, and :class:`ElasticSampler` (the data position survives a reset),
+in :mod:`deepseek.elastic.state` and :mod:`deepseek.elastic.inprocess`; a world that
+shrinks when no replacement is wanted (``DEEPSEEK_ELASTIC_MIN_WORKERS``). Resuming a
 sharded checkpoint in a new world size is :mod:`deepseek.distributed.elastic`'s (it
 needs the engine). Names resolve on first use (PEP 562).
 """

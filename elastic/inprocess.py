@@ -25,6 +25,18 @@ newest commit and the training function is called again from there. A failure wh
 a generation forms moves everybody on to the next one. When the budget is spent the
 agent falls back to its ordinary path (the round ends; the job ends with the failure).
 
+``DEEPSEEK_ELASTIC_MIN_WORKERS=M`` (M > 0): a dead worker for whom no hot spare is
+free is not replaced while the world is larger than M: the agent opens a generation
+that *drops* its rank and the survivors go on in a smaller world (Horovod's
+``--min-np``). Ranks are slots: a worker keeps the slot (``RANK``) it started with and
+its group rank is its place among the slots still alive (the drops of generations
+1..n), so a later replacement takes a slot again and every rank computes the same
+membership from the store. A node whose agent is lost (``--nnodes MIN:MAX``) has its
+live slots dropped the same way by the round host (:mod:`.rendezvous`), while at
+least M workers remain. The user's ``on_reset`` callbacks see the new world size
+(rescale the learning rate, the batch per rank); :class:`ElasticSampler` resumes at
+the committed position in the new world.
+
 ``DEEPSEEK_ELASTIC_SPARES=N``: the agent also starts N hot spares per node; a spare
 runs the script up to ``run`` (imports, the model) and waits there for a dead
 worker's rank (``spare/<node>/<n>``), so a recovery does not wait for an interpreter
@@ -37,7 +49,8 @@ default group if needed and calls the function once: a failure propagates.
 Keys on the round's worker store, under ``deepseek/elastic-ip/``::
 
     gen            the newest generation (agent: add)
-    gen/<n>        generation n was opened: why (agent)
+    gen/<n>        generation n was opened: why, and the slots it drops (agent)
+    dropped        how many slots were dropped (agent: add; the MIN check)
     g<n>/here/<r>  rank r waits to form generation n (worker)
     g<n>/...       generation n's process group (a prefixed store)
     spare/<id>     the rank hot spare <id> takes (agent)
@@ -80,10 +93,33 @@ def generation() -> int | None:
 
 
 def open_generation(client, why: dict) -> int:
-    """Open the next generation (the agent, after replacing a worker); returns it."""
+    """Open the next generation (the agent, after replacing a worker; ``why["drop"]``:
+    the slots it drops instead); returns it."""
     n = client.add(KEY + "gen", 1)
     client.set(f"{KEY}gen/{n}", json.dumps(why))
     return n
+
+
+def reserve_drop(client, world: int, count: int, min_workers: int) -> bool:
+    """Whether ``count`` more slots may be dropped from a round of ``world`` slots
+    without going under ``min_workers`` (reserved atomically: two agents shrinking at
+    once cannot both pass the last step)."""
+    if min_workers <= 0:
+        return False
+    if world - client.add(KEY + "dropped", count) >= min_workers:
+        return True
+    client.add(KEY + "dropped", -count)
+    return False
+
+
+def members(client, world: int, gen: int, timeout: float) -> list[int]:
+    """The slots alive in generation ``gen``: ``range(world)`` less the drops of
+    generations 1..gen (in slot order: a slot's group rank is its index)."""
+    dropped = set()
+    for n in range(1, gen + 1):
+        why = json.loads(client.get(f"{KEY}gen/{n}", timeout=timeout))
+        dropped.update(int(r) for r in why.get("drop", ()))
+    return [r for r in range(world) if r not in dropped]
 
 
 class _PrefixStore:
@@ -136,6 +172,8 @@ class _Recovery:
     def __init__(self, timeout: float):
         from ..collectives import env as cenv
         self.info = cenv.detect()
+        # rank: this worker's slot; world: the round's slots (the group is smaller
+        # once slots were dropped)
         self.rank, self.world = self.info.rank, self.info.world_size
         self.timeout = timeout
         self.client = cenv.connect_store(self.info, timeout)
@@ -178,8 +216,11 @@ class _Recovery:
         from .. import collectives as C
         deadline = time.monotonic() + self.timeout
         while True:
+            alive = members(self.client, self.world, gen, self.timeout)
+            if self.rank not in alive:
+                raise RecoveryError(f"slot {self.rank} was dropped from generation {gen}")
             self.client.set(f"{KEY}g{gen}/here/{self.rank}", "1")
-            keys = [f"{KEY}g{gen}/here/{r}" for r in range(self.world)]
+            keys = [f"{KEY}g{gen}/here/{r}" for r in alive]
             while True:
                 try:
                     self.client.wait(keys, timeout=0.05)
@@ -197,7 +238,7 @@ class _Recovery:
             if newer > gen:          # a failure while forming: everybody moves on
                 gen = newer
                 continue
-            pg = C.init_process_group(rank=self.rank, world_size=self.world,
+            pg = C.init_process_group(rank=alive.index(self.rank), world_size=len(alive),
                                       store=_PrefixStore(self.client, f"{KEY}g{gen}/"))
             self.gen = _current["gen"] = gen
             return pg

@@ -21,11 +21,15 @@ open
 running
     The members run their workers. The round ends (``{r}/end``) when a member reports
     a failure, a member's heartbeat is older than ``heartbeat_timeout`` (the node is
-    lost: its agent was killed), a member leaves (a signal ended its agent), or --
+    lost: its agent was killed; but see below), a member leaves (a signal ended its agent), or --
     while nobody has finished yet -- nodes wait to join and the world is below
     ``max_nodes`` (scale up). A failure or a lost node uses up one restart; when none
     are left the job ends with that failure (``final``). Every member reporting done
-    ends the job with success.
+    ends the job with success. In-process recovery with
+    ``DEEPSEEK_ELASTIC_MIN_WORKERS`` (:mod:`deepseek.elastic.inprocess`): a lost node
+    does not end the round while the other nodes' workers are at least that many and a
+    restart is left; the host spends one and opens a generation on the round's store
+    that drops the lost node's ranks, and the survivors go on in a smaller world.
 
 Round numbers are part of every key, and a member acts only on the round whose result
 named it: a late joiner that finds round ``r`` already complete joins ``r + 1``.
@@ -53,7 +57,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from ..collectives.store import StoreError, StoreServer, StoreTimeout, new_token
+from ..collectives.store import StoreClient, StoreError, StoreServer, StoreTimeout, new_token
 
 __all__ = ["RendezvousSettings", "RoundHost", "Member", "Round", "JobEnd",
            "RendezvousError"]
@@ -257,6 +261,7 @@ class RoundHost:
                   "store": f"{self.public_host}:{server.port}", "token": token,
                   "run_id": f"{self.run_base}r{r}", "restart_count": self.restarts}
         c.set(k(r, "result"), _dumps(result))
+        self._round_store = (self.bind, server.port, token, base)
         # every member of the old round has stopped its workers and joined, or is gone
         for old in [n for n in self._stores if n < r]:
             self._stores.pop(old).close()
@@ -276,6 +281,8 @@ class RoundHost:
                 if c.check([k("left", i)]):
                     return self._end("node left", {"node": i, "what": "its agent left "
                                                    "(a signal ended it)"}, counts=False)
+                if self._drop_lost(i):
+                    return None
                 return self._end("node lost", {
                     "node": i, "code": 1,
                     "what": f"no heartbeat for {self.s.heartbeat_timeout:g}s "
@@ -286,6 +293,43 @@ class RoundHost:
         if len(done) == len(ids) and len(ids) < self.s.max_nodes \
                 and c.add(k(r + 1, "count"), 0) > 0:
             return self._end("scale up", {"what": "node(s) waiting to join"}, counts=False)
+
+    def _drop_lost(self, node_id: str) -> bool:
+        """In-process recovery of a lost node (module docstring): True when the
+        survivors go on without its ranks (a restart spent, a generation opened)."""
+        from . import inprocess
+        if not inprocess.in_process_enabled() or len(self.members) < 2:
+            return False
+        min_workers = inprocess.envvars_get("DEEPSEEK_ELASTIC_MIN_WORKERS")
+        host, port, token, world = self._round_store
+        m = next(m for m in self.members if m["id"] == node_id)
+        c, k = self.client, self.k
+        n = c.add(k("spent"), 1)
+        if n > self.s.max_restarts:
+            c.add(k("spent"), -1)
+            return False
+        client = StoreClient(host, port, token, timeout=10.0, connect_timeout=10.0)
+        try:
+            # its slots not dropped already (its workers may have died one by one)
+            alive = inprocess.members(client, world, client.add(inprocess.KEY + "gen", 0),
+                                      timeout=10.0)
+            slots = [r for r in range(m["rank_base"], m["rank_base"] + m["nproc"])
+                     if r in alive]
+            if not slots:
+                c.add(k("spent"), -1)        # nothing of the world was on it
+            elif inprocess.reserve_drop(client, world, len(slots), min_workers):
+                inprocess.open_generation(client, {
+                    "node": node_id, "restart": n, "rank": slots[0], "drop": slots,
+                    "what": f"node {node_id} lost (no heartbeat for "
+                            f"{self.s.heartbeat_timeout:g}s)"})
+            else:
+                c.add(k("spent"), -1)
+                return False
+        finally:
+            client.close()
+        self.members = [x for x in self.members if x["id"] != node_id]
+        self.restarts = self._spent()
+        return True
 
     def _record(self, reason: str, failure: dict | None, counts: bool) -> dict:
         return {"round": self.round, "nnodes": len(self.members),

@@ -72,6 +72,7 @@ class ElasticAgent(NodeAgent):
         # in-process recovery: replace a dead worker, the others re-form the group
         self._inproc = bool(envvars.get("DEEPSEEK_ELASTIC_IN_PROCESS"))
         self._spares = envvars.get("DEEPSEEK_ELASTIC_SPARES") if self._inproc else 0
+        self._min_workers = envvars.get("DEEPSEEK_ELASTIC_MIN_WORKERS")
         if c.rdzv_endpoint is None:                  # --standalone: ours, on loopback
             public, port = "127.0.0.1", 0
             bind = connect = "127.0.0.1"
@@ -280,12 +281,22 @@ class ElasticAgent(NodeAgent):
             if not clients:
                 clients.append(StoreClient(host, port, rnd.token, timeout=10.0,
                                            connect_timeout=10.0))
-            gen = open_generation(clients[0], {"rank": w.rank, "pid": w.proc.pid,
-                                               "what": what, "restart": n})
+            spare = self.group.spares[0] if self.group.spares else None
+            # no spare free: the survivors go on without it, down to MIN
+            drop = spare is None and inprocess.reserve_drop(
+                clients[0], rnd.world_size, 1, self._min_workers)
+            why = {"rank": w.rank, "pid": w.proc.pid, "what": what, "restart": n}
+            gen = open_generation(clients[0], dict(why, drop=[w.rank]) if drop else why)
         except StoreError as e:
             self.note(f"in-process recovery of rank {w.rank} impossible: {e}")
             return False
-        spare = self.group.spares[0] if self.group.spares else None
+        if drop:
+            self.note(f"rank {w.rank} (local rank {w.local_rank}, pid {w.proc.pid}) failed: "
+                      f"{what}; in-process recovery, restart {n} of --max-restarts "
+                      f"{c.max_restarts}: generation {gen}, the others go on without it")
+            self.group.workers.remove(w)       # gone for good, not a failure
+            self.group.replaced.append(w)
+            return True
         self.note(f"rank {w.rank} (local rank {w.local_rank}, pid {w.proc.pid}) failed: "
                   f"{what}; in-process recovery, restart {n} of --max-restarts "
                   f"{c.max_restarts}: generation {gen}, replacing it"

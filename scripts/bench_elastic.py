@@ -26,12 +26,18 @@ Two more tables (``--only recovery`` / ``--only commit``):
   kill until every rank has finished a training step again, in-process recovery
   (``DEEPSEEK_ELASTIC_IN_PROCESS=1``: the survivors stay, a replacement joins, state
   synced from the last commit; with ``DEEPSEEK_ELASTIC_SPARES=1`` the replacement is a
-  hot spare that already runs the script) next to restart-the-world (every worker restarted,
-  resumed from the last sharded checkpoint), and the steps redone.
+  hot spare that already runs the script), each also with ZeRO-2 (FSDP SHARD_GRAD_OP:
+  the dead rank's parameter and momentum shards come from its neighbour's copy, every
+  generation builds its model anew and binds it), next to restart-the-world (every
+  worker restarted, resumed from the last sharded checkpoint), and the steps redone.
 * commit: the steady-state cost of ``elastic.State.commit()`` every k steps as a
   percentage of the step time, for an MLP (784-256-256-10, batch 64, SGD+momentum),
-  one process, the fastest of interleaved repetitions (and the direct estimate: one
-  commit's time / k / the step time).
+  one process, the fastest of interleaved repetitions (and the direct measure, less
+  noisy on a shared machine: the median time the loop spent inside ``commit()`` / k /
+  the step time); then the same MLP under ZeRO-1 and ZeRO-2 on 2 ranks, bound as
+  ``Sharded`` (a commit copies this rank's shard and exchanges it with the ring
+  neighbours), with the all-gather the other design would need per commit, timed for
+  the same bytes (``--no-zero`` skips these).
 
     python scripts/bench_elastic.py [--nproc 2] [--reps 5] [--json]
         [--only restart|recovery|commit]
@@ -191,9 +197,10 @@ def recovery_run(kind, env, kill_step, steps=40, nproc=3, timeout=90.0):
     d = tempfile.mkdtemp(prefix="bench_recovery_")
     env = dict(env, STEP_SLEEP="0.05", DEEPSEEK_DETERMINISTIC="1")
     args = [TRAIN, d, str(steps)]
-    if kind in ("inprocess", "spare"):
+    if kind.split("_")[0] in ("inprocess", "spare"):
         env["DEEPSEEK_ELASTIC_IN_PROCESS"] = "1"
-        env["DEEPSEEK_ELASTIC_SPARES"] = "1" if kind == "spare" else "0"
+        env["DEEPSEEK_ELASTIC_SPARES"] = "1" if kind.startswith("spare") else "0"
+        args += ["inprocess", "zero2" if kind.endswith("_zero2") else "ddp"]
     else:
         args += ["checkpoint", "ddp"]
     cmd = [sys.executable, "-m", "deepseek.launcher", "--standalone", "--max-restarts",
@@ -234,7 +241,8 @@ def recovery_run(kind, env, kill_step, steps=40, nproc=3, timeout=90.0):
 def recovery_bench(reps, env):
     import random
     rnd = random.Random(0)
-    rows = {"spare": [], "inprocess": [], "restart": []}
+    rows = {"spare": [], "spare_zero2": [], "inprocess": [], "inprocess_zero2": [],
+            "restart": []}
     failed = {k: 0 for k in rows}
     for _ in range(reps):
         at = rnd.randrange(6, 20)
@@ -256,48 +264,162 @@ def recovery_bench(reps, env):
     return out
 
 
-def commit_bench(reps=9, steps=20, ks=(1, 10)):
-    """Step time of an MLP without commits and with ``State.commit()`` every k steps."""
-    import time
-    import numpy as np
-    sys.path.insert(0, REPO)
+def _mlp():
     import deepseek
-    from deepseek import elastic, nn
+    from deepseek import nn
     deepseek.manual_seed(0)
-    model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
-                          nn.Linear(256, 10))
-    opt = deepseek.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    x = deepseek.tensor(np.random.default_rng(0).standard_normal((64, 784), np.float32))
-    y = deepseek.tensor(np.random.default_rng(1).integers(0, 10, 64))
-    loss_fn = nn.CrossEntropyLoss()
-    state = elastic.State(model=model, optimizer=opt, step=0)
+    return nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
+                         nn.Linear(256, 10))
+
+
+def _commit_overhead(state, step, reps, steps, ks):
+    """Step time without commits and with ``state.commit()`` every k steps
+    (interleaved repetitions), and the time the loop spent inside ``commit()``."""
+    import time
+    inside = {k: [] for k in ks}
 
     def run(k):
         t0 = time.perf_counter()
         for i in range(steps):
-            opt.zero_grad()
-            loss_fn(model(x), y).backward()
-            opt.step()
+            step()
             state.step += 1
             if k and (i + 1) % k == 0:
+                t1 = time.perf_counter()
                 state.commit()
+                inside[k].append(time.perf_counter() - t1)
         return (time.perf_counter() - t0) / steps
 
     run(0)
+    for k in ks:
+        inside[k].clear()
     times = {k: [] for k in (0,) + tuple(ks)}
     for _ in range(reps):
         for k in times:                          # interleaved
             times[k].append(run(k))
     # min, not median: on a shared machine the noise is all on one side
     base = min(times[0])
-    t0 = time.perf_counter()
-    for _ in range(20):
-        state.commit()
-    one = (time.perf_counter() - t0) / 20
     return [{"k": k, "step_ms": min(times[k]) * 1e3,
              "overhead_pct": (min(times[k]) / base - 1) * 100,
-             "commit_ms": one * 1e3, "model_step_ms": base * 1e3,
-             "expected_pct": one / k / base * 100} for k in ks]
+             "commit_ms": statistics.median(inside[k]) * 1e3, "model_step_ms": base * 1e3,
+             "expected_pct": statistics.median(inside[k]) / k / base * 100} for k in ks]
+
+
+def _batch(rank=0):
+    import numpy as np
+    import deepseek
+    rng = np.random.default_rng(rank)
+    return (deepseek.tensor(rng.standard_normal((64, 784), np.float32)),
+            deepseek.tensor(rng.integers(0, 10, 64)))
+
+
+def commit_bench(reps=9, steps=20, ks=(1, 10)):
+    """Step time of an MLP without commits and with ``State.commit()`` every k steps."""
+    sys.path.insert(0, REPO)
+    import deepseek
+    from deepseek import elastic, nn
+    model = _mlp()
+    opt = deepseek.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x, y = _batch()
+    loss_fn = nn.CrossEntropyLoss()
+    state = elastic.State(model=model, optimizer=opt, step=0)
+
+    def step():
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+    return _commit_overhead(state, step, reps, steps, ks)
+
+
+def commit_rank(rank, world, stage, reps, steps, ks):
+    """:func:`commit_bench` on one rank of a ZeRO job (stage 1: DDP +
+    ZeroRedundancyOptimizer, 2: FSDP SHARD_GRAD_OP), the model and optimizer bound to
+    the State as ``Sharded`` (a commit: this rank's shard copied, the neighbour's
+    received)."""
+    import deepseek
+    from deepseek import collectives as C
+    from deepseek import elastic, nn
+    from deepseek.distributed import DistributedDataParallel as DDP
+    from deepseek.distributed.elastic import Sharded
+    from deepseek.distributed.fsdp import FullyShardedDataParallel as FSDP
+    from deepseek.distributed.zero import ZeroRedundancyOptimizer
+    C.init_process_group()
+    model = _mlp()
+    if stage == 2:
+        runner = FSDP(model, sharding_strategy="SHARD_GRAD_OP")
+        opt = deepseek.optim.SGD(runner.parameters(), lr=0.01, momentum=0.9)
+    else:
+        runner = DDP(model)
+        opt = ZeroRedundancyOptimizer(runner.parameters(), deepseek.optim.SGD, lr=0.01,
+                                      momentum=0.9)
+    x, y = _batch(rank)
+    loss_fn = nn.CrossEntropyLoss()
+    state = elastic.State(step=0)
+    state.bind(train=Sharded(runner, opt))
+
+    def step():
+        opt.zero_grad()
+        loss_fn(runner(x), y).backward()
+        opt.step()
+    try:
+        res = _commit_overhead(state, step, reps, steps, ks)
+        # the other way: every commit all-gathers every rank's shard (the full state
+        # on every rank); its communication alone, for the same bytes
+        import time
+        import numpy as np
+        pg = C.get_default_group()
+        mine = state._saved["parts"][pg.rank][1]
+        full = np.empty(mine.size * pg.size, np.uint8)
+        ts = []
+        for _ in range(20):
+            pg.barrier()
+            t0 = time.perf_counter()
+            pg.allgather(full, mine)
+            ts.append(time.perf_counter() - t0)
+        # commit()'s own time: the ranks aligned by a barrier first (inside the loop
+        # a commit also waits out the peer's lag, which on a loaded machine is
+        # scheduling noise)
+        alone = []
+        for _ in range(20):
+            pg.barrier()
+            t0 = time.perf_counter()
+            state.commit()
+            alone.append(time.perf_counter() - t0)
+        for r in res:
+            r["shard_kib"] = mine.size / 1024
+            r["allgather_ms"] = statistics.median(ts) * 1e3
+            r["alone_ms"] = statistics.median(alone) * 1e3
+            r["alone_pct"] = r["alone_ms"] / r["k"] / r["model_step_ms"] * 100
+        return res
+    finally:
+        C.destroy_process_group()
+
+
+def sharded_commit_bench(reps=9, steps=20, ks=(1, 10), world=2):
+    """:func:`commit_rank` on ``world`` spawned ranks for ZeRO-1 and ZeRO-2 (rank 0's
+    numbers; the ranks step in lockstep)."""
+    sys.path.insert(0, REPO)
+    from deepseek.testing.multiprocess import spawn_ranks
+    out = {}
+    for stage in (1, 2):
+        out[stage] = spawn_ranks(commit_rank, world, timeout=600,
+                                 args=(stage, reps, steps, ks),
+                                 env={"OMP_NUM_THREADS": "1"})[0]
+    return out
+
+
+def _print_commit(title, res):
+    print(f"{title}; step {res[0]['model_step_ms']:.2f} ms")
+    if "allgather_ms" in res[0]:
+        print(f"(shard {res[0]['shard_kib']:.0f} KiB; the alternative, all-gathering the "
+              f"full state every commit, spends {res[0]['allgather_ms']:.3f} ms in the "
+              "all-gather alone and keeps the full state on every rank)")
+        print(f"commit() alone, ranks aligned by a barrier: {res[0]['alone_ms']:.3f} ms = "
+              + ", ".join(f"{r['alone_pct']:.2f}% at k={r['k']}" for r in res))
+    print(f"{'k':>4} {'step ms':>9} {'overhead (step times)':>22} {'commit() ms':>12} "
+          f"{'in commit()/k/step':>19}")
+    for r in res:
+        print(f"{r['k']:>4} {r['step_ms']:>9.2f} {r['overhead_pct']:>21.2f}% "
+              f"{r['commit_ms']:>12.3f} {r['expected_pct']:>18.2f}%")
 
 
 def main():
@@ -306,6 +428,8 @@ def main():
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--only", choices=("restart", "recovery", "commit"))
+    ap.add_argument("--no-zero", action="store_true",
+                    help="commit: the one-process table only (no 2-rank ZeRO jobs)")
     args = ap.parse_args()
     if args.only in ("recovery", "commit"):
         env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
@@ -320,7 +444,9 @@ def main():
                   f"{args.reps} runs, seconds from the kill to every rank's next step")
             print(f"{'mode':<28} {'recovery':>16} {'steps redone':>13} {'failed':>7}")
             names = {"spare": "in-process + hot spare",
+                     "spare_zero2": "  the same, ZeRO-2",
                      "inprocess": "in-process (commit/step)",
+                     "inprocess_zero2": "  the same, ZeRO-2",
                      "restart": "restart-the-world (ckpt/2)"}
             for r in res:
                 if not r["reps"]:
@@ -330,18 +456,23 @@ def main():
                       f"({r['recovery_min_s']:.3f}) {r['steps_redone_median']:>13g} "
                       f"{r['failed_runs']:>7}")
         else:
-            res = commit_bench(reps=max(3, 2 * args.reps))
+            reps = max(3, 2 * args.reps)
+            res = {"plain": commit_bench(reps=reps)}
+            if not args.no_zero:
+                for stage, r in sharded_commit_bench(reps=reps).items():
+                    res[f"zero{stage}"] = r
             if args.json:
                 print(json.dumps(res, indent=2))
                 return
-            print(f"State.commit() every k steps, MLP 784-256-256-10 batch 64, one process; "
-                  f"step {res[0]['model_step_ms']:.2f} ms, one commit "
-                  f"{res[0]['commit_ms']:.3f} ms")
-            print(f"{'k':>4} {'step ms':>9} {'overhead (measured)':>20} "
-                  f"{'commit/k/step':>14}")
-            for r in res:
-                print(f"{r['k']:>4} {r['step_ms']:>9.2f} {r['overhead_pct']:>19.2f}% "
-                      f"{r['expected_pct']:>13.2f}%")
+            _print_commit("State.commit() every k steps, MLP 784-256-256-10 batch 64, one "
+                          "process, SGD+momentum", res["plain"])
+            for stage, what in ((1, "DDP + ZeroRedundancyOptimizer"),
+                                (2, "FSDP SHARD_GRAD_OP")):
+                if f"zero{stage}" in res:
+                    print()
+                    _print_commit(f"ZeRO-{stage} ({what}), 2 ranks, batch 64 per rank, "
+                                  "State.bind(Sharded) (shard + neighbour copy)",
+                                  res[f"zero{stage}"])
         return
 
     tmp = tempfile.mkdtemp(prefix="bench_elastic_")
