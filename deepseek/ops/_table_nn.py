@@ -310,16 +310,16 @@ def _lstm_torch(t, xp, h, c, w, b=None):
 _T, _B, _H = 3, 2, 4
 RECURRENT = [
     # the fused recurrences nn.GRU / nn.LSTM run outside dispatch modes (so JIT, ONNX
-    # and autocast see the per-step ops instead); fp32 under autocast: a recurrence
-    # compounds rounding step after step
-    OpInfo("gru_sequence", RC.gru_sequence, RC.GRUSequence, autocast="fp32",
+    # and autocast see the per-step ops instead); called directly under autocast they
+    # promote their inputs to one dtype, as the per-step ops' arithmetic would
+    OpInfo("gru_sequence", RC.gru_sequence, RC.GRUSequence, autocast="promote",
            sample_inputs=samples(
                ((Shape((_T, _B, 3 * _H), -1, 1), Shape((_B, _H), -1, 1),
                  Shape((3 * _H, _H), -0.5, 0.5), Shape((3 * _H,), -0.5, 0.5)), {}),
                ((Shape((_T, _B, 3 * _H), -1, 1), Shape((_B, _H), -1, 1),
                  Shape((3 * _H, _H), -0.5, 0.5)), {}, "no bias")),
            ref_numpy=_gru_np, ref_torch=_gru_torch, tol=(1e-6, 1e-7)),
-    OpInfo("lstm_sequence", RC.lstm_sequence, RC.LSTMSequence, autocast="fp32",
+    OpInfo("lstm_sequence", RC.lstm_sequence, RC.LSTMSequence, autocast="promote",
            sample_inputs=samples(
                ((Shape((_T, _B, 4 * _H), -1, 1), Shape((_B, _H), -1, 1), Shape((_B, _H), -1, 1),
                  Shape((4 * _H, _H), -0.5, 0.5), Shape((4 * _H,), -0.5, 0.5)), {}),

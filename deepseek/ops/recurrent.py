@@ -11,8 +11,13 @@ Gate order and formulas are PyTorch's (``torch.nn.GRU``: r, z, n; ``torch.nn.LST
 i, f, g, o). Shapes: ``x_proj`` (T, B, G*H) already holds ``x @ W_ih.T + b_ih``;
 ``h0``/``c0`` (B, H); ``w_hh`` (G*H, H); ``b_hh`` (G*H,) or None.
 """
+import numpy as np
+
+from .. import dtypes as _dt
 from ..autograd.function import Function
 from ._util import xp_of
+
+_LOW = (_dt.float16, _dt.bfloat16)
 
 __all__ = ["gru_sequence", "lstm_sequence", "GRUSequence", "LSTMSequence"]
 
@@ -24,6 +29,25 @@ def _sigmoid_(xp, a):
     a += 1.0
     a *= 0.5
     return a
+
+
+def _widen(ctx, arrays):
+    """The arrays to compute with: all in their promoted dtype, float32 when that is
+    float16/bfloat16 (a recurrence compounds rounding step after step). ctx.out is the
+    outputs' dtype (the promoted one), ctx.ins the inputs' (their gradients')."""
+    present = [a for a in arrays if a is not None]
+    out = np.result_type(*present)
+    work = np.dtype(np.float32) if out in _LOW else out
+    ctx.out, ctx.ins = out, [None if a is None else a.dtype for a in arrays]
+    return [None if a is None else a.astype(work, copy=False) for a in arrays]
+
+
+def _narrow_outputs(ctx, *arrays):
+    return tuple(a.astype(ctx.out, copy=False) for a in arrays)
+
+
+def _narrow_grads(ctx, *grads):
+    return tuple(None if g is None else g.astype(d, copy=False) for g, d in zip(grads, ctx.ins))
 
 
 def _check(name, x_proj, h0, w_hh, b_hh, gates):
@@ -44,6 +68,7 @@ class GRUSequence(Function):
     @staticmethod
     def forward(ctx, x_proj, h0, w_hh, b_hh=None):
         _check("gru_sequence", x_proj, h0, w_hh, b_hh, 3)
+        x_proj, h0, w_hh, b_hh = _widen(ctx, [x_proj, h0, w_hh, b_hh])
         xp = xp_of(x_proj)
         T, B, H = x_proj.shape[0], h0.shape[0], h0.shape[1]
         hs = xp.empty((T + 1, B, H), dtype=h0.dtype)      # h_0 .. h_T
@@ -72,12 +97,13 @@ class GRUSequence(Function):
         ctx.save_for_backward(w_hh)
         ctx.loop = (hs, rz, n, hn)
         ctx.has_bias = b_hh is not None
-        return hs[1:].copy()
+        return _narrow_outputs(ctx, hs[1:].copy())[0]
 
     @staticmethod
     def backward(ctx, g_out):
         (w_hh,) = ctx.saved_tensors
         hs, rz, n, hn = ctx.loop
+        g_out = g_out.astype(hs.dtype, copy=False)
         xp = xp_of(g_out)
         T, B, H = n.shape
         d_pre = xp.empty((T, B, 3 * H), dtype=g_out.dtype)   # d(x_proj) = d(pre-activations)
@@ -104,7 +130,7 @@ class GRUSequence(Function):
         flat = d_hp.reshape(T * B, 3 * H)
         gw = flat.T @ hs[:-1].reshape(T * B, H) if na[2] else None
         gb = flat.sum(axis=0) if ctx.has_bias and na[3] else None
-        return (d_pre if na[0] else None), (dh if na[1] else None), gw, gb
+        return _narrow_grads(ctx, d_pre if na[0] else None, dh if na[1] else None, gw, gb)
 
 
 class LSTMSequence(Function):
@@ -116,6 +142,7 @@ class LSTMSequence(Function):
         if c0.shape != h0.shape:
             raise ValueError(f"lstm_sequence: c0 must have h0's shape {tuple(h0.shape)}, got "
                              f"{tuple(c0.shape)}")
+        x_proj, h0, c0, w_hh, b_hh = _widen(ctx, [x_proj, h0, c0, w_hh, b_hh])
         xp = xp_of(x_proj)
         T, B, H = x_proj.shape[0], h0.shape[0], h0.shape[1]
         hs = xp.empty((T + 1, B, H), dtype=h0.dtype)
@@ -141,7 +168,7 @@ class LSTMSequence(Function):
         ctx.save_for_backward(w_hh)
         ctx.loop = (hs, cs, gates, tc)
         ctx.has_bias = b_hh is not None
-        return hs[1:].copy(), cs[T].copy()
+        return _narrow_outputs(ctx, hs[1:].copy(), cs[T].copy())
 
     @staticmethod
     def backward(ctx, g_out, g_c):
@@ -153,6 +180,8 @@ class LSTMSequence(Function):
         d_pre = xp.empty((T, B, 4 * H), dtype=dtype)
         dh = xp.zeros((B, H), dtype=dtype)
         dc = xp.zeros((B, H), dtype=dtype) if g_c is None else g_c.astype(dtype, copy=True)
+        if g_out is not None:
+            g_out = g_out.astype(dtype, copy=False)
         for t in range(T - 1, -1, -1):
             if g_out is not None:
                 dh += g_out[t]
@@ -171,8 +200,8 @@ class LSTMSequence(Function):
         flat = d_pre.reshape(T * B, 4 * H)
         gw = flat.T @ hs[:-1].reshape(T * B, H) if na[3] else None
         gb = flat.sum(axis=0) if ctx.has_bias and na[4] else None
-        return (d_pre if na[0] else None), (dh if na[1] else None), \
-            (dc if na[2] else None), gw, gb
+        return _narrow_grads(ctx, d_pre if na[0] else None, dh if na[1] else None,
+                             dc if na[2] else None, gw, gb)
 
 
 def gru_sequence(x_proj, h0, w_hh, b_hh=None):
