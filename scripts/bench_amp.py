@@ -8,13 +8,16 @@ Models: the transformer encoder layer (d 256, 4 heads, seq 128, batch 16), an ML
 per-op cost). ``--models mlp_small`` runs only the named ones. A step is forward +
 backward + SGD step; times are medians over ``--reps`` steps after a warm-up, the
 configurations interleaved.
-Peak memory of forward+backward is measured with tracemalloc (numpy reports every
-array allocation to it): the peak above what was allocated before the forward, in a
-separate, untimed run. The GEMM table compares a (M, K) @ (K, N) product in fp32
+Memory of forward+backward is measured with tracemalloc (numpy reports every array
+allocation to it) in a separate, untimed run after a warm-up (``fwd_bwd_memory``): the
+peak above what was allocated before the forward (parameter gradients included), and
+what the graph holds between forward and backward ("saved": the activations). The
+fp32 configuration runs outside any autocast region. The GEMM table compares a (M, K) @ (K, N) product in fp32
 (OpenBLAS sgemm), in bf16 through numpy/ml_dtypes (what a naive autocast would run)
 and in bf16 through deepseek's blocked low-precision GEMM.
 """
 import argparse
+import contextlib
 import json
 import tracemalloc
 
@@ -53,8 +56,14 @@ def _mlp_small(lib, nn):
 MODELS = {"transformer": _transformer, "mlp": _mlp, "mlp_small": _mlp_small}
 
 
+def _region(amp):
+    """bf16 autocast, or no region at all for fp32 (``autocast(enabled=False)`` would
+    still route every op through the dispatch mode, which is not the fp32 baseline)."""
+    return autocast("cpu", dtype=ds.bfloat16) if amp else contextlib.nullcontext()
+
+
 def _ds_step(model, x, loss_fn, opt, amp):
-    with autocast("cpu", dtype=ds.bfloat16, enabled=amp):
+    with _region(amp):
         loss = loss_fn(model(x))
     loss.backward()
     opt.step()
@@ -69,35 +78,46 @@ def _torch_step(torch, model, x, loss_fn, opt, amp):
     opt.zero_grad()
 
 
-def _peak_fwd_bwd(model, x, loss_fn, amp):
-    """Peak bytes allocated during forward+backward (tracemalloc)."""
-    tracemalloc.start()
-    try:
-        base = tracemalloc.get_traced_memory()[0]
-        tracemalloc.reset_peak()
-        with autocast("cpu", dtype=ds.bfloat16, enabled=amp):
-            loss = loss_fn(model(x))
-        loss.backward()
-        peak = tracemalloc.get_traced_memory()[1] - base
-    finally:
-        tracemalloc.stop()
-    for p in model.parameters():
-        p.grad = None
-    return peak
+def fwd_bwd_memory(model, x, loss_fn, amp):
+    """(peak, saved) bytes of one forward+backward, measured with tracemalloc (numpy
+    reports every array allocation to it): ``peak`` is the highest allocation above
+    what existed before the forward (the parameters and the input are not counted; the
+    parameter gradients, allocated by the backward, are), ``saved`` what the graph holds
+    between the end of the autocast region and the backward (the activations and
+    anything else kept for backward). A warm-up step first, so that one-time allocations
+    (thread pools, caches) count in neither configuration."""
+    for _ in range(2):
+        tracemalloc.start()
+        try:
+            base = tracemalloc.get_traced_memory()[0]
+            tracemalloc.reset_peak()
+            with _region(amp):
+                loss = loss_fn(model(x))
+            saved = tracemalloc.get_traced_memory()[0] - base
+            loss.backward()
+            peak = tracemalloc.get_traced_memory()[1] - base
+        finally:
+            tracemalloc.stop()
+        del loss
+        for p in model.parameters():
+            p.grad = None
+    return peak, saved
 
 
-def bench_models(reps, names):
+def bench_models(reps, names, with_torch=True):
     rows = []
     try:
         import torch
         torch.set_num_threads(max(1, torch.get_num_threads()))
     except ImportError:
         torch = None
+    if not with_torch:
+        torch = None
     for name in names:
         ds.manual_seed(0)
         model, x, loss_fn = MODELS[name](ds, ds.nn)
         opt = ds.optim.SGD(model.parameters(), lr=1e-4)
-        mem = {amp: _peak_fwd_bwd(model, x, loss_fn, amp) for amp in (False, True)}
+        mem = {amp: fwd_bwd_memory(model, x, loss_fn, amp) for amp in (False, True)}
         runs = {"ds fp32": lambda: _ds_step(model, x, loss_fn, opt, False),
                 "ds bf16": lambda: _ds_step(model, x, loss_fn, opt, True)}
         if torch is not None:
@@ -109,8 +129,10 @@ def bench_models(reps, names):
         med = {k: v * 1e3 for k, v in interleaved_medians(runs, reps).items()}
         row = {"model": name, "ds_fp32_ms": med["ds fp32"], "ds_bf16_ms": med["ds bf16"],
                "ds_ratio": med["ds bf16"] / med["ds fp32"],
-               "peak_fp32_MiB": mem[False] / 2 ** 20, "peak_bf16_MiB": mem[True] / 2 ** 20,
-               "mem_ratio": mem[True] / mem[False]}
+               "peak_fp32_MiB": mem[False][0] / 2 ** 20, "peak_bf16_MiB": mem[True][0] / 2 ** 20,
+               "mem_ratio": mem[True][0] / mem[False][0],
+               "saved_fp32_MiB": mem[False][1] / 2 ** 20, "saved_bf16_MiB": mem[True][1] / 2 ** 20,
+               "saved_ratio": mem[True][1] / max(mem[False][1], 1)}
         if torch is not None:
             row.update(torch_fp32_ms=med["torch fp32"], torch_bf16_ms=med["torch bf16"],
                        torch_ratio=med["torch bf16"] / med["torch fp32"])
@@ -141,23 +163,27 @@ def main():
     ap.add_argument("--quick", action="store_true", help="the MLP only, 3 reps")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--models", nargs="+", choices=list(MODELS), help="only these models")
+    ap.add_argument("--no-torch", action="store_true",
+                    help="without the PyTorch columns (its CPU bf16 step is ~30x slower here)")
     args = ap.parse_args()
     reps = 3 if args.quick else args.reps
     names = args.models or (["mlp"] if args.quick else list(MODELS))
-    models = bench_models(reps, names)
+    models = bench_models(reps, names, with_torch=not args.no_torch)
     gemm = bench_gemm(reps, [(512, 512, 512), (2048, 256, 1024), (2048, 1024, 256)])
     if args.json:
         print(json.dumps({"models": models, "gemm": gemm}, indent=1))
         return
     print(f"native isa: {ds.native.isa()}")
     print(f"{'model':12s} {'ds fp32':>9s} {'ds bf16':>9s} {'ratio':>6s} | {'torch fp32':>10s} "
-          f"{'torch bf16':>10s} {'ratio':>6s} | {'peak fp32':>10s} {'peak bf16':>10s} {'ratio':>6s}")
+          f"{'torch bf16':>10s} {'ratio':>6s} | {'peak fp32':>10s} {'peak bf16':>10s} {'ratio':>6s} "
+          f"| {'saved fp32':>10s} {'saved bf16':>10s} {'ratio':>6s}")
     for r in models:
         tp = (f"{r['torch_fp32_ms']:8.1f}ms {r['torch_bf16_ms']:8.1f}ms {r['torch_ratio']:6.2f}"
               if "torch_fp32_ms" in r else f"{'-':>10s} {'-':>10s} {'-':>6s}")
         print(f"{r['model']:12s} {r['ds_fp32_ms']:7.1f}ms {r['ds_bf16_ms']:7.1f}ms "
               f"{r['ds_ratio']:6.2f} | {tp} | {r['peak_fp32_MiB']:7.1f}MiB "
-              f"{r['peak_bf16_MiB']:7.1f}MiB {r['mem_ratio']:6.2f}")
+              f"{r['peak_bf16_MiB']:7.1f}MiB {r['mem_ratio']:6.2f} | {r['saved_fp32_MiB']:7.1f}MiB "
+              f"{r['saved_bf16_MiB']:7.1f}MiB {r['saved_ratio']:6.2f}")
     print()
     for r in gemm:
         print("  ".join(f"{k}: {v:.2f}" if isinstance(v, float) else f"{k}: {v}"

@@ -19,6 +19,9 @@ region of a thread enters the dispatch mode; inner ones push their settings.
 Casts of parameters (leaf tensors that require grad) are cached for the outermost
 region: a weight used by three matmuls is converted once, and the cast is itself an
 op of the graph, so its gradient flows back to the fp32 parameter (master weights).
+On the CPU a linear/matmul does not keep its weight's cast for backward: it re-makes
+it there from the fp32 parameter (``deferred_casts``), so the casts of all layers are
+not alive at once between forward and backward.
 
 On the CPU, numpy has no fp16/bf16 arithmetic worth the name (a bf16 ``sum`` is ~30x
 slower than fp32), so ops that compute on low-precision inputs run through
@@ -188,6 +191,7 @@ def _cast(t, dtype, frame):
     out = _Cast.apply(t, dtype=dtype)
     if cacheable:
         cache[key] = (t, t._vc[0], out)  # holds t: its id stays unique while cached
+        cache[("array", id(out._data))] = (out._data, t)  # for deferred_casts
     return out
 
 
@@ -209,7 +213,28 @@ class _AutocastMode(DispatchMode):
                 if chunkable(fn, args):
                     return LowpChunked.apply(*args, _inner=fn, _kwargs=kwargs)
                 return LowpCompute.apply(*args, _inner=fn, _kwargs=kwargs)
-        return fn.apply(*args, **kwargs)
+        res = fn.apply(*args, **kwargs)
+        if policy == "lower" and dev == "cpu" and fn in _DEFER_OPS and deferred_casts.ENABLED:
+            _defer_param_casts(res, args)
+        return res
+
+
+def _defer_param_casts(res, args):
+    """Let the GEMM ``res`` came from re-make its cached parameter casts in backward
+    instead of keeping them (``deferred_casts``: on the CPU the GEMM widens the weight to
+    fp32 anyway, so the bf16 copy held from forward to backward is pure cost)."""
+    cache = _cache.get()
+    node = getattr(res, "grad_fn", None)
+    if not cache or node is None:
+        return
+    casts = {}
+    for a in args:
+        if isinstance(a, Tensor):
+            hit = cache.get(("array", id(a._data)))
+            if hit is not None and hit[0] is a._data:
+                casts[id(a._data)] = hit
+    if casts:
+        deferred_casts.defer(node, casts)
 
 
 def _apply_policy(policy, args, frame):
@@ -269,3 +294,9 @@ _MODE = _AutocastMode()
 from .._tensor import Tensor  # noqa: E402
 from ..ops import registry as _registry  # noqa: E402
 from ..ops.shape import Cast as _Cast  # noqa: E402
+from ..ops.linalg import Linear as _Linear, Matmul as _Matmul  # noqa: E402
+from . import deferred_casts  # noqa: E402
+
+# GEMMs whose saved parameter casts are re-made in backward (their backward reads the
+# saved arrays through ctx.saved_tensors)
+_DEFER_OPS = frozenset({_Linear, _Matmul})

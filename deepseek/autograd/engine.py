@@ -101,11 +101,10 @@ def run_backward(tensors, grad_tensors, retain_graph=False, inputs=None, accumul
     for n in roots:
         if deps.get(n, 0) == 0:
             heapq.heappush(ready, (-n.seq, id(n), n))
-    executed = []
     _callbacks.depth += 1
     try:
         _drain(ready, buffers, deps, capture, results if capture is not None else None,
-               accumulate, executed)
+               accumulate, not retain_graph)
         if _callbacks.depth == 1:
             # callbacks may queue more callbacks; run until none is left
             while _callbacks.pending:
@@ -114,23 +113,23 @@ def run_backward(tensors, grad_tensors, retain_graph=False, inputs=None, accumul
         _callbacks.depth -= 1
         if _callbacks.depth == 0:
             _callbacks.pending.clear()
-    if not retain_graph:
-        for node in executed:
-            node.release()
     return results if capture is not None else None
 
 
-def _drain(ready, buffers, deps, capture, results, accumulate, executed):
-    """Run ready nodes until the graph is exhausted (grad mode off meanwhile)."""
+def _drain(ready, buffers, deps, capture, results, accumulate, release):
+    """Run ready nodes until the graph is exhausted (grad mode off meanwhile). With
+    ``release`` (no retain_graph) each node frees its saved arrays right after its
+    backward, as PyTorch does: the activations of the layers already walked do not
+    stay alive until the end of the pass (they were half the backward peak)."""
     prev = _state.enabled
     _state.enabled = False
     try:
-        _drain_nodes(ready, buffers, deps, capture, results, accumulate, executed)
+        _drain_nodes(ready, buffers, deps, capture, results, accumulate, release)
     finally:
         _state.enabled = prev
 
 
-def _drain_nodes(ready, buffers, deps, capture, results, accumulate, executed):
+def _drain_nodes(ready, buffers, deps, capture, results, accumulate, release):
     # The per-node loop of backward: kept flat (no helper calls on the common path,
     # exact type tests before isinstance) because it runs once per graph node.
     pop, push, Acc = heapq.heappop, heapq.heappush, AccumulateGrad
@@ -166,7 +165,8 @@ def _drain_nodes(ready, buffers, deps, capture, results, accumulate, executed):
             in_grads = (in_grads,)
         if len(in_grads) < len(edges):
             in_grads = tuple(in_grads) + (None,) * (len(edges) - len(in_grads))
-        executed.append(node)
+        if release:
+            node.release()
         sent = None
         for edge, g in zip(edges, in_grads):
             if edge is None:

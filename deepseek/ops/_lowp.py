@@ -11,10 +11,11 @@ precision saves is not spent again on a full fp32 copy, and the arithmetic runs 
 sgemm speed. Values equal fp32 math on the (exact) widened inputs, rounded once.
 
 ``mm`` is ``a @ b`` / ``a @ b.T`` blocked over the rows of ``a`` (linear forward, the
-input gradient); ``mm_tn`` is ``a.T @ b`` blocked over the contraction (the weight
-gradient: tokens x features panels, accumulated in fp32); ``colsum`` is the bias
-gradient. ``matmul`` is the general (batched, broadcast) product: it widens both
-operands whole.
+input gradient); ``mm_tn`` is ``a.T @ b`` blocked over the columns of the wider operand
+(the weight gradient: tokens x features, accumulated in fp32); ``colsum`` is the bias
+gradient. Large products share their panels out among OpenBLAS's thread count of
+worker threads, each running single-threaded sgemm. ``matmul`` is the general
+(batched, broadcast) product: it widens both operands whole.
 """
 import numpy as np
 
@@ -23,17 +24,41 @@ from .. import native as _native
 
 LOW = (_dt.float16, _dt.bfloat16)
 _F32 = np.dtype(np.float32)
-# fp32 elements of one converted panel (4 Mi = 16 MiB). Measured on a loaded 2-core
-# AVX2 machine: OpenBLAS pays a thread hand-off per call, so 1 MiB panels ran the
-# (2048, 1024) x (1024, 256) product 6-13x slower than one sgemm, 4 MiB panels 1.5-2x,
-# 16 MiB panels within 1.1x; smaller tensors are converted whole anyway
-_PANEL = 1 << 22
+# fp32 elements of one worker's converted panel (512 Ki = 2 MiB: the fp32 working set
+# of a GEMM is a few of these, not a full-size copy of a bf16 activation). Each worker
+# thread runs single-threaded sgemm on its own panels (``_parallel``): with OpenBLAS's
+# own threads, every call paid a hand-off and 1 MiB panels ran several times slower
+# than one sgemm on a loaded 2-core machine. Measured there with 2 workers: 256 Ki
+# panels 1.2-1.4x one sgemm, 512 Ki within noise of it; 1 Mi panels no faster, and
+# they lift the transformer layer's bf16 peak from 0.58x to 0.65x of fp32's.
+_PANEL = 1 << 19
+# fp32 elements of the operand that mm_tn converts whole (per chunk of K rows)
+_BIG = 1 << 20
+# multiply-adds below which a GEMM runs on the calling thread alone
+_PAR_MIN_MACS = 1 << 21
 
 
 def applies(*arrays):
     """True when these are CPU (numpy) arrays and one of them is fp16/bf16."""
     return all(isinstance(a, np.ndarray) for a in arrays if a is not None) and \
         any(a is not None and a.dtype in LOW for a in arrays)
+
+
+# the extension's conversion entry and its codes per (source, destination) dtype: the
+# panels call it directly. It checks dtypes, contiguity, sizes and overlap itself, so the
+# Python-side checks of ``native.cast`` (~5x the call itself, the cost of a small op)
+# are not paid once more per panel.
+_EXT = getattr(_native, "_ext", None)
+_KINDS = {} if _EXT is None else {
+    (np.dtype(s), np.dtype(d)): _native._CVT_CODES[n] for n, s, d in (
+        ("f32_to_f16", _F32, np.float16), ("f16_to_f32", np.float16, _F32),
+        ("f32_to_bf16", _F32, _dt.bfloat16), ("bf16_to_f32", _dt.bfloat16, _F32))}
+
+
+def _native_convert(src, out):
+    """``src`` converted into ``out`` (both C-contiguous, same size) by the kernel."""
+    _EXT.convert(_KINDS[(src.dtype, out.dtype)], _native._raw(src), _native._raw(out))
+    return out
 
 
 def to_f32(a, out=None):
@@ -45,10 +70,7 @@ def to_f32(a, out=None):
         return out
     if a.dtype in LOW and _native.available():
         if a.flags.c_contiguous:
-            if out is None:
-                out = np.empty(a.shape, _F32)
-            _native.cast(a.reshape(-1), _F32, out=out.reshape(-1))
-            return out
+            return _native_convert(a, np.empty(a.shape, _F32) if out is None else out)
         if out is None and a.T.flags.c_contiguous:  # a transposed view: widen its base
             return to_f32(a.T).T
     if out is None:
@@ -67,19 +89,51 @@ def from_f32(a, dtype, out=None):
             if out is None and a.T.flags.c_contiguous:
                 return from_f32(a.T, dtype).T
             a = np.ascontiguousarray(a)
-        if out is None:
-            out = np.empty(a.shape, dtype)
-        _native.cast(a.reshape(-1), dtype, out=out.reshape(-1))
-        return out
+        return _native_convert(a, np.empty(a.shape, dtype) if out is None else out)
     if out is None:
         return a.astype(dtype)
     np.copyto(out, a, casting="unsafe")
     return out
 
 
+def _split(n, parts):
+    """``n`` rows cut into ``parts`` near-equal contiguous ranges [(lo, hi)] (none empty)."""
+    parts = max(1, min(parts, n))
+    step, extra = divmod(n, parts)
+    spans, lo = [], 0
+    for i in range(parts):
+        hi = lo + step + (i < extra)
+        spans.append((lo, hi))
+        lo = hi
+    return spans
+
+
+def _workers(macs):
+    """Threads for a GEMM of ``macs`` multiply-adds: OpenBLAS's own thread count, or one
+    for a product too small to pay for a hand-off."""
+    if macs < _PAR_MIN_MACS:
+        return 1
+    from .attention import blas_threads
+    return max(1, blas_threads())
+
+
+def _parallel(spans, fn):
+    """``fn(span)`` for each span, one per thread with OpenBLAS at one thread inside
+    (the pool and the switch of scaled_dot_product_attention): every worker converts its
+    own panels and runs its own sgemm on them, so a small panel costs no thread hand-off
+    inside OpenBLAS (which made 1 MiB panels several times slower on a loaded machine)."""
+    if len(spans) == 1:
+        fn(spans[0])
+        return
+    from .attention import blas_single_thread, _run
+    with blas_single_thread():
+        _run(spans, fn, len(spans))
+
+
 def mm(a, b, trans_b=False, bias=None, out_dtype=None):
     """``a @ b`` (or ``a @ b.T``) ``+ bias`` for 2-D ``a`` (M, K), output in ``out_dtype``
-    (default ``a.dtype``); ``a`` is converted panel by panel, ``b`` and ``bias`` once."""
+    (default ``a.dtype``); ``a`` is converted panel by panel (the rows are shared out
+    among the worker threads, each with its own panel buffers), ``b`` and ``bias`` once."""
     out_dtype = np.dtype(out_dtype or a.dtype)
     b32 = to_f32(b)
     if trans_b:
@@ -93,47 +147,80 @@ def mm(a, b, trans_b=False, bias=None, out_dtype=None):
     if not a.flags.c_contiguous:
         a = np.ascontiguousarray(a)
     rows = max(8, _PANEL // max(K, N, 1))
-    n0 = min(rows, M)
-    abuf = np.empty((n0, K), _F32) if a.dtype != _F32 else None
-    obuf = np.empty((n0, N), _F32) if out_dtype != _F32 else None
-    for r0 in range(0, M, rows):
-        r1 = min(M, r0 + rows)
-        n = r1 - r0
-        blk = a[r0:r1] if abuf is None else to_f32(a[r0:r1], out=abuf[:n])
-        o = out[r0:r1] if obuf is None else obuf[:n]
-        np.matmul(blk, b32, out=o)
-        if bias32 is not None:
-            o += bias32
-        if obuf is not None:
-            from_f32(o, out_dtype, out=out[r0:r1])
+    widen, narrow = a.dtype != _F32, out_dtype != _F32
+
+    def run(span):
+        r0, r1 = span
+        n0 = min(rows, r1 - r0)
+        abuf = np.empty((n0, K), _F32) if widen else None
+        obuf = np.empty((n0, N), _F32) if narrow else None
+        for p0 in range(r0, r1, rows):
+            p1 = min(r1, p0 + rows)
+            n = p1 - p0
+            blk = a[p0:p1] if abuf is None else to_f32(a[p0:p1], out=abuf[:n])
+            o = out[p0:p1] if obuf is None else obuf[:n]
+            np.matmul(blk, b32, out=o)
+            if bias32 is not None:
+                o += bias32
+            if obuf is not None:
+                from_f32(o, out_dtype, out=out[p0:p1])
+    _parallel(_split(M, _workers(M * K * N)), run)
     return out
 
 
 def mm_tn(a, b, out_dtype=None):
-    """``a.T @ b`` for 2-D ``a`` (K, M) and ``b`` (K, N), blocked over K (row panels of
-    both are converted; the (M, N) product accumulates in fp32), output in
-    ``out_dtype`` (default ``a.dtype``)."""
+    """``a.T @ b`` for 2-D ``a`` (K, M) and ``b`` (K, N) (a weight gradient: K is the
+    token count), output in ``out_dtype`` (default ``a.dtype``), accumulated in fp32.
+
+    The narrower operand (``b`` after a swap) is converted whole, in chunks of ``_BIG``
+    elements along K; the output rows are shared out among the worker threads, and each
+    converts its own column blocks of ``a`` (K x a few dozen columns), so one sgemm per
+    block writes its output rows directly: no full-size fp32 copy of the wide operand
+    and no partial sums (except across K chunks, for very many tokens)."""
     out_dtype = np.dtype(out_dtype or a.dtype)
     K, M = a.shape
     N = b.shape[1]
-    acc = np.zeros((M, N), _F32)
-    a = np.ascontiguousarray(a)
-    b = np.ascontiguousarray(b)
-    rows = max(8, _PANEL // max(M, N, 1))
-    n0 = min(rows, K) if K else 0
-    abuf = np.empty((n0, M), _F32) if a.dtype != _F32 else None
-    bbuf = np.empty((n0, N), _F32) if b.dtype != _F32 else None
-    part = np.empty((M, N), _F32) if K > rows else None
-    for k0 in range(0, K, rows):
-        k1 = min(K, k0 + rows)
-        n = k1 - k0
-        ab = a[k0:k1] if abuf is None else to_f32(a[k0:k1], out=abuf[:n])
-        bb = b[k0:k1] if bbuf is None else to_f32(b[k0:k1], out=bbuf[:n])
-        if part is None:
-            np.matmul(ab.T, bb, out=acc)
-        else:
-            np.matmul(ab.T, bb, out=part)
-            acc += part
+    if N > M:  # split the wider side: (a.T @ b).T = b.T @ a
+        return np.ascontiguousarray(mm_tn(b, a, out_dtype).T)
+    acc = np.zeros((M, N), _F32) if K == 0 else np.empty((M, N), _F32)
+    kc = max(8, _BIG // max(N, 1))
+    spans = _split(M, _workers(K * M * N))
+    low_a = a.dtype in LOW
+    a_words = a.view(np.uint16) if low_a else None
+
+    def run_chunk(k0, k1, first, b32):
+        kn = k1 - k0
+        cols = max(16, min(M, _PANEL // max(kn, 1)))
+
+        def run(span):
+            m0, m1 = span
+            c0 = min(cols, m1 - m0)
+            abuf = np.empty(kn * c0, _F32)
+            # the strided column block is first copied as raw 16-bit words (numpy's
+            # bf16 cast loops hold the GIL and would serialise the workers), then
+            # widened by the native kernel
+            raw = np.empty(kn * c0, np.uint16) if low_a else None
+            part = None if first else np.empty((c0, N), _F32)
+            for j0 in range(m0, m1, cols):
+                j1 = min(m1, j0 + cols)
+                blk = abuf[:kn * (j1 - j0)].reshape(kn, j1 - j0)
+                if raw is None:
+                    np.copyto(blk, a[k0:k1, j0:j1], casting="unsafe")
+                else:
+                    words = raw[:blk.size].reshape(blk.shape)
+                    np.copyto(words, a_words[k0:k1, j0:j1])
+                    to_f32(words.view(a.dtype), out=blk)
+                if first:
+                    np.matmul(blk.T, b32, out=acc[j0:j1])
+                else:
+                    o = part[:j1 - j0]
+                    np.matmul(blk.T, b32, out=o)
+                    acc[j0:j1] += o
+        _parallel(spans, run)
+
+    for k0 in range(0, K, kc):
+        k1 = min(K, k0 + kc)
+        run_chunk(k0, k1, k0 == 0, to_f32(np.ascontiguousarray(b[k0:k1])))
     return from_f32(acc, out_dtype)
 
 

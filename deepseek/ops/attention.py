@@ -265,8 +265,12 @@ class SDPA(Function):
         if out.dtype != q.dtype:
             out = out.astype(q.dtype)
         if ctx.needs_input_grad:
-            ctx.save_for_backward(k, v)
-            ctx.qs, ctx.p, ctx.pd, ctx.dm = qs, p, pd, dm
+            # q, not q * scale: q is (a view of) the caller's tensor, alive anyway, and
+            # backward rescales it (the same product, so the same values); a saved qs
+            # would be one more activation-sized array held until backward. Saved, not
+            # kept on ctx: an in-place change of q before backward is then detected
+            ctx.save_for_backward(k, v, q)
+            ctx.p, ctx.pd, ctx.dm = p, pd, dm
             ctx.scale, ctx.shapes = scale, (q.shape, k.shape, v.shape)
             ctx.mshape = None if mask is None else mask.shape
             ctx.par = plan
@@ -277,17 +281,17 @@ class SDPA(Function):
 
     @staticmethod
     def backward(ctx, g, gw=None):
-        k, v = ctx.saved_tensors
+        k, v, q = ctx.saved_tensors
         xp = xp_of(g)
         na = ctx.needs_input_grad
         qshape, kshape, vshape = ctx.shapes
-        p, pd, dm, qs = ctx.p, ctx.pd, ctx.dm, ctx.qs
+        p, pd, dm = ctx.p, ctx.pd, ctx.dm
         want_s = na[0] or na[1] or (len(na) > 3 and na[3])
         want_m = len(na) > 3 and na[3]
         if ctx.par is not None and xp is np:
-            return SDPA._backward_par(ctx, g, gw, k, v, want_s, want_m)
+            return SDPA._backward_par(ctx, g, gw, q, k, v, want_s, want_m)
         gq = gk = gv = gm = None
-        with _small_gemms(qs, k, v):
+        with _small_gemms(q, k, v):
             if na[2]:
                 gv = unbroadcast(_swap(pd) @ g, vshape)
             if want_s:
@@ -302,16 +306,16 @@ class SDPA(Function):
                     gq = unbroadcast(gs @ k, qshape)
                     gq *= gq.dtype.type(ctx.scale)
                 if na[1]:
-                    gk = unbroadcast(_swap(gs) @ qs, kshape)
+                    gk = unbroadcast(_swap(gs) @ (q * q.dtype.type(ctx.scale)), kshape)
                 if want_m:
                     gm = unbroadcast(gs, ctx.mshape)
         return gq, gk, gv, gm
 
     @staticmethod
-    def _backward_par(ctx, g, gw, k, v, want_s, want_m):
+    def _backward_par(ctx, g, gw, q, k, v, want_s, want_m):
         """The backward of the threaded forward: the same work items, the same math."""
         na = ctx.needs_input_grad
-        p, pd, dm, qs = ctx.p, ctx.pd, ctx.dm, ctx.qs
+        p, pd, dm = ctx.p, ctx.pd, ctx.dm
         workers, items = ctx.par
         gq = np.empty(ctx.shapes[0], dtype=g.dtype) if na[0] else None
         gk = np.empty(ctx.shapes[1], dtype=g.dtype) if na[1] else None
@@ -337,7 +341,7 @@ class SDPA(Function):
                 np.matmul(gs, k[i], out=gq[i])
                 gq[i] *= sc
             if gk is not None:
-                np.matmul(_swap(gs), qs[i], out=gk[i])
+                np.matmul(_swap(gs), q[i] * q.dtype.type(ctx.scale), out=gk[i])
         with blas_single_thread():
             _run(items, item, workers)
         gm = unbroadcast(gsf, ctx.mshape) if want_m else None

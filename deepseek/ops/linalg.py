@@ -121,14 +121,18 @@ class Linear(Function):
 
     @staticmethod
     def backward(ctx, g):
-        x, w = ctx.saved_tensors
         na = ctx.needs_input_grad
+        x = ctx.saved_tensors[0]
+        # the weight is read only for the input gradient: under CPU autocast, reading it
+        # re-makes its bf16 cast (amp.deferred_casts), and a first layer needs none
+        w = ctx.saved_tensors[1] if na[0] else None
         g2 = g.reshape(-1, g.shape[-1])
         if _lowp.applies(x, w, g):
             gx = _lowp.mm(g2, w, out_dtype=x.dtype).reshape(g.shape[:-1] + (w.shape[1],)) \
                 if na[0] else None
-            gw = _lowp.mm_tn(g2, x.reshape(-1, x.shape[-1]), out_dtype=w.dtype) if na[1] else None
-            gb = _lowp.colsum(g2, out_dtype=w.dtype) if ctx.has_bias and na[2] else None
+            w = None  # (a re-made cast is freed before the weight gradient is made)
+            gw = _lowp.mm_tn(g2, x.reshape(-1, x.shape[-1]), out_dtype=x.dtype) if na[1] else None
+            gb = _lowp.colsum(g2, out_dtype=x.dtype) if ctx.has_bias and na[2] else None
             return gx, gw, gb
         gx = (g2 @ w).reshape(g.shape[:-1] + (w.shape[1],)) if na[0] else None
         gw = (g2.T @ x.reshape(-1, x.shape[-1])) if na[1] else None
