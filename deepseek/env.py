@@ -247,6 +247,9 @@ VARIABLES: dict[str, Var] = _declare(
     Var("DEEPSEEK_TCP_CHUNK_BYTES", "bytes", 1 << 20,
         "pipeline chunk of the raw TCP streams: reduced and sent on while the next one "
         "arrives", lo=4096),
+    Var("DEEPSEEK_TCP_STREAMS", "int", 2,
+        "raw TCP streams per pair of ranks; the pipeline chunks take turns on them (one "
+        "stream may not fill a fast link)", lo=1, hi=64),
     Var("DEEPSEEK_SHM_CHUNK", "bytes", 1 << 20,
         "shared-memory slot size (rounded up to 4 KiB, at least 4 KiB)", lo=0,
         lo_open=True),

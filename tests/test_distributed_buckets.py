@@ -26,6 +26,25 @@ def test_build_buckets_reverse_order_and_a_small_first_bucket():
     assert [p for p in buckets[1].parameters()] == [named[2][1], named[1][1]]
 
 
+def test_auto_bucket_cap_cuts_small_models_and_keeps_25_mib_for_large_ones():
+    from deepseek.distributed.buckets import auto_bucket_cap
+
+    assert auto_bucket_cap(0) == 1 << 20              # never below 1 MiB
+    assert auto_bucket_cap(16 << 20) == 2 << 20       # 1/8 of the gradient
+    assert auto_bucket_cap(440 << 20) == 25 << 20     # BERT-base: PyTorch's cap
+    # the issue's MLP (784-1024-1024-10, 7.4 MB): the fixed 25 MB cap gives two
+    # buckets, the big one full only when backward ends; the automatic one (1 MiB)
+    # gives about one bucket per layer, so the last layers' reduction overlaps the
+    # first's backward
+    named = _params((784, 1024), (1024,), (1024, 1024), (1024,), (1024, 10), (10,),
+                    names="abcdef")
+    total = sum(p._data.nbytes for _, p in named)
+    assert len(build_buckets(named, 25 << 20)) == 2
+    auto = build_buckets(named, auto_bucket_cap(total))
+    assert len(auto) == 4
+    assert [b.names for b in auto] == [["f", "e", "d"], ["c"], ["b"], ["a"]]
+
+
 def test_build_buckets_one_dtype_per_bucket():
     named = _params((4,), (4,)) + _params((4,), dtype=np.float64, names="z") + \
         _params((4,), names="c")

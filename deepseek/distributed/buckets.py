@@ -23,6 +23,23 @@ import numpy as np
 from .._tensor import Tensor
 
 FIRST_BUCKET_BYTES = 1 << 20  # as PyTorch: a small first bucket starts comm early
+MAX_BUCKET_BYTES = 25 << 20   # PyTorch's cap: large models keep it
+MIN_BUCKETS = 8               # the automatic cap cuts a small model into about this many
+
+
+def auto_bucket_cap(total_bytes):
+    """DDP's default cap for a model with ``total_bytes`` of gradient: 1/MIN_BUCKETS of
+    it, at least 1 MiB and at most PyTorch's 25 MiB.
+
+    Why: a fixed 25 MB cap (tuned for GPUs, where one launch costs much) leaves a model
+    of a few MB with one big bucket that fills only when backward ends, so nothing
+    overlaps (the issue's 7.4 MB MLP: two buckets, overlap on or off the same). Over
+    TCP between CPU hosts a bucket's fixed cost is about a millisecond (a small
+    allreduce between two network namespaces, scripts/bench_multihost.py), so small
+    models can afford several buckets; large models (BERT-base: 17 buckets at 25 MiB)
+    are unchanged. Parameters are never split, so a bucket may still exceed
+    the cap when one parameter does."""
+    return int(min(MAX_BUCKET_BYTES, max(FIRST_BUCKET_BYTES, total_bytes // MIN_BUCKETS)))
 
 
 def _plain_zeros(n, dtype):

@@ -23,7 +23,8 @@ from .. import nn
 from ..autograd.engine import queue_callback
 from ..autograd.grad_mode import no_grad
 from ..collectives import ReduceOp, get_default_group
-from .buckets import GradBucket, build_buckets  # noqa: F401  (GradBucket: re-exported)
+# GradBucket: re-exported
+from .buckets import GradBucket, auto_bucket_cap, build_buckets  # noqa: F401
 from .comm_hooks import allreduce_hook, compression_hook
 
 
@@ -41,7 +42,10 @@ class DistributedDataParallel(nn.Module):
 
     Args:
         module: the model, identical on every rank (checked at construction).
-        bucket_cap_mb: bucket size; smaller buckets start communicating earlier.
+        bucket_cap_mb: bucket size in MiB; smaller buckets start communicating
+            earlier. None (default): ``buckets.auto_bucket_cap`` -- 1/8 of the model's
+            gradient, between 1 MiB and PyTorch's 25 MiB, so that small models get
+            several buckets and overlap too.
         compression: None (fp32 on the wire), 'fp16' or 'bf16' (half the bytes): the
             short form of ``register_comm_hook(process_group, fp16_compress_hook)``
             (or ``bf16_compress_hook``); on a group of one nothing is compressed.
@@ -57,7 +61,7 @@ class DistributedDataParallel(nn.Module):
     "fp32-resend", or "hook" for a hook that does not say).
     """
 
-    def __init__(self, module, bucket_cap_mb=25, compression=None, overlap_comm=True,
+    def __init__(self, module, bucket_cap_mb=None, compression=None, overlap_comm=True,
                  broadcast_buffers=True, find_unused_parameters=False, process_group=None,
                  comm_hook=None, device_ids=None, output_device=None):
         super().__init__()
@@ -78,9 +82,14 @@ class DistributedDataParallel(nn.Module):
         self._hook_registered = False
         self._backward_seen = False
         self.require_backward_grad_sync = True
-        self.bucket_cap_bytes = int(bucket_cap_mb * (1 << 20))
-
         named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+        if bucket_cap_mb is None:
+            self.bucket_cap_bytes = auto_bucket_cap(sum(p._data.nbytes for _, p in named))
+        elif not bucket_cap_mb > 0:
+            raise ValueError(f"bucket_cap_mb must be positive (or None: automatic), got "
+                             f"{bucket_cap_mb!r}")
+        else:
+            self.bucket_cap_bytes = int(bucket_cap_mb * (1 << 20))
         self._check_same_model(module)
         self._broadcast_state(module)
         # every rank builds the same buckets in the same order (the model was checked
