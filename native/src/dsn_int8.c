@@ -443,17 +443,14 @@ PyObject *dsn_py_int8_gemm(PyObject *self, PyObject *args)
         if (oc.Y) { oc.Y += m0 * (size_t)N; oc.as += m0; }
         int done_chunk = 0;
 #ifdef DSN_X86
-        if (loop == L_VNNI) {
-            i8_prep_u(Am, mm * (size_t)Kp, I8_U_XOR80, U);
-            i8_gemm_vnni(U, (const int8_t *)U, NULL, bR.buf, mm, bW.buf, (size_t)Np,
-                         (size_t)Kp, &oc);
-            i8_last = "avx512vnni";
-            done_chunk = 1;
-        } else if (loop == L_U7) {
-            i8_prep_u(Am, mm * (size_t)Kp, I8_U_ADD64, U);
-            i8_gemm_avx2_u7(U, (const int8_t *)U, NULL, bR.buf, mm, bW.buf, (size_t)Np,
-                            (size_t)Kp, &oc);
-            i8_last = "avx2-u7";
+        if (loop == L_VNNI || loop == L_U7) {
+            /* both take unsigned activations, made once per chunk: a ^ 0x80 for VNNI's
+             * u8 x s8 dot (the row sums compensate), a + 64 for the 7-bit AVX2 loop */
+            int vnni = loop == L_VNNI;
+            i8_prep_u(Am, mm * (size_t)Kp, vnni ? I8_U_XOR80 : I8_U_ADD64, U);
+            (vnni ? i8_gemm_vnni : i8_gemm_avx2_u7)(U, (const int8_t *)U, NULL, bR.buf, mm,
+                                                    bW.buf, (size_t)Np, (size_t)Kp, &oc);
+            i8_last = vnni ? "avx512vnni" : "avx2-u7";
             done_chunk = 1;
         } else if (loop == L_AVX2) {
             int32_t *neg = (int32_t *)(U + 2 * plane);
