@@ -77,7 +77,7 @@ class RecoveryError(RuntimeError):
 
 
 def envvars_get(name, environ=None):
-    """A declared DEEPSEEK_* variable (deepseek/env.py)."""
+    """A declared DEEPSEEK_* variable (deepseek/env.py, deepseek/env_vars.json)."""
     from .. import env as envvars
     return envvars.get(name, environ)
 

@@ -52,7 +52,7 @@ def test_every_deepseek_name_in_the_source_is_declared():
                 if name not in envvars.VARIABLES and name not in NOT_VARIABLES:
                     undeclared.setdefault(name, []).append(f"{rel}:{i}")
     assert not undeclared, (
-        "DEEPSEEK_* names not declared in deepseek/env.py (declare each one there: "
+        "DEEPSEEK_* names not declared in deepseek/env_vars.json (declare each one there: "
         f"name, type, default, doc): {undeclared}")
 
 
@@ -151,7 +151,7 @@ def test_every_default_fits_its_declaration():
 
 
 def test_undeclared_name_is_refused():
-    with pytest.raises(KeyError, match="DEEPSEEK_NOPE is not declared in deepseek/env.py"):
+    with pytest.raises(KeyError, match="DEEPSEEK_NOPE is not declared in deepseek/env_vars.json"):
         envvars.get("DEEPSEEK_NOPE")
 
 
