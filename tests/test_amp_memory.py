@@ -113,6 +113,7 @@ def test_fp32_linear_backward_does_not_read_the_weight_for_a_first_layer():
 def test_threaded_panel_gemms_equal_fp32_math(dtype, M, K, N, monkeypatch):
     monkeypatch.setattr(_lowp, "_PANEL", 1 << 8)          # many panels per worker
     monkeypatch.setattr(_lowp, "_BIG", 1 << 9)            # mm_tn in several K chunks
+    monkeypatch.setattr(_lowp, "SPLIT_PANELS", True)      # the worker-thread split
     monkeypatch.setattr(_lowp, "_PAR_MIN_MACS", 0)        # threads even for this size
     monkeypatch.setattr(attention, "blas_threads", lambda: 3)
     rng = np.random.default_rng(1)

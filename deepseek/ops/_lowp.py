@@ -13,8 +13,9 @@ sgemm speed. Values equal fp32 math on the (exact) widened inputs, rounded once.
 ``mm`` is ``a @ b`` / ``a @ b.T`` blocked over the rows of ``a`` (linear forward, the
 input gradient); ``mm_tn`` is ``a.T @ b`` blocked over the columns of the wider operand
 (the weight gradient: tokens x features, accumulated in fp32); ``colsum`` is the bias
-gradient. Large products share their panels out among OpenBLAS's thread count of
-worker threads, each running single-threaded sgemm. ``matmul`` is the general
+gradient. With ``SPLIT_PANELS`` large products share their panels out among
+OpenBLAS's thread count of worker threads, each running single-threaded sgemm (off by
+default: see there). ``matmul`` is the general
 (batched, broadcast) product: it widens both operands whole.
 """
 import numpy as np
@@ -108,10 +109,19 @@ def _split(n, parts):
     return spans
 
 
+# Share a large product's panels out among worker threads (each running one-thread
+# sgemm) instead of letting OpenBLAS thread each panel's sgemm. Off: on an idle 2-core
+# machine OpenBLAS's threads ran bf16 GEMMs at 1.3x one fp32 sgemm and the workers at
+# 2x (512^3: 2.9 against 5.6 ms; transformer step 1.20x against 1.31x of fp32); the
+# workers won only when other processes held the cores. True turns them on.
+SPLIT_PANELS = False
+
+
 def _workers(macs):
-    """Threads for a GEMM of ``macs`` multiply-adds: OpenBLAS's own thread count, or one
-    for a product too small to pay for a hand-off."""
-    if macs < _PAR_MIN_MACS:
+    """Threads for a GEMM of ``macs`` multiply-adds: one (OpenBLAS threads the sgemm
+    itself) unless SPLIT_PANELS, then OpenBLAS's thread count, or one for a product too
+    small to pay for a hand-off."""
+    if not SPLIT_PANELS or macs < _PAR_MIN_MACS:
         return 1
     from .attention import blas_threads
     return max(1, blas_threads())
