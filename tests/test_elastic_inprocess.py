@@ -111,9 +111,14 @@ def test_chaos_inprocess_recovery_matches_an_uninterrupted_run(tmp_path, jobs, v
         _wait(lambda: max([r["step"] for r in progress(tmp_path)
                            if "step" in r and r["gen"] == n] + [0]) >= at,
               f"step {at} of generation {n}", run)
-        recs = [r for r in progress(tmp_path) if "step" in r]
         victim = rnd.randrange(3)
-        pid = [r for r in recs if r["rank"] == victim][-1]["pid"]
+        # the victim itself must have reported in generation n: its newest record may
+        # otherwise still be the process killed in generation n - 1
+        _wait(lambda: any(r.get("gen") == n and r["rank"] == victim
+                          for r in progress(tmp_path) if "step" in r),
+              f"rank {victim} in generation {n}", run)
+        recs = [r for r in progress(tmp_path) if "step" in r]
+        pid = [r for r in recs if r["rank"] == victim and r.get("gen") == n][-1]["pid"]
         os.kill(pid, signal.SIGKILL)
         kills.append((victim, pid, at))
     rc, out, err = finish(run, 90)
