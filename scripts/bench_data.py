@@ -17,8 +17,13 @@ medians over --reps rounds, and the ratios of the medians):
   worker id (``get_worker_info``), at 2 workers: FastDataLoader next to PyTorch's;
 * input-bound: a training loop whose step is --step-ms of Python work (holding the
   GIL, as an eager framework's step does) with a transform of about 80% of that per
-  batch (threads then share the GIL with the step; processes do not); the loader's own wait per step (``loader.stats``; the profiler is not built
-  yet) for FastDataLoader and the threaded loader, one worker.
+  batch (threads then share the GIL with the step; processes do not), one worker: the
+  loader's wait per step as the profiler reports it (``deepseek.profiler``'s
+  ``DataLoader.__next__ (wait)`` events), for FastDataLoader and the threaded loader.
+  The first ``prefetch_factor`` steps are the pipeline's fill (no loader can hand out a
+  batch before it is made) and are reported apart from the steady state after them.
+  On a machine with no more cores than busy processes (step + worker) the worker's
+  batch takes longer than its CPU time: measure on an idle machine.
 
     python scripts/bench_data.py [--reps 3] [--batches 16] [--json out.json]
 """
@@ -190,17 +195,25 @@ def busy(ms):
     return x
 
 
-def input_bound(system, dataset, batch_size, step_ms, steps):
+def input_bound(system, dataset, batch_size, step_ms, steps, fill=2):
+    """Loader wait per step (ms) of a loop of ``step_ms`` busy steps, from the profiler:
+    (mean over the ``fill`` first steps, mean over the ``steps`` after them)."""
+    import deepseek.profiler as dprof
     loader = make_loader(system, dataset, 1, batch_size=batch_size)
     it = iter(loader)
-    next(it)
-    loader.stats.reset()
-    for _ in range(steps):
-        next(it)
-        busy(step_ms)
-    wait = loader.stats.wait_per_batch * 1e3
+    next(it)                         # worker start-up: not a step
+    with dprof.profile() as prof:
+        for _ in range(fill + steps):
+            next(it)
+            busy(step_ms)
     del it
-    return wait
+    waits = sorted((e for e in prof.events() if e.name == "DataLoader.__next__ (wait)"),
+                   key=lambda e: e.start_ns)
+    if len(waits) != fill + steps:
+        raise RuntimeError(f"the profiler saw {len(waits)} loader waits, expected "
+                           f"{fill + steps}")
+    ms = [e.cpu_time_total / 1e3 for e in waits]
+    return sum(ms[:fill]) / fill, sum(ms[fill:]) / steps
 
 
 def med(xs):
@@ -309,14 +322,17 @@ def main(argv=None):
     ib_systems = [s for s in systems if s in ("deepseek", "threads")]
     for rep in range(args.reps):
         for system in ib_systems:
-            w = input_bound(system, images, per_batch, args.step_ms, args.batches)
-            results["input_bound"].setdefault(system, []).append(w)
+            fill, steady = input_bound(system, images, per_batch, args.step_ms, args.batches)
+            results["input_bound"].setdefault(system, []).append(steady)
+            results.setdefault("input_bound_fill", {}).setdefault(system, []).append(fill)
     print(f"\ninput-bound? step {args.step_ms:.0f} ms of Python work, transform "
-          f"{per_batch * sample_ms:.1f} ms/batch, 1 worker: loader wait per step, ms "
-          "(loader.stats; median of %d)" % args.reps)
+          f"{per_batch * sample_ms:.1f} ms/batch of CPU, 1 worker: loader wait per step "
+          "from the profiler, ms (median of %d)" % args.reps)
     for system in ib_systems:
         w = med(results["input_bound"][system])
-        print(f"{system:>10}: {w:8.2f} ms  ({w / args.step_ms * 100:5.1f}% of the step)")
+        f = med(results["input_bound_fill"][system])
+        print(f"{system:>10}: steady {w:8.2f} ms ({w / args.step_ms * 100:5.1f}% of the step)"
+              f"   fill (first 2 steps) {f:8.2f} ms")
 
     results["config"] = {"sample_ms": sample_ms, "rounds": rounds, "batch_size": args.batch_size,
                          "batches": args.batches, "reps": args.reps, "step_ms": args.step_ms}
