@@ -4,8 +4,9 @@
     python scripts/gpu_check.py            # on a machine with cupy + a GPU; < 3 minutes
 
 Runs tests/test_collectives_nccl.py, tests/test_gpu_engine.py,
-tests/test_gpu_indexing.py and tests/test_profiler_gpu.py (the profiler's device time
-from CUDA events) (all skip without cupy/GPU), then scripts/bench_allreduce.py with deepseek's nccl backend and PyTorch's
+tests/test_gpu_indexing.py, tests/test_profiler_gpu.py (the profiler's device time
+from CUDA events) and tests/test_gpu_data.py (the loaders' pin_memory) (all skip without
+cupy/GPU), then scripts/bench_allreduce.py with deepseek's nccl backend and PyTorch's
 NCCL side by side over 8 B .. 256 MiB (one rank per GPU, at most two; with one GPU a
 world of one, which measures per-call cost, not links), and scripts/bench_engine.py
 on the GPU (CuPy against torch CUDA). Exits non-zero if the tests
@@ -47,7 +48,7 @@ def main():
               f"{cupy.cuda.runtime.getDeviceProperties(0)['name'].decode()}", flush=True)
     code = run([sys.executable, "-m", "pytest", "-q", "-rA", "tests/test_collectives_nccl.py",
                 "tests/test_gpu_engine.py", "tests/test_gpu_indexing.py",
-                "tests/test_profiler_gpu.py"], 240)
+                "tests/test_profiler_gpu.py", "tests/test_gpu_data.py"], 240)
     if ok:
         n = max(1, min(2, cupy.cuda.runtime.getDeviceCount()))
         run([sys.executable, "scripts/bench_allreduce.py", "--nproc", str(n), "--systems",
