@@ -3,11 +3,14 @@ quantize_dynamic (fbgemm) in one run: sizes, Linear speed, end-to-end encoder, a
 
     python scripts/bench_quant.py [--threads 1] [--repeats 15] [--quick]
                                   [--clock wall|thread] [--only sizes,linear,encoder,accuracy]
+                                  [--baseline OLD/deepseek/_native....so]
 
 Every timing is the median of --repeats rounds; the candidates of one table are run
 interleaved inside each round (one call each, in turn), so load changes on the machine
 hit them alike. BLAS, torch and the int8 kernels all run on --threads threads (the int8
-kernels are single-threaded: use 1 for a like-for-like comparison).
+kernels are single-threaded: use 1 for a like-for-like comparison). ``--baseline`` adds
+the same int8 modules run on the kernels of another build of the extension (e.g. of
+``git archive HEAD``), interleaved with the rest: old and new kernels in one run.
 """
 import argparse
 import contextlib
@@ -50,6 +53,32 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 CLOCK = "wall"      # --clock: "thread" times each call in CPU seconds of this thread
+BASE = None         # --baseline: another build of deepseek._native, or None
+
+
+def load_baseline(path):
+    """The extension module built at ``path`` (another checkout's deepseek/_native*.so),
+    loaded beside the current one (not registered in sys.modules)."""
+    import importlib.util
+    if not os.path.isfile(path):
+        raise SystemExit(f"--baseline: no such file {path!r}")
+    spec = importlib.util.spec_from_file_location("deepseek._native", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    if not hasattr(mod, "int8_gemm"):
+        raise SystemExit(f"--baseline: {path!r} has no int8 kernels")
+    return mod
+
+
+def on_base(fn):
+    """``fn`` with deepseek.native calling the --baseline build's kernels."""
+    def call():
+        cur, N._ext = N._ext, BASE
+        try:
+            return fn()
+        finally:
+            N._ext = cur
+    return call
 
 
 def bench(fns, repeats):
@@ -206,6 +235,9 @@ def linear_table(reps):
                 txx = torch.from_numpy(x)
                 fns["torch fp32"] = lambda: tl(txx)
                 fns["torch int8"] = lambda: tqd(txx)
+            if BASE:
+                fns["base int8"] = on_base(lambda: qd(dx))
+                fns["base int8 rr"] = on_base(lambda: qr(dx))
             t = bench_inference(fns, reps)
             us = {a: f"{v * 1e6:.0f}" for a, v in t.items()}
             rows.append([f"{k}x{n}", m, us["ds fp32"], us["ds int8"], us["ds int8 rr"],
@@ -213,13 +245,17 @@ def linear_table(reps):
                          us.get("torch fp32", "-"), us.get("torch int8", "-"),
                          f"{t['ds fp32'] / t['ds int8']:.2f}x",
                          f"{t['torch int8'] / t['ds int8']:.2f}x" if torch else "-",
-                         f"{t['torch int8'] / t['ds int8 rr']:.2f}x" if torch else "-"])
+                         f"{t['torch int8'] / t['ds int8 rr']:.2f}x" if torch else "-"]
+                        + ([us["base int8"], us["base int8 rr"],
+                            f"{t['base int8'] / t['ds int8']:.2f}x",
+                            f"{t['base int8 rr'] / t['ds int8 rr']:.2f}x"] if BASE else []))
     # "rr": reduce_range=True, 7-bit activations like torch's fbgemm default (torch's
     # quantize_dynamic uses reduce_range on x86), so that column is like for like
     table("Linear (in x out), microseconds per call (rr: reduce_range, 7-bit activations)",
           ["shape", "batch", "ds fp32", "ds int8 dyn", "ds int8 rr", "ds w8", "ds w4",
            "torch fp32", "torch int8 dyn", "int8 vs ds fp32", "int8 vs torch int8",
-           "int8 rr vs torch int8"], rows)
+           "int8 rr vs torch int8"] + (["base int8", "base int8 rr", "int8 vs base",
+                                        "int8 rr vs base"] if BASE else []), rows)
 
 
 def encoder_table(enc, reps):
@@ -240,6 +276,9 @@ def encoder_table(enc, reps):
             txx = torch.from_numpy(x)
             fns["torch fp32"] = lambda: tenc(txx)
             fns["torch int8"] = lambda: tqenc(txx)
+        if BASE:
+            fns["base int8"] = on_base(lambda: qenc(dx))
+            fns["base int8 rr"] = on_base(lambda: qenc_rr(dx))
         t = bench_inference(fns, max(3, reps // 3))
         ref, out, out_t = run(enc, x), run(qenc, x), run(qenc_t, x)
         out_rr = run(qenc_rr, x)
@@ -251,10 +290,12 @@ def encoder_table(enc, reps):
         rows.append([f"{b} x 32 tokens", ms["fp32"], ms["int8"], ms["int8 rr"],
                      ms.get("torch fp32", "-"), ms.get("torch int8", "-"),
                      f"{t['fp32'] / t['int8']:.2f}x",
-                     f"{cos(ref, out):.5f}", f"{cos(ref, out_t):.5f}", f"{cos(ref, out_rr):.5f}"])
+                     f"{cos(ref, out):.5f}", f"{cos(ref, out_t):.5f}", f"{cos(ref, out_rr):.5f}"]
+                    + ([ms["base int8"], ms["base int8 rr"]] if BASE else []))
     table("MiniLM-sized encoder (6 layers, d 384, 12 heads, ffn 1536), ms per batch",
           ["batch", "ds fp32", "ds int8", "ds int8 rr", "torch fp32", "torch int8",
-           "int8 speed-up", "cosine per-row", "cosine per-tensor", "cosine rr"], rows)
+           "int8 speed-up", "cosine per-row", "cosine per-tensor", "cosine rr"]
+          + (["base int8", "base int8 rr"] if BASE else []), rows)
 
 
 def accuracy_table(model, Xtr, Xte, yte):
@@ -291,9 +332,14 @@ def main():
                          "'thread' with --threads 1 on an oversubscribed machine)")
     ap.add_argument("--only", default="sizes,linear,encoder,accuracy",
                     help="comma-separated sections to run")
+    ap.add_argument("--baseline", default=None,
+                    help="another build's deepseek/_native*.so: its int8 kernels are timed "
+                         "too, interleaved ('base' columns)")
     args = ap.parse_args()
-    global CLOCK
+    global CLOCK, BASE
     CLOCK = args.clock
+    if args.baseline:
+        BASE = load_baseline(args.baseline)
     only = set(args.only.split(","))
     bad = only - {"sizes", "linear", "encoder", "accuracy"}
     if bad:
@@ -303,7 +349,9 @@ def main():
           f"torch {torch.__version__ if torch else 'missing'} engine "
           f"{torch.backends.quantized.engine if torch else '-'}; medians of {reps} rounds")
 
-    print(f"timing: {CLOCK} clock, medians of {reps} rounds")
+    print(f"timing: {CLOCK} clock, medians of {reps} rounds; load average "
+          f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}"
+          + (f"; baseline kernels: {args.baseline}" if BASE else ""))
     deepseek.manual_seed(0)
     model = Xtr = Xte = yte = None
     if only & {"sizes", "accuracy"}:
@@ -317,6 +365,7 @@ def main():
         encoder_table(enc, reps)
     if "accuracy" in only:
         accuracy_table(model, Xtr, Xte, yte)
+    print(f"\nload average at the end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 
 if __name__ == "__main__":

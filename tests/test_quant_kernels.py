@@ -325,3 +325,35 @@ def test_xor_loop_exact_at_the_extremes_and_its_fallbacks(name):
             if name == "avx2":
                 assert _last_kernel() == loop
         np.testing.assert_array_equal(got, ref(b, wt))
+
+
+@pytest.mark.parametrize("bits,loop", [(8, "avx2"), (7, "avx2-u7")])
+def test_blocks_of_8_channels_their_tail_and_prefetch_rows_exact(bits, loop):
+    """The AVX2 loops run blocks of 8 channels (the asm row kernel), a last block of 4
+    channels on the C loop (N padded to 12, 20, ...), and prefetch the next block from
+    the first row (fewer than 8 rows) or from rows 0-7: every such mix of M and N gives
+    numpy's int32 sums and fp32 outputs, on every path."""
+    rng = np.random.default_rng(bits)
+    lo, hi = -2 ** (bits - 1) + (bits == 8), 2 ** (bits - 1)
+    for m in (1, 3, 8, 11):
+        for n in (4, 8, 12, 20, 24, 29):
+            for k in (64, 96):
+                a = rng.integers(lo, hi, (m, k), dtype=np.int8)
+                a[0, :2] = [lo, hi - 1]
+                w = rng.integers(-127, 128, (n, k), dtype=np.int8)
+                w[:, :2] = [127, -128]             # both AVX2 loops take any weight
+                p = N.int8_pack(w)
+                sa = rng.random(m, dtype=np.float32) + 0.01
+                sw = rng.random(n, dtype=np.float32) + 0.01
+                bias = rng.standard_normal(n).astype(np.float32)
+                expect = ref(a, w)
+                for name in BACKENDS:
+                    with backend(name):
+                        got = N.int8_gemm(a, p)
+                        if name == "avx2":
+                            assert _last_kernel() == loop
+                        y = N.int8_linear(a, sa, p, sw, bias)
+                    np.testing.assert_array_equal(got, expect, err_msg=f"{name} {m} {n} {k}")
+                    np.testing.assert_array_equal(
+                        y, expect.astype(np.float32) * (sa[:, None] * sw[None, :]) + bias,
+                        err_msg=f"{name} {m} {n} {k}")

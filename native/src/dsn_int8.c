@@ -33,10 +33,13 @@
  * the same four vector ops per 32 products 66, and an int16 vpmaddwd kernel (weights
  * widened) 69: the exact 8-bit loop is bound by its four ops per 32 products whatever
  * the layout. Panels only pay where the op count drops (7-bit activations: 89 vs 74).
+ * What did pay, on the same layout: the loops "avx2" and "avx2-u7" as 1 row x 8
+ * channels in inline asm (i8_gemm_x8), whose instruction count is the products' (GCC
+ * spills the C loop's accumulators): 1.2-1.4x the C 2 x 4 loop at batch 64.
  *
  * Blocking: rows of A in chunks whose bytes and unsigned copy U stay in L2 (256 KiB),
- * blocks of 4 channels outer (their 4 x Kp weights stay in L1 while every row of the
- * chunk passes), so the weight streams from memory once per chunk; the next block's
+ * blocks of 8 (C loops: 4) channels outer (their weights stay in L1 while every row of
+ * the chunk passes), so the weight streams from memory once per chunk; the next block's
  * weights are prefetched while the first rows run. U (|a|, a + 64 or a ^ 0x80: the
  * unsigned operand of vpmaddubsw / vpdpbusd) is made once per chunk instead of once per
  * block of channels, and rows that are not 32-byte aligned are copied to aligned
@@ -92,20 +95,36 @@ typedef struct {
     int32_t *C;          /* int32 output or NULL */
     float *Y;            /* fp32 output or NULL */
     const float *as, *ws, *bias;
-    size_t N;            /* real output columns (row stride of C / Y) */
+    size_t N;            /* real output columns from this view's column 0 */
+    size_t ld;           /* row stride of C / Y */
 } i8_out;
+
+/* The view of o from row m0 and column n0 on (the sub-problems of the blocked loops) */
+static inline i8_out i8_out_at(const i8_out *o, size_t m0, size_t n0)
+{
+    i8_out r = *o;
+    if (r.C) r.C += m0 * o->ld + n0;
+    if (r.Y) {
+        r.Y += m0 * o->ld + n0;
+        r.as += m0;
+        r.ws += n0;
+        if (r.bias) r.bias += n0;
+    }
+    r.N = o->N > n0 ? o->N - n0 : 0;
+    return r;
+}
 
 static inline void i8_store(const i8_out *o, size_t m, size_t n0, const int32_t *s)
 {
     size_t nn = o->N - n0 < 4 ? o->N - n0 : 4;
     if (o->C) {
-        for (size_t j = 0; j < nn; j++) o->C[m * o->N + n0 + j] = s[j];
+        for (size_t j = 0; j < nn; j++) o->C[m * o->ld + n0 + j] = s[j];
     } else {
         float a = o->as[m];
         for (size_t j = 0; j < nn; j++) {
             float v = (float)s[j] * (a * o->ws[n0 + j]);
             if (o->bias) v = v + o->bias[n0 + j];
-            o->Y[m * o->N + n0 + j] = v;
+            o->Y[m * o->ld + n0 + j] = v;
         }
     }
 }
@@ -150,12 +169,12 @@ I8_T2 static inline void i8_store4(const i8_out *o, size_t m, size_t n0, __m128i
         _mm_storeu_si128((__m128i *)s, v);
         i8_store(o, m, n0, s);
     } else if (o->C) {
-        _mm_storeu_si128((__m128i *)(o->C + m * o->N + n0), v);
+        _mm_storeu_si128((__m128i *)(o->C + m * o->ld + n0), v);
     } else {
         __m128 sc = _mm_mul_ps(_mm_set1_ps(o->as[m]), _mm_loadu_ps(o->ws + n0));
         __m128 y = _mm_mul_ps(_mm_cvtepi32_ps(v), sc);
         if (o->bias) y = _mm_add_ps(y, _mm_loadu_ps(o->bias + n0));
-        _mm_storeu_ps(o->Y + m * o->N + n0, y);
+        _mm_storeu_ps(o->Y + m * o->ld + n0, y);
     }
 }
 
@@ -312,6 +331,182 @@ I8_T2 static int i8_prep_xor(const int8_t *A, size_t M, size_t Kp, uint8_t *U, u
 
 I8_KERNEL(i8_gemm_avx2_u7, I8_T2, I8_DOT7, 6)
 
+/* ------------------------------------------- 1 row x 8 channels, inline asm */
+/* The exact 8-bit loop and the 7-bit one again, as 1 row x 8 channels per block: the
+ * row's operands (|a| and S, or a + 64) sit in registers, each of the 8 channels' 32
+ * weight bytes is a memory operand of the first op (vpxor, or vpmaddubsw for 7 bits),
+ * so a step of 32 bytes of K is 2 (1) loads and 8 x 4 (8 x 3) vector ops, with the
+ * 8 sums in ymm0-7, the unsigned operand in ymm8, S in ymm9 and the ones in ymm15.
+ * Written in asm because GCC's allocation of the same intrinsics spills accumulators
+ * to the stack and adds a register copy per product (60 instructions a step for the
+ * 2 x 4 C loop against 39 here); measured 15-30% more MACs per ns than the 2 x 4 loop
+ * at 64 x 768 x 3072 and 64 x 3072 x 768 (standalone, data in cache). The variants
+ * PF1 / PF8 also prefetch (i8_gemm_x8 says what). x86-64 only (15 general registers);
+ * elsewhere the C loops run. */
+#if defined(__x86_64__) && !defined(I8_NO_ASM)   /* -DI8_NO_ASM: the C loops only */
+#define I8_ASM 1
+/* Prefetch distance in blocks of 8 channels (-D to measure: 2 measured 7% faster at
+ * batch 1 and 3-8% slower at batch 8 and 64, weights cold) */
+#ifndef I8_PF_BLOCKS
+#define I8_PF_BLOCKS 1
+#endif
+#define I8_A_DOTX(mem, t, acc)                                                          \
+    "vpxor " mem ", %%ymm9, " t "\n\t"                                                  \
+    "vpmaddubsw " t ", %%ymm8, " t "\n\t"                                               \
+    "vpmaddwd %%ymm15, " t ", " t "\n\t"                                                \
+    "vpaddd " t ", " acc ", " acc "\n\t"
+#define I8_A_DOT7(mem, t, acc)                                                          \
+    "vpmaddubsw " mem ", %%ymm8, " t "\n\t"                                             \
+    "vpmaddwd %%ymm15, " t ", " t "\n\t"                                                \
+    "vpaddd " t ", " acc ", " acc "\n\t"
+#define I8_A_LOADX "vmovdqa (%[up],%[k]), %%ymm8\n\t vmovdqa (%[xp],%[k]), %%ymm9\n\t"
+#define I8_A_LOAD7 "vmovdqa (%[up],%[k]), %%ymm8\n\t"
+/* On even steps (once per cache line of each row), prefetch at p0 + off: PF8 the 8
+ * rows of a block of channels, PF1 one row */
+#define I8_A_PF1                                                                        \
+    "test $32, %[k]\n\t jnz 2f\n\t"                                                     \
+    "prefetcht0 (%[p0],%[K8],1)\n\t"                                                    \
+    "2:\n\t"
+#define I8_A_PF8                                                                        \
+    "test $32, %[k]\n\t jnz 2f\n\t"                                                     \
+    "prefetcht0 (%[p0],%[K8],1)\n\t prefetcht0 (%[p4],%[K8],1)\n\t"                     \
+    "lea (%[p0],%[K8],1), %[t]\n\t"                                                     \
+    "prefetcht0 (%[t],%[K],1)\n\t prefetcht0 (%[t],%[K],2)\n\t"                         \
+    "prefetcht0 (%[t],%[K3],1)\n\t"                                                     \
+    "lea (%[p4],%[K8],1), %[t]\n\t"                                                     \
+    "prefetcht0 (%[t],%[K],1)\n\t prefetcht0 (%[t],%[K],2)\n\t"                         \
+    "prefetcht0 (%[t],%[K3],1)\n\t"                                                     \
+    "2:\n\t"
+/* The sums of a0 .. a3 in the low 4 lanes of x0 (i8_hsum4 in registers; x0, x1: the
+ * low halves of a0, a1): the 8 sums leave the asm as 8 int32, not 64 */
+#define I8_A_HSUM4(a0, a1, a2, a3, x0, x1)                                               \
+    "vphaddd " a1 ", " a0 ", " a0 "\n\t vphaddd " a3 ", " a2 ", " a2 "\n\t"              \
+    "vphaddd " a2 ", " a0 ", " a0 "\n\t vextracti128 $1, " a0 ", " x1 "\n\t"             \
+    "vpaddd " x1 ", " x0 ", " x0 "\n\t"
+/* One row (up, xp: 32-byte aligned, Kp bytes) against channels w .. w + 7 Kp: the 8
+ * int32 sums to out[8]; PF: also prefetch from w + off on */
+#define I8_UKR(NAME, LOAD, DOT, PF)                                                     \
+static void NAME(const uint8_t *up, const int8_t *xp, const int8_t *w, size_t Kp,        \
+                 size_t off, int32_t *out)                                              \
+{                                                                                       \
+    const int8_t *p0 = w, *p4 = w + 4 * Kp;                                             \
+    size_t K3 = 3 * Kp, K8 = off, k = 0;                                                \
+    const int8_t *t = NULL;                                                             \
+    (void)xp;                                                                           \
+    __asm__ volatile(                                                                   \
+        "vpcmpeqw %%ymm15, %%ymm15, %%ymm15\n\t vpsrlw $15, %%ymm15, %%ymm15\n\t"       \
+        "vpxor %%xmm0, %%xmm0, %%xmm0\n\t vpxor %%xmm1, %%xmm1, %%xmm1\n\t"             \
+        "vpxor %%xmm2, %%xmm2, %%xmm2\n\t vpxor %%xmm3, %%xmm3, %%xmm3\n\t"             \
+        "vpxor %%xmm4, %%xmm4, %%xmm4\n\t vpxor %%xmm5, %%xmm5, %%xmm5\n\t"             \
+        "vpxor %%xmm6, %%xmm6, %%xmm6\n\t vpxor %%xmm7, %%xmm7, %%xmm7\n\t"             \
+        "1:\n\t"                                                                        \
+        PF                                                                              \
+        LOAD                                                                            \
+        DOT("(%[p0])", "%%ymm10", "%%ymm0")                                             \
+        DOT("(%[p0],%[K],1)", "%%ymm11", "%%ymm1")                                      \
+        DOT("(%[p0],%[K],2)", "%%ymm12", "%%ymm2")                                      \
+        DOT("(%[p0],%[K3],1)", "%%ymm13", "%%ymm3")                                     \
+        DOT("(%[p4])", "%%ymm10", "%%ymm4")                                             \
+        DOT("(%[p4],%[K],1)", "%%ymm11", "%%ymm5")                                      \
+        DOT("(%[p4],%[K],2)", "%%ymm12", "%%ymm6")                                      \
+        DOT("(%[p4],%[K3],1)", "%%ymm13", "%%ymm7")                                     \
+        "add $32, %[k]\n\t add $32, %[p0]\n\t add $32, %[p4]\n\t"                       \
+        "cmp %[K], %[k]\n\t jb 1b\n\t"                                                  \
+        I8_A_HSUM4("%%ymm0", "%%ymm1", "%%ymm2", "%%ymm3", "%%xmm0", "%%xmm1")           \
+        I8_A_HSUM4("%%ymm4", "%%ymm5", "%%ymm6", "%%ymm7", "%%xmm4", "%%xmm5")           \
+        "vmovdqu %%xmm0, (%[o])\n\t vmovdqu %%xmm4, 16(%[o])\n\t"                       \
+        "vzeroupper\n\t"  /* GCC does not know the asm dirtied the upper halves */      \
+        : [k] "+r"(k), [p0] "+r"(p0), [p4] "+r"(p4), [t] "+r"(t)                        \
+        : [up] "r"(up), [xp] "r"(xp), [K] "r"(Kp), [K3] "r"(K3), [K8] "r"(K8),          \
+          [o] "r"(out)                                                                  \
+        : "memory", "cc", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6",       \
+          "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm15");         \
+}
+
+I8_UKR(i8_ukr_xor, I8_A_LOADX, I8_A_DOTX, "")
+I8_UKR(i8_ukr_xor_pf1, I8_A_LOADX, I8_A_DOTX, I8_A_PF1)
+I8_UKR(i8_ukr_xor_pf8, I8_A_LOADX, I8_A_DOTX, I8_A_PF8)
+I8_UKR(i8_ukr_u7, I8_A_LOAD7, I8_A_DOT7, "")
+I8_UKR(i8_ukr_u7_pf1, I8_A_LOAD7, I8_A_DOT7, I8_A_PF1)
+I8_UKR(i8_ukr_u7_pf8, I8_A_LOAD7, I8_A_DOT7, I8_A_PF8)
+#endif
+
+typedef void (*i8_ukr_fn)(const uint8_t *, const int8_t *, const int8_t *, size_t, size_t,
+                          int32_t *);
+/* one asm loop without prefetch, with one row's and with a block's */
+typedef struct { i8_ukr_fn plain, pf1, pf8; } i8_ukrs;
+typedef void (*i8_kernel_fn)(const uint8_t *, const int8_t *, const int32_t *,
+                             const int32_t *, size_t, const int8_t *, size_t, size_t,
+                             const i8_out *);
+
+/* The blocks of 8 channels of an I8_KERNEL problem through the asm row kernels, the
+ * epilogue of I8_KERNEL (+ neg[m], - rowsum << shift); a last block of 4 channels
+ * (Np % 8 == 4) and builds without the asm run the C kernel `tail`. While a block runs,
+ * the block I8_PF_BLOCKS on is prefetched: with 8 rows or more, rows 0-7 prefetch one
+ * of its rows each (a burst of the 8 rows x Kp bytes in the first row alone waits on
+ * the memory system's queue: batch 8, weights cold, 1.2-1.5x slower at 768 x 3072 and
+ * 3072 x 768); with fewer, the first row prefetches the whole block. */
+I8_T2 static void i8_gemm_x8(const i8_ukrs *ukr, i8_kernel_fn tail, int shift,
+                             const uint8_t *U, const int8_t *X, const int32_t *neg,
+                             const int32_t *rowsum, size_t M, const int8_t *W, size_t Np,
+                             size_t Kp, const i8_out *o)
+{
+    size_t n0 = 0;
+#ifdef I8_ASM
+    int32_t acc[8];
+    const __m128i sh = _mm_cvtsi32_si128(shift);
+    for (; Kp && n0 + 8 <= Np && n0 < o->N; n0 += 8) {   /* (the asm loop runs once at least) */
+        const int8_t *w = W + n0 * Kp;
+        __m128i c0 = _mm_setzero_si128(), c1 = c0;
+        if (rowsum) {
+            c0 = _mm_sll_epi32(_mm_loadu_si128((const __m128i *)(rowsum + n0)), sh);
+            c1 = _mm_sll_epi32(_mm_loadu_si128((const __m128i *)(rowsum + n0 + 4)), sh);
+        }
+        for (size_t m = 0; m < M; m++) {
+            size_t off = 8 * I8_PF_BLOCKS * Kp;
+            i8_ukr_fn f = ukr->plain;
+            if (n0 + 8 * (I8_PF_BLOCKS + 1) <= Np && m < 8) {
+                if (M >= 8) { f = ukr->pf1; off += m * Kp; }
+                else if (m == 0) f = ukr->pf8;
+            }
+            f(U + m * Kp, X + m * Kp, w, Kp, off, acc);
+            __m128i ng = _mm_set1_epi32(neg ? neg[m] : 0);
+            i8_store4(o, m, n0, _mm_sub_epi32(_mm_add_epi32(
+                          _mm_loadu_si128((const __m128i *)acc), ng), c0));
+            i8_store4(o, m, n0 + 4, _mm_sub_epi32(_mm_add_epi32(
+                          _mm_loadu_si128((const __m128i *)(acc + 4)), ng), c1));
+        }
+    }
+#else
+    (void)ukr; (void)shift;
+#endif
+    if (n0 < Np && n0 < o->N) {
+        i8_out ot = i8_out_at(o, 0, n0);
+        tail(U, X, neg, rowsum ? rowsum + n0 : NULL, M, W + n0 * Kp, Np - n0, Kp, &ot);
+    }
+}
+
+#ifdef I8_ASM
+static const i8_ukrs i8_ukrs_xor = {i8_ukr_xor, i8_ukr_xor_pf1, i8_ukr_xor_pf8};
+static const i8_ukrs i8_ukrs_u7 = {i8_ukr_u7, i8_ukr_u7_pf1, i8_ukr_u7_pf8};
+#else
+static const i8_ukrs i8_ukrs_xor = {NULL, NULL, NULL}, i8_ukrs_u7 = {NULL, NULL, NULL};
+#endif
+/* "avx2" (8-bit, vpxor) and "avx2-u7" (7-bit) through the 1 x 8 asm kernels */
+I8_T2 static void i8_gemm_xor_x8(const uint8_t *U, const int8_t *X, const int32_t *neg,
+                                 const int32_t *rowsum, size_t M, const int8_t *W, size_t Np,
+                                 size_t Kp, const i8_out *o)
+{
+    i8_gemm_x8(&i8_ukrs_xor, i8_gemm_avx2x, 0, U, X, neg, rowsum, M, W, Np, Kp, o);
+}
+
+I8_T2 static void i8_gemm_u7_x8(const uint8_t *U, const int8_t *X, const int32_t *neg,
+                                const int32_t *rowsum, size_t M, const int8_t *W, size_t Np,
+                                size_t Kp, const i8_out *o)
+{
+    i8_gemm_x8(&i8_ukrs_u7, i8_gemm_avx2_u7, 6, U, X, neg, rowsum, M, W, Np, Kp, o);
+}
+
 /* Does every byte of A [n bytes] lie in [-64, 63]? (one pass, ~1/N of the GEMM's work) */
 I8_T2 static int i8_fits7(const int8_t *A, size_t n)
 {
@@ -408,10 +603,10 @@ PyObject *dsn_py_int8_gemm(PyObject *self, PyObject *args)
     }
     i8_out o = {hC ? (int32_t *)bC.buf : NULL, hY ? (float *)bY.buf : NULL,
                 has ? (const float *)bas.buf : NULL, hws ? (const float *)bws.buf : NULL,
-                hb ? (const float *)bb.buf : NULL, (size_t)N};
+                hb ? (const float *)bb.buf : NULL, (size_t)N, (size_t)N};
     int isa = i8_current();
-    /* Rows of A in chunks whose planes (2 x mc x Kp bytes) stay in L2 while the 4 x Kp
-     * weights of one block of channels sit in L1 and every row of the chunk passes: the
+    /* Rows of A in chunks whose planes (2 x mc x Kp bytes) stay in L2 while the weights
+     * of one block of 8 (or 4) channels sit in L1 and every row of the chunk passes: the
      * weight streams from memory once per chunk (once in all for M x Kp <= 128 KiB:
      * batch 64 at K = 2048). */
     size_t mc = Kp ? (size_t)(I8_CHUNK / Kp) : 2;
@@ -438,9 +633,7 @@ PyObject *dsn_py_int8_gemm(PyObject *self, PyObject *args)
     for (size_t m0 = 0; m0 < (size_t)M && !nomem; m0 += mc) {
         size_t mm = (size_t)M - m0 < mc ? (size_t)M - m0 : mc;
         const int8_t *Am = (const int8_t *)bA.buf + m0 * (size_t)Kp;
-        i8_out oc = o;
-        if (oc.C) oc.C += m0 * (size_t)N;
-        if (oc.Y) { oc.Y += m0 * (size_t)N; oc.as += m0; }
+        i8_out oc = i8_out_at(&o, m0, 0);
         int done_chunk = 0;
 #ifdef DSN_X86
         if (loop == L_VNNI || loop == L_U7) {
@@ -448,15 +641,15 @@ PyObject *dsn_py_int8_gemm(PyObject *self, PyObject *args)
              * u8 x s8 dot (the row sums compensate), a + 64 for the 7-bit AVX2 loop */
             int vnni = loop == L_VNNI;
             i8_prep_u(Am, mm * (size_t)Kp, vnni ? I8_U_XOR80 : I8_U_ADD64, U);
-            (vnni ? i8_gemm_vnni : i8_gemm_avx2_u7)(U, (const int8_t *)U, NULL, bR.buf, mm,
-                                                    bW.buf, (size_t)Np, (size_t)Kp, &oc);
+            (vnni ? i8_gemm_vnni : i8_gemm_u7_x8)(U, (const int8_t *)U, NULL, bR.buf, mm,
+                                                  bW.buf, (size_t)Np, (size_t)Kp, &oc);
             i8_last = vnni ? "avx512vnni" : "avx2-u7";
             done_chunk = 1;
         } else if (loop == L_AVX2) {
             int32_t *neg = (int32_t *)(U + 2 * plane);
             if (i8_prep_xor(Am, mm, (size_t)Kp, U, U + plane, neg)) {
-                i8_gemm_avx2x(U, (const int8_t *)(U + plane), neg, NULL, mm, bW.buf,
-                              (size_t)Np, (size_t)Kp, &oc);
+                i8_gemm_xor_x8(U, (const int8_t *)(U + plane), neg, NULL, mm, bW.buf,
+                               (size_t)Np, (size_t)Kp, &oc);
                 i8_last = "avx2";
                 done_chunk = 1;
             } else if (!full) {          /* a -128 activation: the vpsignb loop (U = |A|) */
@@ -566,6 +759,16 @@ I8_T2 static void i8_quant_avx2(const float *r, size_t K, float inv, float qmax,
 }
 #endif
 
+/* max |x| of a row of K floats (NaN ignored), with AVX2 when vec */
+static float i8_amax(int vec, const float *r, size_t K)
+{
+#ifdef DSN_X86
+    if (vec) return i8_amax_avx2(r, K);
+#endif
+    (void)vec;
+    return i8_amax_scalar(r, K);
+}
+
 /* int8_quantize_rows(x f32 [M*K], M, K, Kp, per_tensor, out i8 [M*Kp], scales f32 [M]
  *                    [, qmax = 127]):
  * symmetric, scale = amax / qmax (1 when amax is 0), q = clamp(rint(x * (1 / scale)),
@@ -601,19 +804,15 @@ PyObject *dsn_py_int8_quantize_rows(PyObject *self, PyObject *args)
     int vec = i8_current() != I8_SCALAR;
     (void)vec;
     Py_BEGIN_ALLOW_THREADS
+    /* per tensor: every row's max first; per row: each row's max right before its
+     * quantization, while the row is still in L1 (one pass over the input, not two) */
     float tmax = 0.0f;
-    for (Py_ssize_t m = 0; m < M; m++) {
-        const float *r = x + m * K;
-#ifdef DSN_X86
-        float amax = vec ? i8_amax_avx2(r, (size_t)K) : i8_amax_scalar(r, (size_t)K);
-#else
-        float amax = i8_amax_scalar(r, (size_t)K);
-#endif
-        sc[m] = amax;
+    for (Py_ssize_t m = 0; m < M && per_tensor; m++) {
+        float amax = i8_amax(vec, x + m * K, (size_t)K);
         tmax = amax > tmax ? amax : tmax;
     }
     for (Py_ssize_t m = 0; m < M; m++) {
-        float amax = per_tensor ? tmax : sc[m];
+        float amax = per_tensor ? tmax : i8_amax(vec, x + m * K, (size_t)K);
         float s = amax > 0.0f ? amax / qmax : 1.0f;
         float inv = 1.0f / s;
         const float *r = x + m * K;
