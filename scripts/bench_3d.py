@@ -15,13 +15,20 @@
   processes of a host): each rank's idle share of the pipeline's common span, first
   compute start to last compute end over all ranks (``measured_bubble``; a rank's own
   wall clock would miss the last stage's late start and early finish), the mean over
-  ranks and the worst rank; next to the idealised bubble of the schedule (its idle
-  slots with unit costs) and the formula, with the relative deviation; peak
+  ranks and the worst rank; next to the replayed bubble (the step's own measured
+  compute times played through the schedule with free communication: what unequal
+  or jittery compute alone leaves idle, so that measured - replayed is what the
+  hand-overs and the executor cost), the idealised bubble of the schedule (its idle
+  slots with unit costs) and the formula, with the relative deviation; the median
+  hand-over (producer's end to its waiting consumer's start) and gap (a rank's time
+  between two actions whose input was there); peak
   microbatches held and peak numpy bytes traced on stage 0 (tracemalloc, a separate
   step; meaningful for the numpy compute). Two kinds of stage compute
   (``--compute``): ``numpy``, an MLP block per stage (one BLAS thread per rank), and
   ``hold``, a layer that holds ``--hold-ms`` forward and twice that backward without a
-  core -- an emulated device per stage, for hosts with fewer cores than pp ranks
+  core (the ranks' timer slack set to 1 ns, so that a hold overshoots by the
+  scheduler's wake-up alone) -- an emulated device per stage, for hosts with fewer
+  cores than pp ranks
   (pp = 4 on 2 cores: four numpy stages would share two cores, and the measured
   bubble would be the scheduler's).
 - tp: one GPT block (attention + MLP), tp = 2 on one host against one process: step
@@ -202,6 +209,18 @@ def _hold_layer(secs):
     return HoldLayer()
 
 
+def _tight_timer_slack():
+    """Timer slack 1 ns for this thread (Linux prctl PR_SET_TIMERSLACK; default 50 us):
+    a hold then overshoots by the scheduler's wake-up alone, not 50 us more (measured:
+    sleep(20 ms) median overshoot 105-120 us -> 58-60 us). No-op elsewhere."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).prctl(29, 1, 0, 0, 0)
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        pass
+
+
 def pipe_worker(rank, world, m, d, batch, seq, steps, compute, hold_s):
     import tracemalloc
 
@@ -212,6 +231,8 @@ def pipe_worker(rank, world, m, d, batch, seq, steps, compute, hold_s):
                                                  ScheduleInterleaved1F1B, pipeline)
 
     mesh = dist.init_device_mesh(mesh_shape=(world,), mesh_dim_names=("pp",))
+    if compute == "hold":
+        _tight_timer_slack()
     out = {}
     for name, v in (("gpipe", 1), ("1f1b", 1), ("interleaved", 2)):
         ds.manual_seed(0)
@@ -231,10 +252,12 @@ def pipe_worker(rank, world, m, d, batch, seq, steps, compute, hold_s):
         x, y = ds.randn(batch, seq, d).requires_grad_(True), ds.zeros(batch, seq, d)
         sched.step(x, target=y)
         events = []
+        cpu = time.process_time()  # holds use no core: the p2p, executor and autograd CPU
         for _ in range(steps):
             mesh["pp"].barrier()
             sched.step(x, target=y)
             events.append(sched.events())
+        cpu = (time.process_time() - cpu) / steps / len(sched.order)
         mesh["pp"].barrier()
         tracemalloc.start()
         base = tracemalloc.get_traced_memory()[0]
@@ -245,19 +268,23 @@ def pipe_worker(rank, world, m, d, batch, seq, steps, compute, hold_s):
         tracemalloc.stop()
         st = sched.stats()
         out[name] = {"events": events, "ideal": st["ideal_bubble"], "formula": st["formula"],
+                     "cpu_per_action_s": cpu,
                      "peak_live": max(st["peak_live"].values()), "peak_bytes": peak}
     return out
 
 
 def handoffs(events_by_rank):
-    """Hand-over latencies of one step: for every action whose rank sat idle waiting
-    for its input (its previous action ended before the producing action on the
-    neighbouring stage did), the time from the producer's end to its own start --
-    what sending, receiving and waking the process cost on the critical path, the
-    part of the measured bubble that the formula does not have."""
+    """Hand-over latencies and local gaps of one step. A hand-over: for every action
+    whose rank sat idle waiting for its input (its previous action ended before the
+    producing action on the neighbouring stage did), the time from the producer's end
+    to its own start -- what sending, receiving and waking the process cost on the
+    critical path, the part of the measured bubble that the formula does not have. A
+    gap: for every other action after a rank's first, the time from its previous
+    action's end to its start (its input was there: the executor's own time between
+    actions, taking the message included). Returns (hand-overs, gaps) in seconds."""
     end = {(k, s, mb): t1 for ev in events_by_rank for k, s, mb, _, t1 in ev}
     last = max(s for ev in events_by_rank for _, s, _, _, _ in ev)
-    out = []
+    hand, gaps = [], []
     for ev in events_by_rank:
         prev_end = None
         for k, s, mb, t0, t1 in ev:
@@ -265,9 +292,25 @@ def handoffs(events_by_rank):
             ready = end.get(src) if (k == "F" and s > 0) or (k == "B" and s < last) \
                 else None
             if ready is not None and (prev_end is None or prev_end < ready):
-                out.append(t0 - ready)
+                hand.append(t0 - ready)
+            elif prev_end is not None:
+                gaps.append(t0 - prev_end)
             prev_end = t1
-    return out
+    return hand, gaps
+
+
+def replayed_bubble(events_by_rank):
+    """The mean idle share of one step replayed with its own measured compute times
+    and free communication (``simulate`` with each action's duration): what the
+    schedule leaves idle given this step's unequal and jittery compute. The measured
+    bubble minus this is what hand-overs and the executor between actions cost."""
+    from deepseek.distributed.pipelining import simulate
+
+    dur = {(k, s, mb): t1 - t0 for ev in events_by_rank for k, s, mb, t0, t1 in ev}
+    orders = [[(k, s, mb) for k, s, mb, _, _ in ev] for ev in events_by_rank]
+    n = 1 + max(s for o in orders for _, s, _ in o)
+    idle = simulate(orders, n, cost=lambda k, s, mb: dur[(k, s, mb)])[2]
+    return sum(idle) / len(idle)
 
 
 def bench_pipeline(pps, d, seq, steps, computes=("numpy", "hold"), hold_s=0.004):
@@ -290,34 +333,45 @@ def bench_pipeline(pps, d, seq, steps, computes=("numpy", "hold"), hold_s=0.004)
                 rs = [r[name] for r in res]
                 per_step = [measured_bubble([r["events"][k] for r in rs])
                             for k in range(steps)]
-                hand = [h for k in range(steps) for h in handoffs([r["events"][k] for r in rs])]
+                hg = [handoffs([r["events"][k] for r in rs]) for k in range(steps)]
+                hand = [x for h, _ in hg for x in h]
+                gaps = [x for _, g in hg for x in g]
                 rows.append({
                     "compute": compute, "pp": pp, "m": m, "schedule": name,
                     "bubble_measured": float(np.median([b["mean"] for b in per_step])),
                     "bubble_worst_rank": float(np.median([b["worst"] for b in per_step])),
+                    "bubble_replayed": float(np.median(
+                        [replayed_bubble([r["events"][k] for r in rs]) for k in range(steps)])),
                     "bubble_ideal": max(r["ideal"] for r in rs),
                     "formula": rs[0]["formula"], "stage0_peak_live": rs[0]["peak_live"],
                     "stage0_peak_MiB": rs[0]["peak_bytes"] / 2 ** 20,
                     "step_s": float(np.median([b["span_s"] for b in per_step])),
-                    "handoff_s": float(np.median(hand)) if hand else 0.0})
+                    "handoff_s": float(np.median(hand)) if hand else 0.0,
+                    "gap_s": float(np.median(gaps)) if gaps else 0.0,
+                    "cpu_per_action_s": float(np.mean([r["cpu_per_action_s"] for r in rs]))})
     print(f"\npipeline: m = 4 x pp microbatches of 4 x {seq} tokens; compute 'numpy': "
           f"an MLP stack d={d} (one BLAS thread per rank; {os.cpu_count()} cores), "
           f"'hold': {hold_s * 1e3:g} ms forward / {2 * hold_s * 1e3:g} ms backward per "
           f"stage without a core (an emulated device per stage); {load_average()}")
     print("bubble = 1 - busy / span, span = first compute start to last compute end over "
-          "all ranks; measured = mean over ranks (worst rank), median over steps; "
-          "handoff: median time from a producer's end to its waiting consumer's start")
+          "all ranks; measured = mean over ranks (worst rank), median over steps; replay: "
+          "the step's own compute times replayed with free communication; "
+          "handoff: median time from a producer's end to its waiting consumer's start; "
+          "gap: median time between a rank's actions when its input was there; CPU/act: "
+          "process CPU time per action (holds use none), mean over ranks")
     print(f"{'compute':>7} {'pp':>3} {'m':>3} {'schedule':>12} | {'measured':>8} "
-          f"{'(worst)':>8} {'ideal':>7} {'formula':>7} {'dev':>6} | {'held':>4} "
-          f"{'MiB st0':>8} | {'span':>8} {'handoff':>8}")
+          f"{'(worst)':>8} {'replay':>7} {'ideal':>7} {'formula':>7} {'dev':>6} | {'held':>4} "
+          f"{'MiB st0':>8} | {'span':>8} {'handoff':>8} {'gap':>7} {'CPU/act':>8}")
     for r in rows:
         dev = (r["bubble_measured"] - r["formula"]) / r["formula"]
         r["deviation"] = dev
         print(f"{r['compute']:>7} {r['pp']:>3} {r['m']:>3} {r['schedule']:>12} | "
               f"{r['bubble_measured']:>8.3f} {r['bubble_worst_rank']:>8.3f} "
+              f"{r['bubble_replayed']:>7.3f} "
               f"{r['bubble_ideal']:>7.3f} {r['formula']:>7.3f} {dev:>+6.0%} | "
               f"{r['stage0_peak_live']:>4} {r['stage0_peak_MiB']:>8.1f} | "
-              f"{r['step_s'] * 1e3:>6.1f}ms {r['handoff_s'] * 1e6:>6.0f}us")
+              f"{r['step_s'] * 1e3:>6.1f}ms {r['handoff_s'] * 1e6:>6.0f}us "
+              f"{r['gap_s'] * 1e6:>5.0f}us {r['cpu_per_action_s'] * 1e6:>6.0f}us")
     return rows
 
 

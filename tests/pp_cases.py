@@ -176,3 +176,34 @@ def timing_runs(rank, world, m, steps=2, d=64, seq=16, batch=16):
         st = sched.stats()
         out[name + "_stats"] = (st["busy_s"], st["wall_s"])
     return out
+
+
+def receive_paths(rank, world, m=4, d=64, seq=16, batch=8):
+    """One 1F1B and one interleaved step of an MLP stack (a block per stage); per
+    schedule the mean loss, this rank's parameter gradients and how many messages
+    its stages took from receives posted ahead (those larger than a slot)."""
+    import deepseek as ds
+    import deepseek.distributed as dist
+    from deepseek import nn
+    from deepseek.distributed.pipelining import (Schedule1F1B, ScheduleInterleaved1F1B,
+                                                 pipeline)
+
+    dist.init_process_group()
+    out = {}
+    for name, v in (("1f1b", 1), ("interleaved", 2)):
+        ds.manual_seed(0)
+        n = world * v
+        model = nn.Sequential(*[nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(),
+                                              nn.Linear(2 * d, d)) for _ in range(n)])
+        stages = pipeline(model, list(range(1, n)))
+        kw = dict(loss_fn=lambda o, y: ((o - y) ** 2).mean())
+        sched = ScheduleInterleaved1F1B(stages, m, **kw) if v > 1 else \
+            Schedule1F1B(stages[0], m, **kw)
+        ds.manual_seed(1)
+        x, y = ds.randn(batch, seq, d), ds.randn(batch, seq, d)
+        loss = sched.step(x, target=y)
+        out[name] = {"loss": loss,
+                     "grads": [p.grad.array.copy() for st in stages
+                               for p in st.submod.parameters()],
+                     "ahead": sum(st.received_ahead for st in stages)}
+    return out

@@ -16,7 +16,10 @@ A schedule is a list of actions per rank, ("F" | "B", stage, microbatch), made b
 ``gpipe_order`` / ``one_f_one_b_order`` / ``interleaved_order``; ``simulate`` plays them
 with unit costs and gives each rank's idle share (the idealised bubble), which for
 GPipe and 1F1B is (p-1)/(m+p-1) and for interleaved with v stages per rank
-(p-1)/(v*m+p-1). With ``log_timing=True`` the executor records when each action's
+(p-1)/(v*m+p-1). (Megatron-LM writes the interleaved bubble as (p-1)/(v*m): bubble
+time over the ideal compute time. As a share of the span, what is measured here,
+that is (p-1)/(v*m) / (1 + (p-1)/(v*m)) = (p-1)/(v*m+p-1); each of the v stages
+costs 1/v of a rank's compute, so the three schedules compare at equal work.) With ``log_timing=True`` the executor records when each action's
 compute started and ended; ``stats()`` gives this rank's busy and idle time per step.
 The formula's bubble is idle time over the whole pipeline's span -- from the first
 forward on stage 0 to the last backward there -- which no rank sees alone (the last
@@ -86,11 +89,12 @@ def bubble_formula(pp, m, v=1):
     return (pp - 1) / (v * m + pp - 1)
 
 
-def simulate(orders, num_stages, f_cost=1.0, b_cost=2.0):
+def simulate(orders, num_stages, f_cost=1.0, b_cost=2.0, cost=None):
     """Play per-rank action lists (``orders[r]``) with the given costs per stage and
     no communication time: returns (makespan, busy per rank, idle share per rank).
-    Raises PipelineError when the orders deadlock (an action waits for one that can
-    never run first)."""
+    ``cost(kind, stage, mb)``, when given, is each action's own cost (a measured
+    step's compute replayed without its communication). Raises PipelineError when the
+    orders deadlock (an action waits for one that can never run first)."""
     pp = len(orders)
     done = {}
     clock = [0.0] * pp
@@ -110,9 +114,9 @@ def simulate(orders, num_stages, f_cost=1.0, b_cost=2.0):
             if dep is not None and dep not in done:
                 continue
             start = max(clock[r], done[dep] if dep is not None else 0.0)
-            cost = f_cost if kind == "F" else b_cost
-            clock[r] = start + cost
-            busy[r] += cost
+            c = cost(kind, s, mb) if cost is not None else f_cost if kind == "F" else b_cost
+            clock[r] = start + c
+            busy[r] += c
             done[(kind, s, mb)] = clock[r]
             pos[r] += 1
             remaining -= 1
@@ -184,6 +188,7 @@ class _Schedule:
             raise PipelineError("the last stage needs a loss_fn")
         self._by_index = {s.stage_index: s for s in self.stages}
         self.order = self._order()
+        self._plan = self._prefetch_plan()
         self.timings = []   # per step: list of (kind, stage, mb, t0, t1)
         self.step_times = []
         self.step_starts = []  # per step: its start, absolute perf_counter seconds
@@ -198,27 +203,33 @@ class _Schedule:
                 last[s] = i
         return last
 
-    def _prefetch(self, i):
-        """Post the receives of the next forward and the next backward after action
-        ``i`` that need one. Strictly in the order the actions will consume them: a
-        group's receives run one after another, so one posted out of turn would hold
-        up the one the schedule waits for. (When both directions share one group,
-        the single next receive of either kind.)"""
+    def _prefetch_plan(self):
+        """Per action ``i``: the receives to post after it, as (post method, mb) --
+        those of the next forward and the next backward that need one (the stage
+        posts only messages larger than a slot; it takes smaller ones when needed).
+        Strictly in the order the actions will consume them: a group's receives run
+        one after another, so one posted out of turn would hold up the one the
+        schedule waits for. (When both directions share one group, the single next
+        receive of either kind.) Made once: the executor only looks it up."""
         shared = any(st.fwd_group is st.bwd_group for st in self.stages)
-        want_f = want_b = True
-        for kind, s, mb in self.order[i + 1:]:
-            st = self._by_index[s]
-            if kind == "F" and want_f and not st.is_first:
-                st.post_recv_forward(mb)
-                want_f = False
-                want_b = want_b and not shared
-            elif kind == "B" and want_b and not st.is_last:
-                if mb in st._stash:
-                    st.post_recv_backward(mb)
-                want_b = False
-                want_f = want_f and not shared
-            if not (want_f or want_b):
-                break
+        plan = []
+        for i in range(len(self.order)):
+            posts = []
+            want_f = want_b = True
+            for kind, s, mb in self.order[i + 1:]:
+                st = self._by_index[s]
+                if kind == "F" and want_f and not st.is_first:
+                    posts.append((st.post_recv_forward, mb))
+                    want_f = False
+                    want_b = want_b and not shared
+                elif kind == "B" and want_b and not st.is_last:
+                    posts.append((st.post_recv_backward, mb))
+                    want_b = False
+                    want_f = want_f and not shared
+                if not (want_f or want_b):
+                    break
+            plan.append(tuple(posts))
+        return plan
 
     def step(self, *args, target=None, losses=None):
         """One pass of the whole batch; see the module doc."""
@@ -234,6 +245,7 @@ class _Schedule:
         ts = _split(target, m, "target") if has_last else [None] * m
         scale = 1.0 / m if self.scale_grads else 1.0
         last_b = self._last_backward()
+        plan = self._plan
         mb_losses = [None] * m
         events = []
         clock = time.perf_counter
@@ -252,15 +264,7 @@ class _Schedule:
                         st.set_loss(mb, loss)
                         mb_losses[mb] = float(loss.item())
                 else:
-                    if not st.is_last:
-                        st.post_recv_backward(mb)
-                        # the wait is idle time, not compute: take the gradient first
-                        key = ("b", mb)
-                        w = st._recvs[key][0]
-                        try:
-                            w.wait()
-                        except Exception:  # noqa: BLE001 - reported by backward_one
-                            pass
+                    st.get_grad(mb)  # the wait is idle time, not compute
                     t0 = clock()
                     sync = getattr(st.submod, "no_sync", None)
                     ctx = sync() if (sync is not None and i != last_b[s]) else \
@@ -270,7 +274,8 @@ class _Schedule:
                 t1 = clock()
                 if self.log_timing:
                     events.append((kind, s, mb, t0 - t_step, t1 - t_step))
-                self._prefetch(i)
+                for post, pmb in plan[i]:
+                    post(pmb)
             for st in self.stages:
                 st.wait_sends()
         except BaseException:

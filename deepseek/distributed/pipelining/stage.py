@@ -5,8 +5,17 @@ A stage runs its submodule on one microbatch at a time and keeps what backward n
 (the input it got and the output it made) until that microbatch's backward; the
 schedules (schedules.py) decide the order. Activations go forward with asynchronous
 sends (compute continues while they travel) and the gradients of the stage's input go
-back the same way. Receives are posted ahead by the schedule, so they too overlap the
-compute before them.
+back the same way.
+
+Receives: a message of up to one transport slot (``DEEPSEEK_SHM_P2P_BYTES``, 1 MiB)
+lies complete in the slot once sent, whether or not a receive is posted, so the stage
+takes it with a blocking receive when the schedule needs it: one call that waits in C
+(GIL released) and wakes the moment the data lands. A receive posted ahead would run
+on the group's receive thread and hand over through two thread wake-ups: 128 KiB from
+the producer's end to the data in the consumer's hands measured 0.47-0.55 ms that way
+on the loaded 2-core VM, 0.17-0.21 ms blocking (docs/parallelism.md). Larger messages
+stream through the slots only while the receiver drains them, so their receives are
+posted ahead by the schedule (``post_recv_*``) and overlap the compute before them.
 
 Shapes are exchanged once: the first activation a stage sends is preceded by a small
 header (ndim, dtype, shape); the receiver allocates its buffers from it and checks it
@@ -22,6 +31,7 @@ other.
 """
 import numpy as np
 
+from ... import env as envvars
 from ..._tensor import Tensor, from_numpy
 from ...autograd import backward as _autograd_backward
 from ...collectives import CollectiveError, get_default_group
@@ -63,6 +73,15 @@ def _unmeta(m):
     return tuple(int(v) for v in m[2:2 + n]), np.dtype(_DTYPES[int(m[1])])
 
 
+def _beyond_slot(shape, dtype):
+    """Whether a message of this shape is larger than one transport slot (then its
+    receive is posted ahead: module doc)."""
+    n = np.dtype(dtype).itemsize
+    for d in shape:
+        n *= d
+    return n > envvars.get("DEEPSEEK_SHM_P2P_BYTES")
+
+
 def _fmt(shape, dtype):
     return f"{tuple(shape)} {np.dtype(dtype).name}"
 
@@ -102,13 +121,17 @@ class PipelineStage:
             a = input_args.array if isinstance(input_args, Tensor) else np.asarray(input_args)
             self._expect = (tuple(a.shape), a.dtype)
         self._in_meta = None     # (shape, dtype) of what the previous stage sends
-        self._meta_recv = None   # (Work, buffer) of the header's receive while pending
         self._out_meta = None    # what this stage announced to the next one
+        # whether activations / output gradients are larger than a slot: only those
+        # are received ahead (module doc); known once the first one is
+        self._in_ahead = self._out_ahead = False
         self._stash = {}         # microbatch -> (input tensor, output tensor or loss)
-        self._recvs = {}         # ("f"|"b", microbatch) -> (Work, buffer)
+        self._recvs = {}         # ("f"|"b", microbatch) -> (Work, buffer) posted ahead
+        self._grads = {}         # microbatch -> its output's gradient, received
         self._sends = []         # (Work, buffer) in flight
         self.live = 0            # microbatches whose activations are held now
         self.peak_live = 0
+        self.received_ahead = 0  # messages taken from receives posted ahead (stats)
 
     def __repr__(self):
         return (f"<PipelineStage {self.stage_index}/{self.num_stages} on group rank "
@@ -123,27 +146,25 @@ class PipelineStage:
             f"stage {self.stage_index} (global rank {self.group.ranks[self.group.rank]}) "
             f"{what}: {type(e).__name__}: {e}")
 
-    def _in_meta_ready(self, block):
-        """Whether the previous stage's header has arrived (posting its receive the
-        first time). Never blocks unless ``block``: a look-ahead must not stall the
-        schedule on a header that comes after work this rank still has to do."""
-        if self._in_meta is not None:
-            return True
-        if self._meta_recv is None:
-            buf = np.zeros(_META_LEN, np.int64)
-            w = self.fwd_group.recv(buf, self.prev_rank, tag=_META_TAG + self.stage_index,
-                                    async_op=True)
-            self._meta_recv = (w, buf)
-        w, buf = self._meta_recv
-        if not block and not w.is_completed():
-            return False
-        src = self.group.ranks[self.prev_rank]
+    def _recv(self, group, buf, src, tag, what):
+        """Blocking receive into ``buf`` (module doc: one C call that waits with the
+        GIL released); a failure becomes PipelineCommError naming ``what()``."""
         try:
-            w.wait()
+            group.recv(buf, src, tag=tag)
         except CollectiveError as e:
-            raise self._comm_error(e, f"waiting for the activation header of stage "
-                                      f"{self.stage_index - 1} (global rank {src})") from e
-        self._meta_recv = None
+            raise self._comm_error(e, what()) from e
+        return buf
+
+    def _recv_meta(self):
+        """The previous stage's activation header (received once, when the first
+        activation is needed), checked against ``input_args``."""
+        if self._in_meta is not None:
+            return self._in_meta
+        src = self.group.ranks[self.prev_rank]
+        buf = self._recv(self.fwd_group, np.zeros(_META_LEN, np.int64), self.prev_rank,
+                         _META_TAG + self.stage_index,
+                         lambda: f"waiting for the activation header of stage "
+                                 f"{self.stage_index - 1} (global rank {src})")
         shape, dtype = _unmeta(buf)
         if self._expect is not None and (shape, dtype) != self._expect:
             raise PipelineShapeError(
@@ -151,36 +172,38 @@ class PipelineStage:
                 f"{_fmt(shape, dtype)} but stage {self.stage_index} expects "
                 f"{_fmt(*self._expect)} (its input_args)")
         self._in_meta = (shape, dtype)
-        return True
+        self._in_ahead = _beyond_slot(shape, dtype)
+        return self._in_meta
 
-    def post_recv_forward(self, mb, block=False):
-        """Start receiving microbatch ``mb``'s activation (once; before the first
-        header has arrived only with ``block``)."""
-        key = ("f", mb)
-        if self.is_first or key in self._recvs or not self._in_meta_ready(block):
-            return
-        buf = np.empty(*self._in_meta)
-        w = self.fwd_group.recv(buf, self.prev_rank, tag=self._tag(self.stage_index, mb),
-                                async_op=True)
-        self._recvs[key] = (w, buf)
+    def post_recv_forward(self, mb):
+        """Start receiving microbatch ``mb``'s activation ahead of its forward (only
+        activations larger than a slot, once the header has come)."""
+        if self._in_ahead:
+            self._post(("f", mb), self.fwd_group, self._in_meta, self.prev_rank)
 
     def post_recv_backward(self, mb):
-        """Start receiving the gradient of microbatch ``mb``'s output (once)."""
-        key = ("b", mb)
-        if self.is_last or key in self._recvs or mb not in self._stash:
-            return
-        out = self._stash[mb][1]
-        buf = np.empty(out.shape, out.array.dtype)
-        w = self.bwd_group.recv(buf, self.next_rank, tag=self._tag(self.stage_index, mb),
-                                async_op=True)
-        self._recvs[key] = (w, buf)
+        """Start receiving the gradient of microbatch ``mb``'s output ahead of its
+        backward (only gradients larger than a slot, once its forward ran)."""
+        if self._out_ahead and mb in self._stash:
+            self._post(("b", mb), self.bwd_group, self._out_meta, self.next_rank)
 
-    def _wait_recv(self, key, what):
-        w, buf = self._recvs.pop(key)
+    def _post(self, key, group, meta, src):
+        if key not in self._recvs:
+            buf = np.empty(*meta)
+            tag = self._tag(self.stage_index, key[1])
+            self._recvs[key] = (group.recv(buf, src, tag=tag, async_op=True), buf)
+
+    def _take(self, key, group, meta, src, tag, what):
+        """The message of ``key``: from its receive posted ahead, else received now."""
+        posted = self._recvs.pop(key, None)
+        if posted is None:
+            return self._recv(group, np.empty(*meta), src, tag, what)
+        w, buf = posted
         try:
             w.wait()
         except CollectiveError as e:
-            raise self._comm_error(e, what) from e
+            raise self._comm_error(e, what()) from e
+        self.received_ahead += 1
         return buf
 
     def _send(self, group, arr, dst, tag):
@@ -200,14 +223,28 @@ class PipelineStage:
 
     # ------------------------------------------------------------------ compute
     def get_input(self, mb):
-        """Microbatch ``mb``'s input as a leaf tensor that records its gradient."""
-        self.post_recv_forward(mb, block=True)
-        buf = self._wait_recv(("f", mb), f"waiting for the activation of microbatch {mb} "
-                                         f"from stage {self.stage_index - 1}")
+        """Microbatch ``mb``'s input as a leaf tensor that records its gradient
+        (waits for it to arrive)."""
+        buf = self._take(("f", mb), self.fwd_group, self._recv_meta(), self.prev_rank,
+                         self._tag(self.stage_index, mb),
+                         lambda: f"waiting for the activation of microbatch {mb} from "
+                                 f"stage {self.stage_index - 1}")
         x = from_numpy(buf)
-        if np.issubdtype(buf.dtype, np.floating):
+        if buf.dtype.kind == "f":
             x.requires_grad_(True)
         return x
+
+    def get_grad(self, mb):
+        """Wait for the gradient of microbatch ``mb``'s output (not on the last stage);
+        ``backward_one`` uses it. The schedules call this before timing the backward,
+        so that the wait counts as idle time."""
+        if self.is_last or mb in self._grads:
+            return
+        self._grads[mb] = self._take(
+            ("b", mb), self.bwd_group, self._out_meta, self.next_rank,
+            self._tag(self.stage_index, mb),
+            lambda: f"waiting for the gradient of microbatch {mb} from stage "
+                    f"{self.stage_index + 1}")
 
     def forward_one(self, mb, x):
         """Run the submodule on microbatch ``mb``'s input ``x``; keeps both for
@@ -232,6 +269,7 @@ class PipelineStage:
             meta = (tuple(arr.shape), arr.dtype)
             if self._out_meta is None:
                 self._out_meta = meta
+                self._out_ahead = _beyond_slot(*meta)
                 self._send(self.fwd_group, _meta(arr), self.next_rank,
                            _META_TAG + self.stage_index + 1)
             elif meta != self._out_meta:
@@ -256,10 +294,8 @@ class PipelineStage:
         if self.is_last:
             (out * loss_scale).backward() if loss_scale != 1.0 else out.backward()
         else:
-            self.post_recv_backward(mb)
-            g = self._wait_recv(("b", mb), f"waiting for the gradient of microbatch {mb} "
-                                           f"from stage {self.stage_index + 1}")
-            _autograd_backward([out], [from_numpy(g)])
+            self.get_grad(mb)
+            _autograd_backward([out], [from_numpy(self._grads.pop(mb))])
         del self._stash[mb]
         self.live -= 1
         if not self.is_first:
@@ -271,5 +307,5 @@ class PipelineStage:
         """Drop whatever an interrupted step left behind."""
         self._stash.clear()
         self._recvs.clear()
-        self._meta_recv = None
+        self._grads.clear()
         self.live = 0
