@@ -16,6 +16,12 @@ rounds:
             of the on-disk kernel cache (compiler calls counted)
 
     python scripts/bench_jit.py [--rounds 5] [--steps 30] [--json out.json] [--quick]
+                                [--base DIR] [--clock wall|cpu]
+
+``--clock cpu`` times each call by this thread's CPU time instead of the wall clock.
+``--base DIR``: also time the JIT of another checkout (``DIR/deepseek/jit``, e.g. an
+unpacked ``git archive HEAD``) over this checkout's eager ops, interleaved in the same
+rounds ("deepseek compiled (base)"): an A/B of a JIT change on a noisy machine.
 """
 import os
 
@@ -35,12 +41,42 @@ import numpy as np  # noqa: E402
 from _report import write_json  # noqa: E402  (scripts/ is sys.path[0])
 
 
+_CLOCK = [time.perf_counter]  # --clock cpu: time.thread_time
+
+
 def timer(fn, steps):
     fn()
-    t = time.perf_counter()
+    clock = _CLOCK[0]
+    t = clock()
     for _ in range(steps):
         fn()
-    return (time.perf_counter() - t) / steps
+    return (clock() - t) / steps
+
+
+_BASE = []  # the --base JIT package, when given
+
+
+def load_base(d):
+    """``d``/deepseek/jit imported as ``deepseek.jit_base`` (its relative imports reach
+    this checkout's deepseek, so only the JIT differs)."""
+    import importlib.util
+    import deepseek  # noqa: F401
+    path = os.path.join(d, "deepseek", "jit")
+    spec = importlib.util.spec_from_file_location("deepseek.jit_base", os.path.join(path, "__init__.py"),
+                                                  submodule_search_locations=[path])
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["deepseek.jit_base"] = mod
+    spec.loader.exec_module(mod)
+    _BASE[:] = [mod]
+
+
+def compiled(m):
+    """{label: compiled m} for this checkout's JIT and the --base one."""
+    import deepseek
+    out = {"deepseek compiled": deepseek.compile(m)}
+    if _BASE:
+        out["deepseek compiled (base)"] = _BASE[0].compile(m)
+    return out
 
 
 def models(lib, name):
@@ -64,10 +100,11 @@ def inference_cells(name, steps, rounds):
     import deepseek
     cells = {}
     m, x = models(deepseek, name)
-    cm = deepseek.compile(m)
+    fns = {"deepseek eager": lambda: m(x)}
     with deepseek.no_grad():
-        cm(x)
-        fns = {"deepseek eager": lambda: m(x), "deepseek compiled": lambda: cm(x)}
+        for k, cm in compiled(m).items():
+            cm(x)
+            fns[k] = (lambda c: lambda: c(x))(cm)
     try:
         import torch
         torch.set_num_threads(1)
@@ -101,14 +138,14 @@ def inference_cells(name, steps, rounds):
 def train_cells(steps, rounds, name="tl_train"):
     import deepseek
     m, x = models(deepseek, name)
-    cm = deepseek.compile(m)
 
     def step(f):
         def run():
             m.zero_grad()
             f(x).square().mean().backward()
         return run
-    fns = {"deepseek eager": step(m), "deepseek compiled": step(cm)}
+    fns = {"deepseek eager": step(m)}
+    fns.update({k: step(cm) for k, cm in compiled(m).items()})
     times = {k: [] for k in fns}
     for _ in range(rounds):
         for k, f in fns.items():
@@ -197,7 +234,15 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--json")
     ap.add_argument("--quick", action="store_true", help="fewer rounds and steps")
+    ap.add_argument("--base", help="a checkout whose deepseek/jit is timed too (A/B)")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="cpu: this thread's CPU time (every system runs on one thread "
+                         "here), steadier than wall time on a loaded machine")
     a = ap.parse_args(argv)
+    if a.clock == "cpu":
+        _CLOCK[0] = time.thread_time
+    if a.base:
+        load_base(a.base)
     if a.quick:
         a.rounds, a.steps = 3, 10
     import tempfile
@@ -216,9 +261,9 @@ def main(argv=None):
         for k, v in cells.items():
             if isinstance(v, float):
                 rel = f"  ({base / v:.2f}x vs deepseek eager)" if base else ""
-                print(f"  {k:20s} {v * 1e6:12.1f} us{rel}")
+                print(f"  {k:26s} {v * 1e6:12.1f} us{rel}")
             else:
-                print(f"  {k:20s} {v}")
+                print(f"  {k:26s} {v}")
     write_json(a.json, res)
     return 0
 

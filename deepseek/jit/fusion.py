@@ -6,7 +6,8 @@ value)`` a Python number, or ``(op, *children)``. ``expr_builder`` maps the elem
 Function classes of the op table to builders of that tree, so fusion knows ops by
 their Function class only; the printers in ``cgen`` (C), ``numexpr_expr`` (numexpr)
 and ``eval_numpy`` (plain numpy) say what each op computes, with eager's formulas
-(the same erf polynomial, the same stable sigmoid) so fused results match eager.
+(the same erf -- the C one is eager's native float32 form --, the same stable
+sigmoid) so fused results match eager.
 
 Grouping: a node joins the group of its consumer when it is elementwise, its output
 has the group's dtype and shape, and nothing else reads it (so the intermediate never

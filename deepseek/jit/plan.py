@@ -6,9 +6,9 @@ substituted), then:
 
 1. decomposes a few ops into executor primitives so their parts fuse: ``Linear`` into
    a GEMM (``np.matmul(..., out=)``) plus a bias add that joins the following
-   elementwise chain (bias + GELU is one kernel); ``SDPA`` without mask/dropout into
-   scale, ``q @ k^T``, a (causal) row softmax and ``p @ v``; ``LayerNorm`` and
-   last-axis ``Softmax`` into C row kernels;
+   elementwise chain (bias + GELU is one kernel); ``SDPA`` without dropout (no mask,
+   a bool mask or an added one) into scale, ``q @ k^T``, a (causal, masked) row
+   softmax and ``p @ v``; ``LayerNorm`` and last-axis ``Softmax`` into C row kernels;
 2. fuses elementwise chains (``fusion.find_groups``) into one kernel each: C from
    ``cgen`` (default), a numexpr expression, or plain numpy (``backend``);
 3. plans memory: every intermediate gets a buffer from a pool, returned to the pool
@@ -68,7 +68,8 @@ class InferencePlan:
     """A compiled inference step for one concrete signature.
 
     ``run(*input_arrays)`` returns the result structure with arrays; ``code`` is the
-    generated source, ``kernels_source`` the C unit (C backend), ``steps`` the number
+    generated source, ``kernels_source`` the C unit of its fused kernels and
+    ``rows_source`` that of the row kernels it uses (C backend), ``steps`` the number
     of generated statements, ``allocs_per_step`` the buffers allocated per call after
     warm-up (0 when every op is lowered; +1 per output unless ``static_outputs``)."""
 
@@ -122,11 +123,8 @@ class InferencePlan:
                 else:
                     out.append(type(n)("jit", "linear_mm", (x, w), {}, n.outs, False, n.src))
                 continue
-            if name == "SDPA" and c_ok and not n.multi and len(n.args) >= 3 and \
-                    (len(n.args) < 4 or n.args[3] is None) and not n.kwargs.get("dropout_p", 0) and \
-                    not n.kwargs.get("need_weights", False) and all(v.dtype == vals[0].dtype for v in vals) \
-                    and vals[0].dtype in fl and set(n.kwargs) <= {"scale", "is_causal", "dropout_p", "need_weights", "mask"} \
-                    and n.kwargs.get("mask") is None:
+            mask = _sdpa_mask(g, n) if name == "SDPA" and c_ok else _NO
+            if mask is not _NO:
                 q, k, v = n.args[:3]
                 qv, kv = g.values[q.vid], g.values[k.vid]
                 L, S = qv.shape[-2], kv.shape[-2]
@@ -136,8 +134,8 @@ class InferencePlan:
                 scale = n.kwargs.get("scale", 1.0)
                 out.append(type(n)("function", E.Mul, (q, float(qv.dtype.type(scale))), {}, (qs,), False, n.src))
                 out.append(type(n)("jit", "bmm_t", (Ref(qs), k), {}, (sc,), False, n.src))
-                out.append(type(n)("jit", "softmax", (Ref(sc),), {"causal": L if n.kwargs.get("is_causal") else 0},
-                                   (p,), False, n.src))
+                out.append(type(n)("jit", "softmax", (Ref(sc), mask),
+                                   {"causal": L if n.kwargs.get("is_causal") else 0}, (p,), False, n.src))
                 out.append(type(n)("jit", "bmm", (Ref(p), v), {}, n.outs, False, n.src))
                 continue
             if name == "LayerNorm" and c_ok and vals[0].dtype in fl and all(v.dtype == vals[0].dtype for v in vals):
@@ -149,7 +147,7 @@ class InferencePlan:
                 axis = n.kwargs.get("axis", n.args[1] if len(n.args) > 1 else None)
                 nd = len(vals[0].shape)
                 if axis is not None and nd and axis % nd == nd - 1:
-                    out.append(type(n)("jit", "softmax", (n.args[0],), {"causal": 0}, n.outs, False, n.src))
+                    out.append(type(n)("jit", "softmax", (n.args[0], None), {"causal": 0}, n.outs, False, n.src))
                     continue
             out.append(n)
         g.nodes = out
@@ -355,14 +353,23 @@ class InferencePlan:
 
     def _lower_bmm_t(self, n):
         a, b = (self._a(r.vid) for r in n.args)
-        out = self._out(n.outs[0])
-        self.lines.append(f"_matmul({self._const(a, 'a')}, {self._const(np.swapaxes(b, -1, -2), 'a')}, "
-                          f"out={self._const(out, 'b')})")
+        self._batched_matmul(a, np.swapaxes(b, -1, -2), self._out(n.outs[0]))
 
     def _lower_bmm(self, n):
         a, b = (self._a(r.vid) for r in n.args)
-        out = self._out(n.outs[0])
-        self.lines.append(f"_matmul({self._const(a, 'a')}, {self._const(b, 'a')}, "
+        self._batched_matmul(a, b, self._out(n.outs[0]))
+
+    def _batched_matmul(self, a, b, out):
+        """``out = a @ b`` over the batch dims. Many small products run with one BLAS
+        thread, as eager's attention does: OpenBLAS threading each small GEMM costs
+        more CPU in thread hand-offs than it saves (5x the CPU time at 128x32x128)."""
+        each = a.shape[-2] * a.shape[-1] * b.shape[-1]
+        mm = "_matmul"
+        if a.ndim > 2 and each < _SMALL_GEMM <= each * (out.size // max(out.shape[-2] * out.shape[-1], 1)):
+            from ..ops.attention import blas_single_thread
+            self.ns.setdefault("_mm1", _matmul_one_thread(blas_single_thread))
+            mm = "_mm1"
+        self.lines.append(f"{mm}({self._const(a, 'a')}, {self._const(b, 'a')}, "
                           f"out={self._const(out, 'b')})")
 
     def _lower_layernorm(self, n):
@@ -384,12 +391,37 @@ class InferencePlan:
         x = self._contig(n.args[0].vid)
         d = x.shape[-1]
         rows = x.size // d if d else 0
+        mask, mkind, dims, strides = self._softmax_mask(n.args[1], x.shape)
         out = self._out(n.outs[0], reuse=[n.args[0].vid] if x is self._a(n.args[0].vid) else ())
         kname = f"ds_softmax_{x.dtype.name}"
         fname = f"_k_sm_{x.dtype.name}"
         self.kernel_calls.append((fname, kname, 0, 0, "softmax"))
         self.lines.append(f"{fname}({rows}, {d}, {int(n.kwargs['causal'])}, {x.ctypes.data}, "
-                          f"{out.ctypes.data})  # softmax")
+                          f"{out.ctypes.data}, {mask}, {mkind}, {dims[0]}, {dims[1]}, "
+                          f"{strides[0]}, {strides[1]}, {strides[2]})  # softmax")
+
+    def _softmax_mask(self, ref, shape):
+        """The softmax kernel's mask arguments for mask value ``ref`` (None: no mask) on
+        scores of ``shape``: (address, kind -- 0 none, 1 added, 2 bool keep --, the two
+        inner leading dims, the element strides of the three leading dims). A mask whose
+        broadcast view is not (rows of) contiguous rows is copied per step into a
+        scratch buffer of the scores' shape."""
+        if ref is None:
+            return "None", 0, (1, 1), (0, 0, 0)
+        m = self._a(ref.vid)
+        kind = 2 if m.dtype == np.bool_ else 1
+        lead = shape[:-1]
+        view = np.broadcast_to(m, shape)
+        st = _merge_dims(lead, [s // view.itemsize for s in view.strides[:-1]])
+        if st is None or (view.strides[-1] != view.itemsize and shape[-1] > 1):
+            slot, buf = self._alloc(shape, m.dtype)
+            self.lines.append(f"_copyto({self._const(buf, 'b')}, {self._const(view, 'a')})")
+            self.pending.append(slot)  # back to the pool once this item is planned
+            view = buf
+            st = _merge_dims(lead, [s // buf.itemsize for s in buf.strides[:-1]])
+        dims, strides = st
+        addr = view.__array_interface__["data"][0]
+        return str(addr), kind, dims, strides
 
     def _args_of(self, n):
         return (map_refs(n.args, lambda r: self._a(r.vid)),
@@ -440,21 +472,25 @@ class InferencePlan:
     # ---- code ---------------------------------------------------------------------------
     def _finish(self):
         if self.kernels or any(c[4] for c in self.kernel_calls):
-            self.kernels_source = cgen.unit_source(self.kernels)
-            lib = cgen.build(self.kernels_source)
+            rows = sorted({kname.rsplit("_", 1)[1] for _, kname, _, _, kind in self.kernel_calls if kind})
+            self.kernels_source = cgen.unit_source(self.kernels) if self.kernels else ""
+            self.rows_source = cgen.row_source(rows) if rows else ""
+            libs = cgen.build_many([src for src in (self.kernels_source, self.rows_source) if src])
+            lib = libs[0] if self.kernels else None
+            row_lib = libs[-1] if rows else None
             import ctypes
             for fname, kname, nptr, nlong, kind in self.kernel_calls:
-                f = getattr(lib, kname)
+                f = getattr(row_lib if kind else lib, kname)
                 if kind == "layernorm":
                     f.argtypes = [ctypes.c_long] * 2 + [ctypes.c_void_p] * 3 + [ctypes.c_double, ctypes.c_void_p]
                 elif kind == "softmax":
-                    f.argtypes = [ctypes.c_long] * 3 + [ctypes.c_void_p] * 2
+                    f.argtypes = [ctypes.c_long] * 3 + [ctypes.c_void_p] * 3 + [ctypes.c_long] * 6
                 else:
                     f.argtypes = [ctypes.c_long] * nlong + [ctypes.c_void_p] * nptr
                 f.restype = None
                 self.ns[fname] = f
         else:
-            self.kernels_source = ""
+            self.kernels_source = self.rows_source = ""
         outs = self.g.out_spec
         ret = self._ret_expr(outs)
         if not self.static_outputs:
@@ -475,6 +511,19 @@ class InferencePlan:
         return self._const(spec, "r")
 
 
+# a product of fewer multiply-adds than this gains nothing from BLAS threads (eager
+# attention's threshold); a batch of them all together at least this big is worth the
+# thread-count switch (a few microseconds)
+_SMALL_GEMM = 2 ** 21
+
+
+def _matmul_one_thread(single):
+    def mm(a, b, out):
+        with single():
+            np.matmul(a, b, out=out)
+    return mm
+
+
 def _count_ops(e):
     if e[0] in ("in", "c"):
         return 0
@@ -489,3 +538,53 @@ def _wrap_call(method, args, kwargs):
     if isinstance(res, tuple):
         return tuple(r._data for r in res)
     return res._data
+
+
+_NO = object()  # "no lowering" (a mask of None is a real answer)
+
+
+def _sdpa_mask(g, n):
+    """The mask argument (a Ref, or None) of an SDPA node the plan lowers, or ``_NO``
+    when the node keeps eager's op: dropout, attention weights asked for, mixed or
+    unfused dtypes, or a mask that is neither bool nor of the queries' dtype."""
+    fl = fusion.FUSIBLE_DTYPES
+    if n.multi or len(n.args) < 3 or len(n.args) > 4 or \
+            not set(n.kwargs) <= {"scale", "is_causal", "dropout_p", "need_weights", "mask"} or \
+            n.kwargs.get("dropout_p", 0) or n.kwargs.get("need_weights", False):
+        return _NO
+    mask = n.args[3] if len(n.args) > 3 else n.kwargs.get("mask")
+    qkv = [g.values[a.vid] if isinstance(a, Ref) else None for a in n.args[:3]]
+    if any(v is None for v in qkv) or qkv[0].dtype not in fl or \
+            any(v.dtype != qkv[0].dtype for v in qkv):
+        return _NO
+    if mask is None:
+        return None
+    if not isinstance(mask, Ref):
+        return _NO
+    mv = g.values[mask.vid]
+    scores = tuple(qkv[0].shape[:-1]) + (qkv[1].shape[-2],)
+    if mv.dtype not in (np.dtype(np.bool_), qkv[0].dtype):
+        return _NO
+    try:
+        if np.broadcast_shapes(tuple(mv.shape), scores) != scores:
+            return _NO
+    except ValueError:
+        return _NO
+    return mask
+
+
+def _merge_dims(shape, strides):
+    """``shape``/``strides`` (elements) as three dims -- ((d1, d2), (s0, s1, s2)) for
+    dims (d0, d1, d2) -- by padding with ones and merging neighbours whose strides
+    chain; None when more than three remain."""
+    dims = [(d, s) for d, s in zip(shape, strides) if d != 1]
+    merged = []
+    for d, s in dims:
+        if merged and merged[-1][1] == s * d:
+            merged[-1] = (merged[-1][0] * d, s)
+        else:
+            merged.append((d, s))
+    if len(merged) > 3:
+        return None
+    merged = [(1, 0)] * (3 - len(merged)) + merged
+    return (merged[1][0], merged[2][0]), tuple(s for _, s in merged)
