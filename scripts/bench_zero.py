@@ -15,6 +15,11 @@ step, the slowest rank's. Every rank -- and torch -- runs its BLAS on one thread
 (``OPENBLAS_NUM_THREADS=1``, ``torch.set_num_threads(1)``): with more, the ranks'
 BLAS threads fight over the cores and a step's time measures that fight.
 
+Stage "3c" is stage 3 with ``FullyShardedDataParallel(min_unit_numel=...)``
+(``--min-unit-numel``, default 2**20: 4 blocks of the default model per group): the
+blocks' units coalesced into groups that are gathered and reduce-scattered together
+(fewer, larger collectives; the gathered peak is a group, not one block).
+
 Memory-cap demo (``--cap-mb``): a model whose fp32 Adam training state (16 bytes per
 parameter) exceeds the per-rank budget trains on 4 ranks with ZeRO-3 (16/4 bytes
 per parameter + one unit gathered) and fails with DDP. The budget is checked on the
@@ -34,16 +39,20 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
 
+STAGES = (0, 1, 2, 3, "3c")
 ONE_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-def _rank_fn(rank, world, stages, hid, layers, steps, batch):
-    """Every stage in one job, stepping in turn; returns {stage: (cpu s, wall s, memory)}."""
+def _rank_fn(rank, world, stages, hid, layers, steps, batch, min_unit_numel):
+    """Every stage in one job, stepping in turn; returns {stage: (cpu s, wall s, memory)}.
+    Stage "3c": stage 3 with its blocks coalesced into groups of ``min_unit_numel``."""
     import zero_cases as zc
     import deepseek as ds
     import deepseek.nn.functional as F
     zc._init()
-    runs = {st: zc.wrap(zc.build_model("mlp", hid=hid, layers=layers), st, "adamw")
+    runs = {st: zc.wrap(zc.build_model("mlp", hid=hid, layers=layers),
+                        3 if st == "3c" else st, "adamw",
+                        **({"min_unit_numel": min_unit_numel} if st == "3c" else {}))
             for st in stages}
     rng = np.random.default_rng(rank)
     x = ds.tensor(rng.standard_normal((batch, zc.IN)).astype(np.float32))
@@ -61,7 +70,8 @@ def _rank_fn(rank, world, stages, hid, layers, steps, batch):
                 cpu[st].append(time.process_time() - c0)
                 wall[st].append(time.perf_counter() - t0)
     del runs
-    mem = zc.memory(rank, world, stages=stages, hid=hid, layers=layers)
+    mem = zc.memory(rank, world, stages=stages, hid=hid, layers=layers,
+                    min_unit_numel=min_unit_numel)
     return {st: (statistics.median(cpu[st]), statistics.median(wall[st]), mem[st])
             for st in stages}
 
@@ -165,6 +175,8 @@ def main():
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--worlds", default="2,4")
+    ap.add_argument("--min-unit-numel", type=int, default=1 << 20,
+                    help="stage '3c': FSDP(min_unit_numel=) coalescing the blocks")
     ap.add_argument("--cap-mb", type=float, default=None,
                     help="run the memory-cap demo with this per-rank budget instead")
     ap.add_argument("--json", action="store_true")
@@ -186,9 +198,9 @@ def main():
     rows = []
     for world in [int(w) for w in args.worlds.split(",")]:
         res = spawn_ranks(_rank_fn, world, timeout=900, env=ONE_THREAD,
-                          args=((0, 1, 2, 3), args.hid, args.layers, args.steps,
-                                args.batch))
-        for stage in (0, 1, 2, 3):
+                          args=(STAGES, args.hid, args.layers, args.steps,
+                                args.batch, args.min_unit_numel))
+        for stage in STAGES:
             m = res[0][stage][2]
             rows.append({"world": world, "stage": stage,
                          "cpu_ms": max(r[stage][0] for r in res) * 1e3,

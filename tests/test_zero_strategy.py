@@ -27,6 +27,23 @@ def test_every_stage_trains_like_ddp_through_the_trainer(shm_guard):
                                            err_msg=f"{stage} rank {r} {k}")
 
 
+def test_offload_optimizer_trains_like_no_offload(shm_guard):
+    """ZeROStrategy(offload_optimizer=True): the optimizer side on the host (on the CPU
+    the same arrays) gives the same parameters as without, stage 2 and 3; stage 1
+    refuses it."""
+    from deepseek.distributed import ZeROStrategy
+    with pytest.raises(NotImplementedError, match="stage 2"):
+        ZeROStrategy(stage=1, offload_optimizer=True)
+    for stage in ("zero2", "zero3"):
+        want = spawn_ranks(cases.trainer_fit, 2, timeout=180, args=(stage,))
+        got = spawn_ranks(cases.trainer_fit, 2, timeout=180, args=(stage + "-offload",))
+        for r in range(2):
+            assert set(got[r]) == set(want[r])
+            for k in want[r]:
+                np.testing.assert_array_equal(got[r][k], want[r][k],
+                                              err_msg=f"{stage} offload rank {r} {k}")
+
+
 @pytest.mark.timeout(300)
 def test_zero_strategies_with_16_mixed_train_like_ddp(shm_guard):
     """precision='16-mixed' (fp16 autocast + GradScaler): the fp32 master weights are

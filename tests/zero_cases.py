@@ -193,16 +193,22 @@ def _state_bytes(opt):
     return total
 
 
-def memory(rank, world, stages=(0, 1, 2, 3), hid=64, layers=16):
+def memory(rank, world, stages=(0, 1, 2, 3), hid=64, layers=16, min_unit_numel=0):
     """Bytes per parameter this rank holds for each stage, after a backward (the
-    optimizer has stepped once before, so its state exists), next to the formula."""
+    optimizer has stepped once before, so its state exists), next to the formula.
+    Stage "3c": stage 3 with its blocks coalesced (``min_unit_numel``); its formula
+    counts the largest group's gathered parameters."""
     _init()
     out = {}
     for stage in stages:
         model = build_model("mlp", hid=hid, layers=layers)
         nparam = sum(p.numel() for p in model.parameters())
         unit_max = max(sum(p.numel() for p in b.parameters()) for b in model.blocks)
-        runner, opt = wrap(model, stage, "adamw")
+        kw = {"min_unit_numel": min_unit_numel} if stage == "3c" else {}
+        runner, opt = wrap(model, 3 if stage == "3c" else stage, "adamw", **kw)
+        if stage == "3c":
+            unit_max = max(sum(p.numel() for p in h.params)
+                           for h in runner._all_handles() if h not in runner._handles)
         for s in range(2):   # the second step's gradients stay: their memory counts
             opt.zero_grad()
             _slice_backward(runner, rank, world, "mlp", s)
@@ -216,11 +222,11 @@ def memory(rank, world, stages=(0, 1, 2, 3), hid=64, layers=16):
         else:
             st = runner.memory_stats()
             params, grads = st["params"], st["grads"]
-            gathered = st["peak_full_params"] if stage == 3 else 0
+            gathered = st["peak_full_params"] if stage in (3, "3c") else 0
         state = _state_bytes(opt)
         n = world
-        formula = {0: 16, 1: 4 + 4 + 8 / n, 2: 4 + 12 / n, 3: 16 / n}[stage]
-        if stage == 3:
+        formula = {0: 16, 1: 4 + 4 + 8 / n, 2: 4 + 12 / n, 3: 16 / n, "3c": 16 / n}[stage]
+        if stage in (3, "3c"):
             formula += 4 * unit_max / nparam
         out[stage] = {"measured": (params + grads + state + gathered) / nparam,
                       "formula": formula, "params": params / nparam, "grads": grads / nparam,
@@ -257,19 +263,19 @@ def zero1_state_roundtrip(rank, world):
     return res
 
 
-def ckpt_save(rank, world, stage, path, steps=2):
+def ckpt_save(rank, world, stage, path, steps=2, **fsdp_kwargs):
     """Train ``steps`` steps with ``stage`` and save a sharded checkpoint; returns the
     full parameters."""
     import deepseek.distributed.checkpoint as dcp
     _init()
     model = build_model("lm")
-    runner, opt = wrap(model, stage, "sgd")
+    runner, opt = wrap(model, stage, "sgd", **fsdp_kwargs)
     _steps(runner, opt, rank, world, "lm", steps)
     dcp.save(dcp.get_state_dict(runner), path)
     return full_params(runner, stage)
 
 
-def ckpt_load(rank, world, stage, path):
+def ckpt_load(rank, world, stage, path, **fsdp_kwargs):
     """Build a fresh (differently initialised) model under ``stage``, load the
     checkpoint, return the full parameters."""
     import deepseek.distributed.checkpoint as dcp
@@ -279,7 +285,7 @@ def ckpt_load(rank, world, stage, path):
     if stage == "single":
         runner = model
     else:
-        runner, _ = wrap(model, stage, "sgd")
+        runner, _ = wrap(model, stage, "sgd", **fsdp_kwargs)
     dcp.load(dcp.get_state_dict(runner), path)
     return full_params(runner, stage if stage != "single" else "single")
 
@@ -293,6 +299,9 @@ def trainer_fit(rank, world, strategy, precision="32"):
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts"))
     import trainer_model as tm
     import deepseek
+    if strategy.endswith("-offload"):     # "zero3-offload": ZeRO-Offload of the optimizer
+        from deepseek.distributed import ZeROStrategy
+        strategy = ZeROStrategy(stage=int(strategy[4]), offload_optimizer=True)
     t = deepseek.Trainer(accelerator="cpu", strategy=strategy, seed=0, max_epochs=2,
                          accumulate_grad_batches=2, gradient_clip_val=1.0,
                          enable_progress_bar=False, precision=precision)
@@ -372,16 +381,21 @@ def trainer_resume(rank, world, strategy, ckpt_dir, phase):
     return params, files
 
 
-def train_amp(rank, world, stage, dtype="float16", steps=6, kind="mlp"):
+def train_amp(rank, world, stage, dtype="float16", steps=6, kind="mlp", param_dtype=False,
+              reduce_dtype=None):
     """``steps`` steps under ``deepseek.amp.autocast(dtype)`` with a loss-scaling
     ShardedGradScaler (fp16; bf16 runs unscaled), fp32 master parameters sharded as
-    ``stage`` shards them. Returns the full parameters and the scale after each step."""
+    ``stage`` shards them (``param_dtype``: gathered in ``dtype``, FSDP's
+    ``MixedPrecision(param_dtype=dtype, reduce_dtype=reduce_dtype)``). Returns the full
+    parameters and the scale after each step."""
     import deepseek as ds
     from deepseek.amp import autocast
-    from deepseek.distributed.fsdp import ShardedGradScaler
+    from deepseek.distributed.fsdp import MixedPrecision, ShardedGradScaler
     _init()
     model = build_model(kind, seed=rank)
-    runner, optimizer = wrap(model, stage, "adamw")
+    kw = {"mixed_precision": MixedPrecision(param_dtype=getattr(ds, dtype),
+                                            reduce_dtype=reduce_dtype)} if param_dtype else {}
+    runner, optimizer = wrap(model, stage, "adamw", **kw)
     scaler = ShardedGradScaler(init_scale=2.0 ** 12, enabled=dtype == "float16")
     per = GLOBAL_BATCH // world
     scales = []
@@ -476,3 +490,42 @@ def train_reduce_dtype(rank, world, stage, reduce_dtype, steps=6):
     from deepseek.distributed.fsdp import MixedPrecision
     return train(rank, world, stage, opt="sgd", steps=steps,
                  mixed_precision=MixedPrecision(reduce_dtype=reduce_dtype))
+
+
+def coalesce_structure(rank, world, min_unit_numel, steps=2):
+    """ZeRO-3 with ``min_unit_numel`` on a 4-block MLP: ([(parameters, units sharing
+    it)] per handle of the inner units, the root's handle's full bytes, the largest
+    inner handle's full bytes, the peak of gathered full parameters over ``steps``
+    steps, the number of flat parameters the optimizer sees)."""
+    _init()
+    model = build_model("mlp", hid=HID, layers=4)
+    runner, opt = wrap(model, 3, "adamw", min_unit_numel=min_unit_numel)
+    for s in range(steps):
+        opt.zero_grad()
+        _slice_backward(runner, rank, world, "mlp", s)
+        opt.step()
+    inner = [u for u in runner._units() if u is not runner]
+    handles = [h for h in runner._all_handles() if h not in runner._handles]
+    groups = [(sum(p.numel() for p in h.params), sum(h in u._handles for u in inner))
+              for h in handles]
+    return (groups, sum(h.full.nbytes for h in runner._handles),
+            max(h.full.nbytes for h in handles), runner.memory_stats()["peak_full_params"],
+            len(list(runner.parameters())))
+
+
+def offload_layout(rank, world, stage):
+    """Under CPUOffload: (every flat parameter a host array apart from the gathered
+    full parameters, every shard gradient a host array, the optimizer's state arrays
+    count) after one step."""
+    from deepseek.backend import device_of
+    from deepseek.distributed.fsdp import CPUOffload
+    _init()
+    runner, opt = wrap(build_model("mlp"), stage, "adamw", cpu_offload=CPUOffload())
+    _slice_backward(runner, rank, world, "mlp", 0)
+    opt.step()
+    hs = runner._all_handles()
+    apart = all(not np.shares_memory(fp._data, h.full) and device_of(fp._data).type == "cpu"
+                for h in hs for fp in h.flat_params)
+    host_grads = all(device_of(fp._grad._data).type == "cpu" for h in hs
+                     for fp in h.flat_params)
+    return apart, host_grads, _state_bytes(opt)

@@ -355,21 +355,26 @@ class ZeROStrategy(DDPStrategy):
     2/3 goes through ``deepseek.distributed.checkpoint`` into ``<file>.zero/`` beside
     it (every rank writes its pieces; a resume on any number of ranks reshards it).
     Under ``precision='16-mixed'`` the GradScaler's inf/NaN flag is all-reduced over
-    the group, so every rank skips the same steps. ``offload_optimizer`` (ZeRO-Offload)
-    is the GPU path: not available yet.
+    the group, so every rank skips the same steps. ``offload_optimizer`` (ZeRO-Offload,
+    stages 2/3) keeps the fp32 master shards and the optimizer state in host memory and
+    steps them there with the native fused Adam (FSDP's ``CPUOffload()``; on the CPU
+    the same code runs with same-device moves). ``min_unit_numel`` is FSDP's: stage 3
+    units coalesced into groups of at least that many parameters, gathered together.
     """
 
     stage: int = 2
     offload_optimizer: bool = False
     auto_wrap_policy: object = None
+    min_unit_numel: int = 0
     _fsdp: object = None
 
     def __post_init__(self):
         if self.stage not in (1, 2, 3):
             raise ValueError(f"ZeROStrategy: stage must be 1, 2 or 3, got {self.stage!r}")
-        if self.offload_optimizer:
-            raise NotImplementedError("ZeROStrategy(offload_optimizer=True) is the GPU path "
-                                      "(ZeRO-Offload): not available yet")
+        if self.offload_optimizer and self.stage == 1:
+            raise NotImplementedError("ZeROStrategy(stage=1, offload_optimizer=True): "
+                                      "ZeRO-Offload is built on FSDP's shards; use stage 2 "
+                                      "or 3")
         Strategy.__init__(self)
 
     def setup(self, trainer):
@@ -388,11 +393,13 @@ class ZeROStrategy(DDPStrategy):
             scaler.found_inf_reduce = agree_on_inf(self.process_group)
         out = []
         if self.stage >= 2 and optimizers:
-            from .fsdp import FullyShardedDataParallel
+            from .fsdp import CPUOffload, FullyShardedDataParallel
             self.model = FullyShardedDataParallel(
                 _StepModule(self.module), process_group=self.process_group,
                 sharding_strategy="SHARD_GRAD_OP" if self.stage == 2 else "FULL_SHARD",
-                auto_wrap_policy=self.auto_wrap_policy, bucket_cap_mb=self.bucket_cap_mb)
+                auto_wrap_policy=self.auto_wrap_policy, bucket_cap_mb=self.bucket_cap_mb,
+                cpu_offload=CPUOffload() if self.offload_optimizer else None,
+                min_unit_numel=self.min_unit_numel)
         for opt in optimizers:
             cls = type(opt)
             opts = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]

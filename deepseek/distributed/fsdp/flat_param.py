@@ -18,10 +18,17 @@ use its pages go back to the OS, the views (and whatever the autograd graph save
 keep their address, and the next all-gather refills them. Gradients: a bucket's
 buffer is made when its first gradient arrives, reduce-scattered (AVG) into the
 shard's gradient as soon as it is full, and released when that is done.
+
+Variants. ``offload`` (CPUOffload): the shards are host arrays apart from the full
+buffer; each all-gather sends their device copy and each reduce-scatter's shard is
+copied back. ``param_dtype`` (MixedPrecision, ZeRO-3, float32 parameters): the full
+buffer is in that dtype and each all-gather sends the shard cast to it; the shards
+stay float32 (``master_values`` gathers them for a full state dict).
 """
 import numpy as np
 
 from ... import native
+from ...backend import device_of, get_array_module, to_device
 from ..._tensor import Tensor
 from ...autograd.grad_mode import no_grad
 from ...collectives import ReduceOp
@@ -35,8 +42,10 @@ class FlatParamHandle:
     name it has inside the unit: tied weights have several)."""
 
     def __init__(self, entries, pg, releasable, bucket_cap_bytes, sync_module_states=True,
-                 reduce_dtype=None):
+                 reduce_dtype=None, offload=False, param_dtype=None):
         self.pg = pg
+        # CPUOffload (offload.py): the shards the optimizer sees are host arrays
+        self.offload = bool(offload)
         # MixedPrecision(reduce_dtype=...): the dtype of the gradient reduce-scatters
         # (None: the parameters' own)
         self.reduce_dtype = reduce_dtype
@@ -66,7 +75,14 @@ class FlatParamHandle:
             ss += s
         self.full_numel, self.shard_numel = fs, ss
         self.dtype = self.params[0]._data.dtype
-        if releasable:
+        # MixedPrecision(param_dtype=...), FULL_SHARD, float32 parameters: the full
+        # buffer holds the gathered parameters in that dtype (the shards stay fp32)
+        low = param_dtype is not None and releasable and self.dtype == np.float32
+        self.param_dtype = np.dtype(param_dtype) if low else self.dtype
+        if low:   # (the fp32 values, to shard, come from a transient full buffer)
+            self._buffer = ReleasableBuffer(fs, self.param_dtype)
+            self.full = np.zeros(fs, self.dtype)
+        elif releasable:
             self._buffer = ReleasableBuffer(fs, self.dtype)
             self.full = self._buffer.array
         else:
@@ -86,8 +102,13 @@ class FlatParamHandle:
             # ZeRO-3's shard is a copy (the full buffer's pages come and go). (Tried:
             # the shard in symmetric memory, so the all-gather reads peers in place --
             # 8% slower on the shm backend than the C path's single-copy CMA gather.)
-            self.flat_params.append(Parameter(Tensor._make(mine.copy() if releasable
-                                                           else mine)))
+            if offload:
+                mine = np.array(to_device(mine, "cpu"), copy=True)
+            elif releasable:
+                mine = mine.copy()
+            self.flat_params.append(Parameter(Tensor._make(mine)))
+        if low:
+            self.full = self._buffer.array   # (refilled by the first all-gather)
         with no_grad():
             for k, (b, (f0, _, _, _)) in enumerate(zip(self.buckets, self.segments)):
                 for i, p in enumerate(b.params):
@@ -120,13 +141,19 @@ class FlatParamHandle:
         if not self.needs_gather():
             return
         works = []
+        device = device_of(self.full)
         for fp, (f0, padded, s0, s) in zip(self.flat_params, self.segments):
-            shard = fp._data
+            # (offloaded: the host shard's copy where the full parameters live)
+            shard = to_device(fp._data, device) if self.offload else fp._data
+            if self.param_dtype != self.dtype:
+                low = np.empty(shard.size, self.param_dtype)
+                native.wire_pack(shard, low)
+                shard = low
             if self.pg.size == 1:
                 if not np.shares_memory(shard, self.full):
                     self.full[f0:f0 + padded] = shard
                 continue
-            if not self.releasable:
+            if not self.releasable and not self.offload:
                 # the shard is a piece of the output (ZeRO-2): a backend may write the
                 # output before reading every input, so it sends a copy (one bucket's
                 # 1/N, transient)
@@ -154,6 +181,23 @@ class FlatParamHandle:
 
     def is_gathered(self):
         return self._gathered and self._pending is None
+
+    def master_values(self):
+        """{id(param): its full value in the master dtype}: a blocking all-gather of
+        the shards into a transient buffer -- what a full state dict holds when the
+        gathered parameters are low precision (``param_dtype``)."""
+        buf = np.empty(self.full_numel, self.dtype)
+        for fp, (f0, padded, _, _) in zip(self.flat_params, self.segments):
+            shard = np.ascontiguousarray(to_device(fp._data, device_of(buf)))
+            if self.pg.size == 1:
+                buf[f0:f0 + padded] = shard
+            else:
+                self.pg.allgather(buf[f0:f0 + padded], shard)
+        out = {}
+        for b, (f0, _, _, _) in zip(self.buckets, self.segments):
+            for i, p in enumerate(b.params):
+                out[id(p)] = buf[f0 + b.offsets[i]:f0 + b.offsets[i + 1]].reshape(p.shape)
+        return out
 
     # ---- gradients --------------------------------------------------------------------
     def begin_backward(self):
@@ -202,6 +246,9 @@ class FlatParamHandle:
             send = np.empty(b.padded_numel, self.reduce_dtype)
             native.wire_pack(b.flat, send)
             out = np.empty(g.size, self.reduce_dtype)
+        elif self.offload:
+            # the shard comes back where the full gradient is; finish moves it
+            out = get_array_module(b.flat).empty(g.size, self.dtype)
         else:
             out = g if self._grad_fresh[k] else np.empty(g.size, self.dtype)
         work = self.pg.reduce_scatter(out, send, ReduceOp.AVG, async_op=True)
@@ -215,6 +262,8 @@ class FlatParamHandle:
         if work is not None:
             work.wait()
         g = self.flat_params[k]._grad._data
+        if self.offload:
+            out = to_device(out, "cpu")
         if out.dtype != g.dtype:
             if self._grad_fresh[k]:
                 native.wire_unpack(out, g, 1.0)
@@ -222,6 +271,8 @@ class FlatParamHandle:
                 g += out.astype(g.dtype)
         elif not self._grad_fresh[k]:
             g += out
+        elif out is not g:
+            g[...] = out
         for p in b.params:
             p._grad = None  # the full gradient does not outlive its reduction
         self._grad_bytes -= b.flat.nbytes

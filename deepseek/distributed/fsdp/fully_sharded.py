@@ -31,6 +31,10 @@ One iteration, FULL_SHARD:
 * when backward ends (a callback queued on the engine) every reduction is waited and
   unused parameters contribute zeros.
 
+``min_unit_numel`` coalesces the auto-wrapped units into groups that share one set
+of handles (one all-gather and one reduce-scatter per group: a model of many small
+units pays the collectives' fixed cost once per group; see ``_coalesce``).
+
 SHARD_GRAD_OP keeps the full parameters between steps (4 bytes per parameter) and
 re-gathers them, all units at once and asynchronously at the start of the next
 forward, only after the optimizer changed the shards. NO_SHARD is DDP.
@@ -38,9 +42,10 @@ forward, only after the optimizer changed the shards. NO_SHARD is DDP.
 Precision. fp32 master shards with ``deepseek.amp.autocast`` around the forward (and
 ``ShardedGradScaler`` for fp16: the skip decision is agreed over the group);
 ``mixed_precision=MixedPrecision(reduce_dtype=bf16/fp16)`` reduce-scatters the
-gradients in that dtype (``mixed_precision.py``). Not here (yet): low-precision
-gathered parameters (``param_dtype``) and ``cpu_offload`` (the GPU path); both raise
-NotImplementedError.
+gradients in that dtype and ``param_dtype=bf16/fp16`` (FULL_SHARD) gathers the
+parameters in it over fp32 master shards (``mixed_precision.py``).
+``cpu_offload=CPUOffload()`` keeps the master shards, their gradients and the
+optimizer state on the host (``offload.py``).
 """
 import contextlib
 import math
@@ -94,9 +99,16 @@ class FullyShardedDataParallel(nn.Module):
             unit's backward starts) or None.
         forward_prefetch: gather the next unit while the current one computes.
         bucket_cap_mb: gradient bucket size inside a unit (DDP's meaning).
-        mixed_precision: a ``fsdp.MixedPrecision``; only ``reduce_dtype`` (the
-            gradients' wire dtype) is supported.
-        cpu_offload: not supported yet (raises).
+        min_unit_numel: coalesce the auto-wrapped units, consecutive in module order,
+            into groups of at least this many parameters that are gathered, released
+            and reduce-scattered together (0, the default: every wrapped submodule is
+            a unit of its own, PyTorch's behaviour). Fewer, larger collectives for a
+            model of many small units, for a peak of one group's full parameters.
+        mixed_precision: a ``fsdp.MixedPrecision``: ``reduce_dtype`` (the gradients'
+            wire dtype) and, under FULL_SHARD, ``param_dtype`` (the gathered
+            parameters' dtype; run the forward under autocast of that dtype).
+        cpu_offload: ``fsdp.CPUOffload(offload_params=False)``: the master shards,
+            their gradients and the optimizer state on the host (``offload.py``).
     """
 
     def __init__(self, module, process_group=None, sharding_strategy="FULL_SHARD",
@@ -104,17 +116,21 @@ class FullyShardedDataParallel(nn.Module):
                  backward_prefetch=BackwardPrefetch.BACKWARD_PRE, mixed_precision=None,
                  ignored_modules=None, param_init_fn=None, device_id=None,
                  sync_module_states=True, forward_prefetch=False, limit_all_gathers=True,
-                 use_orig_params=False, bucket_cap_mb=25, _exclude=(), _defer=False):
+                 use_orig_params=False, bucket_cap_mb=25, min_unit_numel=0, _exclude=(),
+                 _defer=False):
         super().__init__()
         strategy = _strategy_name(sharding_strategy)
         if strategy == "NO_SHARD":
             raise NotImplementedError("sharding_strategy='NO_SHARD' is DDP: use "
                                       "deepseek.distributed.DistributedDataParallel")
-        from .mixed_precision import reduce_dtype_of
+        from .mixed_precision import param_dtype_of, reduce_dtype_of
         reduce_dtype = reduce_dtype_of(mixed_precision)  # (raises on what is not here)
-        if cpu_offload and getattr(cpu_offload, "offload_params", True):
-            raise NotImplementedError("FullyShardedDataParallel: cpu_offload is the GPU path "
-                                      "(ZeRO-Offload), not available yet")
+        self._param_dtype = param_dtype_of(mixed_precision)
+        if self._param_dtype is not None and strategy != "FULL_SHARD":
+            raise NotImplementedError("MixedPrecision(param_dtype=...) needs "
+                                      "sharding_strategy='FULL_SHARD'")
+        from .offload import offload_of
+        self._offload = offload_of(cpu_offload)
         pg = process_group or get_default_group()
         self.process_group = pg
         self.sharding_strategy = strategy
@@ -122,6 +138,9 @@ class FullyShardedDataParallel(nn.Module):
         self.forward_prefetch = bool(forward_prefetch)
         self.backward_prefetch = backward_prefetch
         self._cap = int(bucket_cap_mb * (1 << 20))
+        if not isinstance(min_unit_numel, (int, np.integer)) or min_unit_numel < 0:
+            raise ValueError(f"min_unit_numel must be an int >= 0, got {min_unit_numel!r}")
+        self._min_unit_numel = int(min_unit_numel)
         # ZeRO-2 keeps every full parameter between steps, so the units' boundaries buy
         # nothing: the units the policy makes stay (they are what the user wraps) but
         # hold no parameters of their own ("deferred"), and the root flattens the whole
@@ -135,8 +154,8 @@ class FullyShardedDataParallel(nn.Module):
                 m, process_group=pg, sharding_strategy=strategy,
                 backward_prefetch=backward_prefetch, forward_prefetch=forward_prefetch,
                 sync_module_states=sync_module_states, bucket_cap_mb=bucket_cap_mb,
-                mixed_precision=mixed_precision, _exclude=exclude,
-                _defer=not self._reshard))
+                mixed_precision=mixed_precision, cpu_offload=cpu_offload, _exclude=exclude,
+                _defer=not self._reshard or self._min_unit_numel > 0))
         self._fsdp_wrapped_module = module
         # (not a child module: a Module attribute would be registered as a submodule,
         # making the tree cyclic -- repr, train(), children() would recurse forever)
@@ -147,23 +166,35 @@ class FullyShardedDataParallel(nn.Module):
                 object.__setattr__(m, "_root", self)
                 m._cache = None
         self._init_bookkeeping()
+        self._exclude_ids = {id(p) for p in _exclude}
+        self._handles, self._hooks = [], []
+        self._group_last = True    # reshards after its forward (see _coalesce)
+        self._grouped = False      # holds its parameters (its own or its group's)
         if self._deferred:
             # the enclosing (root) unit collects this unit's parameters: nothing here
-            self._handles = []
-            self._hooks = []
             return
-        exclude = {id(p) for p in _exclude}
-        entries, places = _collect(module, exclude)
+        if self._reshard and self._min_unit_numel:
+            self._coalesce(sync_module_states, reduce_dtype)
+        entries, places = _collect(module, self._exclude_ids)
+        self._adopt([self], entries, places, sync_module_states, reduce_dtype)
+
+    def _adopt(self, members, entries, places, sync_module_states, reduce_dtype):
+        """Make ``entries`` (their ``places`` in the modules) the flat parameters of
+        the units ``members`` (one unit, or a coalesced group sharing its handles):
+        one handle per dtype, registered on the first member."""
+        pg = self.process_group
         by_dtype = OrderedDict()
         for pid, (names, p) in entries.items():
             by_dtype.setdefault(p._data.dtype, []).append((names, p))
-        self._handles = [FlatParamHandle(ents, pg, self._reshard, self._cap,
-                                         sync_module_states, reduce_dtype)
-                         for ents in by_dtype.values()]
+        handles = [FlatParamHandle(ents, pg, self._reshard, self._cap,
+                                   sync_module_states, reduce_dtype, self._offload,
+                                   self._param_dtype)
+                   for ents in by_dtype.values()]
+        owner = members[0]
         n = 0
-        for h in self._handles:
+        for h in handles:
             for fp in h.flat_params:
-                self.register_parameter("_flat_param" + (f"_{n}" if n else ""), fp)
+                owner.register_parameter("_flat_param" + (f"_{n}" if n else ""), fp)
                 n += 1
         # the originals leave the modules' parameter lists (parameters() yields the
         # flat shards) but stay attributes, so the module's forward runs unchanged
@@ -173,11 +204,39 @@ class FullyShardedDataParallel(nn.Module):
             hidden = mod.__dict__.setdefault("_fsdp_hidden", [])
             if attr not in hidden:
                 hidden.append(attr)
-        self._hooks = []
-        for h in self._handles:
+        for h in handles:
             for p in h.params:
-                self._hooks.append(p.register_post_accumulate_grad_hook(
-                    lambda p, h=h: self._root._on_grad(self, h, p)))
+                owner._hooks.append(p.register_post_accumulate_grad_hook(
+                    lambda p, h=h, u=owner: u._root._on_grad(u, h, p)))
+        for m in members:
+            m._handles = handles
+            m._group_last = m is members[-1]
+            m._grouped = True
+
+    def _coalesce(self, sync_module_states, reduce_dtype):
+        """``min_unit_numel``: the auto-wrapped units (built deferred) take their
+        parameters in groups of consecutive units -- in the order their forwards end,
+        which is module post-order -- each group holding at least ``min_unit_numel``
+        parameters (the last one may hold fewer). A group shares one set of handles:
+        gathered by its first unit's forward, released after its last one's, so it is
+        one all-gather and one reduce-scatter where it was one per unit. (What it
+        costs: a group's full parameters are held at once, not one unit's.)"""
+        group, entries, places, numel = [], OrderedDict(), [], 0
+        for u in _post_order(self._fsdp_wrapped_module):
+            if not u._deferred or u._grouped:   # (grouped: by an inner FSDP already)
+                continue
+            # (an enclosing unit still sees its inner units' parameters in the modules'
+            # lists until their group is adopted: they are skipped as taken)
+            e, pl = _collect(u._fsdp_wrapped_module, u._exclude_ids | set(entries))
+            entries.update(e)
+            places.extend(pl)
+            group.append(u)
+            numel += sum(p.numel() for _, p in e.values())
+            if numel >= self._min_unit_numel:
+                self._adopt(group, entries, places, sync_module_states, reduce_dtype)
+                group, entries, places, numel = [], OrderedDict(), [], 0
+        if group:
+            self._adopt(group, entries, places, sync_module_states, reduce_dtype)
 
     def _init_bookkeeping(self):
         # root bookkeeping (used on the root only)
@@ -207,7 +266,8 @@ class FullyShardedDataParallel(nn.Module):
         # walk is done once (an enclosing FSDP built later resets the cache)
         if self._cache is None:
             units = [m for m in self.modules() if isinstance(m, FullyShardedDataParallel)]
-            self._cache = (units, [h for u in units for h in u._handles])
+            handles = OrderedDict((id(h), h) for u in units for h in u._handles)
+            self._cache = (units, list(handles.values()))  # (a group shares its handles)
         return self._cache
 
     # ---- forward -----------------------------------------------------------------------
@@ -230,7 +290,8 @@ class FullyShardedDataParallel(nn.Module):
         # needs: releasing it only to gather it again at once would cost a release and
         # a blocking all-gather (the peak is the same either way: backward holds it)
         last = grad and root._order and root._order[-1] is self
-        if self._reshard and (root is not self or not grad) and not last:
+        if self._reshard and (root is not self or not grad) and not last and \
+                self._group_last:
             for h in self._handles:
                 h.reshard()
         if grad:
@@ -260,6 +321,8 @@ class FullyShardedDataParallel(nn.Module):
         except ValueError:
             return None
         j = i + step
+        while 0 <= j < len(order) and order[j]._handles is unit._handles:
+            j += step   # (a unit of the same coalesced group: gathered already)
         return order[j] if 0 <= j < len(order) else None
 
     # ---- backward ----------------------------------------------------------------------
@@ -276,6 +339,10 @@ class FullyShardedDataParallel(nn.Module):
                 i = order.index(self)
             except ValueError:
                 i = 0
+            # the unit before this one may share its handles (a coalesced group):
+            # the one to prefetch is the first before it that does not
+            while i > 0 and order[i - 1]._handles is self._handles:
+                i -= 1
             if i > 0:
                 for h in order[i - 1]._handles:
                     if not h.all_launched() or not h.is_gathered():
@@ -401,13 +468,18 @@ class FullyShardedDataParallel(nn.Module):
         out = OrderedDict() if destination is None else destination
         owner = self._handle_of()
         gathered = set()
+        master = {}   # low-precision gathered parameters: the fp32 values instead
         with no_grad():
             for name, kind, t in _walk(self._fsdp_wrapped_module, ""):
                 h = owner.get(id(t)) if kind == "param" else None
                 if h is not None and id(h) not in gathered:
-                    h.unshard()
+                    if h.param_dtype != h.dtype:
+                        master.update(h.master_values())
+                    else:
+                        h.unshard()
                     gathered.add(id(h))
-                out[prefix + name] = Tensor._make(np.array(t._data, copy=True))
+                value = master.get(id(t), t._data)
+                out[prefix + name] = Tensor._make(np.array(value, copy=True))
             if self._reshard:
                 for h in self._all_handles():
                     h.reshard()
@@ -484,7 +556,8 @@ class FullyShardedDataParallel(nn.Module):
         hs = self._root._all_handles()
         fps = [fp for h in hs for fp in h.flat_params]
         # ZeRO-2's shards are views of the full parameters: counted once, there
-        shard = sum(fp._data.nbytes for h in hs if h.releasable for fp in h.flat_params)
+        shard = sum(fp._data.nbytes for h in hs if h.releasable or h.offload
+                    for fp in h.flat_params)
         sgrad = sum(fp._grad._data.nbytes for fp in fps if fp._grad is not None)
         full = sum(h.resident_bytes()[0] for h in hs)
         fgrad = sum(h.resident_bytes()[1] for h in hs)
@@ -557,3 +630,15 @@ def _collect(module, exclude):
                 visit(child, prefix + name + ".")
     visit(module, "")
     return entries, places
+
+
+def _post_order(module):
+    """The FSDP units below ``module`` (not itself), each after the units inside it."""
+    for child in module._modules.values():
+        if child is None:
+            continue
+        inner = child._fsdp_wrapped_module if isinstance(child, FullyShardedDataParallel) \
+            else child
+        yield from _post_order(inner)
+        if isinstance(child, FullyShardedDataParallel):
+            yield child
