@@ -142,3 +142,28 @@ def test_many_small_attention_products_run_on_one_blas_thread_with_eager_values(
     plan.ns["_mm1"](np.ones((2, 4, 4)), np.ones((2, 4, 4)), out)
     np.testing.assert_array_equal(out, 4.0)
     assert blas_threads() == before   # the thread count is restored after each product
+
+
+def test_kernels_built_without_avx2_give_the_same_bits(monkeypatch):
+    """The C kernels are compiled with -mavx2 where the CPU has it; the baseline build
+    (what a CPU without AVX2 gets) must give the same values: GELU, LayerNorm and the
+    masked softmax of attention, bit for bit."""
+    deepseek.manual_seed(0)
+    m = nn.Sequential(nn.Linear(32, 32), nn.GELU(), nn.LayerNorm(32)).eval()
+    att = MaskedAttention(d=32, heads=4).eval()
+    x = deepseek.randn(2, 16, 32) * 3
+    mask = deepseek.tensor(np.where(np.arange(16) % 3 == 0, -1e4, 0).astype(np.float32))
+
+    def run():
+        cm, ca = deepseek.compile(m), deepseek.jit.trace(lambda a, k: att(a, k))
+        with deepseek.no_grad():
+            cm(x), ca(x, mask)
+            return cm(x).numpy(), ca(x, mask).numpy()
+    default = run()
+    monkeypatch.setattr(cgen, "_FLAGS", [f for f in cgen._FLAGS if f != "-mavx2"])
+    compiled = cgen.stats["compiled"]
+    baseline = run()
+    if "-mavx2" in cgen._cpu_flags():
+        assert cgen.stats["compiled"] > compiled   # the baseline build really ran
+    for d, b in zip(default, baseline):
+        np.testing.assert_array_equal(d, b)
