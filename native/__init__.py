@@ -197,6 +197,14 @@ def shm_sym_kernel():
     return getattr(_ext, "shm_allreduce_sym", None) if available() else None
 
 
+def row_kernel(name):
+    """The C float32 kernel ``name`` that repeats a numpy sequence of deepseek.ops
+    ("layer_norm", "layer_norm_backward", "softmax_rows", "gelu_backward_tail": private
+    entries; the ops own their numpy twins), or None when the kernels are not in use
+    now, like :func:`shm_kernel`."""
+    return getattr(_ext, name, None) if available() else None
+
+
 def shm_code(dtype, op):
     """The ``code`` argument of the shm kernel for (dtype, op name), or None if the
     kernel does not handle the pair (unsupported dtype; "avg" of an integer type)."""

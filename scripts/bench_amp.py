@@ -1,24 +1,30 @@
 """Mixed precision on the CPU: step time and activation memory, fp32 against bf16
 autocast, side by side with PyTorch's CPU autocast in the same run.
 
-    python scripts/bench_amp.py [--reps 5] [--quick] [--json]
+    python scripts/bench_amp.py [--reps 5] [--quick] [--json] [--clock cpu]
 
 Models: the transformer encoder layer (d 256, 4 heads, seq 128, batch 16), an MLP
 (784-1024-1024-10, batch 256) and a small-op MLP (64-64-64-10, batch 16: autocast's
 per-op cost). ``--models mlp_small`` runs only the named ones. A step is forward +
 backward + SGD step; times are medians over ``--reps`` steps after a warm-up, the
-configurations interleaved.
+configurations interleaved. ``--clock cpu`` times CPU time of the process instead of
+wall time: on a machine shared with other jobs it is far steadier, and with
+OPENBLAS_NUM_THREADS=1 (and torch at one thread) it is the work of one core; with
+more BLAS threads it also counts their spin-waits.
 Memory of forward+backward is measured with tracemalloc (numpy reports every array
 allocation to it) in a separate, untimed run after a warm-up (``fwd_bwd_memory``): the
 peak above what was allocated before the forward (parameter gradients included), and
 what the graph holds between forward and backward ("saved": the activations). The
-fp32 configuration runs outside any autocast region. The GEMM table compares a (M, K) @ (K, N) product in fp32
-(OpenBLAS sgemm), in bf16 through numpy/ml_dtypes (what a naive autocast would run)
-and in bf16 through deepseek's blocked low-precision GEMM.
+fp32 configuration runs outside any autocast region. The GEMM table compares a
+(M, K) @ (K, N) product in fp32 (OpenBLAS sgemm), bf16 operands through numpy's
+``a @ b`` (what a naive autocast would run: with numpy 2.4 and ml_dtypes 0.5 it runs
+at about sgemm speed but returns float32, not bf16) and in bf16 through deepseek's
+blocked low-precision GEMM (bf16 output).
 """
 import argparse
 import contextlib
 import json
+import time
 import tracemalloc
 
 import numpy as np
@@ -104,7 +110,7 @@ def fwd_bwd_memory(model, x, loss_fn, amp):
     return peak, saved
 
 
-def bench_models(reps, names, with_torch=True):
+def bench_models(reps, names, with_torch=True, clock=time.perf_counter):
     rows = []
     try:
         import torch
@@ -126,7 +132,7 @@ def bench_models(reps, names, with_torch=True):
             topt = torch.optim.SGD(tm.parameters(), lr=1e-4)
             runs["torch fp32"] = lambda: _torch_step(torch, tm, tx, tl, topt, False)
             runs["torch bf16"] = lambda: _torch_step(torch, tm, tx, tl, topt, True)
-        med = {k: v * 1e3 for k, v in interleaved_medians(runs, reps).items()}
+        med = {k: v * 1e3 for k, v in interleaved_medians(runs, reps, clock=clock).items()}
         row = {"model": name, "ds_fp32_ms": med["ds fp32"], "ds_bf16_ms": med["ds bf16"],
                "ds_ratio": med["ds bf16"] / med["ds fp32"],
                "peak_fp32_MiB": mem[False][0] / 2 ** 20, "peak_bf16_MiB": mem[True][0] / 2 ** 20,
@@ -140,7 +146,7 @@ def bench_models(reps, names, with_torch=True):
     return rows
 
 
-def bench_gemm(reps, shapes):
+def bench_gemm(reps, shapes, clock=time.perf_counter):
     from deepseek.ops import _lowp
     bf = ds.bfloat16
     rows = []
@@ -152,7 +158,8 @@ def bench_gemm(reps, shapes):
         runs = {"fp32 sgemm": lambda: a32 @ b32, "bf16 lowp": lambda: _lowp.mm(a, b)}
         if M * K * N <= 512 ** 3:
             runs["bf16 numpy"] = lambda: a @ b
-        med = {k: v * 1e3 for k, v in interleaved_medians(runs, reps, warmup=0).items()}
+        med = interleaved_medians(runs, reps, warmup=0, clock=clock)
+        med = {k: v * 1e3 for k, v in med.items()}
         rows.append({"shape": f"{M}x{K}x{N}", **{k + " ms": v for k, v in med.items()}})
     return rows
 
@@ -163,17 +170,20 @@ def main():
     ap.add_argument("--quick", action="store_true", help="the MLP only, 3 reps")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--models", nargs="+", choices=list(MODELS), help="only these models")
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="wall time, or the process's CPU time (see above)")
     ap.add_argument("--no-torch", action="store_true",
                     help="without the PyTorch columns (its CPU bf16 step is ~30x slower here)")
     args = ap.parse_args()
     reps = 3 if args.quick else args.reps
     names = args.models or (["mlp"] if args.quick else list(MODELS))
-    models = bench_models(reps, names, with_torch=not args.no_torch)
-    gemm = bench_gemm(reps, [(512, 512, 512), (2048, 256, 1024), (2048, 1024, 256)])
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    models = bench_models(reps, names, with_torch=not args.no_torch, clock=clock)
+    gemm = bench_gemm(reps, [(512, 512, 512), (2048, 256, 1024), (2048, 1024, 256)], clock)
     if args.json:
         print(json.dumps({"models": models, "gemm": gemm}, indent=1))
         return
-    print(f"native isa: {ds.native.isa()}")
+    print(f"native isa: {ds.native.isa()}, clock: {args.clock}")
     print(f"{'model':12s} {'ds fp32':>9s} {'ds bf16':>9s} {'ratio':>6s} | {'torch fp32':>10s} "
           f"{'torch bf16':>10s} {'ratio':>6s} | {'peak fp32':>10s} {'peak bf16':>10s} {'ratio':>6s} "
           f"| {'saved fp32':>10s} {'saved bf16':>10s} {'ratio':>6s}")

@@ -7,7 +7,7 @@ import pytest
 import deepseek as ds
 from deepseek import native
 from deepseek.ops import _lowp
-from deepseek.amp import autocast, lowp_compute
+from deepseek.amp import autocast, lowp_compute, lowp_native
 
 PATHS = ["numpy"] + (["native"] if native.available() else [])
 
@@ -96,3 +96,83 @@ def test_saved_activations_are_stored_low_precision():
     x.grad = None
     y.float().sum().backward()       # the saved copies survive a retain_graph backward
     np.testing.assert_array_equal(x.grad.float().numpy(), g1)
+
+
+def _bits_of(t):
+    return t.detach().numpy().view(np.uint16)
+
+
+@pytest.mark.skipif(not native.available() or not hasattr(native._ext, "lowp_relu"),
+                    reason="the native bf16 relu is not built")
+@pytest.mark.parametrize("isa", native.isa_list() or ["scalar"])
+def test_native_bf16_relu_equals_the_fp32_path_bit_for_bit(isa):
+    """On every instruction set the kernel table has (each has its own loop build)."""
+    with native.use_isa(isa):
+        _relu_bits_check()
+
+
+def _relu_bits_check():
+    from deepseek.ops.elementwise import Relu
+    from deepseek.amp.lowp_compute import LowpCompute
+    every = np.arange(1 << 16, dtype=np.uint16)
+    # every bf16 pattern (NaNs, -0, infs, subnormals), then an odd tail for the loops' ends
+    xs = np.concatenate([every, every[[0x8000, 0xff80, 0x7fc1]]]).view(ds.bfloat16)
+    gs = np.random.default_rng(0).permutation(xs.view(np.uint16)).view(ds.bfloat16)
+    x1, x2 = (ds.tensor(xs.copy()).requires_grad_() for _ in range(2))
+    with autocast("cpu"):
+        y1 = ds.nn.functional.relu(x1)
+    assert y1.grad_fn.fn is lowp_native.ReluBf16  # the native path ran
+    y2 = LowpCompute.apply(x2, _inner=Relu, _kwargs={})
+    np.testing.assert_array_equal(_bits_of(y1), _bits_of(y2))
+    y1.backward(ds.tensor(gs))
+    with np.errstate(invalid="ignore"):  # inf * 0 in the fp32 formula
+        y2.backward(ds.tensor(gs))
+    assert x1.grad.dtype == ds.bfloat16
+    np.testing.assert_array_equal(_bits_of(x1.grad), _bits_of(x2.grad))
+
+
+@pytest.mark.skipif(not native.available() or not hasattr(native._ext, "lowp_widen"),
+                    reason="the GEMM passes of dsn_lowp.c are not built")
+@pytest.mark.parametrize("isa", native.isa_list() or ["scalar"])
+@pytest.mark.parametrize("dtype", [ds.bfloat16, ds.float16])
+def test_native_gemm_passes_equal_the_numpy_passes_bit_for_bit(dtype, isa, monkeypatch):
+    monkeypatch.setattr(_lowp, "_PANEL", 1 << 10)  # many panels, strided column blocks
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((70, 33)).astype(dtype)
+    b = rng.standard_normal((33, 19)).astype(dtype)
+    bias = rng.standard_normal(19).astype(dtype)
+    c = rng.standard_normal((70, 45)).astype(dtype)
+    a[3, 5], c[7, 2] = np.inf, np.nan
+
+    def run():
+        with np.errstate(invalid="ignore"):
+            return (_lowp.mm(a, b, bias=bias), _lowp.mm(a, np.ascontiguousarray(b.T), trans_b=True),
+                    _lowp.mm_tn(a, c), _lowp.mm_tn(c, a), _lowp.colsum(c))
+    with native.use_isa(isa):
+        got = run()
+    with native.use_native(False):
+        want = run()
+    for g, w in zip(got, want):
+        assert g.dtype == dtype
+        np.testing.assert_array_equal(g.view(np.uint16), w.view(np.uint16))
+
+
+@pytest.mark.skipif(not native.available() or not hasattr(native._ext, "lowp_widen"),
+                    reason="the GEMM passes of dsn_lowp.c are not built")
+def test_native_gemm_passes_refuse_bad_arguments():
+    ext = native._ext
+    src = np.zeros(100, np.uint16)
+    f32 = np.zeros(100, np.float32)
+    widen = native._CVT_CODES["bf16_to_f32"]
+    with pytest.raises(ValueError, match="does not fit"):
+        ext.lowp_widen(widen, src, 90, 10, 2, 10, f32)      # rows past the end of src
+    with pytest.raises(ValueError, match="bad conversion kind"):
+        ext.lowp_widen(native._CVT_CODES["f32_to_bf16"], src, 0, 10, 2, 10, f32)
+    with pytest.raises(ValueError, match="4-byte items"):
+        ext.lowp_narrow(native._CVT_CODES["f32_to_bf16"], src, None, 10, src)  # fp32 panel
+    with pytest.raises(ValueError, match="rows of 7 columns"):
+        ext.lowp_narrow(native._CVT_CODES["f32_to_bf16"], f32, None, 7, src)
+    with pytest.raises(ValueError, match="items"):
+        ext.lowp_relu(src, np.zeros(99, np.uint16))
+    with pytest.raises(ValueError, match="columns"):
+        ext.lowp_colsum(widen, src, 10, np.zeros(9, np.float32))

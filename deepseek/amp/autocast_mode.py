@@ -26,7 +26,8 @@ not alive at once between forward and backward.
 On the CPU, numpy has no fp16/bf16 arithmetic worth the name (a bf16 ``sum`` is ~30x
 slower than fp32), so ops that compute on low-precision inputs run through
 ``lowp_compute.LowpCompute``: fp32 arithmetic, low-precision outputs and saved
-tensors. matmul/linear/conv have their own native low-precision GEMM
+tensors; relu runs on the bf16 bits in one native pass (``lowp_native``, the same
+values). matmul/linear/conv have their own native low-precision GEMM
 (``deepseek.ops._lowp``).
 """
 import contextvars
@@ -39,6 +40,7 @@ from ..autograd import grad_mode as _gm
 from ..autograd.dispatch_mode import DispatchMode, dispatch_mode
 from ..backend import cupy_available
 from .lowp_compute import LowpCompute, LowpChunked, chunkable, runs_in_fp32_on_cpu
+from . import lowp_native
 
 _LOW = (_dt.float16, _dt.bfloat16)
 
@@ -210,6 +212,9 @@ class _AutocastMode(DispatchMode):
         if dev == "cpu" and runs_in_fp32_on_cpu(fn):
             first = next((a for a in args if _is_float(a)), None)
             if first is not None and first._data.dtype in _LOW:
+                native_op = lowp_native.replacement(fn, args)
+                if native_op is not None:
+                    return native_op.apply(*args, **kwargs)
                 if chunkable(fn, args):
                     return LowpChunked.apply(*args, _inner=fn, _kwargs=kwargs)
                 return LowpCompute.apply(*args, _inner=fn, _kwargs=kwargs)

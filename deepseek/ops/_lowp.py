@@ -17,6 +17,11 @@ gradient. With ``SPLIT_PANELS`` large products share their panels out among
 OpenBLAS's thread count of worker threads, each running single-threaded sgemm (off by
 default: see there). ``matmul`` is the general
 (batched, broadcast) product: it widens both operands whole.
+
+The passes around sgemm are the extension's (``native/src/dsn_lowp.c``) when it is
+built: a strided block widened in one call (``_widen_block``), bias add and rounding
+fused per row (``_narrow_rows``), the column sum straight from the 16-bit rows; the
+numpy fallback runs the same fp32 operations.
 """
 import numpy as np
 
@@ -25,14 +30,14 @@ from .. import native as _native
 
 LOW = (_dt.float16, _dt.bfloat16)
 _F32 = np.dtype(np.float32)
-# fp32 elements of one worker's converted panel (512 Ki = 2 MiB: the fp32 working set
-# of a GEMM is a few of these, not a full-size copy of a bf16 activation). Each worker
-# thread runs single-threaded sgemm on its own panels (``_parallel``): with OpenBLAS's
-# own threads, every call paid a hand-off and 1 MiB panels ran several times slower
-# than one sgemm on a loaded 2-core machine. Measured there with 2 workers: 256 Ki
-# panels 1.2-1.4x one sgemm, 512 Ki within noise of it; 1 Mi panels no faster, and
-# they lift the transformer layer's bf16 peak from 0.58x to 0.65x of fp32's.
-_PANEL = 1 << 19
+# fp32 elements of one converted panel (1 Mi = 4 MiB: the fp32 working set of a GEMM
+# is a few of these, not a full-size copy of a bf16 activation). Every panel's sgemm
+# packs the whole other operand again, so small panels cost time where that operand is
+# large (K 2048 x N 256 in a transformer's FFN: 512 Ki panels ran 1.13x (forward) and
+# 1.39x (weight gradient) one fp32 sgemm, 1 Mi panels 1.11x and 1.29x, single-thread
+# CPU time). The transformer layer's bf16 peak is 0.57x fp32's with either (2 Mi: 0.60x,
+# 4 Mi: 0.72x).
+_PANEL = 1 << 20
 # fp32 elements of the operand that mm_tn converts whole (per chunk of K rows)
 _BIG = 1 << 20
 # multiply-adds below which a GEMM runs on the calling thread alone
@@ -60,6 +65,36 @@ def _native_convert(src, out):
     """``src`` converted into ``out`` (both C-contiguous, same size) by the kernel."""
     _EXT.convert(_KINDS[(src.dtype, out.dtype)], _native._raw(src), _native._raw(out))
     return out
+
+
+def _passes():
+    """Whether the panel passes of the extension (dsn_lowp.c) run now: one check per
+    GEMM, not one per panel (``native.available`` reads the environment)."""
+    return _EXT is not None and hasattr(_EXT, "lowp_widen") and _native.available()
+
+
+def _widen_block(a, r0, r1, c0, c1, out, fast):
+    """Rows r0:r1, columns c0:c1 of the C-contiguous 2-D ``a`` widened into the fp32
+    panel ``out`` (that shape, contiguous): one native pass over the strided block
+    when ``fast`` (a strided numpy copy of the block cost more than its widening)."""
+    if fast and a.dtype in LOW:
+        _EXT.lowp_widen(_KINDS[(a.dtype, _F32)], _native._raw(a).reshape(-1),
+                        r0 * a.shape[1] + c0, a.shape[1], r1 - r0, c1 - c0, out)
+    else:
+        np.copyto(out, a[r0:r1, c0:c1], casting="unsafe")
+    return out
+
+
+def _narrow_rows(panel, bias, out, fast):
+    """``panel + bias`` (fp32, bias optional) rounded into ``out``: fused row by row
+    when ``fast`` (the panel is scratch: the bias is added into it)."""
+    if fast and out.dtype in LOW:
+        _EXT.lowp_narrow(_KINDS[(_F32, out.dtype)], panel, bias, panel.shape[1],
+                         _native._raw(out))
+        return
+    if bias is not None:
+        panel += bias
+    from_f32(panel, out.dtype, out=out)
 
 
 def to_f32(a, out=None):
@@ -158,6 +193,7 @@ def mm(a, b, trans_b=False, bias=None, out_dtype=None):
         a = np.ascontiguousarray(a)
     rows = max(8, _PANEL // max(K, N, 1))
     widen, narrow = a.dtype != _F32, out_dtype != _F32
+    fast = _passes()
 
     def run(span):
         r0, r1 = span
@@ -167,13 +203,14 @@ def mm(a, b, trans_b=False, bias=None, out_dtype=None):
         for p0 in range(r0, r1, rows):
             p1 = min(r1, p0 + rows)
             n = p1 - p0
-            blk = a[p0:p1] if abuf is None else to_f32(a[p0:p1], out=abuf[:n])
-            o = out[p0:p1] if obuf is None else obuf[:n]
-            np.matmul(blk, b32, out=o)
-            if bias32 is not None:
-                o += bias32
-            if obuf is not None:
-                from_f32(o, out_dtype, out=out[p0:p1])
+            blk = a[p0:p1] if abuf is None else _widen_block(a, p0, p1, 0, K, abuf[:n], fast)
+            if obuf is None:
+                np.matmul(blk, b32, out=out[p0:p1])
+                if bias32 is not None:
+                    out[p0:p1] += bias32
+            else:
+                np.matmul(blk, b32, out=obuf[:n])
+                _narrow_rows(obuf[:n], bias32, out[p0:p1], fast)
     _parallel(_split(M, _workers(M * K * N)), run)
     return out
 
@@ -182,21 +219,36 @@ def mm_tn(a, b, out_dtype=None):
     """``a.T @ b`` for 2-D ``a`` (K, M) and ``b`` (K, N) (a weight gradient: K is the
     token count), output in ``out_dtype`` (default ``a.dtype``), accumulated in fp32.
 
-    The narrower operand (``b`` after a swap) is converted whole, in chunks of ``_BIG``
-    elements along K; the output rows are shared out among the worker threads, and each
-    converts its own column blocks of ``a`` (K x a few dozen columns), so one sgemm per
-    block writes its output rows directly: no full-size fp32 copy of the wide operand
-    and no partial sums (except across K chunks, for very many tokens)."""
+    The narrower operand is converted whole, in chunks of ``_BIG`` elements along K;
+    the wider one is widened one column block (K x a few dozen columns) at a time,
+    straight from its strided rows (``_widen_block``), and one sgemm per block writes
+    its output rows directly: no full-size fp32 copy of the wide operand and no partial
+    sums (except across K chunks, for very many tokens). With SPLIT_PANELS the blocks
+    are shared out among the worker threads."""
     out_dtype = np.dtype(out_dtype or a.dtype)
+    if b.shape[1] > a.shape[1]:  # the wider side is b: make (b.T @ a), transposed
+        return _tn(b, a, out_dtype, transposed=True)
+    return _tn(a, b, out_dtype, transposed=False)
+
+
+def _tn(a, b, out_dtype, transposed):
+    """``a.T @ b`` (M, N) for the wider ``a`` (K, M), or its transpose (N, M) when
+    ``transposed``: each block's product then fills columns of the result instead of
+    rows, so no transposing copy of the output is made."""
     K, M = a.shape
     N = b.shape[1]
-    if N > M:  # split the wider side: (a.T @ b).T = b.T @ a
-        return np.ascontiguousarray(mm_tn(b, a, out_dtype).T)
-    acc = np.zeros((M, N), _F32) if K == 0 else np.empty((M, N), _F32)
+    shape = (N, M) if transposed else (M, N)
+    acc = np.zeros(shape, _F32) if K == 0 else np.empty(shape, _F32)
     kc = max(8, _BIG // max(N, 1))
     spans = _split(M, _workers(K * M * N))
-    low_a = a.dtype in LOW
-    a_words = a.view(np.uint16) if low_a else None
+    a = np.ascontiguousarray(a)
+    fast = _passes()
+
+    def block_product(blk, b32, out):
+        if transposed:
+            np.matmul(b32.T, blk, out=out)
+        else:
+            np.matmul(blk.T, b32, out=out)
 
     def run_chunk(k0, k1, first, b32):
         kn = k1 - k0
@@ -206,26 +258,18 @@ def mm_tn(a, b, out_dtype=None):
             m0, m1 = span
             c0 = min(cols, m1 - m0)
             abuf = np.empty(kn * c0, _F32)
-            # the strided column block is first copied as raw 16-bit words (numpy's
-            # bf16 cast loops hold the GIL and would serialise the workers), then
-            # widened by the native kernel
-            raw = np.empty(kn * c0, np.uint16) if low_a else None
-            part = None if first else np.empty((c0, N), _F32)
+            part = None if first else np.empty(shape[:1] + (c0,) if transposed else (c0, N), _F32)
             for j0 in range(m0, m1, cols):
                 j1 = min(m1, j0 + cols)
-                blk = abuf[:kn * (j1 - j0)].reshape(kn, j1 - j0)
-                if raw is None:
-                    np.copyto(blk, a[k0:k1, j0:j1], casting="unsafe")
-                else:
-                    words = raw[:blk.size].reshape(blk.shape)
-                    np.copyto(words, a_words[k0:k1, j0:j1])
-                    to_f32(words.view(a.dtype), out=blk)
+                blk = _widen_block(a, k0, k1, j0, j1,
+                                   abuf[:kn * (j1 - j0)].reshape(kn, j1 - j0), fast)
+                dst = acc[:, j0:j1] if transposed else acc[j0:j1]
                 if first:
-                    np.matmul(blk.T, b32, out=acc[j0:j1])
+                    block_product(blk, b32, dst)
                 else:
-                    o = part[:j1 - j0]
-                    np.matmul(blk.T, b32, out=o)
-                    acc[j0:j1] += o
+                    o = part[:, :j1 - j0] if transposed else part[:j1 - j0]
+                    block_product(blk, b32, o)
+                    dst += o
         _parallel(spans, run)
 
     for k0 in range(0, K, kc):
@@ -240,6 +284,9 @@ def colsum(a, out_dtype=None):
     M, N = a.shape
     acc = np.zeros(N, _F32)
     a = np.ascontiguousarray(a)
+    if a.dtype in LOW and N and _passes():  # one native pass, no widened panels
+        _EXT.lowp_colsum(_KINDS[(a.dtype, _F32)], _native._raw(a).reshape(-1), N, acc)
+        return from_f32(acc, out_dtype)
     rows = max(8, _PANEL // max(N, 1))
     buf = np.empty((min(rows, M), N), _F32) if a.dtype != _F32 and M else None
     for r0 in range(0, M, rows):

@@ -2,6 +2,7 @@
 import numpy as np
 
 from .. import dtypes as _dt
+from .. import native as _native
 from ..backend import get_array_module
 from .._tensor import Tensor, tensor as _tensor
 
@@ -123,3 +124,18 @@ def normalize_dims(dim, ndim, op):
     if ndim == 0:
         return ()
     return tuple(sorted(set(out)))
+
+
+def row_kernel(name, *arrays):
+    """The native float32 row kernel ``name`` (see native.row_kernel) when every array
+    given (None skipped) is a C-contiguous float32 numpy array, else None (then the
+    caller runs its numpy sequence).
+
+    The row kernels make numpy's float32 operations in numpy's order, so their results
+    are that sequence's bits; only on C-contiguous rows is numpy's summation order the
+    kernels', hence the contiguity condition."""
+    for a in arrays:
+        if a is not None and (type(a) is not np.ndarray or a.dtype != np.float32
+                              or not a.flags.c_contiguous):
+            return None
+    return _native.row_kernel(name)

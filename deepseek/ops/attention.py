@@ -25,7 +25,7 @@ import numpy as np
 from .. import dtypes as _dt
 from ..autograd.function import Function
 from .._tensor import Tensor
-from ._util import xp_of, unbroadcast
+from ._util import row_kernel, xp_of, unbroadcast
 from .dropout import keep_mask
 
 # below this many multiply-adds (N * L * S * d) one thread does it faster than a pool
@@ -195,11 +195,19 @@ def _softmax_rows(xp, s, mask, causal, normalize=True):
                 s += mask
         if causal is not None:
             xp.copyto(s, -np.inf, where=causal)
-        m = s.max(axis=-1, keepdims=True)
-        if not xp.isfinite(m).all():
-            m = xp.where(xp.isfinite(m), m, 0)  # fully masked rows give zeros, not nan
-        s -= m
+        # the C row passes make the numpy ones' float32 operations in their order
+        rows = row_kernel("softmax_rows", s) if s.size else None
+        if rows is not None:
+            rows(0, s, s, None, s.shape[-1])
+        else:
+            m = s.max(axis=-1, keepdims=True)
+            if not xp.isfinite(m).all():
+                m = xp.where(xp.isfinite(m), m, 0)  # fully masked rows give zeros, not nan
+            s -= m
         xp.exp(s, out=s)
+        if rows is not None and normalize:
+            rows(3, s, None, None, s.shape[-1])  # (rows summing to 0 left as they are)
+            return s
         tot = s.sum(axis=-1, keepdims=True)
         tot[tot == 0] = 1
         if not normalize:

@@ -6,7 +6,7 @@ import numpy as np
 from .. import native as _native
 from ..autograd.function import Function
 from .._tensor import Tensor
-from ._util import unbroadcast, shape_of, prepare_binary, xp_of, broadcast_error
+from ._util import unbroadcast, shape_of, prepare_binary, row_kernel, xp_of, broadcast_error
 
 
 # ---- binary arithmetic -------------------------------------------------------------
@@ -360,6 +360,21 @@ class Gelu(Function):
             d = 0.5 * (1 + th) + 0.5 * a * (1 - th * th) * d_inner
         else:
             cdf = ctx.cdf if ctx.cdf is not None else 0.5 * (1.0 + erf(xp, a * _SQRT1_2))
+            if xp is np and a.ndim and g.dtype == a.dtype == cdf.dtype and a.dtype.kind == "f":
+                # the expression below in two buffers instead of seven temporaries:
+                # the same float operations on the same operands, so the same bits
+                t = np.multiply(a, -0.5)
+                t *= a
+                np.exp(t, out=t)
+                tail = row_kernel("gelu_backward_tail", g, a, cdf, t)
+                if tail is not None:  # the rest in one C pass, the same operations
+                    tail(g, a, cdf, t, t, _SQRT2PI_INV)
+                    return t
+                d = np.multiply(a, _SQRT2PI_INV)
+                d *= t
+                d += cdf
+                d *= g
+                return d
             d = cdf + a * _SQRT2PI_INV * xp.exp(-0.5 * a * a)
         return (g * d).astype(g.dtype, copy=False)
 

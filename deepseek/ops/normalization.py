@@ -1,11 +1,13 @@
 """Normalization ops: layer_norm, batch_norm (running statistics), group_norm,
 rms_norm, normalize (Lp)."""
+import math
+
 import numpy as np
 
 from .. import dtypes as _dt
 from ..autograd.function import Function
 from .._tensor import Tensor
-from ._util import xp_of
+from ._util import row_kernel, xp_of
 
 _LOW = (_dt.float16, _dt.bfloat16)
 
@@ -40,10 +42,17 @@ class LayerNorm(Function):
         low = x.dtype in _LOW
         xf = x.astype(np.float32) if low else x
         axes = tuple(range(x.ndim - nd, x.ndim))
-        xhat, rstd, _, _ = _stats(xp, xf, axes, eps)
-        y = xhat * w if w is not None else xhat.copy()
-        if b is not None:
-            y += b
+        n = math.prod(x.shape[-nd:])
+        kernel = row_kernel("layer_norm", xf, w, b) if n > 1 and xf.size else None
+        if kernel is not None:
+            y, xhat = np.empty_like(xf), np.empty_like(xf)
+            rstd = np.empty(x.shape[:-nd] + (1,) * nd, np.float32)
+            kernel(xf, w, b, y, xhat, rstd, n, eps)
+        else:
+            xhat, rstd, _, _ = _stats(xp, xf, axes, eps)
+            y = xhat * w if w is not None else xhat.copy()
+            if b is not None:
+                y += b
         ctx.xhat, ctx.rstd, ctx.w, ctx.axes = xhat, rstd, w, axes
         ctx.has_b = b is not None
         return y.astype(x.dtype, copy=False)
@@ -56,6 +65,18 @@ class LayerNorm(Function):
         gf = g.astype(xhat.dtype, copy=False)
         batch_axes = tuple(range(g.ndim - len(axes)))
         gx = gw = gb = None
+        n = math.prod(xhat.shape[g.ndim - len(axes):])
+        kernel = row_kernel("layer_norm_backward", gf, xhat, ctx.rstd, w) \
+            if n > 1 and gf.size else None
+        if kernel is not None:
+            # (n == 1 is left to numpy: its column sums are then one pairwise sum)
+            gx = np.empty_like(gf) if na[0] else None
+            gw = np.empty(xhat.shape[-len(axes):], np.float32) if len(na) > 1 and na[1] else None
+            gb = np.empty(xhat.shape[-len(axes):], np.float32) \
+                if len(na) > 2 and na[2] else None
+            kernel(gf, xhat, ctx.rstd, w, gx, gw, gb, n)
+            return tuple(None if t is None else t.astype(g.dtype, copy=False)
+                         for t in (gx, gw, gb))
         if na[0]:
             gxhat = gf * w if w is not None else gf
             gx = _norm_backward(xp, gxhat, xhat, ctx.rstd, axes).astype(g.dtype, copy=False)

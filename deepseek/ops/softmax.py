@@ -4,7 +4,7 @@ import numpy as np
 from .. import dtypes as _dt
 from ..autograd.function import Function
 from .._tensor import Tensor
-from ._util import xp_of
+from ._util import row_kernel, xp_of
 
 _LOW = (_dt.float16, _dt.bfloat16)
 
@@ -25,9 +25,18 @@ class Softmax(Function):
         xp = xp_of(a)
         low = a.dtype in _LOW
         src = a.astype(np.float32) if low else a
-        with np.errstate(invalid="ignore", over="ignore"):
-            _, e = _stable_exp(xp, src, axis)
-            e /= e.sum(axis=axis, keepdims=True)
+        rows = row_kernel("softmax_rows", src) if axis == a.ndim - 1 and a.size else None
+        if rows is not None:  # numpy's sequence with its max/sum passes in C (same bits)
+            n = a.shape[-1]
+            e = np.empty_like(src)
+            rows(0, src, e, None, n)
+            with np.errstate(invalid="ignore", over="ignore"):
+                np.exp(e, out=e)
+            rows(1, e, None, None, n)
+        else:
+            with np.errstate(invalid="ignore", over="ignore"):
+                _, e = _stable_exp(xp, src, axis)
+                e /= e.sum(axis=axis, keepdims=True)
         out = e.astype(a.dtype) if low else e
         ctx.save_for_backward(out)
         ctx.axis = axis
@@ -36,6 +45,11 @@ class Softmax(Function):
     @staticmethod
     def backward(ctx, g):
         y, = ctx.saved_tensors
+        rows = row_kernel("softmax_rows", g, y) if ctx.axis == y.ndim - 1 and y.size else None
+        if rows is not None:
+            gy = np.empty_like(y)
+            rows(2, g, y, gy, y.shape[-1])
+            return gy
         gy = g * y
         gy -= y * gy.sum(axis=ctx.axis, keepdims=True)
         return gy

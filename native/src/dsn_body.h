@@ -418,8 +418,159 @@ KFN void F(adam)(const dsn_adam_args *a, float *p, const float *g, float *m, flo
     }
 }
 
+/* ---- layer norm over the last axis (float32), in numpy's operation order ----------
+ * Each operation is the float32 one numpy's LayerNorm sequence (deepseek/ops/
+ * normalization.py) makes, in its order, so the results are that sequence's bits. */
+
+/* numpy's pairwise float32 sum of a[0..n): 8 interleaved partial sums up to 128
+ * elements, halves above (its pairwise_sum), after the reduction's identity 0. */
+KFN float F(pw_sum_f32)(const float *a, size_t n)
+{
+    if (n < 8) {
+        float s = 0.0f;
+        for (size_t i = 0; i < n; i++) s += a[i];
+        return s;
+    }
+    if (n <= 128) {
+        float r[8];
+        size_t i;
+        for (int j = 0; j < 8; j++) r[j] = a[j];
+        for (i = 8; i < n - (n % 8); i += 8)
+            for (int j = 0; j < 8; j++) r[j] += a[i + j];
+        float s = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+        for (; i < n; i++) s += a[i];
+        return s;
+    }
+    size_t n2 = n / 2;
+    n2 -= n2 % 8;
+    return F(pw_sum_f32)(a, n2) + F(pw_sum_f32)(a + n2, n - n2);
+}
+
+/* numpy's x.mean(axis=-1) of one row: (0 + pairwise sum) / n, correctly rounded */
+KFN float F(row_mean_f32)(const float *a, size_t n)
+{
+    return (0.0f + F(pw_sum_f32)(a, n)) / (float)n;
+}
+
+/* xhat = (x - mean) * rstd, rstd = 1 / sqrt(var + eps) per row of n; y = xhat * w + b
+ * (w, b may be NULL); tmp holds n floats. */
+KFN void F(layer_norm)(const float *restrict x, const float *restrict w,
+                       const float *restrict b, float *restrict y, float *restrict xhat,
+                       float *restrict rstd, size_t rows, size_t n, float eps,
+                       float *restrict tmp)
+{
+    for (size_t r = 0; r < rows; r++) {
+        const float *xr = x + r * n;
+        float *hr = xhat + r * n, *yr = y + r * n;
+        const float mu = F(row_mean_f32)(xr, n);
+        for (size_t i = 0; i < n; i++) hr[i] = xr[i] - mu;
+        for (size_t i = 0; i < n; i++) tmp[i] = hr[i] * hr[i];
+        const float rs = 1.0f / sqrtf(F(row_mean_f32)(tmp, n) + eps);
+        rstd[r] = rs;
+        for (size_t i = 0; i < n; i++) hr[i] = hr[i] * rs;
+        if (w) for (size_t i = 0; i < n; i++) yr[i] = hr[i] * w[i];
+        else memcpy(yr, hr, n * sizeof(float));
+        if (b) for (size_t i = 0; i < n; i++) yr[i] = yr[i] + b[i];
+    }
+}
+
+/* Gradients of layer_norm from the saved xhat and rstd: gx (through gxhat = g * w),
+ * gw = sum over rows of g * xhat, gb = sum over rows of g (rows added in order, as
+ * numpy's outer-axis sum does); any output may be NULL; tmp holds 2n floats. */
+KFN void F(layer_norm_bwd)(const float *restrict g, const float *restrict xhat,
+                           const float *restrict rstd, const float *restrict w,
+                           float *restrict gx, float *restrict gw, float *restrict gb,
+                           size_t rows, size_t n, float *restrict tmp)
+{
+    if (gw) for (size_t i = 0; i < n; i++) gw[i] = 0.0f;
+    if (gb) for (size_t i = 0; i < n; i++) gb[i] = 0.0f;
+    float *gh = tmp, *prod = tmp + n;
+    for (size_t r = 0; r < rows; r++) {
+        const float *gr = g + r * n, *hr = xhat + r * n;
+        if (gx) {
+            const float *ghr = gr;
+            if (w) {
+                for (size_t i = 0; i < n; i++) gh[i] = gr[i] * w[i];
+                ghr = gh;
+            }
+            const float m1 = F(row_mean_f32)(ghr, n);
+            for (size_t i = 0; i < n; i++) prod[i] = ghr[i] * hr[i];
+            const float m2 = F(row_mean_f32)(prod, n);
+            const float rs = rstd[r];
+            float *gxr = gx + r * n;
+            for (size_t i = 0; i < n; i++) {
+                float v = ghr[i] - m1;
+                v = v - hr[i] * m2;
+                gxr[i] = v * rs;
+            }
+        }
+        if (gw) for (size_t i = 0; i < n; i++) gw[i] = gw[i] + gr[i] * hr[i];
+        if (gb) for (size_t i = 0; i < n; i++) gb[i] = gb[i] + gr[i];
+    }
+}
+
+/* ---- softmax over the last axis (float32), around numpy's exp -------------------
+ * The exp stays numpy's (its SIMD exp is what the numpy sequence computes); the passes
+ * before and after it are numpy's float32 operations in numpy's order. */
+
+/* z = a - m per row of n, m the row max (NaN if the row has one), replaced by 0 when it
+ * is not finite (rows of -inf: fully masked), as deepseek/ops/softmax.py does; z may
+ * be a (each row is read whole before it is written). */
+KFN void F(softmax_shift)(const float *a, float *z, size_t rows, size_t n)
+{
+    for (size_t r = 0; r < rows; r++) {
+        const float *ar = a + r * n;
+        float *zr = z + r * n;
+        float m = ar[0];
+        int nan = 0;
+        for (size_t i = 0; i < n; i++) {
+            nan |= ar[i] != ar[i];
+            m = ar[i] > m ? ar[i] : m;
+        }
+        if (nan || m - m != 0.0f) m = 0.0f;        /* NaN or +-inf */
+        for (size_t i = 0; i < n; i++) zr[i] = ar[i] - m;
+    }
+}
+
+/* e /= e.sum(axis=-1) per row of n, in place (numpy's pairwise row sum); with
+ * keep_zero a row summing to 0 (all its exps 0: fully masked) is left as it is
+ * instead of becoming 0/0 */
+KFN void F(softmax_norm)(float *restrict e, size_t rows, size_t n, int keep_zero)
+{
+    for (size_t r = 0; r < rows; r++) {
+        float *er = e + r * n;
+        const float s = 0.0f + F(pw_sum_f32)(er, n);
+        if (keep_zero && s == 0.0f) continue;
+        for (size_t i = 0; i < n; i++) er[i] = er[i] / s;
+    }
+}
+
+/* gx = g * y - y * sum(g * y) per row of n (the softmax gradient); gx may be g */
+KFN void F(softmax_bwd)(const float *g, const float *restrict y, float *gx, size_t rows,
+                        size_t n)
+{
+    for (size_t r = 0; r < rows; r++) {
+        const float *gr = g + r * n, *yr = y + r * n;
+        float *xr = gx + r * n;
+        for (size_t i = 0; i < n; i++) xr[i] = gr[i] * yr[i];
+        const float s = 0.0f + F(pw_sum_f32)(xr, n);
+        for (size_t i = 0; i < n; i++) xr[i] = xr[i] - yr[i] * s;
+    }
+}
+
+/* The GELU gradient's tail after numpy's t = exp((-0.5 * a) * a):
+ * out = g * (cdf + (a * c) * t), numpy's float32 operations in its order; out may be t */
+KFN void F(gelu_bwd_tail)(const float *restrict g, const float *restrict a,
+                          const float *restrict cdf, const float *t, float *out, float c,
+                          size_t n)
+{
+    for (size_t i = 0; i < n; i++) out[i] = g[i] * (cdf[i] + (a[i] * c) * t[i]);
+}
+
 const dsn_kernels DSN_CAT(dsn_kernels, DSN_SFX) = {
     DSN_ISA_NAME, F(convert), F(reduce), F(unscale), F(sgd), F(adam),
+    F(layer_norm), F(layer_norm_bwd), F(softmax_shift), F(softmax_norm), F(softmax_bwd),
+    F(gelu_bwd_tail),
 };
 
 #undef F

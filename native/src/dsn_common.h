@@ -47,6 +47,21 @@ typedef struct {
                 void *half, int half_dtype, size_t n);
     void (*adam)(const dsn_adam_args *a, float *p, const float *g, float *m, float *v,
                  float *vmax, void *half, int half_dtype, size_t n);
+    /* float32 layer norm over rows of n (tmp: n floats), and its gradients (tmp: 2n) */
+    void (*layer_norm)(const float *x, const float *w, const float *b, float *y, float *xhat,
+                       float *rstd, size_t rows, size_t n, float eps, float *tmp);
+    void (*layer_norm_bwd)(const float *g, const float *xhat, const float *rstd,
+                           const float *w, float *gx, float *gw, float *gb, size_t rows,
+                           size_t n, float *tmp);
+    /* float32 softmax over rows of n, around numpy's exp: z = a - rowmax(a) (z may be a);
+     * e /= rowsum(e) in place (keep_zero: rows summing to 0 left alone);
+     * gx = g*y - y*rowsum(g*y) (gx may be g) */
+    void (*softmax_shift)(const float *a, float *z, size_t rows, size_t n);
+    void (*softmax_norm)(float *e, size_t rows, size_t n, int keep_zero);
+    void (*softmax_bwd)(const float *g, const float *y, float *gx, size_t rows, size_t n);
+    /* out = g * (cdf + (a * c) * t), t = exp(-a*a/2) made by numpy (out may be t) */
+    void (*gelu_bwd_tail)(const float *g, const float *a, const float *cdf, const float *t,
+                          float *out, float c, size_t n);
 } dsn_kernels;
 
 extern const dsn_kernels dsn_kernels_scalar;

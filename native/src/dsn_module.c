@@ -15,6 +15,9 @@
 
 static const dsn_kernels *K = &dsn_kernels_scalar;
 
+/* the table in use, for the passes of dsn_lowp.c */
+const dsn_kernels *dsn_active_kernels(void) { return K; }
+
 /* ------------------------------------------------------------ dispatch */
 
 static int isa_supported(const dsn_kernels *k)
@@ -528,6 +531,217 @@ fail:
     return NULL;
 }
 
+/* ------------------------------------------------------ layer norm rows */
+
+/* The end of a row kernel's wrapper: the n argument buffers released (and the scratch
+ * tmp, which may be NULL); None when it ran (ok), NULL with the Python error already
+ * set when it did not. */
+static PyObject *release_rows(int ok, dsn_arg *a, int n, float *tmp)
+{
+    PyMem_RawFree(tmp);
+    for (int i = 0; i < n; i++) release_arg(&a[i]);
+    if (!ok) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* Acquire the float32 arrays objs[0..nargs) (None allowed where may_be_none[i]) of
+ * want[i] elements each; an array that is written may not overlap any other. */
+static int get_row_args(const char *fn, const char *const *names, PyObject **objs,
+                        const int *writable, const int *may_be_none, const size_t *want,
+                        int nargs, dsn_arg *a)
+{
+    for (int i = 0; i < nargs; i++) {
+        if (objs[i] == Py_None) {
+            if (may_be_none[i]) continue;
+            PyErr_Format(PyExc_TypeError, "%s(): '%s' must be an array, got None", fn, names[i]);
+            return -1;
+        }
+        if (get_arg(fn, names[i], objs[i], DSN_F32, writable[i], &a[i]) < 0) return -1;
+        if (a[i].n != want[i]) {
+            PyErr_Format(PyExc_ValueError, "%s(): argument '%s' has %zu elements, expected %zu",
+                         fn, names[i], a[i].n, want[i]);
+            return -1;
+        }
+        for (int j = 0; j < i; j++)
+            if (a[j].held && (writable[i] || writable[j]) &&
+                check_overlap(fn, names[j], &a[j], names[i], &a[i], 0) < 0)
+                return -1;
+    }
+    return 0;
+}
+
+/* get_row_args, then a scratch of tmp_n floats into *tmp (NULL on failure) */
+static int get_row_args_tmp(const char *fn, const char *const *names, PyObject **objs,
+                            const int *writable, const int *may_be_none, const size_t *want,
+                            int nargs, dsn_arg *a, size_t tmp_n, float **tmp)
+{
+    *tmp = NULL;
+    if (get_row_args(fn, names, objs, writable, may_be_none, want, nargs, a) < 0) return -1;
+    if (!(*tmp = (float *)PyMem_RawMalloc(tmp_n * sizeof(float)))) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+/* rows and n of a layer norm over `total` elements in rows of n (n >= 1) */
+static int row_shape(const char *fn, PyObject *ox, Py_ssize_t n, size_t *rows)
+{
+    Py_buffer v;
+    if (n < 1) {
+        PyErr_Format(PyExc_ValueError, "%s(): the row length must be >= 1, got %zd", fn, n);
+        return -1;
+    }
+    if (PyObject_GetBuffer(ox, &v, PyBUF_RECORDS_RO) < 0) return -1;
+    size_t total = v.itemsize ? (size_t)(v.len / v.itemsize) : 0;
+    PyBuffer_Release(&v);
+    if (total % (size_t)n) {
+        PyErr_Format(PyExc_ValueError, "%s(): %zu elements are not rows of %zd", fn, total, n);
+        return -1;
+    }
+    *rows = total / (size_t)n;
+    return 0;
+}
+
+/* layer_norm(x, w_or_None, b_or_None, y, xhat, rstd, n, eps): float32 rows of n */
+static PyObject *py_layer_norm(PyObject *self, PyObject *args)
+{
+    static const char *const names[] = {"x", "weight", "bias", "y", "xhat", "rstd"};
+    static const int writable[] = {0, 0, 0, 1, 1, 1}, none_ok[] = {0, 1, 1, 0, 0, 0};
+    const char *fn = "layer_norm";
+    PyObject *objs[6];
+    dsn_arg a[6];
+    Py_ssize_t n;
+    double eps;
+    size_t rows;
+    memset(a, 0, sizeof(a));
+    if (!PyArg_ParseTuple(args, "OOOOOOnd:layer_norm", &objs[0], &objs[1], &objs[2], &objs[3],
+                          &objs[4], &objs[5], &n, &eps))
+        return NULL;
+    if (row_shape(fn, objs[0], n, &rows) < 0) return NULL;
+    const size_t un = (size_t)n, want[] = {rows * un, un, un, rows * un, rows * un, rows};
+    float *tmp;
+    if (get_row_args_tmp(fn, names, objs, writable, none_ok, want, 6, a, un, &tmp) < 0)
+        goto fail;
+    Py_BEGIN_ALLOW_THREADS
+    K->layer_norm((const float *)a[0].view.buf, a[1].held ? (const float *)a[1].view.buf : NULL,
+                  a[2].held ? (const float *)a[2].view.buf : NULL, (float *)a[3].view.buf,
+                  (float *)a[4].view.buf, (float *)a[5].view.buf, rows, un, (float)eps, tmp);
+    Py_END_ALLOW_THREADS
+    return release_rows(1, a, 6, tmp);
+fail:
+    return release_rows(0, a, 6, tmp);
+}
+
+/* layer_norm_backward(g, xhat, rstd, w_or_None, gx, gw, gb (each or None), n) */
+static PyObject *py_layer_norm_backward(PyObject *self, PyObject *args)
+{
+    static const char *const names[] = {"grad", "xhat", "rstd", "weight", "grad_input",
+                                        "grad_weight", "grad_bias"};
+    static const int writable[] = {0, 0, 0, 0, 1, 1, 1}, none_ok[] = {0, 0, 0, 1, 1, 1, 1};
+    const char *fn = "layer_norm_backward";
+    PyObject *objs[7];
+    dsn_arg a[7];
+    Py_ssize_t n;
+    size_t rows;
+    memset(a, 0, sizeof(a));
+    if (!PyArg_ParseTuple(args, "OOOOOOOn:layer_norm_backward", &objs[0], &objs[1], &objs[2],
+                          &objs[3], &objs[4], &objs[5], &objs[6], &n))
+        return NULL;
+    if (row_shape(fn, objs[0], n, &rows) < 0) return NULL;
+    const size_t un = (size_t)n, want[] = {rows * un, rows * un, rows, un, rows * un, un, un};
+    float *tmp;
+    if (get_row_args_tmp(fn, names, objs, writable, none_ok, want, 7, a, 2 * un, &tmp) < 0)
+        goto fail;
+    float *out[3];
+    for (int i = 0; i < 3; i++) out[i] = a[4 + i].held ? (float *)a[4 + i].view.buf : NULL;
+    Py_BEGIN_ALLOW_THREADS
+    K->layer_norm_bwd((const float *)a[0].view.buf, (const float *)a[1].view.buf,
+                      (const float *)a[2].view.buf,
+                      a[3].held ? (const float *)a[3].view.buf : NULL, out[0], out[1], out[2],
+                      rows, un, tmp);
+    Py_END_ALLOW_THREADS
+    return release_rows(1, a, 7, tmp);
+fail:
+    return release_rows(0, a, 7, tmp);
+}
+
+/* softmax_rows(kind, a, b, c, n): kind 0: b = a - rowmax(a) (c None; b may be a);
+ * 1: a /= rowsum(a) in place (b, c None); 3: the same, rows summing to 0 left alone;
+ * 2: c = a*b - b*rowsum(a*b), a the gradient, b the output, c may be a itself.
+ * float32 rows of n. */
+static PyObject *py_softmax_rows(PyObject *self, PyObject *args)
+{
+    static const char *const names[4][3] = {{"x", "z", "-"}, {"e", "-", "-"},
+                                            {"grad", "y", "grad_input"}, {"e", "-", "-"}};
+    static const int writable[4][3] = {{0, 1, 0}, {1, 0, 0}, {0, 0, 1}, {1, 0, 0}};
+    static const int none_ok[3] = {0, 0, 0};
+    static const int nargs[4] = {2, 1, 3, 1};
+    const char *fn = "softmax_rows";
+    PyObject *objs[3];
+    dsn_arg a[3];
+    int kind;
+    Py_ssize_t n;
+    size_t rows;
+    memset(a, 0, sizeof(a));
+    if (!PyArg_ParseTuple(args, "iOOOn:softmax_rows", &kind, &objs[0], &objs[1], &objs[2], &n))
+        return NULL;
+    if (kind < 0 || kind > 3) {
+        PyErr_Format(PyExc_ValueError, "%s(): kind must be 0 (shift), 1 or 3 (normalise) or "
+                     "2 (backward), got %d", fn, kind);
+        return NULL;
+    }
+    if (row_shape(fn, objs[0], n, &rows) < 0) return NULL;
+    const size_t total = rows * (size_t)n, want[] = {total, total, total};
+    int k = nargs[kind];
+    if ((kind == 2 && objs[2] == objs[0]) || (kind == 0 && objs[1] == objs[0]))
+        k = kind == 2 ? 2 : 1;                        /* in place */
+    if (get_row_args(fn, names[kind], objs, writable[kind], none_ok, want, k, a) < 0)
+        goto fail;
+    float *p0 = (float *)a[0].view.buf, *p1 = a[1].held ? (float *)a[1].view.buf : NULL;
+    Py_BEGIN_ALLOW_THREADS
+    if (kind == 0) K->softmax_shift(p0, p1 ? p1 : p0, rows, (size_t)n);
+    else if (kind == 1 || kind == 3) K->softmax_norm(p0, rows, (size_t)n, kind == 3);
+    else K->softmax_bwd(p0, p1, k == 3 ? (float *)a[2].view.buf : p0, rows, (size_t)n);
+    Py_END_ALLOW_THREADS
+    return release_rows(1, a, 3, NULL);
+fail:
+    return release_rows(0, a, 3, NULL);
+}
+
+/* gelu_backward_tail(g, a, cdf, t, out, c): out = g * (cdf + (a * c) * t), float32
+ * arrays of one length; out may be t itself */
+static PyObject *py_gelu_backward_tail(PyObject *self, PyObject *args)
+{
+    static const char *const names[] = {"grad", "x", "cdf", "t", "out"};
+    static const int writable[] = {0, 0, 0, 1, 1}, none_ok[] = {0, 0, 0, 0, 0};
+    const char *fn = "gelu_backward_tail";
+    PyObject *objs[5];
+    dsn_arg a[5];
+    double c;
+    Py_buffer v;
+    memset(a, 0, sizeof(a));
+    if (!PyArg_ParseTuple(args, "OOOOOd:gelu_backward_tail", &objs[0], &objs[1], &objs[2],
+                          &objs[3], &objs[4], &c))
+        return NULL;
+    if (PyObject_GetBuffer(objs[0], &v, PyBUF_RECORDS_RO) < 0) return NULL;
+    const size_t n = v.itemsize ? (size_t)(v.len / v.itemsize) : 0;
+    PyBuffer_Release(&v);
+    const size_t want[] = {n, n, n, n, n};
+    const int in_place = objs[4] == objs[3];          /* out over t: allowed */
+    if (get_row_args(fn, names, objs, writable, none_ok, want, in_place ? 4 : 5, a) < 0)
+        goto fail;
+    float *t = (float *)a[3].view.buf;
+    Py_BEGIN_ALLOW_THREADS
+    K->gelu_bwd_tail((const float *)a[0].view.buf, (const float *)a[1].view.buf,
+                     (const float *)a[2].view.buf, t, in_place ? t : (float *)a[4].view.buf,
+                     (float)c, n);
+    Py_END_ALLOW_THREADS
+    return release_rows(1, a, 5, NULL);
+fail:
+    return release_rows(0, a, 5, NULL);
+}
+
 /* ------------------------------------------------- shared-memory allreduce */
 
 #include "dsn_shm.h"
@@ -805,6 +1019,13 @@ PyObject *dsn_py_wq_linear(PyObject *, PyObject *);
 /* fused casts of the DDP compression hooks (dsn_wire.c) */
 PyObject *dsn_py_wire_pack(PyObject *, PyObject *);
 PyObject *dsn_py_wire_unpack(PyObject *, PyObject *);
+PyObject *dsn_py_wire_sym_reduce(PyObject *, PyObject *);
+/* conversion passes of the low-precision GEMM (dsn_lowp.c) */
+PyObject *dsn_py_lowp_widen(PyObject *, PyObject *);
+PyObject *dsn_py_lowp_narrow(PyObject *, PyObject *);
+PyObject *dsn_py_lowp_relu(PyObject *, PyObject *);
+PyObject *dsn_py_lowp_relu_grad(PyObject *, PyObject *);
+PyObject *dsn_py_lowp_colsum(PyObject *, PyObject *);
 /* send/recv of the shm transport (dsn_p2p.c) */
 #include "dsn_p2p.h"
 
@@ -818,6 +1039,12 @@ static PyMethodDef methods[] = {
     {"wq_linear", dsn_py_wq_linear, METH_VARARGS, "weight-only GEMV (private: dsn_int8.c)"},
     {"wire_pack", dsn_py_wire_pack, METH_VARARGS, "(private: dsn_wire.c)"},
     {"wire_unpack", dsn_py_wire_unpack, METH_VARARGS, "(private: dsn_wire.c)"},
+    {"wire_sym_reduce", dsn_py_wire_sym_reduce, METH_VARARGS, "(private: dsn_wire.c)"},
+    {"lowp_widen", dsn_py_lowp_widen, METH_VARARGS, "(private: dsn_lowp.c)"},
+    {"lowp_narrow", dsn_py_lowp_narrow, METH_VARARGS, "(private: dsn_lowp.c)"},
+    {"lowp_relu", dsn_py_lowp_relu, METH_VARARGS, "(private: dsn_lowp.c)"},
+    {"lowp_relu_grad", dsn_py_lowp_relu_grad, METH_VARARGS, "(private: dsn_lowp.c)"},
+    {"lowp_colsum", dsn_py_lowp_colsum, METH_VARARGS, "(private: dsn_lowp.c)"},
     {"isa", py_isa, METH_NOARGS, "isa() -> str: instruction set in use."},
     {"isa_list", py_isa_list, METH_NOARGS, "isa_list() -> list[str]: supported here, best first."},
     {"set_isa", py_set_isa, METH_VARARGS, "set_isa(name): force an instruction set (tests)."},
@@ -826,6 +1053,14 @@ static PyMethodDef methods[] = {
     {"erf", py_erf, METH_VARARGS, "erf(dtype, src, out)"},
     {"gelu", py_gelu, METH_VARARGS, "gelu(src, out, cdf_or_None) (float32)"},
     {"unscale", py_unscale, METH_VARARGS, "unscale(dtype, grad, inv_scale) -> bool"},
+    {"layer_norm", py_layer_norm, METH_VARARGS,
+     "layer_norm(x, w, b, y, xhat, rstd, n, eps) (float32 rows of n; w, b may be None)"},
+    {"layer_norm_backward", py_layer_norm_backward, METH_VARARGS,
+     "layer_norm_backward(g, xhat, rstd, w, gx, gw, gb, n) (float32; None skips an output)"},
+    {"gelu_backward_tail", py_gelu_backward_tail, METH_VARARGS,
+     "gelu_backward_tail(g, a, cdf, t, out, c) (float32; out may be t)"},
+    {"softmax_rows", py_softmax_rows, METH_VARARGS,
+     "softmax_rows(kind, a, b, c, n) (float32 rows of n: 0 shift, 1 normalise, 2 backward)"},
     {"sgd", py_sgd, METH_VARARGS,
      "sgd(param, grad, buf, half, half_dtype, lr, momentum, dampening, weight_decay, "
      "nesterov, maximize, first_step)"},
