@@ -9,7 +9,8 @@ per-rank batch and 1 BLAS thread per rank, it measures:
     fraction of communication hidden behind backward = 1 - exposed / comm, where
     exposed = step - local step (the same two processes stepping under no_sync, so
     the contention of two busy processes is in both) and comm = the allreduce time
-    of the whole gradient measured alone (in symmetric memory, as DDP's buckets);
+    of the whole gradient measured alone (in symmetric memory, as DDP's buckets; for
+    fp16 over shared memory the fused reduction the hook runs there, shm_fused.py);
   * 2 ranks, PyTorch DDP over gloo, on the same model (where torch is installed).
 
 The no-sync column (two ranks stepping at once without communicating) shows how much
@@ -78,6 +79,27 @@ def _interleaved(steps_by_name, rounds, per_round, warmup, barrier):
     return {name: _median(ts) for name, ts in times.items()}
 
 
+def _comm_alone(ds, pg, n, comp):
+    """One reduction of ``n`` gradient values as DDP does it, alone: the fp32
+    allreduce; for fp16 over shared memory the fused cast-inside-the-reduction pass
+    (what the hook runs there), else the fp16 allreduce of the wire buffer."""
+    import numpy as np
+    from deepseek import collectives as C
+    from deepseek.distributed.buckets import GradBucket
+    from deepseek.distributed.shm_fused import send_fused, shared_views
+    if comp == "fp16":
+        p = ds.zeros(n, requires_grad=True)
+        bucket = GradBucket(0, [p], ["all"], np.float32,
+                            alloc=lambda k, dt: pg.symmetric_empty(k, dt))
+        bucket.buffer()[...] = 1e-3
+        views = shared_views(pg, bucket)
+        if views is not None:
+            return lambda: send_fused(pg, bucket, views, True, 2.0 ** 10).wait()
+    buf = pg.symmetric_empty(n, np.float32 if comp is None else np.float16)
+    buf[...] = 1
+    return lambda: pg.allreduce(buf, C.ReduceOp.SUM)
+
+
 def deepseek_rank(rank, world, name, rounds, per_round, warmup, configs):
     import numpy as np
     import deepseek as ds
@@ -100,9 +122,7 @@ def deepseek_rank(rank, world, name, rounds, per_round, warmup, configs):
     # symmetric memory as DDP's buckets are
     n = sum(p.numel() for p in model.parameters())
     for comp in sorted({c for _, c in configs}, key=str):
-        buf = pg.symmetric_empty(n, np.float32 if comp is None else np.float16)
-        buf[...] = 1
-        fns[f"comm_{comp}"] = (lambda b: lambda: pg.allreduce(b, C.ReduceOp.SUM))(buf)
+        fns[f"comm_{comp}"] = _comm_alone(ds, pg, n, comp)
     for overlap, comp in configs:
         model, loss_fn = _build(ds, name)  # one model per configuration: hooks stay apart
         ddp = DistributedDataParallel(model, overlap_comm=overlap, compression=comp)

@@ -156,14 +156,15 @@ def grads_after_remove_hooks(rank, world):
     return synced, float(model.fc1.weight.grad.numpy().sum())
 
 
-def fp16_overflow_grads(rank, world):
+def fp16_overflow_grads(rank, world, hid=HID):
     """fp16 compression: a step whose gradients jump 1e6x past the learned bound must
-    overflow fp16, be detected, and be resent in fp32 (exact average, no inf)."""
+    overflow fp16, be detected, and be resent in fp32 (exact average, no inf); with
+    hid=256 the big buckets take the fused reduction over shared memory instead."""
     import deepseek as ds
     from deepseek.distributed import init_process_group
     from deepseek.distributed.ddp import DistributedDataParallel
     init_process_group()
-    model = _model()
+    model = _model(hid=hid)
     ddp = DistributedDataParallel(model, compression="fp16")
     x, y = _data(rank)
     for factor in (1.0, 1.0, 1e6):  # step 1 sends fp32 and learns the bound
@@ -256,3 +257,50 @@ def hook_registration_errors(rank, world):
     except ValueError as e:
         msgs["both"] = str(e)
     return msgs
+
+
+def shm_fused_reduce(rank, world, n=20000):
+    """The fused fp16 reduction over shared memory (deepseek/distributed/shm_fused.py)
+    on a bucket of known values: returns, per case, the reduced buffer, the bound and
+    the fallback flag, and what the cast / fp16 allreduce / decode sequence gives."""
+    import deepseek as ds
+    from deepseek import collectives as C, native
+    from deepseek.distributed import init_process_group
+    from deepseek.distributed.buckets import GradBucket
+    from deepseek.distributed.shm_fused import send_fused, shared_views
+    init_process_group()
+    pg = C.get_default_group()
+    p = ds.zeros(n, requires_grad=True)
+    bucket = GradBucket(0, [p], ["w"], np.float32, alloc=lambda k, dt: pg.symmetric_empty(k, dt))
+    views = shared_views(pg, bucket)
+    assert views is not None, "bucket not eligible for the fused reduction"
+    xs = [np.random.default_rng(7 + r).standard_normal(n).astype(np.float32) * 1e-2
+          for r in range(world)]
+    out = {}
+    for case, scale in (("plain", 2.0 ** 12), ("overflow", 2.0 ** 12), ("fp32", 1.0)):
+        if case == "overflow":
+            xs[0][5] = 1e9  # rank 0's segment, first block
+        bucket.buffer()[...] = xs[rank]
+        bound, fell = send_fused(pg, bucket, views, case != "fp32", scale).wait()
+        if case == "fp32":
+            acc = xs[0].copy()
+            for x in xs[1:]:
+                acc = acc + x
+            ref = acc * np.float32(1.0 / world)
+        else:
+            acc = None
+            for x in xs:
+                h = np.empty(n, np.float16)
+                native.wire_pack(x, h, scale)
+                acc = h.astype(np.float32) if acc is None else acc + h.astype(np.float32)
+            ref = np.empty(n, np.float32)
+            native.wire_unpack(acc.astype(np.float16), ref, 1.0 / (scale * world))
+        exact = xs[0].copy()
+        for x in xs[1:]:
+            exact = exact + x
+        exact = exact / np.float32(world)
+        mag = np.zeros(n, np.float32)
+        for x in xs:
+            mag = mag + np.abs(x)
+        out[case] = (bucket.buffer().copy(), bound, fell, ref, exact, float(mag.max()))
+    return out

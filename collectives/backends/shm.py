@@ -797,6 +797,19 @@ class ShmTransport(ShmP2P, Backend):
                 return region, p - region.lo
         return None
 
+    def symmetric_views(self, x):
+        """``(views, (allocation id, byte offset))`` for a piece ``x`` of a symmetric
+        buffer: every rank's copy of it as arrays of x's dtype and size mapped in this
+        process, in rank order, and what the ranks compare to make sure they passed the
+        same piece; None when x is not in one. For kernels that do a whole collective's
+        arithmetic in one pass (the fused fp16 reduction of
+        deepseek/distributed/shm_fused.py); the caller synchronises."""
+        found = self.find_symmetric(x)
+        if found is None:
+            return None
+        region, off = found
+        return [v[off: off + x.nbytes].view(x.dtype) for v in region.views], (region.id, off)
+
     def symmetric_table(self, x):
         """For a piece ``x`` of a symmetric buffer: the address of the table of every
         rank's copy of it in this process (what the C kernel takes); else None. Tables

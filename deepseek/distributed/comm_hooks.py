@@ -34,6 +34,7 @@ import numpy as np
 from .. import native
 from ..collectives import ProcessGroup, ReduceOp, get_default_group
 from .futures import Future
+from .shm_fused import send_fused, shared_views
 
 __all__ = ["allreduce_hook", "fp16_compress_hook", "bf16_compress_hook", "compression_hook"]
 
@@ -103,11 +104,20 @@ def fp16_compress_hook(state, bucket):
     summed magnitudes. Every rank appends its local max |g| to the payload, and the
     SUM of those bounds every partial sum, so the scale needs no extra round trip; the
     first step sends fp32 to learn it. Because the reduced buffer is the same on every
-    rank, so is the decision to resend a bucket in fp32 should it ever overflow."""
+    rank, so is the decision to resend a bucket in fp32 should it ever overflow.
+
+    Over shared memory, for a bucket in symmetric memory (DDP's, from the symmetric
+    crossover size on), the casts happen inside the reduction instead (``shm_fused``):
+    the same values, no wire buffer, the bound is max_i sum_r |g_r[i]| (also a bound on
+    every element of the sum), and a block that would overflow is averaged exactly in
+    fp32 in place ("fp32-fallback" in DDP's counts; the scale is learnt again)."""
     pg = _group(state)
     flat = bucket.buffer()
     bound = bucket.scratch.get(_BOUND)
+    views = shared_views(pg, bucket)
     if bound is None or not math.isfinite(bound):
+        if views is not None:
+            return _send_shared(pg, bucket, views, "fp32", 1.0)
         # first step (or after a resend): no bound yet, send fp32 and learn it
         payload = bucket.wire_buffer(np.float32, 1)
         # copy and local max |g| in one pass (NaN/inf in the gradient make it non-finite)
@@ -116,6 +126,8 @@ def fp16_compress_hook(state, bucket):
     # largest power of two keeping 4x the last step's sum bound under fp16 max
     bound = max(bound, 1e-30)
     scale = min(2.0 ** math.floor(math.log2(_FP16_MAX / (4.0 * bound))), 2.0 ** 40)
+    if views is not None:
+        return _send_shared(pg, bucket, views, "fp16", scale)
     payload = bucket.wire_buffer(np.float16, 1)
     # scale, cast and local max |g| in one pass; the bucket keeps the local gradient
     # (what an fp32 resend sends)
@@ -161,6 +173,25 @@ def _decode(pg, bucket, payload, kind, scale, wire):
         _unpack(payload[:-1], flat, 1.0 / (scale * pg.size))
         bucket.scratch[_BOUND] = total / scale
     return None  # reduced in place
+
+
+def _send_shared(pg, bucket, views, kind, scale):
+    """Over shared memory: the same reduction, cast inside it (shm_fused.py)."""
+    wire = [kind]
+
+    def done(fut):
+        bound, fell = fut.value()
+        if fell:
+            # some block would have overflowed fp16: that block is the exact fp32
+            # average already (the same on every rank); learn the scale again
+            wire.append("fp32-fallback")
+            bound = None
+        bucket.scratch[_BOUND] = bound
+        return None  # reduced in place
+
+    fut = send_fused(pg, bucket, views, kind == "fp16", scale).then(done)
+    fut.wire_dtypes = wire
+    return fut
 
 
 def _prepare_wire(*dtypes):

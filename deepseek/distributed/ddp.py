@@ -12,7 +12,8 @@ How a bucket is reduced is the comm hook's business (``comm_hooks.py``): by defa
 ``allreduce_hook`` (one fp32 AVG allreduce, in place); ``compression='fp16'`` /
 ``'bf16'`` is the short form of ``register_comm_hook(group, fp16_compress_hook)`` /
 ``bf16_compress_hook`` (half the bytes, scaled against overflow, fp32 resend on
-overflow). DDP itself knows nothing about compression.
+overflow; over shared memory fp16 is cast inside the reduction, ``shm_fused.py``).
+DDP itself knows nothing about compression.
 """
 import contextlib
 import json
@@ -58,7 +59,8 @@ class DistributedDataParallel(nn.Module):
 
     ``buckets`` are the :class:`GradBucket` s in launch order; ``wire_dtype_counts``
     counts bucket reductions by what went on the wire ("fp32", "fp16", "bf16",
-    "fp32-resend", or "hook" for a hook that does not say).
+    "fp32-resend", "fp32-fallback" -- fp16 over shared memory averaged some blocks in
+    fp32 to avoid an overflow --, or "hook" for a hook that does not say).
     """
 
     def __init__(self, module, bucket_cap_mb=None, compression=None, overlap_comm=True,

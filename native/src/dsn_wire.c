@@ -260,3 +260,169 @@ PyObject *dsn_py_wire_unpack(PyObject *self, PyObject *args)
     PyBuffer_Release(&s); PyBuffer_Release(&d);
     Py_RETURN_NONE;
 }
+
+/* ------------------------------------------- fused reduction over shared memory */
+/*
+ * wire_sym_reduce: the fp16 hook's whole round trip for this rank's 1/n segment of a
+ * bucket that every rank keeps in symmetric memory (every rank's fp32 copy is mapped
+ * here), in one pass: per element
+ *     cast:  out = float32(half(sum_r float32(half(x_r * scale)))) * inv
+ *     plain: out = (sum_r x_r) * inv
+ * summed in rank order in fp32, which is bit for bit wire_pack, the fp16 allreduce
+ * (dsn_body.h reduce_half) and wire_unpack, without the wire buffer. Each block of the
+ * segment is computed into an L1 buffer and then written into every rank's copy, so
+ * no input is overwritten before it was read. A block in which a cast or the rounded
+ * sum is not finite (overflow, inf or NaN in a gradient) is instead the exact fp32
+ * average (sum_r x_r) / n, as the fp32 resend computes it; the call reports that.
+ * It also returns max_i sum_r |x_r[i]| over the segment: a bound on every element of
+ * the sum (NaN above inf above finite values, as wire_pack's maximum).
+ */
+#define WIRE_BLK 2048
+
+static void sym_exact(char *const *x, int n, size_t s0, size_t m, float *out)
+{
+    for (size_t i = 0; i < m; i++) {
+        float acc = ((const float *)x[0])[s0 + i];
+        for (int r = 1; r < n; r++) acc += ((const float *)x[r])[s0 + i];
+        out[i] = acc / (float)n;
+    }
+}
+
+/* one block, portable; returns nonzero when the cast path met a non-finite value */
+static int sym_block_scalar(char *const *x, int n, size_t s0, size_t m, int cast, float s,
+                            float inv, float *out, uint32_t *bmax)
+{
+    int bad = 0;
+    uint32_t bm = *bmax;
+    for (size_t i = 0; i < m; i++) {
+        float acc = 0.0f, mag = 0.0f;
+        for (int r = 0; r < n; r++) {
+            float v = ((const float *)x[r])[s0 + i];
+            mag += v < 0 ? -v : v;
+            if (cast) {
+                uint16_t h = dsn_f32_to_f16_scalar(v * s);
+                float q = dsn_f16_to_f32_scalar(h);
+                acc = r ? acc + q : q;
+            } else {
+                acc = r ? acc + v : v;
+            }
+        }
+        if (cast) {
+            uint16_t h = dsn_f32_to_f16_scalar(acc);
+            bad |= (h & 0x7c00u) == 0x7c00u;
+            acc = dsn_f16_to_f32_scalar(h);
+        }
+        out[i] = acc * inv;
+        uint32_t a = dsn_f32_bits(mag) & 0x7fffffffu;
+        bm = a > bm ? a : bm;
+    }
+    *bmax = bm;
+    return bad;
+}
+
+#if defined(DSN_X86)
+/* A non-finite cast makes the fp32 sum inf or NaN (|sum| <= 256 * 65504 cannot
+ * overflow fp32), so checking the rounded sum alone catches every overflow. */
+static WIRE_AVX2 int sym_block_avx2(char *const *x, int n, size_t s0, size_t m, int cast,
+                                    float s, float inv, float *out, uint32_t *bmax)
+{
+    const __m256 vs = _mm256_set1_ps(s), vinv = _mm256_set1_ps(inv);
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m128i expo = _mm_set1_epi16(0x7c00);
+    const int rnd = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    __m128i bad = _mm_setzero_si128();
+    __m256i vm = _mm256_setzero_si256();
+    size_t i = 0;
+    for (; i + 8 <= m; i += 8) {
+        __m256 v = _mm256_loadu_ps((const float *)x[0] + s0 + i);
+        __m256 mag = _mm256_and_ps(v, absmask);
+        __m256 acc = cast ? _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_mul_ps(v, vs), rnd)) : v;
+        for (int r = 1; r < n; r++) {
+            v = _mm256_loadu_ps((const float *)x[r] + s0 + i);
+            mag = _mm256_add_ps(mag, _mm256_and_ps(v, absmask));
+            acc = _mm256_add_ps(acc, cast ? _mm256_cvtph_ps(_mm256_cvtps_ph(
+                                               _mm256_mul_ps(v, vs), rnd)) : v);
+        }
+        if (cast) {
+            __m128i h = _mm256_cvtps_ph(acc, rnd);
+            bad = _mm_or_si128(bad, _mm_cmpeq_epi16(_mm_and_si128(h, expo), expo));
+            acc = _mm256_cvtph_ps(h);
+        }
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(acc, vinv));
+        vm = _mm256_max_epi32(vm, _mm256_castps_si256(mag));  /* sign clear: as unsigned */
+    }
+    uint32_t t[8], bm = *bmax;
+    _mm256_storeu_si256((__m256i *)t, vm);
+    for (int k = 0; k < 8; k++) bm = t[k] > bm ? t[k] : bm;
+    *bmax = bm;
+    int flag = !_mm_testz_si128(bad, bad);
+    if (i < m) flag |= sym_block_scalar(x, n, s0 + i, m - i, cast, s, inv, out + i, bmax);
+    return flag;
+}
+#endif
+
+/* wire_sym_reduce(views, rank, cast, scale, inv, simd) -> (bound, fell_back)
+ * views: every rank's float32 copy of the bucket (same length), in rank order. */
+PyObject *dsn_py_wire_sym_reduce(PyObject *self, PyObject *args)
+{
+    PyObject *seq;
+    int me, cast, simd;
+    double scale, inv;
+    if (!PyArg_ParseTuple(args, "Oiiddi:wire_sym_reduce", &seq, &me, &cast, &scale, &inv,
+                          &simd))
+        return NULL;
+    PyObject *fast = PySequence_Fast(seq, "wire_sym_reduce(): views must be a sequence");
+    if (!fast) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    if (n < 1 || n > 256 || me < 0 || me >= n) {
+        Py_DECREF(fast);
+        PyErr_Format(PyExc_ValueError, "wire_sym_reduce(): %zd views (1..256) and rank %d",
+                     n, me);
+        return NULL;
+    }
+    Py_buffer v[256];
+    char *x[256];
+    Py_ssize_t got = 0, len = -1;
+    for (; got < n; got++) {
+        if (wire_buf(PySequence_Fast_GET_ITEM(fast, got), &v[got], 1, "view") < 0) break;
+        x[got] = (char *)v[got].buf;
+        if (v[got].itemsize != 4 || (len >= 0 && v[got].len != len)) {
+            PyErr_SetString(PyExc_ValueError,
+                            "wire_sym_reduce(): views must be float32 of the same length");
+            got++;
+            break;
+        }
+        len = v[got].len;
+    }
+    if (PyErr_Occurred()) {
+        for (Py_ssize_t r = 0; r < got; r++) PyBuffer_Release(&v[r]);
+        Py_DECREF(fast);
+        return NULL;
+    }
+    size_t count = (size_t)len / 4;
+    size_t a = count * (size_t)me / (size_t)n, b = count * (size_t)(me + 1) / (size_t)n;
+    float fs = (float)scale, finv = (float)inv;
+    int use = wire_simd(simd), fell = 0;
+    uint32_t bm = 0;
+    Py_BEGIN_ALLOW_THREADS
+    float out[WIRE_BLK];
+    for (size_t s0 = a; s0 < b; s0 += WIRE_BLK) {
+        size_t m = b - s0 < WIRE_BLK ? b - s0 : WIRE_BLK;
+        int bad;
+#if defined(DSN_X86)
+        if (use) bad = sym_block_avx2(x, (int)n, s0, m, cast, fs, finv, out, &bm);
+        else
+#endif
+            bad = sym_block_scalar(x, (int)n, s0, m, cast, fs, finv, out, &bm);
+        if (bad) {
+            sym_exact(x, (int)n, s0, m, out);
+            fell = 1;
+        }
+        for (Py_ssize_t r = 0; r < n; r++) memcpy(x[r] + s0 * 4, out, m * 4);
+    }
+    Py_END_ALLOW_THREADS
+    (void)use;
+    for (Py_ssize_t r = 0; r < n; r++) PyBuffer_Release(&v[r]);
+    Py_DECREF(fast);
+    return Py_BuildValue("(dO)", (double)dsn_bits_f32(bm), fell ? Py_True : Py_False);
+}
