@@ -19,6 +19,9 @@ Stage "3c" is stage 3 with ``FullyShardedDataParallel(min_unit_numel=...)``
 (``--min-unit-numel``, default 2**20: 4 blocks of the default model per group): the
 blocks' units coalesced into groups that are gathered and reduce-scattered together
 (fewer, larger collectives; the gathered peak is a group, not one block).
+Stage "3a" is stage 3 with ``overlap_collectives=True``: async collectives on the
+group's worker thread with the prefetches, where the default on the shared-memory
+transport runs them inline (see docs/zero.md).
 
 Memory-cap demo (``--cap-mb``): a model whose fp32 Adam training state (16 bytes per
 parameter) exceeds the per-rank budget trains on 4 ranks with ZeRO-3 (16/4 bytes
@@ -39,7 +42,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
 
-STAGES = (0, 1, 2, 3, "3c")
+STAGES = (0, 1, 2, 3, "3c", "3a")
 ONE_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
@@ -50,10 +53,10 @@ def _rank_fn(rank, world, stages, hid, layers, steps, batch, min_unit_numel):
     import deepseek as ds
     import deepseek.nn.functional as F
     zc._init()
-    runs = {st: zc.wrap(zc.build_model("mlp", hid=hid, layers=layers),
-                        3 if st == "3c" else st, "adamw",
-                        **({"min_unit_numel": min_unit_numel} if st == "3c" else {}))
-            for st in stages}
+    runs = {}
+    for st in stages:
+        stage, kw = zc.stage_kwargs(st, min_unit_numel)
+        runs[st] = zc.wrap(zc.build_model("mlp", hid=hid, layers=layers), stage, "adamw", **kw)
     rng = np.random.default_rng(rank)
     x = ds.tensor(rng.standard_normal((batch, zc.IN)).astype(np.float32))
     y = ds.tensor(rng.integers(0, zc.OUT, batch))

@@ -193,6 +193,17 @@ def _state_bytes(opt):
     return total
 
 
+def stage_kwargs(stage, min_unit_numel=0):
+    """(the stage ``wrap`` takes, FSDP keyword arguments) for a benchmark stage: "3c"
+    is stage 3 coalesced into groups of ``min_unit_numel``, "3a" stage 3 with async
+    collectives and prefetching (``overlap_collectives=True``)."""
+    if stage == "3c":
+        return 3, {"min_unit_numel": min_unit_numel}
+    if stage == "3a":
+        return 3, {"overlap_collectives": True}
+    return stage, {}
+
+
 def memory(rank, world, stages=(0, 1, 2, 3), hid=64, layers=16, min_unit_numel=0):
     """Bytes per parameter this rank holds for each stage, after a backward (the
     optimizer has stepped once before, so its state exists), next to the formula.
@@ -204,8 +215,8 @@ def memory(rank, world, stages=(0, 1, 2, 3), hid=64, layers=16, min_unit_numel=0
         model = build_model("mlp", hid=hid, layers=layers)
         nparam = sum(p.numel() for p in model.parameters())
         unit_max = max(sum(p.numel() for p in b.parameters()) for b in model.blocks)
-        kw = {"min_unit_numel": min_unit_numel} if stage == "3c" else {}
-        runner, opt = wrap(model, 3 if stage == "3c" else stage, "adamw", **kw)
+        wrap_stage, kw = stage_kwargs(stage, min_unit_numel)
+        runner, opt = wrap(model, wrap_stage, "adamw", **kw)
         if stage == "3c":
             unit_max = max(sum(p.numel() for p in h.params)
                            for h in runner._all_handles() if h not in runner._handles)
@@ -222,11 +233,12 @@ def memory(rank, world, stages=(0, 1, 2, 3), hid=64, layers=16, min_unit_numel=0
         else:
             st = runner.memory_stats()
             params, grads = st["params"], st["grads"]
-            gathered = st["peak_full_params"] if stage in (3, "3c") else 0
+            gathered = st["peak_full_params"] if stage in (3, "3c", "3a") else 0
         state = _state_bytes(opt)
         n = world
-        formula = {0: 16, 1: 4 + 4 + 8 / n, 2: 4 + 12 / n, 3: 16 / n, "3c": 16 / n}[stage]
-        if stage in (3, "3c"):
+        formula = {0: 16, 1: 4 + 4 + 8 / n, 2: 4 + 12 / n, 3: 16 / n, "3c": 16 / n,
+                   "3a": 16 / n}[stage]
+        if stage in (3, "3c", "3a"):
             formula += 4 * unit_max / nparam
         out[stage] = {"measured": (params + grads + state + gathered) / nparam,
                       "formula": formula, "params": params / nparam, "grads": grads / nparam,
@@ -529,3 +541,23 @@ def offload_layout(rank, world, stage):
     host_grads = all(device_of(fp._grad._data).type == "cpu" for h in hs
                      for fp in h.flat_params)
     return apart, host_grads, _state_bytes(opt)
+
+
+def gathered_peaks(rank, world, hid=64, layers=4):
+    """Stage 3's peak of gathered full parameters (bytes) with inline collectives and
+    with async ones (prefetching), next to the largest unit's and the root's bytes."""
+    _init()
+    out = {}
+    for overlap in (False, True):
+        model = build_model("mlp", hid=hid, layers=layers)
+        unit = max(sum(p._data.nbytes for p in b.parameters()) for b in model.blocks)
+        root = sum(p._data.nbytes for n, p in model.named_parameters()
+                   if not n.startswith("blocks."))
+        runner, opt = wrap(model, 3, "adamw", overlap_collectives=overlap,
+                           forward_prefetch=overlap)
+        for s in range(2):
+            opt.zero_grad()
+            _slice_backward(runner, rank, world, "mlp", s)
+            opt.step()
+        out[overlap] = runner.memory_stats()["peak_full_params"]
+    return out, unit, root

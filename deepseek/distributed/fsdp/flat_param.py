@@ -42,8 +42,11 @@ class FlatParamHandle:
     name it has inside the unit: tied weights have several)."""
 
     def __init__(self, entries, pg, releasable, bucket_cap_bytes, sync_module_states=True,
-                 reduce_dtype=None, offload=False, param_dtype=None):
+                 reduce_dtype=None, offload=False, param_dtype=None, overlap=True):
         self.pg = pg
+        # whether collectives go to the group's worker thread (async_op) to overlap
+        # compute, or run inline on the caller's thread (see fully_sharded._overlaps)
+        self.overlap = bool(overlap)
         # CPUOffload (offload.py): the shards the optimizer sees are host arrays
         self.offload = bool(offload)
         # MixedPrecision(reduce_dtype=...): the dtype of the gradient reduce-scatters
@@ -133,7 +136,8 @@ class FlatParamHandle:
     def unshard(self, async_op=False):
         """All-gather the full parameters (each bucket's shards into its place in the
         full buffer); a no-op when they are there already. ``async_op``: start it and
-        return (a later unshard() waits)."""
+        return (a later unshard() waits); inline (``overlap`` off) it runs now."""
+        async_op = async_op and self.overlap
         if self._pending is not None:
             if not async_op:
                 self.wait()
@@ -176,7 +180,8 @@ class FlatParamHandle:
         if not self.releasable:
             return
         self.wait()
-        self._buffer.release()
+        if self._gathered:   # (a released buffer again: the madvise is a wasted syscall)
+            self._buffer.release()
         self._gathered = False
 
     def is_gathered(self):
@@ -251,7 +256,7 @@ class FlatParamHandle:
             out = get_array_module(b.flat).empty(g.size, self.dtype)
         else:
             out = g if self._grad_fresh[k] else np.empty(g.size, self.dtype)
-        work = self.pg.reduce_scatter(out, send, ReduceOp.AVG, async_op=True)
+        work = self.pg.reduce_scatter(out, send, ReduceOp.AVG, async_op=self.overlap)
         b.work = (work, out, send)
         self.launched[k] = True
 

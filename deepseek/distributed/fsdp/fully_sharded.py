@@ -11,7 +11,8 @@ PyTorch FSDP's shape::
 Units. Every FSDP instance is a unit: the wrapped module's parameters not managed by
 an inner instance go into the unit's :class:`FlatParamHandle` (one per dtype). The
 auto-wrap policy wraps submodules (bottom-up) into inner instances, so that under
-FULL_SHARD only one unit's full parameters exist at a time (plus the one prefetched).
+FULL_SHARD only one unit's full parameters exist at a time (plus the one
+prefetched, when the collectives are async).
 The outermost instance is the *root*: it owns the per-iteration bookkeeping (the
 execution order of the units, the end-of-backward callback, pending reductions).
 
@@ -30,6 +31,13 @@ One iteration, FULL_SHARD:
   a unit whose gradients are all in flight releases its full parameters;
 * when backward ends (a callback queued on the engine) every reduction is waited and
   unused parameters contribute zeros.
+
+Where the collectives run (``overlap_collectives``): async on the group's worker
+thread, with the prefetches and the reductions overlapping compute (what the list
+above describes), or inline on the calling thread -- each gather and reduce-scatter a
+single C call of the shared-memory transport, no prefetch (it would only move a
+blocking gather earlier and hold two units) -- the default on that transport, where
+the worker thread only competes with compute for the same cores (``_overlaps``).
 
 ``min_unit_numel`` coalesces the auto-wrapped units into groups that share one set
 of handles (one all-gather and one reduce-scatter per group: a model of many small
@@ -109,6 +117,11 @@ class FullyShardedDataParallel(nn.Module):
             parameters' dtype; run the forward under autocast of that dtype).
         cpu_offload: ``fsdp.CPUOffload(offload_params=False)``: the master shards,
             their gradients and the optimizer state on the host (``offload.py``).
+        overlap_collectives: run the all-gathers and reduce-scatters async on the
+            group's worker thread, overlapping compute, with the prefetches (True),
+            or inline on the calling thread, without prefetching (False). None, the
+            default: inline on the shared-memory transport, async elsewhere
+            (``_overlaps``). Not a PyTorch argument.
     """
 
     def __init__(self, module, process_group=None, sharding_strategy="FULL_SHARD",
@@ -116,8 +129,8 @@ class FullyShardedDataParallel(nn.Module):
                  backward_prefetch=BackwardPrefetch.BACKWARD_PRE, mixed_precision=None,
                  ignored_modules=None, param_init_fn=None, device_id=None,
                  sync_module_states=True, forward_prefetch=False, limit_all_gathers=True,
-                 use_orig_params=False, bucket_cap_mb=25, min_unit_numel=0, _exclude=(),
-                 _defer=False):
+                 use_orig_params=False, bucket_cap_mb=25, min_unit_numel=0,
+                 overlap_collectives=None, _exclude=(), _defer=False):
         super().__init__()
         strategy = _strategy_name(sharding_strategy)
         if strategy == "NO_SHARD":
@@ -136,6 +149,8 @@ class FullyShardedDataParallel(nn.Module):
         self.sharding_strategy = strategy
         self._reshard = strategy == "FULL_SHARD"
         self.forward_prefetch = bool(forward_prefetch)
+        self._overlap = _overlaps(pg) if overlap_collectives is None \
+            else bool(overlap_collectives)
         self.backward_prefetch = backward_prefetch
         self._cap = int(bucket_cap_mb * (1 << 20))
         if not isinstance(min_unit_numel, (int, np.integer)) or min_unit_numel < 0:
@@ -154,7 +169,8 @@ class FullyShardedDataParallel(nn.Module):
                 m, process_group=pg, sharding_strategy=strategy,
                 backward_prefetch=backward_prefetch, forward_prefetch=forward_prefetch,
                 sync_module_states=sync_module_states, bucket_cap_mb=bucket_cap_mb,
-                mixed_precision=mixed_precision, cpu_offload=cpu_offload, _exclude=exclude,
+                mixed_precision=mixed_precision, cpu_offload=cpu_offload,
+                overlap_collectives=self._overlap, _exclude=exclude,
                 _defer=not self._reshard or self._min_unit_numel > 0))
         self._fsdp_wrapped_module = module
         # (not a child module: a Module attribute would be registered as a submodule,
@@ -188,7 +204,7 @@ class FullyShardedDataParallel(nn.Module):
             by_dtype.setdefault(p._data.dtype, []).append((names, p))
         handles = [FlatParamHandle(ents, pg, self._reshard, self._cap,
                                    sync_module_states, reduce_dtype, self._offload,
-                                   self._param_dtype)
+                                   self._param_dtype, self._overlap)
                    for ents in by_dtype.values()]
         owner = members[0]
         n = 0
@@ -279,7 +295,7 @@ class FullyShardedDataParallel(nn.Module):
         for h in self._handles:
             h.unshard()
         root._track()
-        if root.forward_prefetch and self._reshard:
+        if root.forward_prefetch and self._reshard and root._overlap:
             nxt = root._next_in_order(self, +1)
             if nxt is not None:
                 for h in nxt._handles:
@@ -333,7 +349,9 @@ class FullyShardedDataParallel(nn.Module):
         root = self._root
         for h in self._handles:
             h.unshard()
-        if self._reshard and root.backward_prefetch is not None:
+        # (inline collectives: a prefetch would only be a blocking gather done
+        # earlier, holding two units' parameters for nothing)
+        if self._reshard and root.backward_prefetch is not None and root._overlap:
             order = root._exec_order or root._order
             try:
                 i = order.index(self)
@@ -517,7 +535,7 @@ class FullyShardedDataParallel(nn.Module):
             for h in self._all_handles():
                 for fp in h.flat_params:
                     fp._bump_version()  # ZeRO-2 regathers; ZeRO-3 gathers anyway
-                h._gathered = False if h.releasable else h._gathered
+                h.reshard()
 
     def sharded_pieces(self):
         """(clean fqn, param shape, start, end, shard view) of every piece of an
@@ -577,6 +595,17 @@ class FullyShardedDataParallel(nn.Module):
 
     def __getstate__(self):
         raise TypeError("FullyShardedDataParallel cannot be pickled; save its state_dict()")
+
+
+def _overlaps(pg):
+    """Whether FSDP's collectives should be async (on the group's worker thread,
+    overlapping compute) rather than inline. Not on the shared-memory transport: its
+    inline calls are one C call each (the all-gather a single copy from the peers'
+    memory), while an async one runs the Python path on a second thread that competes
+    with compute for the same cores and the GIL (measured on an 8-block MLP, 2 ranks
+    on 2 cores: stage 3 at 1.19-1.26x DDP's CPU time inline against 1.30-1.43x async;
+    ``scripts/bench_zero.py``)."""
+    return getattr(pg, "transport", None) != "shm"
 
 
 def _register_output_hooks(out, fn):
