@@ -2,7 +2,7 @@
 quantize_dynamic (fbgemm) in one run: sizes, Linear speed, end-to-end encoder, accuracy.
 
     python scripts/bench_quant.py [--threads 1] [--repeats 15] [--quick]
-                                  [--clock wall|thread] [--only sizes,linear,encoder,accuracy]
+                                  [--clock wall|thread] [--only sizes,linear,encoder,accuracy,gpt]
                                   [--baseline OLD/deepseek/_native....so]
 
 Every timing is the median of --repeats rounds; the candidates of one table are run
@@ -13,6 +13,7 @@ the same int8 modules run on the kernels of another build of the extension (e.g.
 ``git archive HEAD``), interleaved with the rest: old and new kernels in one run.
 """
 import argparse
+import math
 import contextlib
 import os
 import statistics
@@ -322,6 +323,51 @@ def accuracy_table(model, Xtr, Xte, yte):
           [[n, f"{a * 100:.2f}%", f"{(res[0][1] - a) * 100:+.2f}"] for n, a in res])
 
 
+def gpt_table(steps):
+    """Weight-only int8/int4 on a small character-level GPT (bench_programs' model: 2
+    pre-LN blocks, d 64, block 64) trained ``steps`` AdamW steps on docs/design.md:
+    held-out loss and perplexity next to fp32."""
+    from bench_programs import gpt_classes
+    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           "docs", "design.md"), "rb") as f:
+        data = np.frombuffer(f.read(), np.uint8).astype(np.int64)
+    cut = int(len(data) * 0.9)
+    train, held = data[:cut], data[cut:]
+    rng = np.random.default_rng(0)
+    block, batch = 64, 16
+
+    def windows(src, n):
+        i = rng.integers(0, len(src) - block - 1, n)
+        return (deepseek.tensor(np.stack([src[j:j + block] for j in i])),
+                deepseek.tensor(np.stack([src[j + 1:j + 1 + block] for j in i])))
+    deepseek.manual_seed(0)
+    model = gpt_classes(deepseek)(256, block, 2, 64, 4)
+    opt = deepseek.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    for _ in range(steps):
+        x, y = windows(train, batch)
+        opt.zero_grad()
+        model(x, y).backward()
+        opt.step()
+    model.eval()
+    evals = [windows(held, 32) for _ in range(8)]
+
+    def loss(m):
+        with deepseek.no_grad():
+            return float(np.mean([float(m(x, y).item()) for x, y in evals]))
+    base = loss(model)
+    rows = [["fp32", f"{base:.4f}", f"{math.exp(base):.3f}", "+0.0000", "+0.00%"]]
+    for name, m in (("weight-only int8 (per channel)",
+                     Q.quantize_weights(model, "int8", group_size=None)),
+                    ("weight-only int4 (group 32)", Q.quantize_weights(model, "int4",
+                                                                       group_size=32))):
+        v = loss(m)
+        rows.append([name, f"{v:.4f}", f"{math.exp(v):.3f}", f"{v - base:+.4f}",
+                     f"{(math.exp(v) / math.exp(base) - 1) * 100:+.2f}%"])
+    table(f"small char GPT (2 blocks, d 64; {steps} AdamW steps on docs/design.md), "
+          "held-out loss", ["model", "loss", "perplexity", "loss increase",
+                            "perplexity increase"], rows)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=1)
@@ -330,7 +376,7 @@ def main():
     ap.add_argument("--clock", choices=("wall", "thread"), default="wall",
                     help="time calls by wall clock or by this thread's CPU time (use "
                          "'thread' with --threads 1 on an oversubscribed machine)")
-    ap.add_argument("--only", default="sizes,linear,encoder,accuracy",
+    ap.add_argument("--only", default="sizes,linear,encoder,accuracy,gpt",
                     help="comma-separated sections to run")
     ap.add_argument("--baseline", default=None,
                     help="another build's deepseek/_native*.so: its int8 kernels are timed "
@@ -341,7 +387,7 @@ def main():
     if args.baseline:
         BASE = load_baseline(args.baseline)
     only = set(args.only.split(","))
-    bad = only - {"sizes", "linear", "encoder", "accuracy"}
+    bad = only - {"sizes", "linear", "encoder", "accuracy", "gpt"}
     if bad:
         ap.error(f"--only: unknown sections {sorted(bad)}")
     reps = 5 if args.quick else args.repeats
@@ -365,6 +411,8 @@ def main():
         encoder_table(enc, reps)
     if "accuracy" in only:
         accuracy_table(model, Xtr, Xte, yte)
+    if "gpt" in only:
+        gpt_table(60 if args.quick else 300)
     print(f"\nload average at the end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 
