@@ -324,8 +324,20 @@ def test_ctrl_c_in_the_main_process_leaves_nothing(tmp_path, shm_guard):
     try:
         pids = [int(x) for x in p.stdout.readline().split()]
         assert len(pids) == 2
-        p.send_signal(signal.SIGINT)
-        _, err = p.communicate(timeout=30)
+        # A Ctrl-C whose KeyboardInterrupt CPython raises inside a finalizer (here the
+        # weakref callback that recycles the previous batch's slot, run when ``b`` is
+        # rebound) is reported as "Exception ignored" and lost, in any Python program.
+        # CI once saw the loop outlive one SIGINT, most likely so. A user presses
+        # Ctrl-C again: so does this test, at most three times, 10 s apart; what it
+        # checks is what the loader leaves behind.
+        for attempt in range(3):
+            p.send_signal(signal.SIGINT)
+            try:
+                _, err = p.communicate(timeout=10)
+                break
+            except subprocess.TimeoutExpired:
+                if attempt == 2:
+                    raise
     finally:
         if p.poll() is None:
             p.kill()
