@@ -257,6 +257,34 @@ def test_gelu_op_gradient_is_the_numpy_expression(isa):
 
 
 @needs_ext
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 31, 1000, 65537])
+def test_erf_and_gelu_kernels_are_the_same_bits_on_every_isa(isa, n):
+    """The erf and GELU passes (the vector width the instruction set gives) against the
+    portable build and against the numpy sequence around that erf; specials, in place."""
+    rng = np.random.default_rng(n)
+    x = (rng.standard_normal(n) * 4).astype(np.float32)
+    x[:5] = [np.nan, np.inf, -np.inf, -0.0, 4.5][:min(5, n)]
+    with native.use_isa("scalar"):
+        erf_ref = native.erf(x)
+        cdf_ref = np.empty_like(x)
+        y_ref = native.gelu(x, cdf=cdf_ref)
+    want_cdf = np.float32(0.5) * (np.float32(1.0) + native.erf(x * np.float32(0.7071067811865476)))
+    with native.use_isa(isa):
+        bits = (lambda a: a.view(np.uint32))
+        np.testing.assert_array_equal(bits(native.erf(x)), bits(erf_ref))
+        cdf = np.empty_like(x)
+        np.testing.assert_array_equal(bits(native.gelu(x, cdf=cdf)), bits(y_ref))
+        np.testing.assert_array_equal(bits(cdf), bits(cdf_ref))
+        same = x.copy()
+        native.gelu(same, out=same)
+        np.testing.assert_array_equal(bits(same), bits(y_ref))
+    np.testing.assert_array_equal(cdf_ref, want_cdf)
+    with np.errstate(invalid="ignore"):                 # -inf * 0
+        np.testing.assert_array_equal(y_ref, x * want_cdf)
+
+
+@needs_ext
 def test_gelu_backward_tail_rejects_bad_input():
     tail = native._ext.gelu_backward_tail
     a = np.zeros(4, np.float32)

@@ -15,10 +15,7 @@ whole item -- ``q @ k^T``, mask, softmax, ``@ v`` -- while its scores are still 
 BLAS libraries and CuPy take the plain batched path.
 """
 import contextlib
-import ctypes
 import math
-import os
-import threading
 
 import numpy as np
 
@@ -26,6 +23,8 @@ from .. import dtypes as _dt
 from ..autograd.function import Function
 from .._tensor import Tensor
 from ._util import row_kernel, xp_of, unbroadcast
+from ._par import (blas_threads, blas_single_thread, run as _run,  # noqa: F401 (re-exported)
+                   FORK_SAFE_THREAD_PREFIX)
 from .dropout import keep_mask
 
 # below this many multiply-adds (N * L * S * d) one thread does it faster than a pool
@@ -36,115 +35,6 @@ _ITEMS_PER_WORKER = 4
 
 def _swap(a):
     return a.swapaxes(-1, -2)
-
-
-# ---- OpenBLAS thread control -----------------------------------------------------------
-_blas_fns = None
-_blas_lock = threading.Lock()
-_blas_depth = [0, 0]       # [active single-thread sections, thread count to restore]
-
-
-def _blas_find():
-    """OpenBLAS's (get_num_threads, set_num_threads), or () when numpy's BLAS is not an
-    OpenBLAS found in this process."""
-    global _blas_fns
-    if _blas_fns is not None:
-        return _blas_fns
-    _blas_fns = ()
-    try:
-        with open("/proc/self/maps") as f:
-            libs = sorted({line.split()[-1] for line in f if "openblas" in line.lower()
-                           and line.split()[-1].startswith("/")})
-    except OSError:
-        libs = []
-    for path in libs:
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for get, set_ in (("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
-                          ("openblas_get_num_threads64_", "openblas_set_num_threads64_"),
-                          ("openblas_get_num_threads", "openblas_set_num_threads")):
-            if hasattr(lib, get) and hasattr(lib, set_):
-                g, s = getattr(lib, get), getattr(lib, set_)
-                g.restype, s.argtypes = ctypes.c_int, [ctypes.c_int]
-                _blas_fns = (g, s)
-                return _blas_fns
-    return _blas_fns
-
-
-def blas_threads():
-    """The thread count OpenBLAS uses now (1 when it is not OpenBLAS, or inside a
-    :func:`blas_single_thread` block)."""
-    fns = _blas_find()
-    if not fns:
-        return 1
-    with _blas_lock:
-        return _blas_depth[1] if _blas_depth[0] else fns[0]()
-
-
-@contextlib.contextmanager
-def blas_single_thread():
-    """OpenBLAS at one thread inside the block, restored after (nesting and concurrent
-    blocks from several threads are counted: the last one out restores). The setting is
-    process-wide: a large GEMM another thread runs meanwhile also runs on one thread."""
-    fns = _blas_find()
-    if not fns:
-        yield
-        return
-    get, set_ = fns
-    with _blas_lock:
-        if _blas_depth[0] == 0:
-            _blas_depth[1] = get()
-            if _blas_depth[1] > 1:
-                set_(1)
-        _blas_depth[0] += 1
-    try:
-        yield
-    finally:
-        with _blas_lock:
-            _blas_depth[0] -= 1
-            if _blas_depth[0] == 0 and _blas_depth[1] > 1:
-                set_(_blas_depth[1])
-
-
-_pool = None
-_pool_size = 0
-# The pool's threads are idle between calls, and a forked child forgets the pool (the
-# threads do not exist there), so they do not make fork unsafe: the DataLoader's
-# start-method choice (data/_procs.py) ignores threads with this name prefix.
-FORK_SAFE_THREAD_PREFIX = "deepseek-sdpa"
-
-
-def _forget_pool_in_child():
-    global _pool, _pool_size
-    _pool, _pool_size = None, 0
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool_in_child)
-
-
-def _run(items, fn, workers):
-    """``fn(item)`` for every item, on ``workers`` threads (the caller is one of them)."""
-    global _pool, _pool_size
-    if workers <= 1 or len(items) <= 1:
-        for it in items:
-            fn(it)
-        return
-    if _pool is None or _pool_size < workers - 1:
-        from concurrent.futures import ThreadPoolExecutor
-        _pool = ThreadPoolExecutor(workers - 1, thread_name_prefix=FORK_SAFE_THREAD_PREFIX)
-        _pool_size = workers - 1
-    chunks = [items[i::workers] for i in range(workers)]
-
-    def many(ch):
-        for it in ch:
-            fn(it)
-    futs = [_pool.submit(many, ch) for ch in chunks[1:]]
-    many(chunks[0])
-    for f in futs:
-        f.result()
 
 
 def _items(bshape, workers):
@@ -216,6 +106,17 @@ def _softmax_rows(xp, s, mask, causal, normalize=True):
     return s
 
 
+def _zero_mask(xp, q, k, mask, needs):
+    """An additive mask of zeros (every key attended: a batch without padding) that
+    changes nothing: adding +0.0 to the scores only turns -0.0 into +0.0, which the
+    softmax maps to the same bits. Dropped then, and its pass over the scores with it,
+    unless its gradient is asked for or it broadcasts the scores to a larger shape."""
+    if mask is None or xp is not np or mask.dtype == np.bool_ or (len(needs) > 3 and needs[3]):
+        return False
+    scores = np.broadcast_shapes(q.shape[:-2], k.shape[:-2]) + (q.shape[-2], k.shape[-2])
+    return np.broadcast_shapes(mask.shape, scores) == scores and not mask.any()
+
+
 class SDPA(Function):
     """out = dropout(softmax(q k^T * scale + mask)) @ v; optionally also returns the
     (post-dropout) attention weights as a second output."""
@@ -226,6 +127,8 @@ class SDPA(Function):
         xp = xp_of(q)
         qs = q * q.dtype.type(scale)
         L, S = q.shape[-2], k.shape[-2]
+        if _zero_mask(xp, q, k, mask, ctx.needs_input_grad):
+            mask = None
         causal = xp.triu(xp.ones((L, S), dtype=bool), 1) if is_causal else None
         keep = any(ctx.needs_input_grad) or need_weights
         plan = _parallel_plan(xp, q, k, v, mask)

@@ -7,6 +7,7 @@ from .. import native as _native
 from ..autograd.function import Function
 from .._tensor import Tensor
 from ._util import unbroadcast, shape_of, prepare_binary, row_kernel, xp_of, broadcast_error
+from . import _par
 
 
 # ---- binary arithmetic -------------------------------------------------------------
@@ -14,6 +15,9 @@ class Add(Function):
     @staticmethod
     def forward(ctx, a, b):
         ctx.sa, ctx.sb = shape_of(a), shape_of(b)
+        if _par_add_applies(a, b):
+            a2, b2 = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
+            return _par.add_rows(a2, b2, np.empty_like(a2)).reshape(a.shape)
         return a + b
 
     @staticmethod
@@ -21,6 +25,15 @@ class Add(Function):
         na = ctx.needs_input_grad
         return (unbroadcast(g, ctx.sa) if na[0] else None,
                 unbroadcast(g, ctx.sb) if na[1] else None)
+
+
+def _par_add_applies(a, b):
+    """A long add of two same-shape, same-dtype C-contiguous float numpy arrays: the
+    case worth the threads (residual connections); anything else is numpy's ``a + b``."""
+    return (type(a) is np.ndarray and type(b) is np.ndarray
+            and a.size >= _par.ROWS_MIN_ELEMENTS and a.shape == b.shape
+            and a.dtype == b.dtype and a.dtype.kind == "f"
+            and a.flags.c_contiguous and b.flags.c_contiguous)
 
 
 class Sub(Function):
@@ -328,6 +341,18 @@ _SQRT2PI_INV = 1.0 / math.sqrt(2.0 * math.pi)
 _TANH_C = math.sqrt(2.0 / math.pi)
 
 
+def _gelu_native(a, cdf):
+    """native.gelu of a float32 array, a contiguous one cut into one piece per thread."""
+    if not a.flags.c_contiguous:
+        return _native.gelu(a, cdf=cdf)
+    out = np.empty_like(a)
+    fa, fo = a.reshape(-1), out.reshape(-1)
+    fc = None if cdf is None else cdf.reshape(-1)
+    _par.split_rows(fa.size, fa.size, lambda lo, hi: _native.gelu(
+        fa[lo:hi], fo[lo:hi], None if fc is None else fc[lo:hi]))
+    return out
+
+
 class Gelu(Function):
     @staticmethod
     def forward(ctx, a, approximate="none"):
@@ -345,7 +370,7 @@ class Gelu(Function):
             # one native pass instead of five; the same float32 operations in the same
             # order, so the same bits. The CDF is kept only when a backward will need it.
             ctx.cdf = np.empty_like(a) if ctx.needs_input_grad else None
-            return _native.gelu(a, cdf=ctx.cdf)
+            return _gelu_native(a, ctx.cdf)
         cdf = 0.5 * (1.0 + erf(xp, a * _SQRT1_2))
         ctx.cdf = cdf
         return (a * cdf).astype(a.dtype, copy=False)

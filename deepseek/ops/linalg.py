@@ -4,9 +4,11 @@ On the CPU, fp16/bf16 operands go through the blocked low-precision GEMM of
 ``_lowp`` (fp32 panels through sgemm, output rounded once) instead of numpy's
 scalar-loop matmul for those dtypes; the gradients too, with fp32 accumulation.
 """
+import numpy as np
+
 from ..autograd.function import Function
 from ._util import unbroadcast, xp_of, prepare_binary
-from . import _lowp
+from . import _lowp, _par
 
 
 class Matmul(Function):
@@ -116,7 +118,11 @@ class Linear(Function):
         if out.dtype != x.dtype:  # numpy computes bfloat16 products in float32
             out = out.astype(x.dtype)
         if b is not None:
-            out += b
+            if type(out) is np.ndarray and out.ndim and out.flags.c_contiguous:
+                o2 = out.reshape(-1, out.shape[-1])  # the pass split over the threads
+                _par.add_rows(o2, b, o2)
+            else:
+                out += b
         return out
 
     @staticmethod

@@ -8,6 +8,7 @@ from .. import dtypes as _dt
 from ..autograd.function import Function
 from .._tensor import Tensor
 from ._util import row_kernel, xp_of
+from . import _par
 
 _LOW = (_dt.float16, _dt.bfloat16)
 
@@ -47,7 +48,11 @@ class LayerNorm(Function):
         if kernel is not None:
             y, xhat = np.empty_like(xf), np.empty_like(xf)
             rstd = np.empty(x.shape[:-nd] + (1,) * nd, np.float32)
-            kernel(xf, w, b, y, xhat, rstd, n, eps)
+            rows = xf.size // n         # the rows split over the threads
+            x2, y2, h2, r2 = xf.reshape(rows, n), y.reshape(rows, n), xhat.reshape(rows, n), \
+                rstd.reshape(rows)
+            _par.split_rows(rows, xf.size, lambda lo, hi: kernel(
+                x2[lo:hi], w, b, y2[lo:hi], h2[lo:hi], r2[lo:hi], n, eps))
         else:
             xhat, rstd, _, _ = _stats(xp, xf, axes, eps)
             y = xhat * w if w is not None else xhat.copy()

@@ -567,10 +567,58 @@ KFN void F(gelu_bwd_tail)(const float *restrict g, const float *restrict a,
     for (size_t i = 0; i < n; i++) out[i] = g[i] * (cdf[i] + (a[i] * c) * t[i]);
 }
 
+/* ---- erf and GELU (float32) ---------------------------------------------------------
+ * erf by the rational approximation p(x) / q(x^2) on [-4, 4] that Eigen and XLA use (erf
+ * is +-1 in float32 beyond; absolute error below 5e-7). No libm call, so the loops
+ * vectorise to the instruction set's full width: libm's erff costs several exp's per
+ * element. The clamps keep NaN (it compares false). The same IEEE operations on every
+ * instruction set, so the same bits. */
+KFN DSN_NO_TRAP inline float F(erf1)(float a)
+{
+    float x = a < -4.0f ? -4.0f : a;
+    x = x > 4.0f ? 4.0f : x;
+    float x2 = x * x;
+    float p = x2 * -2.72614225801306e-10f + 2.77068142495902e-08f;
+    p = x2 * p + -2.10102402082508e-06f;
+    p = x2 * p + -5.69250639462346e-05f;
+    p = x2 * p + -7.34990630326855e-04f;
+    p = x2 * p + -2.95459980854025e-03f;
+    p = x2 * p + -1.60960333262415e-02f;
+    p = x * p;
+    float q = x2 * -1.45660718464996e-05f + -2.13374055278905e-04f;
+    q = x2 * q + -1.68282697438203e-03f;
+    q = x2 * q + -7.37332916720468e-03f;
+    q = x2 * q + -1.42647390514189e-02f;
+    return p / q;
+}
+
+/* y may be x itself: elementwise, nothing carried between elements */
+KFN DSN_NO_TRAP void F(erf_f32)(const float *x, float *y, size_t n)
+{
+    for (size_t i = 0; i < n; i++) y[i] = F(erf1)(x[i]);
+}
+
+/* GELU in one pass, each operation the float32 one of numpy's sequence
+ * x * (0.5 * (1 + erf(x * 1/sqrt 2))) in its order (so its bits); cdf when not NULL.
+ * y may be x (in place), cdf overlaps neither. */
+KFN DSN_NO_TRAP void F(gelu)(const float *x, float *y, float *restrict cdf, size_t n)
+{
+    const float r = 0.70710678118654752440f;
+    if (cdf) {
+        for (size_t i = 0; i < n; i++) {
+            float c = 0.5f * (1.0f + F(erf1)(x[i] * r));
+            cdf[i] = c;
+            y[i] = x[i] * c;
+        }
+    } else {
+        for (size_t i = 0; i < n; i++) y[i] = x[i] * (0.5f * (1.0f + F(erf1)(x[i] * r)));
+    }
+}
+
 const dsn_kernels DSN_CAT(dsn_kernels, DSN_SFX) = {
     DSN_ISA_NAME, F(convert), F(reduce), F(unscale), F(sgd), F(adam),
     F(layer_norm), F(layer_norm_bwd), F(softmax_shift), F(softmax_norm), F(softmax_bwd),
-    F(gelu_bwd_tail),
+    F(gelu_bwd_tail), F(erf_f32), F(gelu),
 };
 
 #undef F

@@ -62,6 +62,10 @@ typedef struct {
     /* out = g * (cdf + (a * c) * t), t = exp(-a*a/2) made by numpy (out may be t) */
     void (*gelu_bwd_tail)(const float *g, const float *a, const float *cdf, const float *t,
                           float *out, float c, size_t n);
+    /* float32 erf elementwise (y may be x), and GELU y = x * cdf, cdf = 0.5 * (1 +
+     * erf(x / sqrt 2)) (cdf written when not NULL) */
+    void (*erf_f32)(const float *x, float *y, size_t n);
+    void (*gelu)(const float *x, float *y, float *cdf, size_t n);
 } dsn_kernels;
 
 extern const dsn_kernels dsn_kernels_scalar;
@@ -73,6 +77,14 @@ extern const dsn_kernels dsn_kernels_scalar;
 extern const dsn_kernels dsn_kernels_avx2;
 extern const dsn_kernels dsn_kernels_avx512;
 #endif
+#endif
+
+/* Comparisons may not trap in the erf kernels, or GCC will not vectorise their
+ * selects; nothing else changes (-ffp-contract=off still holds). */
+#if defined(__GNUC__) && !defined(__clang__)
+#define DSN_NO_TRAP __attribute__((optimize("no-trapping-math")))
+#else
+#define DSN_NO_TRAP
 #endif
 
 static inline uint32_t dsn_f32_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }

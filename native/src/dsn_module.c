@@ -232,44 +232,8 @@ fail:
     return release_all(0, &src, &dst, NULL);
 }
 
-/* erf of a float32: the rational approximation p(x) / q(x^2) on [-4, 4] that Eigen and
- * XLA use (erf is +-1 in float32 beyond; absolute error below 5e-7). No libm call, so
- * the loop vectorises: libm's erff costs several exp's per element. The clamps keep NaN
- * (it compares false). Comparisons may not trap here, or GCC will not vectorise the
- * selects; nothing else changes (-ffp-contract=off still holds). */
-#if defined(__GNUC__) && !defined(__clang__)
-#define DSN_NO_TRAP __attribute__((optimize("no-trapping-math")))
-#else
-#define DSN_NO_TRAP
-#endif
-
-DSN_NO_TRAP static inline float erf_f32(float a)
-{
-    float x = a < -4.0f ? -4.0f : a;
-    x = x > 4.0f ? 4.0f : x;
-    float x2 = x * x;
-    float p = x2 * -2.72614225801306e-10f + 2.77068142495902e-08f;
-    p = x2 * p + -2.10102402082508e-06f;
-    p = x2 * p + -5.69250639462346e-05f;
-    p = x2 * p + -7.34990630326855e-04f;
-    p = x2 * p + -2.95459980854025e-03f;
-    p = x2 * p + -1.60960333262415e-02f;
-    p = x * p;
-    float q = x2 * -1.45660718464996e-05f + -2.13374055278905e-04f;
-    q = x2 * q + -1.68282697438203e-03f;
-    q = x2 * q + -7.37332916720468e-03f;
-    q = x2 * q + -1.42647390514189e-02f;
-    return p / q;
-}
-
-/* y may be x itself: elementwise, nothing carried between elements */
-DSN_NO_TRAP static void erf_f32_loop(const float *x, float *y, size_t n)
-{
-    for (size_t i = 0; i < n; i++) y[i] = erf_f32(x[i]);
-}
-
-/* erf(dtype, src, out): the error function elementwise, erf_f32 for float32 and libm's
- * erf for float64 (GELU's normal CDF; numpy has no erf and its polynomial substitutes
+/* erf(dtype, src, out): the error function elementwise, the kernels' erf_f32 (dsn_body.h)
+ * for float32 and libm's erf for float64 (GELU's normal CDF; numpy has no erf and its polynomial substitutes
  * take ~20 array passes). */
 static PyObject *py_erf(PyObject *self, PyObject *args)
 {
@@ -291,7 +255,7 @@ static PyObject *py_erf(PyObject *self, PyObject *args)
     size_t n = src.n;
     Py_BEGIN_ALLOW_THREADS
     if (dtype == DSN_F32) {
-        erf_f32_loop((const float *)src.view.buf, (float *)out.view.buf, n);
+        K->erf_f32((const float *)src.view.buf, (float *)out.view.buf, n);
     } else {
         const double *x = (const double *)src.view.buf;
         double *y = (double *)out.view.buf;
@@ -303,24 +267,8 @@ fail:
     return release_all(0, &src, &out, NULL);
 }
 
-/* GELU of a float32 in one pass: y = x * cdf with cdf = 0.5 * (1 + erf(x * 1/sqrt(2))),
- * each operation a float32 one in numpy's order (so the result is the numpy sequence's,
- * bit for bit); cdf also written when asked (the backward needs it). */
-DSN_NO_TRAP static void gelu_f32_loop(const float *x, float *y, float *cdf, size_t n)
-{
-    const float r = 0.70710678118654752440f;
-    if (cdf) {
-        for (size_t i = 0; i < n; i++) {
-            float c = 0.5f * (1.0f + erf_f32(x[i] * r));
-            cdf[i] = c;
-            y[i] = x[i] * c;
-        }
-    } else {
-        for (size_t i = 0; i < n; i++) y[i] = x[i] * (0.5f * (1.0f + erf_f32(x[i] * r)));
-    }
-}
-
-/* gelu(src, out, cdf_or_None): float32 GELU (exact form, erf_f32's accuracy) */
+/* gelu(src, out, cdf_or_None): float32 GELU (exact form, erf_f32's accuracy;
+ * the kernels' gelu, dsn_body.h) */
 static PyObject *py_gelu(PyObject *self, PyObject *args)
 {
     const char *fn = "gelu";
@@ -340,7 +288,7 @@ static PyObject *py_gelu(PyObject *self, PyObject *args)
         goto fail;
     size_t n = src.n;
     Py_BEGIN_ALLOW_THREADS
-    gelu_f32_loop((const float *)src.view.buf, (float *)out.view.buf,
+    K->gelu((const float *)src.view.buf, (float *)out.view.buf,
                   with_cdf ? (float *)cdf.view.buf : NULL, n);
     Py_END_ALLOW_THREADS
     return release_all(1, &src, &out, &cdf);
