@@ -17,20 +17,31 @@ model whose step time is dominated by per-op overhead, not by large GEMMs:
 Both systems run in this one process, in interleaved rounds; each round times
 ``--steps`` steps of one (model, system) after warm-up and keeps their median; the
 table shows the median over rounds and deepseek's step time over PyTorch's.
+``--baseline DIR`` adds a third system, the deepseek tree at DIR (e.g. a ``git archive``
+of HEAD, native module built); both deepseek trees then run in worker processes of
+their own (alike: neither shares its process with PyTorch) that take their turns in
+every round (only one system runs at a time). ``--clock cpu`` times process CPU time
+instead of wall time (steadier on a loaded machine; every system runs one thread).
 
     python scripts/bench_programs.py [--rounds 5] [--steps 10] [--models nanogpt vae]
+                                     [--baseline /tmp/base] [--clock cpu]
 """
 import argparse
+import json
 import math
 import os
+import subprocess
 import sys
+import time
 
 for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_v, "1")
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.join(_HERE, ".."), _HERE]
-from _timing import median_seconds  # noqa: E402
+from _timing import interleaved_medians  # noqa: E402
+
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 # ---- the models: PyTorch API only, ``torch`` is whichever library runs them --------------
@@ -207,13 +218,75 @@ MODELS = {
 
 
 # ---- measuring ------------------------------------------------------------------------------
-def run(models, rounds, steps, warmup=3):
-    """{model: {"deepseek": [s...], "torch": [s...]}}: per-round median step times."""
+def _median_step(step, steps, clock):
+    """Median seconds (on ``clock``) of one call of ``step`` over ``steps`` calls."""
+    return interleaved_medians({"step": step}, steps, warmup=0, clock=CLOCKS[clock])["step"]
+
+
+class _Worker:
+    """A deepseek tree in a worker process (``--serve``): it builds the models with that
+    tree and times them on request, one JSON line each way."""
+
+    def __init__(self, root, models, warmup, clock):
+        cmd = [sys.executable, os.path.abspath(__file__), "--serve", os.path.abspath(root),
+               "--clock", clock, "--models", *models]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True)
+        self.warmup = warmup
+
+    def time(self, name, steps):
+        """Per-step median seconds of ``steps`` steps of model ``name`` in the worker."""
+        self.proc.stdin.write(json.dumps([name, steps, self.warmup]) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"a deepseek worker died (exit code {self.proc.wait()})")
+        return float(line)
+
+    def close(self):
+        """Stop the worker (end of input), waiting at most 30 s before killing it."""
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def serve(root, models, clock):
+    """Worker of :class:`_Worker`: deepseek imported from ``root``; each input line
+    [model, steps, warmup] is answered with one median step time."""
+    sys.path.insert(0, root)
     import deepseek
+    assert os.path.dirname(os.path.dirname(os.path.abspath(deepseek.__file__))) == root, \
+        deepseek.__file__
+    deepseek.set_num_threads(1)
+    built = {}
+    for line in sys.stdin:
+        name, steps, warmup = json.loads(line)
+        if name not in built:
+            deepseek.manual_seed(0)
+            built[name] = MODELS[name](deepseek)
+            for _ in range(warmup):
+                built[name]()
+        print(_median_step(built[name], steps, clock), flush=True)
+
+
+def run(models, rounds, steps, warmup=3, clock="wall", baseline=None):
+    """{model: {"deepseek": [s...], "torch": [s...] (, "baseline": [s...])}}: per-round
+    median step times; ``baseline``: the root of another deepseek tree to time too
+    (then both deepseek trees run in worker processes)."""
     import torch
     torch.set_num_threads(1)
-    deepseek.set_num_threads(1)
-    libs = {"deepseek": deepseek, "torch": torch}
+    libs = {"torch": torch}
+    workers = {}
+    if baseline:
+        workers = {s: _Worker(root, models, warmup, clock) for s, root in
+                   (("deepseek", os.path.join(_HERE, "..")), ("baseline", baseline))}
+    else:
+        import deepseek
+        deepseek.set_num_threads(1)
+        libs["deepseek"] = deepseek
     built = {}
     for name in models:
         for s, lib in libs.items():
@@ -221,12 +294,31 @@ def run(models, rounds, steps, warmup=3):
             built[name, s] = MODELS[name](lib)
             for _ in range(warmup):
                 built[name, s]()
-    out = {name: {s: [] for s in libs} for name in models}
-    for _ in range(rounds):
-        for name in models:
-            for s in libs:
-                out[name][s].append(median_seconds(built[name, s], steps))
+    systems = ["deepseek", "torch"] + (["baseline"] if baseline else [])
+    out = {name: {s: [] for s in systems} for name in models}
+    try:
+        for _ in range(rounds):
+            for name in models:
+                for s in systems:
+                    t = workers[s].time(name, steps) if s in workers else \
+                        _median_step(built[name, s], steps, clock)
+                    out[name][s].append(t)
+    finally:
+        for w in workers.values():
+            w.close()
     return out
+
+
+def baseline_table(results):
+    """The markdown table of deepseek, its baseline tree and PyTorch (medians over rounds)."""
+    import statistics
+    lines = ["| model | deepseek (ms) | baseline (ms) | PyTorch (ms) | deepseek / PyTorch | "
+             "baseline / PyTorch | deepseek / baseline |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, r in results.items():
+        d, b, t = (statistics.median(r[s]) for s in ("deepseek", "baseline", "torch"))
+        lines.append(f"| {name} | {1e3 * d:.2f} | {1e3 * b:.2f} | {1e3 * t:.2f} | {d / t:.2f}x "
+                     f"| {b / t:.2f}x | {d / b:.2f}x |")
+    return "\n".join(lines)
 
 
 def profile(name, steps):
@@ -246,12 +338,24 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=10, help="timed steps per round")
     p.add_argument("--profile", metavar="MODEL", choices=list(MODELS),
                    help="cProfile deepseek's MODEL instead")
+    p.add_argument("--clock", choices=list(CLOCKS), default="wall",
+                   help="wall time, or process CPU time")
+    p.add_argument("--baseline", metavar="DIR",
+                   help="also time the deepseek tree at DIR (worker process, same rounds)")
+    p.add_argument("--serve", metavar="DIR", help=argparse.SUPPRESS)  # the baseline worker
     a = p.parse_args(argv)
+    if a.serve:
+        serve(a.serve, a.models, a.clock)
+        return
     if a.profile:
         profile(a.profile, a.steps)
         return
+    results = run(a.models, a.rounds, a.steps, clock=a.clock, baseline=a.baseline)
+    if a.baseline:
+        print(baseline_table(results))
+        return
     from bench_overhead import ratio_table
-    print(ratio_table(run(a.models, a.rounds, a.steps), "model", "ms", 1e3))
+    print(ratio_table(results, "model", "ms", 1e3))
 
 
 if __name__ == "__main__":

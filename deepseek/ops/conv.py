@@ -7,6 +7,9 @@ result is (C_out, N, *out) in memory and is returned as an (N, C_out, *out) view
 Backward is two more GEMMs (weight grad: g @ cols.T; column grad: W.T @ g) and a
 col2im that adds each kernel offset's slab back into the padded input gradient.
 On the CPU, fp16/bf16 GEMMs run through ``_lowp`` (fp32 sgemm, rounded once).
+float32/float64 numpy arrays take the im2col and col2im passes in C when the native
+kernels are in use (``native/src/dsn_conv.c``: the same values, bit for bit, without
+the padded copy of the input or a numpy pass per kernel offset).
 """
 import itertools
 import math
@@ -18,6 +21,9 @@ from ..autograd.function import Function
 from .._tensor import Tensor
 from ._util import xp_of
 from . import _lowp
+from .. import native as _native
+
+_NATIVE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _mm(a, b, out_dtype):
@@ -36,6 +42,30 @@ def _tuple(v, n, name, op):
     if len(v) != n:
         raise ValueError(f"{op}: {name} must be an int or a tuple of {n} ints, got {v}")
     return v
+
+
+def native_kernel(name, *arrays):
+    """The C pass ``name`` of dsn_conv.c when the native kernels are in use and every
+    array is a float32 or float64 numpy array of one dtype; else None (the caller runs
+    its numpy code, which gives the same values)."""
+    dt = arrays[0].dtype
+    for a in arrays:
+        if type(a) is not np.ndarray or a.dtype != dt or dt not in _NATIVE_DTYPES:
+            return None
+    return _native.row_kernel(name)
+
+
+def as_5d(a, nd):
+    """``a`` (lead, lead, *nd spatial) as a 5-d view, size-1 spatial dims in front: the
+    C passes see every problem as 3-d."""
+    return a[(slice(None), slice(None)) + (None,) * (3 - nd)]
+
+
+def geometry_3d(nd, *tuples):
+    """Each per-dim tuple padded in front to 3 dims (kernel 1, stride 1, padding 0,
+    dilation 1, output 1: all of them 1 except padding, given as 0 by the caller)."""
+    return tuple((1,) * (3 - nd) + tuple(t) if i != 2 else (0,) * (3 - nd) + tuple(t)
+                 for i, t in enumerate(tuples))
 
 
 def _as_strided(xp, a, shape, strides):
@@ -74,18 +104,25 @@ class ConvNd(Function):
         N, C = x.shape[:2]
         O = w.shape[0]
         k = w.shape[2:]
-        xp_ = pad_spatial(xp, x, pads)
-        sp = xp_.shape[2:]
-        out = tuple((s - d * (kk - 1) - 1) // st + 1 for s, d, kk, st in zip(sp, dilation, k, stride))
+        pshape = x.shape[:2] + tuple(s + l + r for s, (l, r) in zip(x.shape[2:], pads))
+        out = tuple((s - d * (kk - 1) - 1) // st + 1
+                    for s, d, kk, st in zip(pshape[2:], dilation, k, stride))
         K = math.prod(k)
         P = math.prod(out)
         G = groups
-        sN, sC = xp_.strides[:2]
-        ss = xp_.strides[2:]
-        view = _as_strided(xp, xp_, (C,) + k + (N,) + out,
-                           (sC,) + tuple(s * d for s, d in zip(ss, dilation)) + (sN,) +
-                           tuple(s * st for s, st in zip(ss, stride)))
-        cols = xp.ascontiguousarray(view).reshape(G, (C // G) * K, N * P)
+        im2col = native_kernel("conv_im2col", x)
+        if im2col is not None:
+            cols = np.empty((G, (C // G) * K, N * P), dtype=x.dtype)
+            im2col(as_5d(x, nd), cols, 0,
+                   *geometry_3d(nd, k, stride, tuple(l for l, _ in pads), dilation, out))
+        else:
+            xp_ = pad_spatial(xp, x, pads)
+            sN, sC = xp_.strides[:2]
+            ss = xp_.strides[2:]
+            view = _as_strided(xp, xp_, (C,) + k + (N,) + out,
+                               (sC,) + tuple(s * d for s, d in zip(ss, dilation)) + (sN,) +
+                               tuple(s * st for s, st in zip(ss, stride)))
+            cols = xp.ascontiguousarray(view).reshape(G, (C // G) * K, N * P)
         if G == 1:
             y = _mm(w.reshape(O, -1), cols[0], x.dtype)
         else:
@@ -99,7 +136,7 @@ class ConvNd(Function):
         if na:
             ctx.cols = cols if na[1] else None
             ctx.w = w if na[0] else None
-            ctx.geom = (x.shape, xp_.shape, pads, stride, dilation, G, k, out)
+            ctx.geom = (x.shape, pshape, pads, stride, dilation, G, k, out)
             ctx.has_bias = b is not None
         return y.transpose((1, 0) + tuple(range(2, 2 + nd)))
 
@@ -127,6 +164,9 @@ class ConvNd(Function):
                 gb = g2.reshape(O, -1).sum(axis=1)
         if na[0]:
             w = ctx.w
+            col2im = native_kernel("conv_col2im", g2, w)
+            if col2im is not None:
+                return _input_grad_chunked(col2im, g2, w, ctx.geom), gw, gb
             if G == 1:
                 gcols = _mm(w.reshape(O, -1).T, g2[0], g.dtype)
             else:
@@ -147,6 +187,35 @@ class ConvNd(Function):
             if any(l or r for l, r in pads):
                 gx = gx[unpad_index(xshape, pads)]
         return gx, gw, gb
+
+
+# elements of one chunk's column gradient: small enough to stay in the L2 cache
+# between the GEMM that writes it and the col2im that reads it
+_CHUNK_ELEMENTS = 1 << 17
+
+
+def _input_grad_chunked(col2im, g2, w, geom):
+    """The input gradient by the C col2im, a few samples at a time: each chunk's column
+    gradient (W.T @ g2's columns of those samples, into one reused buffer) is added
+    into the (C, N, *spatial) gradient while it is still in cache, so the whole column
+    gradient is never written out. Returned as an (N, C, *spatial) view."""
+    xshape, _, pads, stride, dilation, G, k, out = geom
+    nd = len(stride)
+    N, C = xshape[:2]
+    O = g2.shape[1] * G
+    P = math.prod(out)
+    rows = (C // G) * math.prod(k)  # column-gradient rows of one group
+    nb = max(1, min(N, _CHUNK_ELEMENTS // max(G * rows * P, 1)))  # samples per chunk
+    wt = w.reshape(G, O // G, -1).transpose(0, 2, 1)
+    gx = np.empty((C, N) + tuple(xshape[2:]), dtype=g2.dtype)
+    buf = np.empty(G * rows * nb * P, dtype=g2.dtype)
+    geom3 = geometry_3d(nd, k, stride, tuple(l for l, _ in pads), dilation, out)
+    for n0 in range(0, N, nb):
+        m = min(nb, N - n0)
+        part = buf[:G * rows * m * P].reshape(G, rows, m * P)  # contiguous, also when m < nb
+        np.matmul(wt, g2[:, :, n0 * P:(n0 + m) * P], out=part)
+        col2im(part, as_5d(gx, nd), n0, *geom3)
+    return gx.transpose((1, 0) + tuple(range(2, 2 + nd)))
 
 
 def _autocast_casts(t):

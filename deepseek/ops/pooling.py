@@ -1,7 +1,9 @@
 """Pooling: max_pool1d/2d/3d, avg_pool1d/2d/3d, adaptive_avg_pool1d/2d/3d.
 
 Windows are strided views of the (padded) input; the kernel-offset loops run over
-whole (N, C, *out) slabs, never over elements.
+whole (N, C, *out) slabs, never over elements. Max pooling of float32/float64 numpy
+arrays runs in C when the native kernels are in use (``native/src/dsn_conv.c``): the
+forward pass records each window's argmax, the backward pass is one scatter.
 """
 import itertools
 import math
@@ -12,7 +14,8 @@ from .. import dtypes as _dt
 from ..autograd.function import Function
 from .._tensor import Tensor
 from ._util import xp_of
-from .conv import _tuple, _as_strided, pad_spatial, unpad_index, offset_slices
+from .conv import (_tuple, _as_strided, pad_spatial, unpad_index, offset_slices, native_kernel,
+                   as_5d, geometry_3d)
 
 
 def _out_size(L, k, s, p, d, ceil_mode):
@@ -59,15 +62,45 @@ def _windows(xp, xp_, nd, k, s, d, out):
                        ls + tuple(a * b for a, b in zip(ss, s)) + tuple(a * b for a, b in zip(ss, d)))
 
 
+def _scatter_numpy(g, idx, gx):
+    """maxpool_bwd of dsn_conv.c in numpy (the kernels were switched off between forward
+    and backward): gx (N, C, plane) = 0, then gx[n, c, idx] += g, each plane's outputs
+    last to first."""
+    N, C, plane = gx.shape
+    flat = (idx.reshape(N * C, -1) + plane * np.arange(N * C)[:, None])[:, ::-1]
+    work = np.zeros(N * C * plane, dtype=gx.dtype)
+    np.add.at(work, flat.reshape(-1), g.reshape(N * C, -1)[:, ::-1].reshape(-1))
+    gx[...] = work.reshape(N, C, plane)
+
+
 class MaxPoolNd(Function):
     """Running maximum over the kernel offsets (each a strided slab of the padded input);
     backward routes each output's gradient to the first offset holding the max (PyTorch's
-    tie rule). With ``return_indices`` the window argmax is computed explicitly."""
+    tie rule). With ``return_indices`` the window argmax is computed explicitly. The C
+    pass records the argmax as the flat index into the input plane (``return_indices``'s
+    value) in both cases; backward scatters the gradient there."""
 
     @staticmethod
     def forward(ctx, x, k, s, p, d, out, pads, return_indices=False):
         xp = xp_of(x)
         nd = len(k)
+        kernel = native_kernel("maxpool_fwd", x)
+        ctx.native = kernel is not None
+        if kernel is not None:
+            lead = x.shape[:-nd]
+            y = np.empty(lead + tuple(out), dtype=x.dtype)
+            lin = np.empty(y.shape, dtype=np.int64)
+            x5 = x if len(lead) == 2 else x[None]
+            kernel(as_5d(x5, nd), y, lin, *geometry_3d(nd, k, s, p, d, out))
+            # an (N, C) view of (C, N)-ordered memory (a convolution's output) gets its
+            # gradient in that order too: the convolution's backward then copies nothing
+            cn = len(lead) == 2 and x.strides[0] < x.strides[1]
+            ctx.geom, ctx.idx = (x.shape, nd, cn), lin
+            if not return_indices:
+                return y
+            ctx.mark_non_differentiable(lin)
+            ctx.out_shapes = [y.shape, lin.shape]
+            return y, lin
         fill = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
         xpad = pad_spatial(xp, x, pads, fill)
         lead = (slice(None),) * (x.ndim - nd)
@@ -105,6 +138,18 @@ class MaxPoolNd(Function):
 
     @staticmethod
     def backward(ctx, g, *_):
+        if ctx.native:
+            xshape, nd, cn = ctx.geom
+            if not math.prod(xshape[:-nd]):
+                return np.zeros(xshape, dtype=g.dtype)
+            if cn:
+                gx = np.empty((xshape[1], xshape[0]) + xshape[2:], dtype=g.dtype).swapaxes(0, 1)
+            else:
+                gx = np.empty(xshape, dtype=g.dtype)
+            lead = gx.shape[:-nd] if gx.ndim - nd == 2 else (1,) + gx.shape[:-nd]
+            scatter = native_kernel("maxpool_bwd", g) or _scatter_numpy
+            scatter(np.ascontiguousarray(g), ctx.idx, gx.reshape(lead + (-1,)))
+            return gx
         xp = xp_of(g)
         xshape, pshape, k, s, d, out, pads = ctx.geom
         nd = len(k)

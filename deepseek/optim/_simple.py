@@ -4,7 +4,9 @@ Adadelta, Adagrad, RMSprop, Adamax, NAdam, RAdam, ASGD, Rprop.
 Each subclass writes one ``_update(p, g, state, group)`` on raw float arrays (float32
 math for float16/bfloat16 parameters, each result rounded once), in PyTorch's order
 of operations so the numbers match. State tensors live in ``self.state[p]`` under
-PyTorch's names, so ``state_dict`` round-trips with PyTorch's.
+PyTorch's names, so ``state_dict`` round-trips with PyTorch's. Adadelta's update runs
+as one native pass over each parameter when the C kernels are in use (bit-identical
+to its numpy sequence).
 """
 import math
 
@@ -13,9 +15,10 @@ import numpy as np
 from .._tensor import Tensor
 from .. import dtypes as _dt
 from ..backend import get_array_module
-from .optimizer import Optimizer
+from .optimizer import Optimizer, _native
 
 _HALF = (_dt.float16, _dt.bfloat16)
+_ONE_PASS_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _check(name, value, low=0.0):
@@ -41,6 +44,19 @@ def _weight_decay(p, g, lr, wd, decoupled):
         else:
             g = g + wd * p
     return g
+
+
+def _one_pass_kernel(name, p, *arrays):
+    """The native one-pass update ``name`` (native/src/dsn_conv.c) when the kernels are in
+    use and the parameter ``p`` and every other array are C-contiguous float32 or float64
+    numpy arrays of p's dtype (p writeable); else None: the numpy sequence runs."""
+    if not (type(p) is np.ndarray and p.dtype in _ONE_PASS_DTYPES and p.flags.writeable):
+        return None
+    for a in (p,) + arrays:
+        if type(a) is not np.ndarray or a.dtype != p.dtype or not a.flags.c_contiguous:
+            return None
+    mod = _native()
+    return mod.row_kernel(name) if mod is not None else None
 
 
 class _Elementwise(Optimizer):
@@ -104,9 +120,13 @@ class Adadelta(_Elementwise):
 
     def _update(self, xp, p, g, s, step, group):
         lr, rho, eps, wd = group["lr"], group["rho"], group["eps"], group["weight_decay"]
+        sq, acc = s["square_avg"], s["acc_delta"]
+        kernel = _one_pass_kernel("adadelta", p, g, sq, acc)
+        if kernel is not None:  # the sequence below in one pass, the same bits
+            kernel(p, g, sq, acc, lr, rho, eps, wd)
+            return
         if wd:
             g = g + wd * p
-        sq, acc = s["square_avg"], s["acc_delta"]
         sq *= rho
         sq += (1 - rho) * g * g
         std = xp.sqrt(sq + eps)

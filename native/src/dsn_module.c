@@ -1038,6 +1038,8 @@ static struct PyModuleDef moduledef = {
 
 /* the C fast path of Function.apply (dsn_fastpath.c) */
 extern PyMethodDef dsn_fastpath_methods[];
+/* im2col/col2im, max pooling and Adadelta passes (dsn_conv.c) */
+extern PyMethodDef dsn_conv_methods[];
 
 /* The enum codes of dsn_common.h as module constants, so Python reads them from here
  * instead of keeping a copy (native/__init__.py; _fallback.py holds the same values
@@ -1077,7 +1079,8 @@ PyMODINIT_FUNC PyInit__native(void)
     }
     PyObject *m = PyModule_Create(&moduledef);
     if (!m) return NULL;
-    if (PyModule_AddFunctions(m, dsn_fastpath_methods) < 0 || add_codes(m) < 0) {
+    if (PyModule_AddFunctions(m, dsn_fastpath_methods) < 0 ||
+        PyModule_AddFunctions(m, dsn_conv_methods) < 0 || add_codes(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }
