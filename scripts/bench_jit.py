@@ -96,6 +96,15 @@ def models(lib, name):
     raise KeyError(name)
 
 
+def _turn(fns, r):
+    """``fns``'s items in round ``r``'s order: rotated each round, so no system always
+    runs first (or right after the same neighbour) -- that position alone moved a
+    median by 10% on a loaded machine."""
+    items = list(fns.items())
+    k = r % len(items) if items else 0
+    return items[k:] + items[:k]
+
+
 def inference_cells(name, steps, rounds):
     import deepseek
     cells = {}
@@ -125,8 +134,8 @@ def inference_cells(name, steps, rounds):
         pass
     import torch as _t  # noqa: F401
     times = {k: [] for k in fns}
-    for _ in range(rounds):  # interleaved: each round times every system once
-        for k, f in fns.items():
+    for r in range(rounds):  # interleaved: each round times every system once
+        for k, f in _turn(fns, r):
             grad = deepseek.no_grad() if k.startswith("deepseek") else _t.no_grad()
             with grad:
                 times[k].append(timer(f, steps))
@@ -147,8 +156,8 @@ def train_cells(steps, rounds, name="tl_train"):
     fns = {"deepseek eager": step(m)}
     fns.update({k: step(cm) for k, cm in compiled(m).items()})
     times = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, f in fns.items():
+    for r in range(rounds):
+        for k, f in _turn(fns, r):
             times[k].append(timer(f, steps))
     return {k: float(np.median(v)) for k, v in times.items()}
 

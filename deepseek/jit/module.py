@@ -17,7 +17,8 @@ Which executor runs:
   generated straight-line code, one program per batch size);
 - the inference plan (``plan.InferencePlan``) otherwise: fused kernels over
   preallocated buffers, parameter-only subgraphs folded (refolded when a parameter
-  changes). A dynamic-batch graph keeps one plan per batch size
+  changes), Linear weights packed for its GEMM (rebuilt when one changes: a version
+  counter moved). A dynamic-batch graph keeps one plan per batch size
   (``DEEPSEEK_JIT_MAX_PLANS``, least recently used dropped) over one shared fold.
 
 A repeated inference call with the signature of the previous one goes through one
@@ -252,6 +253,9 @@ class CompiledFunction:
             fallback = "numexpr" if _has_numexpr() else "numpy"
             warnings.warn(f"jit: C kernels unavailable ({err}); using {fallback}", TracerWarning)
             plan = InferencePlan(graph, batch, pa, backend=fallback, **kw)
+        # a packed GEMM weight is a copy: an in-place change of the parameter must
+        # rebuild the plan (its version counter says so)
+        plan.packed_versions = [(e.params[n]._vc, e.params[n]._vc[0]) for n in sorted(plan.packed_params)]
         e.plans[batch] = plan
         e.plan_builds += 1
         # A dynamic graph keeps one plan per batch size it has served (its buffers and
@@ -268,6 +272,9 @@ class CompiledFunction:
         params = e.params
         for n, a in plan.param_arrays.items():
             if params[n]._data is not a:
+                return False
+        for vc, v in plan.packed_versions:
+            if vc[0] != v:
                 return False
         if e.fold_state:
             for n, v in e.fold_state.items():
@@ -344,7 +351,7 @@ def _fast_path(cf, e, plan, inputs):
     lookup and the plan lookup (tens of microseconds at batch 1). For a dynamic-batch
     graph the closure serves every batch size that already has a plan. Anything that
     does not match exactly -- input shapes, dtypes or array types, ``model.training``,
-    a parameter array replaced or (for folded ones) changed in place -- returns
+    a parameter array replaced or (for folded or packed ones) changed in place -- returns
     ``_MISS`` and the call takes the full path, which rebuilds what is stale. None when
     the inputs are not all tensors."""
     if any(type(t) is not Tensor for t in inputs):
@@ -380,6 +387,9 @@ def _fast_path(cf, e, plan, inputs):
             return _MISS
         for name, a in p.param_arrays.items():
             if params[name]._data is not a:
+                return _MISS
+        for vc, v in p.packed_versions:
+            if vc[0] != v:
                 return _MISS
         for vc, v in folded:
             if vc[0] != v:

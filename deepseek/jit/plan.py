@@ -19,6 +19,10 @@ substituted), then:
    static input buffers, so every array, view and pointer the step uses is a constant
    of the generated code.
 
+A Linear of a few rows runs the packed-weight GEMM of ``cgemm`` (its weight packed
+here, once); where BLAS has threads, large calls of the plan's own kernels are cut
+into row ranges run at once (``parallel``).
+
 Ops without a lowering run their Function's ``forward`` (or the Tensor method, for
 ``method`` nodes) and are copied into their planned buffer: each such output is one
 allocation per step, counted in ``allocs_per_step`` (0 for the models of the tests
@@ -28,7 +32,7 @@ import numpy as np
 
 from ..autograd.function import Context
 from .graph import Ref, container_source, map_refs, map_syms
-from . import fusion, cgen
+from . import fusion, cgen, cgemm, parallel
 
 __all__ = ["InferencePlan", "resolve_backend"]
 
@@ -71,7 +75,9 @@ class InferencePlan:
     generated source, ``kernels_source`` the C unit of its fused kernels and
     ``rows_source`` that of the row kernels it uses (C backend), ``steps`` the number
     of generated statements, ``allocs_per_step`` the buffers allocated per call after
-    warm-up (0 when every op is lowered; +1 per output unless ``static_outputs``)."""
+    warm-up (0 when every op is lowered; +1 per output unless ``static_outputs``),
+    ``packed_params`` the parameters whose packed copy the GEMMs read, ``threads``
+    how many parts a large kernel call runs in."""
 
     def __init__(self, graph, batch, params, backend="c", static_outputs=False):
         self.backend = backend
@@ -89,6 +95,8 @@ class InferencePlan:
         self.ns["_alloc"] = self.alloc_counter
         self.buffers_bytes = 0
         self.n_buffers = 0
+        self.packed_params = set()  # parameters copied into packed GEMM layout
+        self.threads = _threads(backend)  # parts a large kernel call is cut into
         self._lower()
         self._finish()
 
@@ -315,9 +323,10 @@ class InferencePlan:
             self.kernels.append(cgen.group_kernel(kname, grp.expr, out_v.dtype.name,
                                                   [a.dtype.name for a in arrays], pats))
             fname = f"_k{len(self.kernels)}"
-            ptrs = ", ".join(str(a.ctypes.data) for a in [out] + arrays)
             self.kernel_calls.append((fname, kname, len(arrays) + 1, 2, ()))
-            self.lines.append(f"{fname}({outer}, {inner}, {ptrs})  # {grp.describe()}")
+            self._call(fname, [outer, inner] + [a.ctypes.data for a in [out] + arrays],
+                       parallel.group_parts(self.threads, outer, inner, [out] + arrays, ["full"] + pats),
+                       grp.describe())
             return
         out = self._out(grp.out)
         names = {f"in{k}": a for k, a in enumerate(ins)}
@@ -348,6 +357,19 @@ class InferencePlan:
             x2 = self._contig(n.args[0].vid).reshape(-1, x.shape[-1])
         out = self._out(n.outs[0])
         o2 = out.reshape(x2.shape[0], w.shape[0])
+        wv = self.g.values[n.args[1].vid]
+        if self.backend == "c" and wv.kind in ("param", "const") and cgemm.fits(x2, w, _SMALL_GEMM):
+            packed = cgemm.pack(w)
+            if wv.kind == "param":
+                self.packed_params.add(wv.name)
+            self._const(packed, "w")  # kept alive by the namespace
+            if not any(c[4] == "gemm" for c in self.kernel_calls):
+                self.kernel_calls.append(("_gemm", "ds_gemm_packed", 0, 0, "gemm"))
+            m, k = x2.shape
+            self.lines.append(f"_gemm({m}, {w.shape[0]}, {k}, {x2.ctypes.data}, {x2.strides[0] // 4}, "
+                              f"{packed.ctypes.data}, {o2.ctypes.data}, {w.shape[0]})"
+                              f"  # linear {tuple(o.shape)} (packed weight)")
+            return
         self.lines.append(f"_matmul({self._const(x2, 'a')}, {self._const(w.T, 'a')}, "
                           f"out={self._const(o2, 'b')})  # linear {tuple(o.shape)}")
 
@@ -369,6 +391,14 @@ class InferencePlan:
             from ..ops.attention import blas_single_thread
             self.ns.setdefault("_mm1", _matmul_one_thread(blas_single_thread))
             mm = "_mm1"
+            batch = out.shape[0]
+            if self.threads > 1 and a.ndim == b.ndim == out.ndim and a.shape[0] == b.shape[0] == batch \
+                    and max(a.size, out.size) >= 2 * parallel.MIN_ELEMENTS:
+                parts = tuple((a[i:j], b[i:j], out[i:j]) for i, j in parallel.cuts(batch, self.threads))
+                if len(parts) > 1:
+                    self.ns.setdefault("_mm1p", _matmul_parts(blas_single_thread, parallel.workers(self.threads)))
+                    self.lines.append(f"_mm1p({self._const(parts, 'p')})  # {len(parts)} threads")
+                    return
         self.lines.append(f"{mm}({self._const(a, 'a')}, {self._const(b, 'a')}, "
                           f"out={self._const(out, 'b')})")
 
@@ -383,31 +413,41 @@ class InferencePlan:
         kname = f"ds_layernorm_{x.dtype.name}"
         fname = f"_k_ln_{x.dtype.name}"
         self.kernel_calls.append((fname, kname, 0, 0, "layernorm"))
-        ptr = [str(a.ctypes.data) if a is not None else "None" for a in (x, w, b)]
-        self.lines.append(f"{fname}({rows}, {d}, {ptr[0]}, {ptr[1]}, {ptr[2]}, "
-                          f"{float(n.kwargs['eps'])!r}, {out.ctypes.data})  # layer_norm")
+        args = [rows, d, x.ctypes.data, cgen.addr(w), cgen.addr(b), float(n.kwargs["eps"]), out.ctypes.data]
+        self._call(fname, args, parallel.layernorm_parts(self.threads, args, x.itemsize), "layer_norm")
 
     def _lower_softmax(self, n):
         x = self._contig(n.args[0].vid)
         d = x.shape[-1]
         rows = x.size // d if d else 0
-        mask, mkind, dims, strides = self._softmax_mask(n.args[1], x.shape)
+        mask, mkind, dims, strides, msize = self._softmax_mask(n.args[1], x.shape)
         out = self._out(n.outs[0], reuse=[n.args[0].vid] if x is self._a(n.args[0].vid) else ())
         kname = f"ds_softmax_{x.dtype.name}"
         fname = f"_k_sm_{x.dtype.name}"
         self.kernel_calls.append((fname, kname, 0, 0, "softmax"))
-        self.lines.append(f"{fname}({rows}, {d}, {int(n.kwargs['causal'])}, {x.ctypes.data}, "
-                          f"{out.ctypes.data}, {mask}, {mkind}, {dims[0]}, {dims[1]}, "
-                          f"{strides[0]}, {strides[1]}, {strides[2]})  # softmax")
+        causal = int(n.kwargs["causal"])
+        args = [rows, d, causal, x.ctypes.data, out.ctypes.data, mask, mkind, dims[0], dims[1]] + list(strides)
+        self._call(fname, args, parallel.softmax_parts(self.threads, args, x.itemsize, msize), "softmax")
+
+    def _call(self, fname, args, parts, comment):
+        """A kernel call line: ``fname(*args)``, or its ``parts`` (argument lists, one
+        per row range) run at once on ``self.threads`` threads when there are several."""
+        if parts is not None and len(parts) > 1:
+            self.ns.setdefault("_par", parallel.workers(self.threads).run)
+            tup = tuple(tuple(p) for p in parts)
+            self.lines.append(f"_par({fname}, {self._const(tup, 'p')})  # {comment} ({len(parts)} threads)")
+        else:
+            self.lines.append(f"{fname}({', '.join(map(_lit, args))})  # {comment}")
 
     def _softmax_mask(self, ref, shape):
         """The softmax kernel's mask arguments for mask value ``ref`` (None: no mask) on
-        scores of ``shape``: (address, kind -- 0 none, 1 added, 2 bool keep --, the two
-        inner leading dims, the element strides of the three leading dims). A mask whose
+        scores of ``shape``: (address or None, kind -- 0 none, 1 added, 2 bool keep --,
+        the two inner leading dims, the element strides of the three leading dims, the
+        mask's item size). A mask whose
         broadcast view is not (rows of) contiguous rows is copied per step into a
         scratch buffer of the scores' shape."""
         if ref is None:
-            return "None", 0, (1, 1), (0, 0, 0)
+            return None, 0, (1, 1), (0, 0, 0), 0
         m = self._a(ref.vid)
         kind = 2 if m.dtype == np.bool_ else 1
         lead = shape[:-1]
@@ -421,7 +461,7 @@ class InferencePlan:
             st = _merge_dims(lead, [s // buf.itemsize for s in buf.strides[:-1]])
         dims, strides = st
         addr = view.__array_interface__["data"][0]
-        return str(addr), kind, dims, strides
+        return addr, kind, dims, strides, view.itemsize
 
     def _args_of(self, n):
         return (map_refs(n.args, lambda r: self._a(r.vid)),
@@ -472,16 +512,22 @@ class InferencePlan:
     # ---- code ---------------------------------------------------------------------------
     def _finish(self):
         if self.kernels or any(c[4] for c in self.kernel_calls):
-            rows = sorted({kname.rsplit("_", 1)[1] for _, kname, _, _, kind in self.kernel_calls if kind})
+            rows = sorted({kname.rsplit("_", 1)[1] for _, kname, _, _, kind in self.kernel_calls
+                           if kind in ("layernorm", "softmax")})
             self.kernels_source = cgen.unit_source(self.kernels) if self.kernels else ""
             self.rows_source = cgen.row_source(rows) if rows else ""
-            libs = cgen.build_many([src for src in (self.kernels_source, self.rows_source) if src])
-            lib = libs[0] if self.kernels else None
-            row_lib = libs[-1] if rows else None
+            gemm = cgemm.SOURCE if any(c[4] == "gemm" for c in self.kernel_calls) else ""
+            units = [src for src in (self.kernels_source, self.rows_source, gemm) if src]
+            libs = dict(zip(units, cgen.build_many(units)))
+            unit_of = {"": self.kernels_source, "layernorm": self.rows_source,
+                       "softmax": self.rows_source, "gemm": gemm}
             import ctypes
             for fname, kname, nptr, nlong, kind in self.kernel_calls:
-                f = getattr(row_lib if kind else lib, kname)
-                if kind == "layernorm":
+                f = getattr(libs[unit_of[kind or ""]], kname)
+                if kind == "gemm":
+                    f.argtypes = [ctypes.c_long] * 3 + [ctypes.c_void_p, ctypes.c_long] + \
+                        [ctypes.c_void_p] * 2 + [ctypes.c_long]
+                elif kind == "layernorm":
                     f.argtypes = [ctypes.c_long] * 2 + [ctypes.c_void_p] * 3 + [ctypes.c_double, ctypes.c_void_p]
                 elif kind == "softmax":
                     f.argtypes = [ctypes.c_long] * 3 + [ctypes.c_void_p] * 3 + [ctypes.c_long] * 6
@@ -521,6 +567,31 @@ def _matmul_one_thread(single):
     def mm(a, b, out):
         with single():
             np.matmul(a, b, out=out)
+    return mm
+
+
+def _threads(backend):
+    """How many parts a large kernel call is cut into: BLAS's thread count (the cores
+    the user gave the process), for the C backend."""
+    if backend != "c":
+        return 1
+    from ..ops.attention import blas_threads
+    return max(1, blas_threads())
+
+
+def _lit(v):
+    """A kernel argument as source: ints, floats (exactly) and None."""
+    return repr(float(v)) if isinstance(v, float) else "None" if v is None else str(int(v))
+
+
+def _matmul_parts(single, workers):
+    """Batched products on one BLAS thread each, their batch ranges on ``workers``."""
+    def mm_out(a, b, out):
+        np.matmul(a, b, out=out)
+
+    def mm(parts):
+        with single():
+            workers.run(mm_out, parts)
     return mm
 
 
