@@ -7,7 +7,7 @@ import pytest
 import deepseek as ds
 from deepseek import native
 from deepseek.ops import _lowp
-from deepseek.amp import autocast, lowp_compute, lowp_native
+from deepseek.amp import autocast, lowp_compute, lowp_linear, lowp_native
 
 PATHS = ["numpy"] + (["native"] if native.available() else [])
 
@@ -38,6 +38,11 @@ def test_blocked_gemms_equal_fp32_math_rounded_once(path, dtype, monkeypatch):
     c = rng.standard_normal((70, 19)).astype(dtype)
     np.testing.assert_allclose(f(_lowp.mm_tn(a, c)), f(a).T @ f(c), rtol=1e-2, atol=1e-2)
     np.testing.assert_allclose(f(_lowp.colsum(c)), f(c).sum(0), rtol=1e-2, atol=1e-2)
+    w = rng.standard_normal((19, 33)).astype(dtype)   # linear (in 33, out 19), g = c[:, :19]
+    gx, gw = _lowp.linear_grads(c[:, :19], w, a, dtype)
+    assert gx.dtype == gw.dtype == dtype and gx.shape == (70, 33) and gw.shape == (19, 33)
+    np.testing.assert_allclose(f(gx), f(c[:, :19]) @ f(w), rtol=ulp, atol=1e-2)
+    np.testing.assert_allclose(f(gw), f(c[:, :19]).T @ f(a), rtol=1e-2, atol=1e-2)
 
 
 def test_linear_and_matmul_use_it_with_fp32_accumulated_grads(path):
@@ -64,6 +69,33 @@ def test_linear_and_matmul_use_it_with_fp32_accumulated_grads(path):
     assert lin.weight.grad.dtype == ds.float32
     for ours, theirs in ((lin.weight.grad, tl.weight.grad), (lin.bias.grad, tl.bias.grad)):
         np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=3e-2, atol=0.3)
+
+
+def _linear_grads(enabled, shape, features):
+    ds.manual_seed(0)
+    lin = ds.nn.Linear(*features)
+    x = ds.randn(*shape).requires_grad_()
+    lowp_linear.ENABLED = enabled
+    try:
+        with autocast("cpu"):
+            y = lin(x)
+        fn = y.grad_fn.fn
+        (y.float() ** 2).sum().backward()
+    finally:
+        lowp_linear.ENABLED = True
+    return fn, [t.grad.float().numpy() for t in (x, lin.weight, lin.bias)]
+
+
+@pytest.mark.parametrize("panel", [1 << 8, 1 << 21])  # many panels / one
+@pytest.mark.parametrize("features", [(24, 96), (96, 24)])  # widening / narrowing
+def test_autocast_linear_backward_shares_the_widened_gradient(path, panel, features, monkeypatch):
+    monkeypatch.setattr(_lowp, "_PANEL", panel)
+    fused, got = _linear_grads(True, (3, 40, features[0]), features)
+    plain, want = _linear_grads(False, (3, 40, features[0]), features)
+    assert fused is lowp_linear.LinearLowp and plain is not fused
+    np.testing.assert_array_equal(got[2], want[2])      # the bias gradient: the same pass
+    for a, b in zip(got[:2], want[:2]):                 # one rounding of fp32 sums apart
+        np.testing.assert_allclose(a, b, rtol=2.0 ** -7, atol=1e-2)
 
 
 @pytest.mark.parametrize("chunked", [False, True])
@@ -96,6 +128,33 @@ def test_saved_activations_are_stored_low_precision():
     x.grad = None
     y.float().sum().backward()       # the saved copies survive a retain_graph backward
     np.testing.assert_array_equal(x.grad.float().numpy(), g1)
+
+
+class _SavesTwice(ds.autograd.Function):
+    """exp that keeps its output in two ctx slots (as attention keeps ``p`` as ``pd``
+    without dropout)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = np.exp(x)
+        ctx.a, ctx.b = y, y
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        assert ctx.a is ctx.b  # widened once, still one array
+        return g * ctx.a
+
+
+def test_an_array_saved_twice_is_stored_once():
+    from deepseek.amp.lowp_compute import LowpCompute
+    x = ds.randn(64, 64).to(ds.bfloat16).requires_grad_()
+    y = LowpCompute.apply(x, _inner=_SavesTwice, _kwargs={})
+    inner = y.grad_fn.inner
+    assert inner.a is inner.b and inner.a.dtype == ds.bfloat16
+    y.float().sum().backward()
+    want = np.exp(x.detach().float().numpy()).astype(ds.bfloat16).astype(np.float32)
+    np.testing.assert_allclose(x.grad.float().numpy(), want, rtol=2.0 ** -7)
 
 
 def _bits_of(t):
@@ -144,10 +203,13 @@ def test_native_gemm_passes_equal_the_numpy_passes_bit_for_bit(dtype, isa, monke
     c = rng.standard_normal((70, 45)).astype(dtype)
     a[3, 5], c[7, 2] = np.inf, np.nan
 
+    w = rng.standard_normal((45, 33)).astype(dtype)
+
     def run():
         with np.errstate(invalid="ignore"):
             return (_lowp.mm(a, b, bias=bias), _lowp.mm(a, np.ascontiguousarray(b.T), trans_b=True),
-                    _lowp.mm_tn(a, c), _lowp.mm_tn(c, a), _lowp.colsum(c))
+                    _lowp.mm_tn(a, c), _lowp.mm_tn(c, a), _lowp.colsum(c),
+                    *_lowp.linear_grads(c, w, a, dtype))
     with native.use_isa(isa):
         got = run()
     with native.use_native(False):

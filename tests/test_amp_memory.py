@@ -1,6 +1,6 @@
 """Activation memory under autocast: the backward frees each node's saved arrays as it
-goes, GEMMs re-make their weight casts in backward instead of keeping them (with the
-same gradients), the threaded panel GEMMs equal fp32 math, and the transformer layer's
+goes, GEMMs re-make their weight and input casts in backward instead of keeping them
+(with the same gradients), the threaded panel GEMMs equal fp32 math, and the transformer layer's
 forward+backward peak under bf16 is at most 0.6x of fp32's (the issue's goal, measured
 as scripts/bench_amp.py measures it)."""
 import os
@@ -83,6 +83,25 @@ def test_weight_casts_are_remade_in_backward_with_the_same_gradients():
     assert kept - remade >= 0.9 * weights_bf16, (kept, remade)
 
 
+def test_the_input_cast_is_remade_in_backward_too():
+    # a leaf input that needs no grad (the batch): the fp32 graph saves it as is, so its
+    # bf16 cast is not kept either; the gradients are those of the kept cast
+    x = ds.randn(512, 96)
+    kept, g_kept = _saved_and_grads(False, x)
+    remade, g_remade = _saved_and_grads(True, x)
+    for a, b in zip(g_kept, g_remade):
+        np.testing.assert_array_equal(a, b)
+    weights_bf16 = 2 * (96 * 256 + 256 * 256 + 256 * 10)
+    assert kept - remade >= 0.9 * (weights_bf16 + 2 * x.numel()), (kept, remade)
+    model = _mlp()
+    with autocast("cpu"):
+        loss = model(x).float().sum()
+    with ds.no_grad():
+        x.mul_(2.0)  # the input changed before backward: an error, as for a saved input
+    with pytest.raises(RuntimeError, match="as its bfloat16 autocast cast"):
+        loss.backward()
+
+
 def test_a_parameter_changed_between_forward_and_backward_is_an_error():
     model = _mlp()
     with autocast("cpu"):
@@ -141,4 +160,15 @@ def test_transformer_layer_bf16_peak_is_at_most_0_6_of_fp32():
     fp32 = bench_amp.fwd_bwd_memory(model, x, loss_fn, False)
     bf16 = bench_amp.fwd_bwd_memory(model, x, loss_fn, True)
     assert bf16[0] <= 0.6 * fp32[0], (bf16, fp32)
-    assert bf16[1] <= 0.75 * fp32[1], (bf16, fp32)  # the fp32 residual stream stays fp32
+    assert bf16[1] <= 0.65 * fp32[1], (bf16, fp32)  # the fp32 residual stream stays fp32
+
+
+def test_mlp_bf16_saved_activations_are_half_of_fp32():
+    # what the graph holds between forward and backward (bench_amp's "saved"): the bf16
+    # relu outputs, nothing else (the input's cast is re-made in backward)
+    import bench_amp
+    ds.manual_seed(0)
+    model, x, loss_fn = bench_amp.MODELS["mlp"](ds, ds.nn)
+    fp32 = bench_amp.fwd_bwd_memory(model, x, loss_fn, False)
+    bf16 = bench_amp.fwd_bwd_memory(model, x, loss_fn, True)
+    assert bf16[1] <= 0.55 * fp32[1], (bf16, fp32)

@@ -21,14 +21,16 @@ region: a weight used by three matmuls is converted once, and the cast is itself
 op of the graph, so its gradient flows back to the fp32 parameter (master weights).
 On the CPU a linear/matmul does not keep its weight's cast for backward: it re-makes
 it there from the fp32 parameter (``deferred_casts``), so the casts of all layers are
-not alive at once between forward and backward.
+not alive at once between forward and backward; the same for the cast of an input (a
+leaf that does not require grad: the batch), which the fp32 graph would keep as is.
 
 On the CPU, numpy has no fp16/bf16 arithmetic worth the name (a bf16 ``sum`` is ~30x
 slower than fp32), so ops that compute on low-precision inputs run through
 ``lowp_compute.LowpCompute``: fp32 arithmetic, low-precision outputs and saved
 tensors; relu runs on the bf16 bits in one native pass (``lowp_native``, the same
 values). matmul/linear/conv have their own native low-precision GEMM
-(``deepseek.ops._lowp``).
+(``deepseek.ops._lowp``); linear runs as ``lowp_linear.LinearLowp``, whose backward
+widens each gradient panel once for both of its products.
 """
 import contextvars
 import functools
@@ -194,6 +196,13 @@ def _cast(t, dtype, frame):
     if cacheable:
         cache[key] = (t, t._vc[0], out)  # holds t: its id stays unique while cached
         cache[("array", id(out._data))] = (out._data, t)  # for deferred_casts
+    elif t.grad_fn is None and _gm._state.enabled and deferred_casts.ENABLED:
+        # an input (a leaf without grad): its cast is re-made in backward too. A GEMM
+        # of the fp32 graph saves the input itself, so the deferred cast keeps alive
+        # nothing the fp32 graph would not, and the bf16 copy is not held meanwhile
+        cache = _cache.get()
+        if cache is not None:
+            cache[("array", id(out._data))] = (out._data, t)
     return out
 
 
@@ -218,6 +227,8 @@ class _AutocastMode(DispatchMode):
                 if chunkable(fn, args):
                     return LowpChunked.apply(*args, _inner=fn, _kwargs=kwargs)
                 return LowpCompute.apply(*args, _inner=fn, _kwargs=kwargs)
+        if dev == "cpu":  # linear on low-precision arrays: its fused backward
+            fn = lowp_linear.replacement(fn, args) or fn
         res = fn.apply(*args, **kwargs)
         if policy == "lower" and dev == "cpu" and fn in _DEFER_OPS and deferred_casts.ENABLED:
             _defer_param_casts(res, args)
@@ -300,8 +311,8 @@ from .._tensor import Tensor  # noqa: E402
 from ..ops import registry as _registry  # noqa: E402
 from ..ops.shape import Cast as _Cast  # noqa: E402
 from ..ops.linalg import Linear as _Linear, Matmul as _Matmul  # noqa: E402
-from . import deferred_casts  # noqa: E402
+from . import deferred_casts, lowp_linear  # noqa: E402
 
 # GEMMs whose saved parameter casts are re-made in backward (their backward reads the
 # saved arrays through ctx.saved_tensors)
-_DEFER_OPS = frozenset({_Linear, _Matmul})
+_DEFER_OPS = frozenset({_Linear, lowp_linear.LinearLowp, _Matmul})

@@ -124,11 +124,17 @@ class LowpCompute(Function):
         ictx = ctx.inner
         low_saved, low_dict = ictx.saved, dict(ictx.__dict__)
         saved = list(low_saved)
+        ups = {}  # one widened copy per stored array: aliases (p and pd) stay aliases
         for where, key in ctx.restore:
+            low = saved[key] if where == "saved" else ictx.__dict__[key]
+            up = ups.get(id(low))
+            if up is None:
+                up = ups[id(low)] = _up(low)
             if where == "saved":
-                saved[key] = _up(saved[key])
+                saved[key] = up
             else:
-                ictx.__dict__[key] = _up(ictx.__dict__[key])
+                ictx.__dict__[key] = up
+        low = up = ups = None
         ictx.saved = tuple(saved)
         saved = None
         g32 = [_up(g) if isinstance(g, np.ndarray) and g.dtype in _LOW else g for g in grads]
@@ -161,21 +167,30 @@ class _Store:
         self._saved = list(ictx.saved)
 
     def replace(self, fn):
-        """Put ``fn(a)`` in each fp32 slot ``a`` where it is not None."""
-        taken = set(self.done)
+        """Put ``fn(a)`` in each fp32 slot ``a`` where it is not None; an array held in
+        several slots (attention's ``p`` and ``pd`` without dropout) gets one
+        replacement, so it stays one array (not one rounded copy per slot)."""
+        taken, memo = set(self.done), {}
+
+        def put(slot, a):
+            if slot in taken or not isinstance(a, np.ndarray) or a.dtype != np.float32:
+                return None
+            if id(a) not in memo:
+                memo[id(a)] = fn(a)
+            r = memo[id(a)]
+            if r is not None:
+                self._put(slot, r)
+            return r
+
         for i, a in enumerate(self._saved):
-            if ("saved", i) not in taken and isinstance(a, np.ndarray) and a.dtype == np.float32:
-                r = fn(a)
-                if r is not None:
-                    self._saved[i] = r
-                    self._put(("saved", i), r)
+            r = put(("saved", i), a)
+            if r is not None:
+                self._saved[i] = r
         self.ctx.saved = tuple(self._saved)
         for k, a in list(self.ctx.__dict__.items()):
-            if ("dict", k) not in taken and isinstance(a, np.ndarray) and a.dtype == np.float32:
-                r = fn(a)
-                if r is not None:
-                    self.ctx.__dict__[k] = r
-                    self._put(("dict", k), r)
+            r = put(("dict", k), a)
+            if r is not None:
+                self.ctx.__dict__[k] = r
 
     def _put(self, slot, r):
         self.done.append(slot)

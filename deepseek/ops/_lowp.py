@@ -12,8 +12,9 @@ sgemm speed. Values equal fp32 math on the (exact) widened inputs, rounded once.
 
 ``mm`` is ``a @ b`` / ``a @ b.T`` blocked over the rows of ``a`` (linear forward, the
 input gradient); ``mm_tn`` is ``a.T @ b`` blocked over the columns of the wider operand
-(the weight gradient: tokens x features, accumulated in fp32); ``colsum`` is the bias
-gradient. With ``SPLIT_PANELS`` large products share their panels out among
+(the weight gradient: tokens x features, accumulated in fp32); ``linear_grads`` makes
+both gradients of a linear from one widening of its output gradient; ``colsum`` is the
+bias gradient. With ``SPLIT_PANELS`` large products share their panels out among
 OpenBLAS's thread count of worker threads, each running single-threaded sgemm (off by
 default: see there). ``matmul`` is the general
 (batched, broadcast) product: it widens both operands whole.
@@ -30,14 +31,14 @@ from .. import native as _native
 
 LOW = (_dt.float16, _dt.bfloat16)
 _F32 = np.dtype(np.float32)
-# fp32 elements of one converted panel (1 Mi = 4 MiB: the fp32 working set of a GEMM
+# fp32 elements of one converted panel (2 Mi = 8 MiB: the fp32 working set of a GEMM
 # is a few of these, not a full-size copy of a bf16 activation). Every panel's sgemm
 # packs the whole other operand again, so small panels cost time where that operand is
-# large (K 2048 x N 256 in a transformer's FFN: 512 Ki panels ran 1.13x (forward) and
-# 1.39x (weight gradient) one fp32 sgemm, 1 Mi panels 1.11x and 1.29x, single-thread
-# CPU time). The transformer layer's bf16 peak is 0.57x fp32's with either (2 Mi: 0.60x,
-# 4 Mi: 0.72x).
-_PANEL = 1 << 20
+# large: sgemm over 1 Mi-element panels of the transformer layer's GEMMs ran 1.01-1.12x
+# one sgemm of the whole product (K 2048 x N 256: 1.12x), over 2 Mi panels 0.99-1.04x
+# (single thread, thread CPU time); the layer's bf16 step 1.16x against 1.10x of fp32.
+# Its bf16 peak is 0.56x fp32's with 2 Mi (4 Mi: 0.68x).
+_PANEL = 1 << 21
 # fp32 elements of the operand that mm_tn converts whole (per chunk of K rows)
 _BIG = 1 << 20
 # multiply-adds below which a GEMM runs on the calling thread alone
@@ -276,6 +277,60 @@ def _tn(a, b, out_dtype, transposed):
         k1 = min(K, k0 + kc)
         run_chunk(k0, k1, k0 == 0, to_f32(np.ascontiguousarray(b[k0:k1])))
     return from_f32(acc, out_dtype)
+
+
+def linear_grads(g, w, x, out_dtype):
+    """The input and weight gradients ``(g @ W, g.T @ x)`` of ``x @ W.T`` from one
+    widening of ``g``, for 2-D ``g`` (M, N) and ``x`` (M, K) (tokens x features) and the
+    weight ``w`` (N, K), both in ``out_dtype``.
+
+    ``mm`` (the input gradient) and ``mm_tn`` (the weight gradient) would each widen
+    ``g``, the latter in strided column blocks; here each row panel of ``g`` is widened
+    once and serves both products, and ``x`` is widened in the same contiguous row
+    panels. That pays where ``g`` is the wide operand (N >= K: a layer that widens,
+    the FFN's first linear); the caller picks. The weight gradient is summed over the
+    panels in fp32 (one sgemm per panel, the later ones added into the first): fp32 math
+    on the exact widened operands, rounded once, as ``mm_tn``. The panels of ``g``,
+    ``x`` and the input gradient share the ``_PANEL`` budget, and the widened weight is
+    dropped after the last input-gradient panel (one panel: before the weight
+    gradient's fp32 sum exists)."""
+    out_dtype = np.dtype(out_dtype)
+    M, N = g.shape
+    K = x.shape[1]
+    w32 = to_f32(w)
+    w = None  # (the caller's cast is freed once widened, where nothing else holds it)
+    gx = np.empty((M, K), out_dtype)
+    g, x = np.ascontiguousarray(g), np.ascontiguousarray(x)
+    rows = max(8, _PANEL // max(N + 2 * K, 1))
+    fast = _passes()
+    n0 = min(rows, M)
+    gbuf = np.empty((n0, N), _F32) if g.dtype != _F32 else None
+    obuf = np.empty((n0, K), _F32) if out_dtype != _F32 else None
+    acc = np.zeros((N, K), _F32) if M == 0 else None
+    xbuf = part = None
+    for p0 in range(0, M, rows):
+        p1 = min(M, p0 + rows)
+        n = p1 - p0
+        g32 = g[p0:p1] if gbuf is None else _widen_block(g, p0, p1, 0, N, gbuf[:n], fast)
+        if obuf is None:
+            np.matmul(g32, w32, out=gx[p0:p1])
+        else:
+            np.matmul(g32, w32, out=obuf[:n])
+            _narrow_rows(obuf[:n], None, gx[p0:p1], fast)
+        if p1 == M:
+            w32 = obuf = None
+        if x.dtype == _F32:
+            x32 = x[p0:p1]
+        else:
+            xbuf = np.empty((n0, K), _F32) if xbuf is None else xbuf
+            x32 = _widen_block(x, p0, p1, 0, K, xbuf[:n], fast)
+        if acc is None:
+            acc = np.matmul(g32.T, x32)
+        else:
+            part = np.empty((N, K), _F32) if part is None else part
+            np.matmul(g32.T, x32, out=part)
+            acc += part
+    return gx, from_f32(acc, out_dtype)
 
 
 def colsum(a, out_dtype=None):
