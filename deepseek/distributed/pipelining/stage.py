@@ -10,10 +10,13 @@ back the same way.
 Receives: a message of up to one transport slot (``DEEPSEEK_SHM_P2P_BYTES``, 1 MiB)
 lies complete in the slot once sent, whether or not a receive is posted, so the stage
 takes it with a blocking receive when the schedule needs it: one call that waits in C
-(GIL released) and wakes the moment the data lands. A receive posted ahead would run
-on the group's receive thread and hand over through two thread wake-ups: 128 KiB from
-the producer's end to the data in the consumer's hands measured 0.47-0.55 ms that way
-on the loaded 2-core VM, 0.17-0.21 ms blocking (docs/parallelism.md). Larger messages
+(GIL released) and wakes the moment the data lands (the input tensor is made around
+the buffer before that call, so nothing but its return is left after the wait). A
+receive posted ahead would run on the group's receive thread and hand over through
+two thread wake-ups: 128 KiB from the producer's end to the data in the consumer's
+hands measured 0.47-0.55 ms that way on the loaded 2-core VM, 0.17-0.21 ms blocking
+(docs/parallelism.md); posting ahead only the messages that the schedule expects
+well before they are needed lost as well (more time between actions). Larger messages
 stream through the slots only while the receiver drains them, so their receives are
 posted ahead by the schedule (``post_recv_*``) and overlap the compute before them.
 
@@ -225,10 +228,21 @@ class PipelineStage:
     def get_input(self, mb):
         """Microbatch ``mb``'s input as a leaf tensor that records its gradient
         (waits for it to arrive)."""
-        buf = self._take(("f", mb), self.fwd_group, self._recv_meta(), self.prev_rank,
-                         self._tag(self.stage_index, mb),
-                         lambda: f"waiting for the activation of microbatch {mb} from "
-                                 f"stage {self.stage_index - 1}")
+        what = (lambda: f"waiting for the activation of microbatch {mb} from stage "
+                        f"{self.stage_index - 1}")
+        tag = self._tag(self.stage_index, mb)
+        if ("f", mb) in self._recvs:
+            return self._leaf(self._take(("f", mb), self.fwd_group, self._in_meta,
+                                         self.prev_rank, tag, what))
+        # the tensor is made before the wait: once the data lands, only the return of
+        # the receive is left before the forward starts
+        buf = np.empty(*self._recv_meta())
+        x = self._leaf(buf)
+        self._recv(self.fwd_group, buf, self.prev_rank, tag, what)
+        return x
+
+    @staticmethod
+    def _leaf(buf):
         x = from_numpy(buf)
         if buf.dtype.kind == "f":
             x.requires_grad_(True)
