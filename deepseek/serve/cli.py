@@ -71,8 +71,11 @@ def parse_args(argv=None):
                    help="request body limit, answered 413 above it (default 32M)")
     p.add_argument("--shm-size", type=_size, help="bytes of each worker's input and output "
                    "arenas (sparse; default max(64M, 2 x --max-body-bytes))")
-    p.add_argument("--threads", type=_positive(int), help="intra-op threads per worker "
-                   "(default: cores / --max-workers)")
+    p.add_argument("--threads", type=_positive(int), help="intra-op threads per worker: "
+                   "row slices of a batch on deepseek's engine, the session's pool in "
+                   "onnxruntime (default: cores / --max-workers)")
+    p.add_argument("--no-jit", dest="jit", action="store_false",
+                   help="run a hub model on the eager engine instead of its JIT graph")
     p.add_argument("--target-delay-ms", type=_nonneg, default=50.0,
                    help="autoscaling: add a worker when the queue delay stays above this")
     p.add_argument("--scale-up-after", type=_nonneg, default=0.5,
@@ -110,7 +113,7 @@ def main(argv=None):
                       shm_size=a.shm_size, threads=a.threads, target_delay_ms=a.target_delay_ms,
                       scale_up_after=a.scale_up_after, scale_down_idle=a.scale_down_idle,
                       scale_interval=a.scale_interval, request_timeout=a.request_timeout,
-                      shutdown_grace=a.shutdown_grace)
+                      shutdown_grace=a.shutdown_grace, jit=a.jit)
     failed = []
 
     def on_fatal(why):

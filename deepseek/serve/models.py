@@ -8,9 +8,13 @@ The server validates requests against the spec before they are queued; the worke
 sees a request that does not match it.
 """
 import inspect
+import logging
 import os
+import threading
 
 import numpy as np
+
+from .parallel import SlicedRunner
 
 __all__ = ["Runner", "load_runner", "model_kind"]
 
@@ -45,14 +49,16 @@ class Runner:
         return self._fn(inputs)
 
 
-def load_runner(model, threads=1):
-    """Load ``model`` (see the module docstring) using ``threads`` intra-op threads."""
+def load_runner(model, threads=1, jit=True):
+    """Load ``model`` (see the module docstring) using ``threads`` intra-op threads: the
+    session's own for onnxruntime; for deepseek's engine, ``threads`` copies of the model
+    fed row slices of a batch (:mod:`.parallel`). ``jit=False`` runs a sentence-transformers
+    directory on the eager engine instead of its traced graph."""
     kind = model_kind(model)
     if kind == "onnx":
         return _onnx_runner(model, threads)
-    if kind == "jit":
-        return _jit_runner(model)
-    return _hub_runner(model)
+    spec, make_fn = _jit_runner(model) if kind == "jit" else _hub_runner(model, jit)
+    return Runner(spec, SlicedRunner(make_fn, threads, spec["batchable"]).run)
 
 
 def _onnx_runner(path, threads):
@@ -93,8 +99,8 @@ def _flatten_names(out_spec):
 def _jit_runner(path):
     import deepseek
     from ..jit.graph import Sym
-    cf = deepseek.jit.load(path)
-    g = cf._last.graph
+    cf0 = deepseek.jit.load(path)
+    g = cf0._last.graph
     n_in = len(g.inputs)
     in_names = ["input"] if n_in == 1 else [f"input_{i}" for i in range(n_in)]
 
@@ -108,19 +114,24 @@ def _jit_runner(path):
             "outputs": [{"name": n, "dtype": None, "shape": None} for n in out_names],
             "batchable": bool(g.dynamic_batch)}
 
-    def run(inputs):
-        with deepseek.no_grad():
-            out = cf(*[deepseek.from_numpy(np.ascontiguousarray(inputs[n])) for n in in_names])
-        return [(n, np.asarray(t.numpy())) for n, t in zip(out_names, flat(out))]
-    return Runner(spec, run)
+    def runner(cf):
+        def run(inputs):
+            with deepseek.no_grad():
+                out = cf(*[deepseek.from_numpy(np.ascontiguousarray(inputs[n]))
+                           for n in in_names])
+            return [(n, np.asarray(t.numpy())) for n, t in zip(out_names, flat(out))]
+        return run
+    # one loaded copy per slice thread: a compiled plan owns its buffers, not reentrant
+    copies = iter([cf0])
+    return spec, lambda: runner(next(copies, None) or deepseek.jit.load(path))
 
 
-def _hub_runner(name):
+def _hub_runner(name, jit):
     import deepseek
     from .. import hub
     path = hub.resolve(name)
     if os.path.exists(os.path.join(path, "modules.json")):
-        return _sentence_runner(path)
+        return _sentence_runner(path, jit)
     model = hub.load(path)
     params = [p for p in inspect.signature(model.forward).parameters.values()
               if p.name not in ("labels", "self")]
@@ -139,13 +150,18 @@ def _hub_runner(name):
             return [(k, v.numpy()) for k, v in out.items() if v is not None]
         return [("output", out.numpy())]
     spec = {"platform": "deepseek_hub", "inputs": ins, "outputs": [], "batchable": True}
-    return Runner(spec, run)
+    # eager inference keeps no state between calls (grad mode is per thread): one model
+    # serves every slice thread
+    return spec, lambda: run
 
 
-def _sentence_runner(path):
+def _sentence_runner(path, jit):
     """A sentence-transformers directory: token ids + mask in, pooled embeddings out (what
-    ``SentenceEncoder.encode`` computes after tokenizing)."""
+    ``SentenceEncoder.encode`` computes after tokenizing). The encoder runs as a JIT graph
+    traced with a free batch dim (one per sequence length, traced on its first batch; one
+    per thread), the pooling eagerly, as ``encode`` does; ``jit=False`` runs it all eagerly."""
     import deepseek
+    import deepseek.nn as nn
     import deepseek.nn.functional as F
     from ..models import SentenceEncoder
     enc = SentenceEncoder.from_pretrained(path)
@@ -156,13 +172,65 @@ def _sentence_runner(path):
             "outputs": [{"name": "embedding", "dtype": "float32", "shape": [None, dim]}],
             "batchable": True}
 
-    def run(inputs):
-        ids, mask = inputs["input_ids"], inputs["attention_mask"]
-        with deepseek.no_grad():
-            h = enc.model(np.ascontiguousarray(ids), attention_mask=mask).last_hidden_state
-            e = enc._pool(h, mask)
-            if enc.normalize:
-                e = F.normalize(e, p=2, dim=1)
-        return [("embedding", np.asarray(e.numpy(), dtype=np.float32))]
-    return Runner(spec, run)
+    class Encoder(nn.Module):
+        """The transformer's token vectors: what the JIT traces."""
 
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, ids, mask):
+            return self.m(ids, attention_mask=mask).last_hidden_state
+
+    eager = Encoder(enc.model).eval()
+
+    def runner(encoder):
+        def run(inputs):
+            ids = np.ascontiguousarray(inputs["input_ids"])
+            mask = np.ascontiguousarray(inputs["attention_mask"])
+            with deepseek.no_grad():
+                h = encoder(deepseek.from_numpy(ids), deepseek.from_numpy(mask))
+                e = enc._pool(h, mask)
+                if enc.normalize:
+                    e = F.normalize(e, p=2, dim=1)
+            return [("embedding", np.asarray(e.numpy(), dtype=np.float32))]
+        return run
+    if not jit:
+        return spec, lambda: runner(eager)
+    # one JIT graph per slice thread (each traced on its first batch), the weights shared
+    return spec, lambda: runner(_TracedOrEager(eager))
+
+
+_TRACE_LOCK = threading.Lock()
+
+
+class _TracedOrEager:
+    """``module``'s JIT graph (traced with a free batch dim on its first call, retraced for
+    a new sequence length), or ``module`` itself once the JIT has failed on inputs that
+    the eager module takes (logged: the model keeps serving, on the eager engine)."""
+
+    def __init__(self, module):
+        import deepseek
+        self.module = module
+        self.compiled = deepseek.jit.compile(module, dynamic=True)
+        self._traced = set()            # trailing shapes this graph has been traced for
+
+    def __call__(self, *args):
+        if self.compiled is None:
+            return self.module(*args)
+        key = tuple(tuple(a.shape[1:]) for a in args)
+        try:
+            if key in self._traced:
+                return self.compiled(*args)
+            # the slice threads trace their copies on the same first batch: one at a time
+            with _TRACE_LOCK:
+                out = self.compiled(*args)
+            self._traced.add(key)
+            return out
+        except Exception as e:  # noqa: BLE001 - the input's fault or the tracer's?
+            out = self.module(*args)        # raises again when it is the input's
+            logging.getLogger("deepseek.serve").warning(
+                "jit: the traced graph failed where the eager model runs (%s: %s); serving "
+                "it eagerly from now on", type(e).__name__, e)
+            self.compiled = None
+            return out

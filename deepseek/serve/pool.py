@@ -75,8 +75,9 @@ class WorkerPool:
 
     def __init__(self, model, batcher, metrics=None, min_workers=1, max_workers=1,
                  threads=None, shm_size=64 << 20, target_delay=0.05, up_after=0.5,
-                 idle_after=5.0, interval=0.1, on_fatal=None):
+                 idle_after=5.0, interval=0.1, on_fatal=None, jit=True):
         self.model, self.batcher, self.metrics = model, batcher, metrics
+        self.jit = jit
         self.min_workers = max(1, int(min_workers))
         self.max_workers = max(self.min_workers, int(max_workers))
         self.threads = threads or max(1, (os.cpu_count() or 1) // self.max_workers)
@@ -113,8 +114,10 @@ class WorkerPool:
         w.arena_out = shm.create(f"w{w.wid}o", self.shm_size)
         parent, child = socket.socketpair()
         env = dict(os.environ)
+        # BLAS and OpenMP at one thread: the worker's --threads are its own (row slices of
+        # a batch on deepseek's engine, the session's pool in onnxruntime), see parallel.py
         for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-            env[var] = str(self.threads)
+            env[var] = "1"
         root = _package_root()
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH")
                                     else "")
@@ -123,7 +126,8 @@ class WorkerPool:
                 [sys.executable, "-m", "deepseek.serve.worker", "--model", self.model,
                  "--fd", str(child.fileno()), "--shm-in", w.arena_in.name,
                  "--shm-out", w.arena_out.name, "--shm-size", str(self.shm_size),
-                 "--threads", str(self.threads), "--parent", str(os.getpid())],
+                 "--threads", str(self.threads), "--parent", str(os.getpid())]
+                + ([] if self.jit else ["--no-jit"]),
                 pass_fds=(child.fileno(),), env=env, cwd=root, stdin=subprocess.DEVNULL,
                 # its own session: a signal to the server's process group (Ctrl-C, timeout,
                 # a supervisor) reaches the server, which then stops its workers in order

@@ -59,14 +59,16 @@ def _children(pid):
 
 
 @contextlib.contextmanager
-def run_server(model, *flags, ready_timeout=60.0, stop_timeout=20.0, env=None):
+def run_server(model, *flags, ready_timeout=60.0, stop_timeout=20.0, env=None, root=None):
     """Start ``deepseek-serve model *flags`` on a free port, wait until /ready answers 200,
     yield a :class:`ServerProcess`; on exit SIGTERM it (SIGKILL after ``stop_timeout``),
-    kill any worker still alive and sweep the server's /dev/shm segments."""
+    kill any worker still alive and sweep the server's /dev/shm segments. ``root``: the
+    source checkout to run (default: the one this module is in; benchmarks pass an older
+    copy to compare)."""
     import urllib.request
     port = free_port()
     fd, log_path = tempfile.mkstemp(prefix="deepseek-serve-", suffix=".log")
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    root = root or os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     e = dict(os.environ if env is None else env)
     e["PYTHONPATH"] = root + (os.pathsep + e["PYTHONPATH"] if e.get("PYTHONPATH") else "")
     proc = subprocess.Popen([sys.executable, "-m", "deepseek.serve.cli", str(model),

@@ -34,6 +34,7 @@ def main(argv=None):
     p.add_argument("--shm-size", type=int, required=True)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--parent", type=int, required=True)
+    p.add_argument("--no-jit", dest="jit", action="store_false")
     a = p.parse_args(argv)
     _die_with_parent()
     if os.getppid() != a.parent:              # the server died before prctl took effect
@@ -50,7 +51,7 @@ def main(argv=None):
         arena_in = shm.attach(a.shm_in, a.shm_size)
         arena_out = shm.attach(a.shm_out, a.shm_size)
         from .models import load_runner
-        runner = load_runner(a.model, threads=a.threads)
+        runner = load_runner(a.model, threads=a.threads, jit=a.jit)
     except Exception as e:  # noqa: BLE001 - reported to the server, which logs it and exits
         sock.sendall(protocol.encode({"type": "fatal",
                                       "error": f"{type(e).__name__}: {e}"}))
