@@ -26,6 +26,8 @@ on 2 hosts x 1 rank, for each ``--ddp-configs`` entry:
 * ``fp32-sync``: deepseek DDP, fp32 on the wire, every bucket after backward;
 * ``fp16-overlap``: deepseek DDP, fp16 compression, buckets reduced during backward;
 * ``fp32-overlap``, ``fp16-sync``, ``bf16-overlap``: the other corners;
+* ``...-dense`` (``fp16-overlap-dense``): the same with ``skip_zero_blocks=False``,
+  the embedding table's zero rows sent too (as PyTorch DDP does);
 * ``torch``: PyTorch DDP over gloo (its defaults: fp32, 25 MB buckets, overlap) on
   Hugging Face's ``BertForSequenceClassification`` of the same size;
 * ``torch-fp16``: the same with PyTorch's ``fp16_compress_hook``.
@@ -202,19 +204,22 @@ def _bert_batch(batch, seq):
 
 def _ddp_rounds(step, barrier, rounds):
     """Alternate a local (no-sync) and a synchronised step after a barrier each;
-    (median local s, median distributed s)."""
+    (median local s, median distributed s, the medians of the process's CPU seconds
+    in each -- every thread, user + system -- and of the main thread's)."""
     import numpy as np
 
     step(False)  # warm-up: buffers, connections, the first bucket views
     step(True)
-    local, dist = [], []
+    wall, cpu, main = ({False: [], True: []} for _ in range(3))
     for _ in range(rounds):
-        for sync, out in ((False, local), (True, dist)):
+        for sync in (False, True):
             barrier()
-            t0 = time.perf_counter()
+            m0, c0, t0 = time.thread_time(), time.process_time(), time.perf_counter()
             step(sync)
-            out.append(time.perf_counter() - t0)
-    return float(np.median(local)), float(np.median(dist))
+            wall[sync].append(time.perf_counter() - t0)
+            cpu[sync].append(time.process_time() - c0)
+            main[sync].append(time.thread_time() - m0)
+    return tuple(float(np.median(d[k])) for d in (wall, cpu, main) for k in (False, True))
 
 
 def _mlp(lib, batch):
@@ -243,9 +248,60 @@ def _task(lib, model_name, batch, seq, config_cls, bert_cls, tensor, loss_of):
     return model, lambda ddp: loss_of(ddp(input_ids=ids, labels=labels))
 
 
-def worker_ddp_deepseek(cfg, model_name, batch, seq, rounds, cap_mb):
+class _ClockedEvents(list):
+    """DDP's ``events`` list with the time of each: (what, bucket, perf_counter_ns)."""
+
+    def append(self, ev):
+        super().append((*ev, time.perf_counter_ns()))
+
+
+class _StepTimeline:
+    """What one synchronised DDP step did when (``--timeline``): per bucket, when it
+    was full, launched, its allreduce issued, started and ended on the comm thread,
+    and waited for; ms from the step's start. Also when backward's compute ended (the
+    last bucket full), when ``backward()`` returned, and the CPU time of the main
+    thread and of the whole process over the step (their difference: the comm and
+    sender threads)."""
+
+    def __init__(self, ddp):
+        from deepseek.collectives import trace
+
+        self.ddp, self.colls, self.last = ddp, [], None
+        trace.add_sink(self.colls.append)
+
+    def begin(self):
+        self.ddp.events = _ClockedEvents()
+        self.colls.clear()
+        self.t0, self.c0, self.p0 = time.perf_counter_ns(), time.thread_time(), \
+            time.process_time()
+
+    def backward_returned(self):
+        self.t_bw = time.perf_counter_ns()
+
+    def end(self):
+        ms = lambda t: round((t - self.t0) / 1e6, 1)  # noqa: E731
+        evs, ddp = self.ddp.events, self.ddp
+        ars = [c for c in self.colls if c["op"] == "allreduce"]
+        rows = []
+        for b in ddp.buckets:
+            at = {w: ms(t) for w, i, t in evs if i == b.index()}
+            row = {"bucket": b.index(), "MB": round(b.flat.nbytes / 2 ** 20, 1), **at}
+            if b.index() < len(ars):  # one allreduce per bucket (no fp32 resend seen)
+                c = ars[b.index()]
+                row.update(issued=ms(c["issued"]), start=ms(c["t0"]), end=ms(c["t1"]))
+            rows.append(row)
+        self.last = {"buckets": rows, "compute_end": max(r.get("ready", 0) for r in rows),
+                     "backward_returned": ms(self.t_bw),
+                     "step": ms(time.perf_counter_ns()),
+                     "main_cpu_ms": round(1e3 * (time.thread_time() - self.c0), 1),
+                     "process_cpu_ms": round(1e3 * (time.process_time() - self.p0), 1),
+                     "allreduces": len(ars)}
+        self.ddp.events = None
+
+
+def worker_ddp_deepseek(cfg, model_name, batch, seq, rounds, cap_mb, timeline=False):
     """deepseek DDP of a BERT-base classifier (or the MLP): (rank, local s,
-    distributed s, buckets)."""
+    distributed s, buckets, the last synchronised step's timeline or None)."""
     import contextlib
 
     import deepseek as ds
@@ -254,24 +310,33 @@ def worker_ddp_deepseek(cfg, model_name, batch, seq, rounds, cap_mb):
     from deepseek.models.bert import BertConfig, BertForSequenceClassification
 
     wire, _, mode = cfg.partition("-")
+    mode, _, dense = mode.partition("-")  # "fp16-overlap-dense": zero blocks sent too
     pg = C.init_process_group()
     ds.manual_seed(0)
     model, loss = _task(ds, model_name, batch, seq, BertConfig,
                         BertForSequenceClassification, ds.tensor,
                         lambda out: out["loss"])
     kw = {} if cap_mb is None else {"bucket_cap_mb": cap_mb}
+    if dense:
+        kw["skip_zero_blocks"] = False
     ddp = DistributedDataParallel(model, compression=None if wire == "fp32" else wire,
                                   overlap_comm=(mode == "overlap"), **kw)
     opt = ds.optim.SGD(model.parameters(), lr=1e-5)
+    tl = _StepTimeline(ddp) if timeline else None
 
     def step(sync):
+        if tl is not None and sync:
+            tl.begin()
         with contextlib.nullcontext() if sync else ddp.no_sync():
             loss(ddp).backward()
+        if tl is not None and sync:
+            tl.backward_returned()
         opt.step()
         opt.zero_grad(set_to_none=False)  # the gradients stay views of the buckets
+        if tl is not None and sync:
+            tl.end()
 
-    local, dist = _ddp_rounds(step, pg.barrier, rounds)
-    return pg.rank, local, dist, len(ddp.buckets)
+    return pg.rank, _ddp_rounds(step, pg.barrier, rounds), len(ddp.buckets), tl and tl.last
 
 
 def worker_ddp_torch(cfg, model_name, batch, seq, rounds, cap_mb):
@@ -303,8 +368,7 @@ def worker_ddp_torch(cfg, model_name, batch, seq, rounds, cap_mb):
         opt.step()
         opt.zero_grad(set_to_none=False)
 
-    local, dist_s = _ddp_rounds(step, dist.barrier, rounds)
-    return dist.get_rank(), local, dist_s, None
+    return dist.get_rank(), _ddp_rounds(step, dist.barrier, rounds), None, None
 
 
 def worker_main(args):
@@ -312,12 +376,14 @@ def worker_main(args):
 
     faulthandler.dump_traceback_later(args.stacks_after, exit=False)  # if it hangs
     if args.worker.startswith("ddp:"):
-        cfg = args.worker[4:]
+        cfg = args.worker[4:].split("+", 1)[0]  # "+NAME=VALUE" settings: the env's
         fn = worker_ddp_torch if cfg.startswith("torch") else worker_ddp_deepseek
-        rank, local, dist_s, nb = fn(cfg, args.model, args.batch, args.seq,
-                                     args.rounds, args.bucket_cap)
-        print("BENCH " + json.dumps({"rank": rank, "local": local, "dist": dist_s,
-                                     "buckets": nb}), flush=True)
+        extra = {"timeline": True} if args.timeline and fn is worker_ddp_deepseek else {}
+        rank, times, nb, tl = fn(cfg, args.model, args.batch, args.seq, args.rounds,
+                                 args.bucket_cap, **extra)
+        keys = ("local", "dist", "local_cpu", "dist_cpu", "local_main", "dist_main")
+        print("BENCH " + json.dumps({"rank": rank, **dict(zip(keys, times)),
+                                     "buckets": nb, "timeline": tl}), flush=True)
         if cfg.startswith("torch"):
             import torch.distributed as dist
 
@@ -426,14 +492,35 @@ def run_system(cluster, system, nproc, sizes, budget, timeout):
 
 def run_ddp(cluster, cfg, args, cap_mb, timeout):
     """One DDP job (2 hosts x 1 rank): local and distributed step seconds (max over
-    ranks) and deepseek's bucket count."""
+    ranks), deepseek's bucket count, and the CPU seconds of a local and of a
+    distributed step, the process's and its main thread's (mean over ranks)."""
     extra = ["--bucket-cap", str(cap_mb)] if cap_mb is not None else []
+    if args.timeline:
+        extra.append("--timeline")
     rows = _launch(cluster, cfg, 1,
                    ["--worker", f"ddp:{cfg}", "--model", args.model,
                     "--batch", str(args.batch), "--seq",
                     str(args.seq), "--rounds", str(args.rounds), *extra], timeout)
+    for r in sorted(rows, key=lambda r: r["rank"]):
+        if r.get("timeline"):
+            _print_timeline(cfg, r["rank"], r["local"], r["timeline"])
+    # CPU: the mean over the ranks of the process's (main thread's) CPU seconds
+    mean = lambda k: sum(r[k] for r in rows) / len(rows)  # noqa: E731
     return (max(r["local"] for r in rows), max(r["dist"] for r in rows),
-            rows[0]["buckets"])
+            rows[0]["buckets"], mean("local_cpu"), mean("dist_cpu"), mean("local_main"),
+            mean("dist_main"))
+
+
+def _print_timeline(cfg, rank, local_s, tl):
+    """One rank's last synchronised step, bucket by bucket (ms from the step's start)."""
+    print(f"timeline {cfg} rank {rank}: compute ends {tl['compute_end']:.0f}, backward() "
+          f"returns {tl['backward_returned']:.0f}, step {tl['step']:.0f} ms (local step "
+          f"{1e3 * local_s:.0f}); CPU main {tl['main_cpu_ms']:.0f}, process "
+          f"{tl['process_cpu_ms']:.0f} ms; {tl['allreduces']} allreduces")
+    cols = ("bucket", "MB", "ready", "launch", "issued", "start", "end", "done")
+    print("  " + " ".join(f"{c:>7}" for c in cols))
+    for b in tl["buckets"]:
+        print("  " + " ".join(f"{b.get(c, '-'):>7}" for c in cols))
 
 
 def main_ddp(args):
@@ -466,13 +553,21 @@ def main_ddp(args):
             for (cfg, cap), rs in runs.items():
                 local = _median([r[0] for r in rs])
                 dist = _median([r[1] for r in rs])
+                local_cpu, dist_cpu, local_main, dist_main = (
+                    _median([r[k] for r in rs]) for k in (3, 4, 5, 6))
                 results.append({"rate": rate, "config": cfg, "bucket_cap_mb": cap,
                                 "buckets": rs[0][2], "local_s": local, "dist_s": dist,
                                 "overhead": 1 - local / dist, "runs": len(rs),
+                                "run_overheads": [1 - r[0] / r[1] for r in rs],
+                                "local_cpu_s": local_cpu, "dist_cpu_s": dist_cpu,
+                                "cpu_overhead": 1 - local_cpu / dist_cpu,
+                                "local_main_cpu_s": local_main,
+                                "dist_main_cpu_s": dist_main,
                                 "model": args.model, "batch": args.batch,
                                 "seq": args.seq})
-    head = f"{'link':>7} {'config':>13} {'cap MB':>6} {'buckets':>7} {'local ms':>9} " \
-           f"{'DDP ms':>9} {'overhead':>8}"
+    head = f"{'link':>7} {'config':>18} {'cap MB':>6} {'buckets':>7} {'local ms':>9} " \
+           f"{'DDP ms':>9} {'overhead':>8} {'per run':>15} {'CPU ms local/DDP':>17} " \
+           f"{'CPU overhead':>12} {'main CPU local/DDP':>18}"
     what = (f"BERT-base (110M parameters), batch {args.batch} x {args.seq} tokens"
             if args.model == "bert" else f"MLP 784-1024-1024-10, batch {args.batch}")
     print(f"{what} per rank, 2 hosts x 1 rank, medians of {args.rounds} rounds x "
@@ -482,9 +577,13 @@ def main_ddp(args):
     for r in results:
         cap = "-" if r["bucket_cap_mb"] is None else f"{r['bucket_cap_mb']:g}"
         nb = "-" if r["buckets"] is None else str(r["buckets"])
-        print(f"{r['rate']:>7} {r['config']:>13} {cap:>6} {nb:>7} "
+        per_run = ",".join(f"{100 * o:.0f}%" for o in r["run_overheads"])
+        cpu = f"{1e3 * r['local_cpu_s']:.0f}/{1e3 * r['dist_cpu_s']:.0f}"
+        main = f"{1e3 * r['local_main_cpu_s']:.0f}/{1e3 * r['dist_main_cpu_s']:.0f}"
+        print(f"{r['rate']:>7} {r['config']:>18} {cap:>6} {nb:>7} "
               f"{1e3 * r['local_s']:>9.0f} {1e3 * r['dist_s']:>9.0f} "
-              f"{100 * r['overhead']:>7.0f}%")
+              f"{100 * r['overhead']:>7.0f}% {per_run:>15} {cpu:>17} "
+              f"{100 * r['cpu_overhead']:>11.0f}% {main:>18}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
@@ -518,6 +617,9 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=3,
                    help="ddp suite: local + distributed steps per job")
     p.add_argument("--ddp-timeout", type=float, default=400, help=argparse.SUPPRESS)
+    p.add_argument("--timeline", action="store_true",
+                   help="ddp suite: print each deepseek job's last synchronised step, "
+                        "bucket by bucket (when full, launched, reduced, waited for)")
     p.add_argument("--systems", help="comma-separated: deepseek, deepseek-flat, gloo, "
                                      "tcp; deepseek+NAME=VALUE+... runs deepseek with "
                                      "those environment variables")

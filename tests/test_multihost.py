@@ -5,7 +5,8 @@ real ``deepseek-run`` agent in each, started as a cluster user would:
 lives on node 0; ranks of one host share memory, hosts talk TCP.
 
 * 2 hosts x 1 rank and 2 hosts x 2 ranks: collectives give the right values (every
-  size class, dtypes, a subgroup across hosts) and DDP matches one process.
+  size class, dtypes, a subgroup across hosts) and DDP matches one process; DDP's
+  zero-block skipping (an embedding table) gives the dense gradients bit for bit.
 * A node that dies (every process of one namespace SIGKILLed mid-allreduce): the other
   node's ranks stop within seconds with PeerFailureError naming the lost ranks, and
   its deepseek-run exits non-zero saying so.
@@ -124,6 +125,17 @@ def test_ddp_two_hosts_two_ranks(cluster):
     assert sorted(got) == [0, 1, 2, 3]
     for r, res in got.items():
         assert res["max_err"] < 1e-5, (r, res)
+
+
+@pytest.mark.parametrize("nproc,transport", [(1, "zmq"), (2, "hier")])
+def test_ddp_leaves_zero_blocks_home_with_the_same_gradients(cluster, nproc, transport):
+    """Across hosts DDP sends only the non-zero blocks of an embedding table's gradient
+    (after its first step) and gets the dense result bit for bit, fp32 and fp16."""
+    outs = communicate_all(start_job(cluster, nproc, "ddp_zero_blocks"), 80, cluster)
+    got = _check_collectives(outs, 2 * nproc, transport)
+    for res in got.values():
+        # 4 steps: the first decides, the next three leave the zero blocks home
+        assert all(c.get("zero-blocks") == 3 for c in res["counts"].values()), res
 
 
 def test_node_that_dies_stops_the_others_with_a_named_error(cluster):

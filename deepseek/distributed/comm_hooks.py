@@ -27,12 +27,15 @@ The contract of a hook, ``hook(state, bucket) -> Future | Work``:
 ``bucket.scratch`` is a dict that persists across steps for a hook's per-bucket state.
 """
 import math
+import os
+import time
 
 import ml_dtypes
 import numpy as np
 
 from .. import native
 from ..collectives import ProcessGroup, ReduceOp, get_default_group
+from ..collectives.work import Work, Worker
 from .futures import Future
 from .shm_fused import send_fused, shared_views
 
@@ -43,7 +46,9 @@ _FP16_MAX = 65504.0
 # below this, the fp16 rounding of a sum of fp16 values cannot reach inf
 _SAFE_FP16_SUM = 65504.0 * (1 - 2.0 ** -11)
 _FP32 = ("fp32",)
-_BOUND = "fp16_bound"  # bucket.scratch key: last step's SUM of the ranks' local max|g|
+# bucket.scratch key: last step's SUM of the ranks' local max|g| (zero_blocks.py
+# hands it to the packed reduction of a sparse bucket)
+BOUND_KEY = _BOUND = "fp16_bound"
 
 
 def _group(state):
@@ -146,33 +151,75 @@ def bf16_compress_hook(state, bucket):
     return _send(pg, bucket, payload, "bf16", 1.0)
 
 
+_decoder = (None, None)  # (pid, Worker): the decode thread of this process
+
+
+def _decode_soon(fn):
+    """Run ``fn`` on this process's decode thread; its Work. One FIFO thread (made
+    again in a forked child, which does not inherit threads)."""
+    global _decoder
+    pid, worker = _decoder
+    if pid != os.getpid():
+        worker = Worker("deepseek-ddp-decode")
+        _decoder = (os.getpid(), worker)
+    return worker.submit(fn, Work("decode of a DDP bucket"))
+
+
 def _send(pg, bucket, payload, kind, scale):
-    """Start the SUM allreduce of ``payload``; the future decodes it into the bucket."""
+    """Start the SUM allreduce of ``payload``. When it is done, the decode thread
+    decodes it into the bucket at once -- during backward, and while the comm thread
+    moves the next bucket -- rather than when DDP waits for it after backward (the
+    decode releases the GIL); the future waits for that. An fp32 resend after an
+    overflow is a collective, so it stays in the future, run in bucket order."""
     wire = [kind]
     work = pg.allreduce(payload, ReduceOp.SUM, async_op=True)
-    fut = Future.from_work(work).then(lambda _: _decode(pg, bucket, payload, kind, scale, wire))
+    decoded, outcome = [], []  # the decode's Work once the allreduce is done; its answer
+
+    def decode():
+        outcome.append(_decode(pg, bucket, payload, kind, scale))
+
+    def on_done(w):
+        if w.exception() is None and not decoded:
+            decoded.append(_decode_soon(decode))
+
+    work.add_done_callback(on_done)
+
+    def finish(_):
+        # Work._finish sets the work's event before it runs on_done, so this thread
+        # may get here first: on_done is about to queue the decode
+        while not decoded:
+            time.sleep(0.0002)
+        decoded[0].wait()  # re-raises the decode's error
+        if outcome[0] is _RESEND:
+            # overflow despite the margin: every rank sees the same reduced buffer, so
+            # every rank resends this bucket in fp32 (the buffer still holds the local
+            # gradient: the send only read it)
+            pg.allreduce(bucket.buffer(), ReduceOp.AVG)
+            bucket.scratch[_BOUND] = None
+            wire.append("fp32-resend")
+        return None  # reduced in place
+
+    fut = Future.from_work(work).then(finish)
     fut.wire_dtypes = wire
     return fut
 
 
-def _decode(pg, bucket, payload, kind, scale, wire):
-    flat = bucket.buffer()
+_RESEND = object()  # _decode's answer for a bucket that overflowed fp16
+
+
+def _decode(pg, bucket, payload, kind, scale):
+    """Decode the reduced ``payload`` into the bucket (None), or _RESEND after an fp16
+    overflow (then nothing is written)."""
     total = float(payload[-1])
     # every element of the sum is bounded by the sum of the ranks' local maxima (the
     # last slot), so a finite bound under fp16's max proves no element overflowed: no
     # pass over the data is needed to check
     if kind == "fp16" and not (total <= _SAFE_FP16_SUM):
-        # overflow despite the margin: every rank sees the same reduced buffer, so
-        # every rank resends this bucket in fp32 (the buffer still holds the local
-        # gradient: the send only read it)
-        pg.allreduce(flat, ReduceOp.AVG)
-        bucket.scratch[_BOUND] = None
-        wire.append("fp32-resend")
-    else:
-        # decode and average straight into the bucket, one pass
-        _unpack(payload[:-1], flat, 1.0 / (scale * pg.size))
-        bucket.scratch[_BOUND] = total / scale
-    return None  # reduced in place
+        return _RESEND
+    # decode and average straight into the bucket, one pass
+    _unpack(payload[:-1], bucket.buffer(), 1.0 / (scale * pg.size))
+    bucket.scratch[_BOUND] = total / scale
+    return None
 
 
 def _send_shared(pg, bucket, views, kind, scale):

@@ -13,7 +13,9 @@ How a bucket is reduced is the comm hook's business (``comm_hooks.py``): by defa
 ``'bf16'`` is the short form of ``register_comm_hook(group, fp16_compress_hook)`` /
 ``bf16_compress_hook`` (half the bytes, scaled against overflow, fp32 resend on
 overflow; over shared memory fp16 is cast inside the reduction, ``shm_fused.py``).
-DDP itself knows nothing about compression.
+DDP itself knows nothing about compression. Across hosts the built-in hooks are wrapped
+by ``zero_blocks.skip_zero_blocks``: a sparse bucket (an embedding table's gradient)
+sends only its non-zero blocks, with the same result.
 """
 import contextlib
 import json
@@ -27,6 +29,11 @@ from ..collectives import ReduceOp, get_default_group
 # GradBucket: re-exported
 from .buckets import GradBucket, auto_bucket_cap, build_buckets  # noqa: F401
 from .comm_hooks import allreduce_hook, compression_hook
+from .zero_blocks import skip_zero_blocks as _skip_zero_blocks
+
+# the TCP transports between hosts, where zero blocks stay home by default (the ones
+# tests/test_multihost.py checks it on)
+_TCP = ("zmq", "hier")
 
 
 def _hook_output(fut):
@@ -56,16 +63,23 @@ class DistributedDataParallel(nn.Module):
         process_group: the group (default: the default group).
         comm_hook: ``hook(bucket) -> Work`` replacing the allreduce of a bucket (the
             older, state-less form of :meth:`register_comm_hook`).
+        skip_zero_blocks: leave the all-zero blocks of sparse buckets (embedding
+            tables: only the batch's rows are non-zero) off the wire, with the same
+            result bit for bit (``zero_blocks.py``); built-in hooks only. None
+            (default): on over the TCP transports between hosts (``zmq``, ``hier``),
+            where every byte costs the link and the kernel's CPU.
 
     ``buckets`` are the :class:`GradBucket` s in launch order; ``wire_dtype_counts``
     counts bucket reductions by what went on the wire ("fp32", "fp16", "bf16",
     "fp32-resend", "fp32-fallback" -- fp16 over shared memory averaged some blocks in
-    fp32 to avoid an overflow --, or "hook" for a hook that does not say).
+    fp32 to avoid an overflow --, "zero-blocks" next to the wire dtype of a bucket
+    whose zero blocks stayed home, or "hook" for a hook that does not say).
     """
 
     def __init__(self, module, bucket_cap_mb=None, compression=None, overlap_comm=True,
                  broadcast_buffers=True, find_unused_parameters=False, process_group=None,
-                 comm_hook=None, device_ids=None, output_device=None):
+                 comm_hook=None, skip_zero_blocks=None, device_ids=None,
+                 output_device=None):
         super().__init__()
         if compression not in (None, "none", "fp16", "bf16"):
             raise ValueError(f"compression must be None, 'fp16' or 'bf16', got {compression!r}")
@@ -79,8 +93,13 @@ class DistributedDataParallel(nn.Module):
         self.broadcast_buffers = broadcast_buffers
         self.find_unused_parameters = find_unused_parameters
         # how a full bucket is reduced: hook(state, bucket) (see comm_hooks.py)
-        self._comm_hook = allreduce_hook
-        self._hook_state = self.process_group
+        pg = self.process_group
+        if skip_zero_blocks is None:
+            skip_zero_blocks = pg.size > 1 and getattr(pg, "transport", None) in _TCP
+        self.skip_zero_blocks = bool(skip_zero_blocks)
+        builtin = _skip_zero_blocks if self.skip_zero_blocks else (lambda hook: hook)
+        self._comm_hook = builtin(allreduce_hook)
+        self._hook_state = pg
         self._hook_registered = False
         self._backward_seen = False
         self.require_backward_grad_sync = True
@@ -96,7 +115,6 @@ class DistributedDataParallel(nn.Module):
         self._broadcast_state(module)
         # every rank builds the same buckets in the same order (the model was checked
         # to be identical), so the collective allocations line up
-        pg = self.process_group
         self.buckets = build_buckets(named, self.bucket_cap_bytes,
                                      alloc=lambda n, dtype: pg.symmetric_empty(n, dtype))
         self._slot = {}
@@ -114,7 +132,7 @@ class DistributedDataParallel(nn.Module):
         elif self.compression is not None:
             if pg.size > 1:
                 # now, not lazily inside backward: the hook's wire buffers are collective
-                self.register_comm_hook(pg, compression_hook(self.compression))
+                self.register_comm_hook(pg, builtin(compression_hook(self.compression)))
             # a group of one sends nothing, so it keeps the plain (exact) path; it still
             # counts as registered, so the API behaves the same at every world size
             self._hook_registered = True

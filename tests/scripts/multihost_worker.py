@@ -9,6 +9,9 @@ through (the test reads them from the launchers' output). Modes:
   compared here with the value computed locally from the known inputs.
 * ``ddp``: DDP training steps (tests/ddp_cases.py) checked against one process on the
   whole batch.
+* ``ddp_zero_blocks``: DDP of a model with an embedding table (sparse gradient) with
+  the automatic zero-block skipping across hosts and without: every step's gradients
+  the same bit for bit, fp32 and fp16 on the wire.
 * ``loop``: allreduces until the test kills a node; prints ``READY`` after the first.
 """
 import json
@@ -94,6 +97,49 @@ def ddp():
     return {"rank": r, "world": n, "transport": transport, "max_err": err}
 
 
+def _embedding_grads(skip, compression, steps=4):
+    """Each step's gradients of an embedding + linear model under DDP (each rank its
+    own token batch, so the ranks' non-zero rows differ), and DDP's wire counts."""
+    import deepseek as ds
+    from deepseek.distributed import DistributedDataParallel
+
+    ds.manual_seed(0)
+    nn = ds.nn
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(5000, 100)  # 2 MB: a bucket of its own
+            self.out = nn.Linear(100, 3)
+
+        def forward(self, ids):
+            return self.out(self.emb(ids).mean(1))
+
+    model = Model()
+    kw = {} if skip is None else {"skip_zero_blocks": skip}
+    ddp = DistributedDataParallel(model, compression=compression, bucket_cap_mb=1, **kw)
+    rng = np.random.default_rng(C.get_default_group().rank)
+    grads = []
+    for _ in range(steps):
+        model.zero_grad()
+        (ddp(ds.tensor(rng.integers(0, 5000, (4, 7)))) ** 2).sum().backward()
+        grads.append({k: p.grad.numpy().copy() for k, p in model.named_parameters()})
+    return grads, ddp.wire_dtype_counts, ddp.skip_zero_blocks
+
+
+def ddp_zero_blocks():
+    pg = C.init_process_group()
+    res, counts = {}, {}
+    for comp in (None, "fp16"):
+        sparse, counts[str(comp)], auto = _embedding_grads(None, comp)
+        dense, _, _ = _embedding_grads(False, comp)
+        res[f"auto on {comp}"] = auto
+        res[f"same {comp}"] = all(np.array_equal(a[k], b[k]) and a[k].any()
+                                  for a, b in zip(sparse, dense) for k in a)
+    return {"rank": pg.rank, "world": pg.size, "transport": pg.transport,
+            "results": res, "counts": counts}
+
+
 def loop():
     pg = C.init_process_group()
     x = np.ones(200_000, np.float32)
@@ -108,6 +154,7 @@ def loop():
 if __name__ == "__main__":
     mode = sys.argv[1]
     print(f"RUNID {os.environ.get('DEEPSEEK_RUN_ID', '')}", flush=True)
-    result = {"collectives": collectives, "ddp": ddp, "loop": loop}[mode]()
+    result = {"collectives": collectives, "ddp": ddp, "ddp_zero_blocks": ddp_zero_blocks,
+              "loop": loop}[mode]()
     print("RESULT " + json.dumps(result), flush=True)
     C.destroy_process_group()
