@@ -14,8 +14,12 @@ from . import _par
 class Add(Function):
     @staticmethod
     def forward(ctx, a, b):
-        ctx.sa, ctx.sb = shape_of(a), shape_of(b)
-        if _par_add_applies(a, b):
+        sa, sb = getattr(a, "shape", ()), getattr(b, "shape", ())
+        if sa != sb:
+            # broadcasting: backward sums the gradient back to each shape. Equal shapes
+            # store nothing: no ctx __dict__ is made, the bulk of a small add's cost
+            ctx.sa, ctx.sb = sa, sb
+        elif type(a) is np.ndarray and a.size >= _par.ROWS_MIN_ELEMENTS and _par_add_applies(a, b):
             a2, b2 = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
             return _par.add_rows(a2, b2, np.empty_like(a2)).reshape(a.shape)
         return a + b
@@ -23,16 +27,18 @@ class Add(Function):
     @staticmethod
     def backward(ctx, g):
         na = ctx.needs_input_grad
-        return (unbroadcast(g, ctx.sa) if na[0] else None,
+        sa = getattr(ctx, "sa", None)
+        if sa is None:  # equal shapes: g has each input's shape
+            return (g if na[0] else None, g if na[1] else None)
+        return (unbroadcast(g, sa) if na[0] else None,
                 unbroadcast(g, ctx.sb) if na[1] else None)
 
 
 def _par_add_applies(a, b):
-    """A long add of two same-shape, same-dtype C-contiguous float numpy arrays: the
-    case worth the threads (residual connections); anything else is numpy's ``a + b``."""
-    return (type(a) is np.ndarray and type(b) is np.ndarray
-            and a.size >= _par.ROWS_MIN_ELEMENTS and a.shape == b.shape
-            and a.dtype == b.dtype and a.dtype.kind == "f"
+    """Given a long numpy ``a`` and ``b`` of its shape (the caller checks that much,
+    cheaply, first): whether it is a same-dtype, C-contiguous float add, the case worth the
+    threads (residual connections); anything else is numpy's ``a + b``."""
+    return (type(b) is np.ndarray and a.dtype == b.dtype and a.dtype.kind == "f"
             and a.flags.c_contiguous and b.flags.c_contiguous)
 
 
