@@ -153,12 +153,17 @@ def test_threaded_panel_gemms_equal_fp32_math(dtype, M, K, N, monkeypatch):
     np.testing.assert_allclose(f(tn2), f(c).T @ f(a), rtol=ulp, atol=2e-2)
 
 
-def test_transformer_layer_bf16_peak_is_at_most_0_6_of_fp32():
+def _bench_memory(name):
+    """bench_amp's (peak, saved) bytes of one forward+backward, fp32 and bf16."""
     import bench_amp
     ds.manual_seed(0)
-    model, x, loss_fn = bench_amp.MODELS["transformer"](ds, ds.nn)
-    fp32 = bench_amp.fwd_bwd_memory(model, x, loss_fn, False)
-    bf16 = bench_amp.fwd_bwd_memory(model, x, loss_fn, True)
+    model, x, loss_fn = bench_amp.MODELS[name](ds, ds.nn)
+    return (bench_amp.fwd_bwd_memory(model, x, loss_fn, False),
+            bench_amp.fwd_bwd_memory(model, x, loss_fn, True))
+
+
+def test_transformer_layer_bf16_peak_is_at_most_0_6_of_fp32():
+    fp32, bf16 = _bench_memory("transformer")
     assert bf16[0] <= 0.6 * fp32[0], (bf16, fp32)
     assert bf16[1] <= 0.65 * fp32[1], (bf16, fp32)  # the fp32 residual stream stays fp32
 
@@ -166,9 +171,5 @@ def test_transformer_layer_bf16_peak_is_at_most_0_6_of_fp32():
 def test_mlp_bf16_saved_activations_are_half_of_fp32():
     # what the graph holds between forward and backward (bench_amp's "saved"): the bf16
     # relu outputs, nothing else (the input's cast is re-made in backward)
-    import bench_amp
-    ds.manual_seed(0)
-    model, x, loss_fn = bench_amp.MODELS["mlp"](ds, ds.nn)
-    fp32 = bench_amp.fwd_bwd_memory(model, x, loss_fn, False)
-    bf16 = bench_amp.fwd_bwd_memory(model, x, loss_fn, True)
+    fp32, bf16 = _bench_memory("mlp")
     assert bf16[1] <= 0.55 * fp32[1], (bf16, fp32)
