@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 
+from ..backend import scatter_add
 from .. import dtypes as _dt
 from ..autograd.function import Function
 from .._tensor import Tensor
@@ -69,7 +70,7 @@ def _scatter_numpy(g, idx, gx):
     N, C, plane = gx.shape
     flat = (idx.reshape(N * C, -1) + plane * np.arange(N * C)[:, None])[:, ::-1]
     work = np.zeros(N * C * plane, dtype=gx.dtype)
-    np.add.at(work, flat.reshape(-1), g.reshape(N * C, -1)[:, ::-1].reshape(-1))
+    scatter_add(work, flat.reshape(-1), g.reshape(N * C, -1)[:, ::-1].reshape(-1))
     gx[...] = work.reshape(N, C, plane)
 
 
