@@ -571,12 +571,19 @@ def _matmul_one_thread(single):
 
 
 def _threads(backend):
-    """How many parts a large kernel call is cut into: BLAS's thread count (the cores
-    the user gave the process), for the C backend."""
+    """How many parts a large kernel call is cut into, for the C backend:
+    ``DEEPSEEK_JIT_KERNEL_THREADS``, 0 meaning BLAS's thread count (the cores the user
+    gave the process). Off (1) by default: on the 2-core VM the split cost MiniLM's
+    compiled forward 8% at 2 threads, idle (the workers' wake-ups and the BLAS threads
+    compete for the same cores)."""
     if backend != "c":
         return 1
-    from ..ops.attention import blas_threads
-    return max(1, blas_threads())
+    from .. import env
+    n = env.get("DEEPSEEK_JIT_KERNEL_THREADS")
+    if n == 0:
+        from ..ops.attention import blas_threads
+        n = blas_threads()
+    return max(1, n)
 
 
 def _lit(v):
