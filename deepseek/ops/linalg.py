@@ -118,8 +118,11 @@ class Linear(Function):
         if out.dtype != x.dtype:  # numpy computes bfloat16 products in float32
             out = out.astype(x.dtype)
         if b is not None:
-            if type(out) is np.ndarray and out.ndim and out.flags.c_contiguous:
-                o2 = out.reshape(-1, out.shape[-1])  # the pass split over the threads
+            if (type(out) is np.ndarray and out.size >= _par.ROWS_MIN_ELEMENTS
+                    and out.flags.c_contiguous):
+                # a long pass split over the threads; a short one (every small model's
+                # Linear) skips add_rows' frames, which would run it on this thread anyway
+                o2 = out.reshape(-1, out.shape[-1])
                 _par.add_rows(o2, b, o2)
             else:
                 out += b
