@@ -43,6 +43,26 @@ def test_jit_traces_the_attention_mask():
     assert np.abs(want[1] - unmasked[1]).max() > 1e-3     # the mask does change row 1
 
 
+def test_jit_traces_the_mean_pooling_mask():
+    """mean_pooling reads a Tensor mask as a graph input: traced with the all-ones mask and
+    called with a padded one, it pools over the unpadded tokens only (as eager does)."""
+    from deepseek.models.bert import mean_pooling
+    m = _tiny()
+    ids = Tensor._make(np.random.default_rng(0).integers(0, 100, (2, 8)))
+    ones, pad = np.ones((2, 8), np.int64), np.ones((2, 8), np.int64)
+    pad[1, 3:] = 0
+
+    def f(model, i, a):
+        return mean_pooling(model(i, attention_mask=a).last_hidden_state, a)
+    cf = deepseek.jit.trace(f).compile(m)
+    with deepseek.no_grad():
+        traced_ones = cf(ids, Tensor._make(ones)).numpy()
+        got = cf(ids, Tensor._make(pad)).numpy()
+        want = f(m, ids, Tensor._make(pad)).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert np.abs(want[1] - traced_ones[1]).max() > 1e-3     # the mask does change row 1
+
+
 def test_random_init_follows_manual_seed():
     a = _tiny().state_dict()
     b = _tiny().state_dict()

@@ -248,8 +248,10 @@ def mean_pooling(last_hidden_state, attention_mask):
     """The mean of the token vectors where ``attention_mask`` is 1 (sentence-transformers':
     sum(h * mask) / clamp(sum(mask), 1e-9))."""
     h = last_hidden_state
-    m = attention_mask._data if isinstance(attention_mask, Tensor) else np.asarray(attention_mask)
-    m = Tensor._make(m.astype(h.dtype)[:, :, None])
+    # a Tensor mask stays a Tensor op, so that a JIT trace or an ONNX export reads it as an
+    # input rather than freezing this call's mask (and batch size) as a constant
+    m = (attention_mask if isinstance(attention_mask, Tensor)
+         else Tensor._make(np.asarray(attention_mask))).to(h.dtype)[:, :, None]
     summed = (h * m).sum(dim=1)
     counts = m.sum(dim=1).clamp(min=1e-9)
     return summed / counts
