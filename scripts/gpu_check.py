@@ -5,11 +5,13 @@
 
 Runs tests/test_collectives_nccl.py, tests/test_gpu_engine.py,
 tests/test_gpu_indexing.py, tests/test_profiler_gpu.py (the profiler's device time
-from CUDA events) and tests/test_gpu_data.py (the loaders' pin_memory) (all skip without
+from CUDA events), tests/test_gpu_data.py (the loaders' pin_memory) and
+tests/test_gpu_amp.py (fp16 autocast + GradScaler on CuPy) (all skip without
 cupy/GPU), then scripts/bench_allreduce.py with deepseek's nccl backend and PyTorch's
 NCCL side by side over 8 B .. 256 MiB (one rank per GPU, at most two; with one GPU a
-world of one, which measures per-call cost, not links), and scripts/bench_engine.py
-on the GPU (CuPy against torch CUDA). Exits non-zero if the tests
+world of one, which measures per-call cost, not links), scripts/bench_engine.py
+on the GPU (CuPy against torch CUDA) and scripts/bench_amp_gpu.py (the fp16 autocast
+step of a transformer layer against fp32, next to torch.autocast). Exits non-zero if the tests
 fail. Prints what it skipped and why, so a CPU-only run is a quick, honest no-op.
 """
 import os
@@ -48,7 +50,8 @@ def main():
               f"{cupy.cuda.runtime.getDeviceProperties(0)['name'].decode()}", flush=True)
     code = run([sys.executable, "-m", "pytest", "-q", "-rA", "tests/test_collectives_nccl.py",
                 "tests/test_gpu_engine.py", "tests/test_gpu_indexing.py",
-                "tests/test_profiler_gpu.py", "tests/test_gpu_data.py"], 240)
+                "tests/test_profiler_gpu.py", "tests/test_gpu_data.py",
+                "tests/test_gpu_amp.py"], 240)
     if ok:
         n = max(1, min(2, cupy.cuda.runtime.getDeviceCount()))
         run([sys.executable, "scripts/bench_allreduce.py", "--nproc", str(n), "--systems",
@@ -57,6 +60,7 @@ def main():
             150)
         run([sys.executable, "scripts/bench_engine.py", "--device", "cuda", "--threads", "1",
              "--steps", "20"], 150)
+        run([sys.executable, "scripts/bench_amp_gpu.py", "--reps", "10"], 150)
     else:
         print("skipping the nccl benchmark: no cupy/NCCL/GPU")
     return 0 if code in (0, 5) else code  # 5: pytest collected/ran nothing (all skipped)
