@@ -11,6 +11,10 @@ rounds:
             batch 1), where Python overhead dominates
   serve     a saved dynamic-batch MLP 784-256-10 loaded with jit.load and called with
             batch sizes 1..16 in turn (mean per call; the compiled rows only)
+  gemms     each GEMM of a tl_train step alone (the same shapes and operand layouts,
+            numpy/BLAS), its GFLOP/s next to a 2048 square sgemm's, their sum, and the
+            step's ceiling: eager's step over that sum, the speedup a compiled step
+            would reach if everything but the GEMMs took no time
   allocs    buffers allocated per compiled step after warm-up (static outputs / default)
   gpt       trace + compile time of a GPT block (d 256), and a second process's load
             of the on-disk kernel cache (compiler calls counted)
@@ -30,6 +34,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -162,6 +167,61 @@ def train_cells(steps, rounds, name="tl_train"):
     return {k: float(np.median(v)) for k, v in times.items()}
 
 
+def _step_gemms(tokens=16 * 128, d=256, ff=1024, batch_heads=16 * 4, seq=128, hd=64):
+    """(label, a, b) of every product of a tl_train step (forward and backward), as
+    the eager ops compute them: Linear (x @ W.T, dX = g @ W, dW = g.T @ x; the input
+    projection has no dX, the step's input needs no gradient) and SDPA's six batched
+    products, q/k/v read as the strided views of the projection's output."""
+    rng = np.random.default_rng(0)
+    r = lambda *s: rng.standard_normal(s, dtype=np.float32)  # noqa: E731
+    out = []
+    for name, o, i, dx in (("in_proj", 3 * d, d, False), ("out_proj", d, d, True),
+                           ("linear1", ff, d, True), ("linear2", d, ff, True)):
+        x, w, g = r(tokens, i), r(o, i), r(tokens, o)
+        out.append((f"{name} fwd {tokens}x{i} @ {i}x{o}", x, w.T))
+        if dx:
+            out.append((f"{name} dX {tokens}x{o} @ {o}x{i}", g, w))
+        out.append((f"{name} dW {o}x{tokens} @ {tokens}x{i}", g.T, x))
+    qkv = r(batch_heads // 4, seq, 3, 4, hd).transpose(2, 0, 3, 1, 4)
+    q, k, v = qkv[0], qkv[1], qkv[2]
+    p, g = r(batch_heads // 4, 4, seq, seq), r(batch_heads // 4, 4, seq, hd)
+    t = lambda a: np.swapaxes(a, -1, -2)  # noqa: E731
+    for name, a, b in (("q @ k^T", q, t(k)), ("p @ v", p, v), ("p^T @ g", t(p), g),
+                       ("g @ v^T", g, t(v)), ("gs @ k", p, k), ("gs^T @ q", t(p), q)):
+        out.append((f"sdpa {name} {batch_heads}x({a.shape[-2]}x{a.shape[-1]} @ "
+                    f"{b.shape[-2]}x{b.shape[-1]})", a, b))
+    return out
+
+
+GEMM_SUM = "sum of the step's GEMMs"
+
+
+def gemm_cells(rounds):
+    """Each GEMM of the training step timed alone (medians of ``rounds``, this
+    thread's CPU time), with GFLOP/s, against a large square sgemm."""
+    from deepseek.ops.attention import blas_single_thread
+    sq = np.random.default_rng(1).standard_normal((2048, 2048), dtype=np.float32)
+    items = _step_gemms() + [("reference: square 2048 sgemm", sq, sq)]
+    cells, total = {}, 0.0
+    for label, a, b in items:
+        res = np.empty(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1]),
+                       np.float32)
+        flops = 2.0 * res.size * a.shape[-1]
+        single = blas_single_thread() if a.ndim > 2 else contextlib.nullcontext()
+        times = []
+        with single:  # eager attention runs its batched products on one BLAS thread
+            for _ in range(rounds + 1):
+                t = time.thread_time()
+                np.matmul(a, b, out=res)
+                times.append(time.thread_time() - t)
+        sec = float(np.median(times[1:]))
+        if not label.startswith("reference"):
+            total += sec
+        cells[label] = f"{sec * 1e3:7.2f} ms  {flops / sec / 1e9:5.1f} GFLOP/s"
+    cells[GEMM_SUM] = total
+    return cells
+
+
 def serve_cells(rounds, tmp):
     """A loaded dynamic-batch graph served with batch sizes 1..16 in turn."""
     import deepseek
@@ -260,6 +320,9 @@ def main(argv=None):
         res[name] = inference_cells(name, a.steps, a.rounds)
     res["tl_train"] = train_cells(max(2, a.steps // 10), a.rounds)
     res["tl_train_small"] = train_cells(a.steps * 3, a.rounds, "tl_train_small")
+    res["gemms"] = gemm_cells(max(5, a.rounds))
+    ceiling = res["tl_train"]["deepseek eager"] / res["gemms"][GEMM_SUM]
+    res["gemms"]["ceiling (eager step / GEMM sum)"] = f"{ceiling:.2f}x"
     res["allocs"] = alloc_cells()
     with tempfile.TemporaryDirectory() as tmp:
         res["serve"] = serve_cells(a.rounds, tmp)
@@ -267,12 +330,13 @@ def main(argv=None):
     for name, cells in res.items():
         print(f"\n== {name}")
         base = cells.get("deepseek eager")
+        w = max([26] + [len(k) for k in cells])
         for k, v in cells.items():
             if isinstance(v, float):
                 rel = f"  ({base / v:.2f}x vs deepseek eager)" if base else ""
-                print(f"  {k:26s} {v * 1e6:12.1f} us{rel}")
+                print(f"  {k:{w}s} {v * 1e6:12.1f} us{rel}")
             else:
-                print(f"  {k:26s} {v}")
+                print(f"  {k:{w}s} {v}")
     write_json(a.json, res)
     return 0
 
