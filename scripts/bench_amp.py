@@ -13,8 +13,10 @@ OPENBLAS_NUM_THREADS=1 (and torch at one thread) it is the work of one core; wit
 more BLAS threads it also counts their spin-waits.
 Memory of forward+backward is measured with tracemalloc (numpy reports every array
 allocation to it) in a separate, untimed run after a warm-up (``fwd_bwd_memory``): the
-peak above what was allocated before the forward (parameter gradients included), and
-what the graph holds between forward and backward ("saved": the activations). The
+peak above what was allocated before the forward (parameter gradients included), that
+peak minus the parameter gradients' bytes (">grads": what the activations and working
+buffers take at the peak; see ``fwd_bwd_memory``), and what the graph holds between
+forward and backward ("saved": the activations). The
 fp32 configuration runs outside any autocast region. The GEMM table compares a
 (M, K) @ (K, N) product in fp32 (OpenBLAS sgemm), bf16 operands through numpy's
 ``a @ b`` (what a naive autocast would run: with numpy 2.4 and ml_dtypes 0.5 it runs
@@ -85,29 +87,46 @@ def _torch_step(torch, model, x, loss_fn, opt, amp):
 
 
 def fwd_bwd_memory(model, x, loss_fn, amp):
-    """(peak, saved) bytes of one forward+backward, measured with tracemalloc (numpy
-    reports every array allocation to it): ``peak`` is the highest allocation above
-    what existed before the forward (the parameters and the input are not counted; the
-    parameter gradients, allocated by the backward, are), ``saved`` what the graph holds
-    between the end of the autocast region and the backward (the activations and
-    anything else kept for backward). A warm-up step first, so that one-time allocations
-    (thread pools, caches) count in neither configuration."""
-    for _ in range(2):
-        tracemalloc.start()
-        try:
-            base = tracemalloc.get_traced_memory()[0]
-            tracemalloc.reset_peak()
-            with _region(amp):
-                loss = loss_fn(model(x))
-            saved = tracemalloc.get_traced_memory()[0] - base
-            loss.backward()
-            peak = tracemalloc.get_traced_memory()[1] - base
-        finally:
-            tracemalloc.stop()
-        del loss
-        for p in model.parameters():
-            p.grad = None
-    return peak, saved
+    """(peak, saved, above_grads) bytes of one forward+backward, measured with
+    tracemalloc (numpy reports every array allocation to it). A warm-up step first, so
+    that one-time allocations (thread pools, caches) count in neither configuration.
+
+    ``peak``: the highest allocation above what existed before the forward (the
+    parameters and the input are not counted; the parameter gradients, allocated by the
+    backward, are). ``saved``: what the graph holds between the end of the autocast
+    region and the backward (the activations and anything else kept for backward).
+    ``above_grads``: ``peak`` minus the bytes of the parameter gradients the backward
+    made (all of them, fp32 in both precisions: fp32 master weights), i.e. what the
+    peak holds besides the gradients: activations, casts, widened panels, GEMM outputs
+    and the bf16 copies of gradients. Where the peak falls before the last gradients
+    exist, it subtracts those too (a lower bound of what was held besides gradients
+    then). The gradients are the same bytes in both precisions, so this column differs
+    between them by what the peaks differ by, on a smaller base: a weight-bound model's
+    ``peak`` is mostly gradients in both."""
+    res = [_traced_step(model, x, loss_fn, amp) for _ in range(2)][-1]  # (a warm-up)
+    return res
+
+
+def _traced_step(model, x, loss_fn, amp):
+    """(peak, saved, peak minus the gradients) bytes above the start of one traced
+    forward+backward (see ``fwd_bwd_memory``)."""
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        with _region(amp):
+            loss = loss_fn(model(x))
+        saved = tracemalloc.get_traced_memory()[0] - base
+        loss.backward()
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    del loss
+    grads = 0
+    for p in model.parameters():
+        grads += 0 if p.grad is None else p.grad._data.nbytes
+        p.grad = None
+    return peak, saved, peak - grads
 
 
 def bench_models(reps, names, with_torch=True, clock=time.perf_counter):
@@ -137,6 +156,9 @@ def bench_models(reps, names, with_torch=True, clock=time.perf_counter):
                "ds_ratio": med["ds bf16"] / med["ds fp32"],
                "peak_fp32_MiB": mem[False][0] / 2 ** 20, "peak_bf16_MiB": mem[True][0] / 2 ** 20,
                "mem_ratio": mem[True][0] / mem[False][0],
+               "above_grads_fp32_MiB": mem[False][2] / 2 ** 20,
+               "above_grads_bf16_MiB": mem[True][2] / 2 ** 20,
+               "above_grads_ratio": mem[True][2] / max(mem[False][2], 1),
                "saved_fp32_MiB": mem[False][1] / 2 ** 20, "saved_bf16_MiB": mem[True][1] / 2 ** 20,
                "saved_ratio": mem[True][1] / max(mem[False][1], 1)}
         if torch is not None:
@@ -186,13 +208,16 @@ def main():
     print(f"native isa: {ds.native.isa()}, clock: {args.clock}")
     print(f"{'model':12s} {'ds fp32':>9s} {'ds bf16':>9s} {'ratio':>6s} | {'torch fp32':>10s} "
           f"{'torch bf16':>10s} {'ratio':>6s} | {'peak fp32':>10s} {'peak bf16':>10s} {'ratio':>6s} "
+          f"| {'>grads fp32':>11s} {'>grads bf16':>11s} {'ratio':>6s} "
           f"| {'saved fp32':>10s} {'saved bf16':>10s} {'ratio':>6s}")
     for r in models:
         tp = (f"{r['torch_fp32_ms']:8.1f}ms {r['torch_bf16_ms']:8.1f}ms {r['torch_ratio']:6.2f}"
               if "torch_fp32_ms" in r else f"{'-':>10s} {'-':>10s} {'-':>6s}")
         print(f"{r['model']:12s} {r['ds_fp32_ms']:7.1f}ms {r['ds_bf16_ms']:7.1f}ms "
               f"{r['ds_ratio']:6.2f} | {tp} | {r['peak_fp32_MiB']:7.1f}MiB "
-              f"{r['peak_bf16_MiB']:7.1f}MiB {r['mem_ratio']:6.2f} | {r['saved_fp32_MiB']:7.1f}MiB "
+              f"{r['peak_bf16_MiB']:7.1f}MiB {r['mem_ratio']:6.2f} | "
+              f"{r['above_grads_fp32_MiB']:8.1f}MiB {r['above_grads_bf16_MiB']:8.1f}MiB "
+              f"{r['above_grads_ratio']:6.2f} | {r['saved_fp32_MiB']:7.1f}MiB "
               f"{r['saved_bf16_MiB']:7.1f}MiB {r['saved_ratio']:6.2f}")
     print()
     for r in gemm:

@@ -204,12 +204,16 @@ def test_native_gemm_passes_equal_the_numpy_passes_bit_for_bit(dtype, isa, monke
     a[3, 5], c[7, 2] = np.inf, np.nan
 
     w = rng.standard_normal((45, 33)).astype(dtype)
+    w32 = rng.standard_normal((45, 33)).astype(np.float32)
 
     def run():
         with np.errstate(invalid="ignore"):
             return (_lowp.mm(a, b, bias=bias), _lowp.mm(a, np.ascontiguousarray(b.T), trans_b=True),
                     _lowp.mm_tn(a, c), _lowp.mm_tn(c, a), _lowp.colsum(c),
-                    *_lowp.linear_grads(c, w, a, dtype))
+                    *_lowp.linear_grads(c, w, a, dtype),
+                    *_lowp.linear_grads(c, w32, a, dtype, w_round=dtype),
+                    _lowp.mm(a, w32, trans_b=True, bias=bias[:1].repeat(45), b_round=dtype))
+    monkeypatch.setattr(_lowp, "_WBLOCK", 200)  # the weights in column blocks
     with native.use_isa(isa):
         got = run()
     with native.use_native(False):
@@ -234,7 +238,75 @@ def test_native_gemm_passes_refuse_bad_arguments():
         ext.lowp_narrow(native._CVT_CODES["f32_to_bf16"], src, None, 10, src)  # fp32 panel
     with pytest.raises(ValueError, match="rows of 7 columns"):
         ext.lowp_narrow(native._CVT_CODES["f32_to_bf16"], f32, None, 7, src)
+    with pytest.raises(ValueError, match="stride 10"):  # strided rows past the end of out
+        ext.lowp_narrow(native._CVT_CODES["f32_to_bf16"], f32[:50], None, 5, src, 6, 10)
+    with pytest.raises(ValueError, match="does not fit"):
+        ext.lowp_round(native._CVT_CODES["f32_to_bf16"], f32, 95, 10, 1, 10, f32)
+    with pytest.raises(ValueError, match="bad conversion kind"):
+        ext.lowp_round(widen, f32, 0, 10, 2, 10, f32)
     with pytest.raises(ValueError, match="items"):
         ext.lowp_relu(src, np.zeros(99, np.uint16))
     with pytest.raises(ValueError, match="columns"):
         ext.lowp_colsum(widen, src, 10, np.zeros(9, np.float32))
+
+
+@pytest.mark.skipif(not native.available() or not hasattr(native._ext, "lowp_round"),
+                    reason="the GEMM passes of dsn_lowp.c are not built")
+@pytest.mark.parametrize("isa", native.isa_list() or ["scalar"])
+@pytest.mark.parametrize("dtype", [ds.bfloat16, ds.float16])
+def test_rounding_an_fp32_block_equals_cast_then_widen_bit_for_bit(dtype, isa):
+    # every class of fp32 value: random bit patterns (NaN, inf, subnormals, ties)
+    rng = np.random.default_rng(2)
+    bits = rng.integers(0, 2 ** 32, size=(64, 3000), dtype=np.uint32)
+    bits[0, :4] = [0x7F800000, 0xFF800000, 0x7FC00001, 0x00000001]
+    bits[1, :2] = [0x3F808000, 0x3F818000]                     # bf16 ties to even
+    a = bits.view(np.float32)
+    out = np.empty((40, 2500), np.float32)
+    with native.use_isa(isa), np.errstate(all="ignore"):
+        _lowp._round_block(a, 7, 47, 300, 2800, dtype, out, True)  # strided block
+        want = _lowp.to_f32(_lowp.from_f32(np.ascontiguousarray(a[7:47, 300:2800]), dtype))
+    np.testing.assert_array_equal(out.view(np.uint32), want.view(np.uint32))
+
+
+@pytest.mark.parametrize("trans", [True, False])
+def test_large_weights_are_converted_in_column_blocks(path, trans, monkeypatch):
+    # a transposed weight above _WBLOCK elements is widened (or rounded from its fp32
+    # master) one column block at a time, an untransposed one whole: values within one
+    # rounding of fp32 math, and the fp32 master read through b_round gives the bits of
+    # its cast passed in
+    monkeypatch.setattr(_lowp, "_WBLOCK", 1 << 9)
+    rng = np.random.default_rng(3)
+    bf = ds.bfloat16
+    a = rng.standard_normal((50, 64)).astype(bf)
+    w32 = rng.standard_normal((72, 64) if trans else (64, 72)).astype(np.float32)
+    bias = rng.standard_normal(72).astype(bf)
+    f = lambda x: x.astype(np.float32)  # noqa: E731
+    got = _lowp.mm(a, w32.astype(bf), trans_b=trans, bias=bias)
+    ref = f(a) @ (f(w32.astype(bf)).T if trans else f(w32.astype(bf))) + f(bias)
+    np.testing.assert_allclose(f(got), ref, rtol=2.0 ** -7, atol=1e-2)
+    master = _lowp.mm(a, w32, trans_b=trans, bias=bias, b_round=bf)
+    np.testing.assert_array_equal(master.view(np.uint16), got.view(np.uint16))
+    if trans:
+        g = rng.standard_normal((50, 72)).astype(bf)
+        gx, gw = _lowp.linear_grads(g, w32.astype(bf), a, bf)
+        gx2, gw2 = _lowp.linear_grads(g, w32, a, bf, w_round=bf)
+        np.testing.assert_allclose(f(gx), f(g) @ f(w32.astype(bf)), rtol=2.0 ** -7, atol=1e-2)
+        for x, y in ((gx, gx2), (gw, gw2)):
+            np.testing.assert_array_equal(x.view(np.uint16), y.view(np.uint16))
+
+
+def test_a_large_weight_is_not_widened_whole():
+    import tracemalloc
+    rng = np.random.default_rng(4)
+    a = rng.standard_normal((64, 1024)).astype(ds.bfloat16)
+    w = rng.standard_normal((1024, 1024)).astype(ds.bfloat16)
+    for call in (lambda: _lowp.mm(a, w, trans_b=True),):  # (a linear's forward)
+        call()
+        tracemalloc.start()
+        try:
+            out = call()
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        # the output, the widened input panel and one weight block, not a 4 MiB copy
+        assert peak - out.nbytes <= a.size * 4 + 4 * _lowp._WBLOCK + (1 << 20), peak

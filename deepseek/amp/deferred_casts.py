@@ -38,6 +38,11 @@ class _Recast:
         self.array, self.vc, self.version, self.dtype = array, vc, vc[0], dtype
 
     def resolve(self, idx):
+        self.check(idx)
+        return _astype(self.array, self.dtype)
+
+    def check(self, idx):
+        """Raise PyTorch's error if the parameter changed since the forward."""
         if self.vc[0] != self.version:
             raise RuntimeError(
                 f"one of the variables needed for gradient computation has been modified by "
@@ -47,7 +52,6 @@ class _Recast:
                 f"the casts of parameters and inputs in backward: change them only after "
                 f"backward (or run this region with deepseek.amp.deferred_casts.ENABLED "
                 f"= False to keep the casts in the graph).")
-        return _astype(self.array, self.dtype)
 
 
 class _DeferredSaved(tuple):
@@ -63,6 +67,21 @@ class _DeferredSaved(tuple):
         if isinstance(i, slice):
             return tuple(x.resolve(i) if type(x) is _Recast else x for x in item)
         return item.resolve(i) if type(item) is _Recast else item
+
+
+def master(saved, i):
+    """``(fp32 array, cast dtype)`` when item ``i`` of the saved arrays ``saved`` is a
+    deferred cast (checked against in-place changes), else None: a GEMM that converts
+    its operand to fp32 block by block can round the fp32 array itself to the cast's
+    precision (``ops._lowp``'s ``b_round``), the same values without re-making the
+    cast."""
+    if type(saved) is not _DeferredSaved:
+        return None
+    item = tuple.__getitem__(saved, i)
+    if type(item) is not _Recast:
+        return None
+    item.check(i)
+    return item.array, item.dtype
 
 
 def defer(ctx, casts):

@@ -11,7 +11,10 @@ precision saves is not spent again on a full fp32 copy, and the arithmetic runs 
 sgemm speed. Values equal fp32 math on the (exact) widened inputs, rounded once.
 
 ``mm`` is ``a @ b`` / ``a @ b.T`` blocked over the rows of ``a`` (linear forward, the
-input gradient); ``mm_tn`` is ``a.T @ b`` blocked over the columns of the wider operand
+input gradient), and for a large transposed ``b`` (a linear's weight) over its rows
+too, so no whole fp32 copy of the weight is made (``_Weight``); ``b`` may also be an
+fp32 master weight read as its bf16/fp16 cast (``b_round``: each block rounded, the
+cast itself never made); ``mm_tn`` is ``a.T @ b`` blocked over the columns of the wider operand
 (the weight gradient: tokens x features, accumulated in fp32); ``linear_grads`` makes
 both gradients of a linear from one widening of its output gradient; ``colsum`` is the
 bias gradient. With ``SPLIT_PANELS`` large products share their panels out among
@@ -20,9 +23,10 @@ default: see there). ``matmul`` is the general
 (batched, broadcast) product: it widens both operands whole.
 
 The passes around sgemm are the extension's (``native/src/dsn_lowp.c``) when it is
-built: a strided block widened in one call (``_widen_block``), bias add and rounding
-fused per row (``_narrow_rows``), the column sum straight from the 16-bit rows; the
-numpy fallback runs the same fp32 operations.
+built: a strided block widened in one call (``_widen_block``), an fp32 block rounded
+to 16-bit precision in one call (``_round_block``), bias add and rounding fused per
+row into a block of the output (``_narrow_rows``), the column sum straight from the
+16-bit rows; the numpy fallback runs the same fp32 operations.
 """
 import numpy as np
 
@@ -41,6 +45,19 @@ _F32 = np.dtype(np.float32)
 _PANEL = 1 << 21
 # fp32 elements of the operand that mm_tn converts whole (per chunk of K rows)
 _BIG = 1 << 20
+# a linear's weight (``b`` of ``a @ b.T``, the operand converted for every panel) of
+# more elements than this is widened in blocks of output columns (contiguous rows of
+# the weight) of about this size into one reused buffer, not whole: the MLP's 1024 x
+# 1024 layer held a 4 MiB fp32 copy of its 2 MiB bf16 weight (the largest item of its
+# forward peak). Smaller weights (every weight of the transformer layer) are widened
+# whole, one sgemm per panel as before. The blocks' sgemm calls cost time (the MLP's
+# 256 x 1024 x 1024 forward GEMM, thread CPU time, 40 alternating rounds: 12.3 ms
+# whole, 12.7 in blocks of 512 Ki elements, 13.7 in blocks of 256 Ki), and 512 Ki
+# already takes the forward's peak under the backward's. An untransposed ``b`` (the
+# input gradient's ``g @ W``) is converted whole: its column blocks are strided and
+# the narrow sgemm calls cost 1.13-1.28x (12.7 against 14.4-16.2 ms), and there the
+# copy is freed before the weight gradient's fp32 sum exists, so it sets no peak.
+_WBLOCK = 1 << 19
 # multiply-adds below which a GEMM runs on the calling thread alone
 _PAR_MIN_MACS = 1 << 21
 
@@ -86,16 +103,104 @@ def _widen_block(a, r0, r1, c0, c1, out, fast):
     return out
 
 
-def _narrow_rows(panel, bias, out, fast):
-    """``panel + bias`` (fp32, bias optional) rounded into ``out``: fused row by row
-    when ``fast`` (the panel is scratch: the bias is added into it)."""
+def _narrow_rows(panel, bias, out, r0, c0, fast):
+    """``panel + bias`` (fp32 (n, nb), bias optional) rounded into rows r0:r0+n, columns
+    c0:c0+nb of the C-contiguous 2-D ``out``: fused row by row when ``fast`` (the panel
+    is scratch: the bias is added into it)."""
+    n, nb = panel.shape
     if fast and out.dtype in LOW:
-        _EXT.lowp_narrow(_KINDS[(_F32, out.dtype)], panel, bias, panel.shape[1],
-                         _native._raw(out))
+        N = out.shape[1]
+        _EXT.lowp_narrow(_KINDS[(_F32, out.dtype)], panel, bias, nb,
+                         _native._raw(out).reshape(-1), r0 * N + c0, N)
         return
     if bias is not None:
         panel += bias
-    from_f32(panel, out.dtype, out=out)
+    dst = out[r0:r0 + n, c0:c0 + nb]
+    if dst.flags.c_contiguous:
+        from_f32(panel, out.dtype, out=dst)
+    else:
+        dst[...] = from_f32(panel, out.dtype)
+
+
+def _round_block(a, r0, r1, c0, c1, dtype, out, fast):
+    """Rows r0:r1, columns c0:c1 of the C-contiguous fp32 2-D ``a`` rounded to
+    ``dtype``'s precision into the fp32 panel ``out``: the values of casting the block
+    to ``dtype`` and widening the cast, bit for bit, without the 16-bit copy."""
+    if fast:
+        _EXT.lowp_round(_KINDS[(_F32, dtype)], a.reshape(-1), r0 * a.shape[1] + c0,
+                        a.shape[1], r1 - r0, c1 - c0, out)
+    else:
+        to_f32(from_f32(np.ascontiguousarray(a[r0:r1, c0:c1]), dtype), out=out)
+    return out
+
+
+class _Weight:
+    """The operand a GEMM converts for each of its row panels (a weight, or the weight
+    of an input gradient), as fp32 column blocks of ``op(w)`` ((K, N): ``w.T`` when
+    ``trans``, else ``w``). ``w`` is fp16/bf16 (widened), fp32 (used as it is) or, with
+    ``rnd``, an fp32 master weight read as its cast to ``rnd`` (rounded block by block:
+    the cast itself is never made). A weight of up to ``_WBLOCK`` elements, or one not
+    transposed, is converted once, whole; a larger transposed one block by block into
+    a buffer of about ``_WBLOCK`` elements."""
+
+    def __init__(self, w, trans, rnd, fast):
+        if not w.flags.c_contiguous and w.T.flags.c_contiguous:  # a transposed view
+            w, trans = w.T, not trans
+        self.w = np.ascontiguousarray(w)
+        self.trans, self.rnd, self.fast = trans, rnd, fast
+        self.N, self.K = w.shape if trans else w.shape[::-1]
+        plain = w.dtype == _F32 and rnd is None
+        whole = plain or w.size <= _WBLOCK or not trans  # (see _WBLOCK)
+        self.spans = [(0, self.N)] if whole else _split(self.N, -(-w.size // _WBLOCK))
+        self.width = max(hi - lo for lo, hi in self.spans) if self.N else 0
+        self.whole = None
+        if whole:  # converted once, shared by every panel (and thread)
+            self.whole = self.w if plain else self._convert(0, self.N, None)
+            self.whole = self.whole.T if trans else self.whole
+
+    def _convert(self, j0, j1, buf):
+        w, shape = self.w, ((j1 - j0, self.K) if self.trans else (self.K, j1 - j0))
+        out = np.empty(shape, _F32) if buf is None else buf[:shape[0] * shape[1]].reshape(shape)
+        r0, r1, c0, c1 = (j0, j1, 0, self.K) if self.trans else (0, self.K, j0, j1)
+        if self.rnd is not None:
+            return _round_block(w, r0, r1, c0, c1, self.rnd, out, self.fast)
+        return _widen_block(w, r0, r1, c0, c1, out, self.fast)
+
+    def blocks(self, buf):
+        """(j0, j1, fp32 (K, j1 - j0) block of op(w)) for each column block, converted
+        into ``buf`` (from ``buffer()``, one per thread) unless whole."""
+        if self.whole is not None:
+            yield 0, self.N, self.whole
+            return
+        for j0, j1 in self.spans:
+            blk = self._convert(j0, j1, buf)
+            yield j0, j1, blk.T if self.trans else blk
+
+    def buffer(self):
+        """Scratch for ``blocks``: None for a weight converted whole."""
+        return None if self.whole is not None else np.empty(self.K * self.width, _F32)
+
+    def release(self):
+        """Drop the whole converted copy (the last panel is done)."""
+        self.whole = self.w = None
+
+
+def _panel_product(blk, wt, wbuf, bias32, out, p0, obuf, fast):
+    """Rows p0:p0+n of ``out`` = ``blk`` (fp32 (n, K)) @ op(w) ``+ bias32``, one sgemm
+    per column block of ``wt`` (a ``_Weight``); into the low-precision ``out`` through
+    the fp32 scratch ``obuf`` (at least n x the block width), rounded once."""
+    n = blk.shape[0]
+    for j0, j1, wb in wt.blocks(wbuf):
+        b32 = None if bias32 is None else bias32[j0:j1]
+        if obuf is None:
+            dst = out[p0:p0 + n, j0:j1]
+            np.matmul(blk, wb, out=dst)
+            if b32 is not None:
+                dst += b32
+        else:
+            o = obuf[:n * (j1 - j0)].reshape(n, j1 - j0)
+            np.matmul(blk, wb, out=o)
+            _narrow_rows(o, b32, out, p0, j0, fast)
 
 
 def to_f32(a, out=None):
@@ -176,17 +281,18 @@ def _parallel(spans, fn):
         _run(spans, fn, len(spans))
 
 
-def mm(a, b, trans_b=False, bias=None, out_dtype=None):
+def mm(a, b, trans_b=False, bias=None, out_dtype=None, b_round=None):
     """``a @ b`` (or ``a @ b.T``) ``+ bias`` for 2-D ``a`` (M, K), output in ``out_dtype``
     (default ``a.dtype``); ``a`` is converted panel by panel (the rows are shared out
-    among the worker threads, each with its own panel buffers), ``b`` and ``bias`` once."""
+    among the worker threads, each with its own panel buffers), ``bias`` once, ``b``
+    once, or for a large ``b`` in column blocks per panel (``_Weight``). With
+    ``b_round`` (fp16/bf16), the fp32 ``b`` is read as its cast to that dtype."""
     out_dtype = np.dtype(out_dtype or a.dtype)
-    b32 = to_f32(b)
-    if trans_b:
-        b32 = b32.T
+    fast = _passes()
+    wt = _Weight(b, trans_b, None if b_round is None else np.dtype(b_round), fast)
     bias32 = None if bias is None else to_f32(bias)
     M, K = a.shape
-    N = b32.shape[1]
+    N = wt.N
     out = np.empty((M, N), out_dtype)
     if M == 0:
         return out
@@ -194,24 +300,17 @@ def mm(a, b, trans_b=False, bias=None, out_dtype=None):
         a = np.ascontiguousarray(a)
     rows = max(8, _PANEL // max(K, N, 1))
     widen, narrow = a.dtype != _F32, out_dtype != _F32
-    fast = _passes()
 
     def run(span):
         r0, r1 = span
         n0 = min(rows, r1 - r0)
         abuf = np.empty((n0, K), _F32) if widen else None
-        obuf = np.empty((n0, N), _F32) if narrow else None
+        obuf = np.empty(n0 * wt.width, _F32) if narrow else None
+        wbuf = wt.buffer()
         for p0 in range(r0, r1, rows):
             p1 = min(r1, p0 + rows)
-            n = p1 - p0
-            blk = a[p0:p1] if abuf is None else _widen_block(a, p0, p1, 0, K, abuf[:n], fast)
-            if obuf is None:
-                np.matmul(blk, b32, out=out[p0:p1])
-                if bias32 is not None:
-                    out[p0:p1] += bias32
-            else:
-                np.matmul(blk, b32, out=obuf[:n])
-                _narrow_rows(obuf[:n], bias32, out[p0:p1], fast)
+            blk = a[p0:p1] if abuf is None else _widen_block(a, p0, p1, 0, K, abuf[:p1 - p0], fast)
+            _panel_product(blk, wt, wbuf, bias32, out, p0, obuf, fast)
     _parallel(_split(M, _workers(M * K * N)), run)
     return out
 
@@ -279,10 +378,11 @@ def _tn(a, b, out_dtype, transposed):
     return from_f32(acc, out_dtype)
 
 
-def linear_grads(g, w, x, out_dtype):
+def linear_grads(g, w, x, out_dtype, w_round=None):
     """The input and weight gradients ``(g @ W, g.T @ x)`` of ``x @ W.T`` from one
     widening of ``g``, for 2-D ``g`` (M, N) and ``x`` (M, K) (tokens x features) and the
-    weight ``w`` (N, K), both in ``out_dtype``.
+    weight ``w`` (N, K), both in ``out_dtype``; with ``w_round``, the fp32 ``w`` is read
+    as its cast to that dtype (``mm``'s ``b_round``).
 
     ``mm`` (the input gradient) and ``mm_tn`` (the weight gradient) would each widen
     ``g``, the latter in strided column blocks; here each row panel of ``g`` is widened
@@ -291,34 +391,33 @@ def linear_grads(g, w, x, out_dtype):
     the FFN's first linear); the caller picks. The weight gradient is summed over the
     panels in fp32 (one sgemm per panel, the later ones added into the first): fp32 math
     on the exact widened operands, rounded once, as ``mm_tn``. The panels of ``g``,
-    ``x`` and the input gradient share the ``_PANEL`` budget, and the widened weight is
-    dropped after the last input-gradient panel (one panel: before the weight
-    gradient's fp32 sum exists)."""
+    ``x`` and the input gradient share the ``_PANEL`` budget; a large weight is
+    converted in column blocks (``_Weight``), a small one whole and dropped after the
+    last input-gradient panel (one panel: before the weight gradient's fp32 sum
+    exists)."""
     out_dtype = np.dtype(out_dtype)
     M, N = g.shape
     K = x.shape[1]
-    w32 = to_f32(w)
+    fast = _passes()
+    wt = _Weight(w, False, None if w_round is None else np.dtype(w_round), fast)
     w = None  # (the caller's cast is freed once widened, where nothing else holds it)
     gx = np.empty((M, K), out_dtype)
     g, x = np.ascontiguousarray(g), np.ascontiguousarray(x)
     rows = max(8, _PANEL // max(N + 2 * K, 1))
-    fast = _passes()
     n0 = min(rows, M)
     gbuf = np.empty((n0, N), _F32) if g.dtype != _F32 else None
-    obuf = np.empty((n0, K), _F32) if out_dtype != _F32 else None
+    obuf = np.empty(n0 * wt.width, _F32) if out_dtype != _F32 else None
+    wbuf = wt.buffer()
     acc = np.zeros((N, K), _F32) if M == 0 else None
     xbuf = part = None
     for p0 in range(0, M, rows):
         p1 = min(M, p0 + rows)
         n = p1 - p0
         g32 = g[p0:p1] if gbuf is None else _widen_block(g, p0, p1, 0, N, gbuf[:n], fast)
-        if obuf is None:
-            np.matmul(g32, w32, out=gx[p0:p1])
-        else:
-            np.matmul(g32, w32, out=obuf[:n])
-            _narrow_rows(obuf[:n], None, gx[p0:p1], fast)
+        _panel_product(g32, wt, wbuf, None, gx, p0, obuf, fast)
         if p1 == M:
-            w32 = obuf = None
+            wt.release()
+            obuf = wbuf = None
         if x.dtype == _F32:
             x32 = x[p0:p1]
         else:
@@ -330,6 +429,7 @@ def linear_grads(g, w, x, out_dtype):
             part = np.empty((N, K), _F32) if part is None else part
             np.matmul(g32.T, x32, out=part)
             acc += part
+    g32 = x32 = gbuf = xbuf = part = None  # (freed before the rounded copy is made)
     return gx, from_f32(acc, out_dtype)
 
 

@@ -10,6 +10,12 @@
  *   lowp_narrow  an fp32 (rows x cols) panel plus an optional fp32 bias row, rounded
  *                into the 16-bit output row by row while the row is still in cache.
  *                Replaces `panel += bias` and a conversion pass over the whole panel.
+ *                The output rows may be `stride` elements apart (a column block of
+ *                the result: the GEMM's blocks of a large weight).
+ *   lowp_round   a strided (rows x cols) block of an fp32 array rounded to fp16/bf16
+ *                precision into a contiguous fp32 panel: what casting it to 16 bits
+ *                and widening the cast gives, bit for bit, without the 16-bit copy
+ *                (the GEMM reads an fp32 master weight block by block).
  *
  *   lowp_colsum  column sums of a 16-bit array, accumulated in fp32 (a bias gradient).
  *   lowp_relu, lowp_relu_grad   relu and its gradient on bfloat16 bits (see there).
@@ -50,20 +56,23 @@ static int lowp_buf(const char *fn, const char *name, PyObject *o, Py_buffer *v,
     return 0;
 }
 
-/* lowp_widen(kind, src_u16, offset, stride, rows, cols, out_f32) */
-PyObject *dsn_py_lowp_widen(PyObject *self, PyObject *args)
+/* lowp_widen(kind, src_u16, offset, stride, rows, cols, out_f32) and
+   lowp_round(kind, src_f32, offset, stride, rows, cols, out_f32): the (rows x cols)
+   block of src at offset, its rows stride items apart, into the contiguous fp32 out;
+   widened (kind: f16/bf16 -> f32) or rounded to the precision of kind's narrowing
+   conversion (f32 -> f16/bf16) */
+static PyObject *lowp_block(PyObject *args, const char *fn, int widen)
 {
-    const char *fn = "lowp_widen";
     int kind;
-    Py_ssize_t off, stride, rows, cols;
+    Py_ssize_t off, stride, rows, cols, isz = widen ? 2 : 4;
     PyObject *osrc, *oout;
     Py_buffer s, d;
-    if (!PyArg_ParseTuple(args, "iOnnnnO:lowp_widen", &kind, &osrc, &off, &stride, &rows,
-                          &cols, &oout) || lowp_kind(fn, kind, 1) < 0)
+    if (!PyArg_ParseTuple(args, "iOnnnnO", &kind, &osrc, &off, &stride, &rows, &cols,
+                          &oout) || lowp_kind(fn, kind, widen) < 0)
         return NULL;
-    if (lowp_buf(fn, "src", osrc, &s, 2, 0) < 0) return NULL;
+    if (lowp_buf(fn, "src", osrc, &s, isz, 0) < 0) return NULL;
     if (lowp_buf(fn, "out", oout, &d, 4, 1) < 0) { PyBuffer_Release(&s); return NULL; }
-    Py_ssize_t ns = s.len / 2, nd = d.len / 4;
+    Py_ssize_t ns = s.len / isz, nd = d.len / 4;
     if (off < 0 || rows < 0 || cols < 0 || stride < cols ||
         (rows > 0 && cols > 0 && off + (rows - 1) * stride + cols > ns) || rows * cols > nd) {
         PyErr_Format(PyExc_ValueError, "%s(): block of %zd x %zd at offset %zd, stride %zd "
@@ -74,28 +83,55 @@ PyObject *dsn_py_lowp_widen(PyObject *self, PyObject *args)
         return NULL;
     }
     const dsn_kernels *k = dsn_active_kernels();
-    const uint16_t *src = (const uint16_t *)s.buf + off;
     float *dst = (float *)d.buf;
     Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t r = 0; r < rows; r++)
-        k->convert(kind, src + r * stride, dst + r * cols, (size_t)cols);
+    if (widen) {
+        const uint16_t *src = (const uint16_t *)s.buf + off;
+        for (Py_ssize_t r = 0; r < rows; r++)
+            k->convert(kind, src + r * stride, dst + r * cols, (size_t)cols);
+    } else {
+        int back = kind == DSN_CVT_F32_BF16 ? DSN_CVT_BF16_F32 : DSN_CVT_F16_F32;
+        const float *src = (const float *)s.buf + off;
+        uint16_t tmp[DSN_BLOCK];  /* the 16-bit values of one piece of a row, in cache */
+        for (Py_ssize_t r = 0; r < rows; r++)
+            for (Py_ssize_t j0 = 0; j0 < cols; j0 += DSN_BLOCK) {
+                size_t m = (size_t)(cols - j0 < DSN_BLOCK ? cols - j0 : DSN_BLOCK);
+                k->convert(kind, src + r * stride + j0, tmp, m);
+                k->convert(back, tmp, dst + r * cols + j0, m);
+            }
+    }
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&s);
     PyBuffer_Release(&d);
     Py_RETURN_NONE;
 }
 
-/* lowp_narrow(kind, panel_f32 (written: bias added), bias_f32_or_None, cols, out_u16) */
+PyObject *dsn_py_lowp_widen(PyObject *self, PyObject *args)
+{
+    return lowp_block(args, "lowp_widen", 1);
+}
+
+PyObject *dsn_py_lowp_round(PyObject *self, PyObject *args)
+{
+    return lowp_block(args, "lowp_round", 0);
+}
+
+/* lowp_narrow(kind, panel_f32 (written: bias added), bias_f32_or_None, cols, out_u16
+               [, offset, stride]): out rows `stride` items apart from `offset` (default
+               0 and cols: the whole of a contiguous out) */
 PyObject *dsn_py_lowp_narrow(PyObject *self, PyObject *args)
 {
     const char *fn = "lowp_narrow";
     int kind;
-    Py_ssize_t cols;
+    Py_ssize_t cols, off = 0, stride = -1;
     PyObject *osrc, *obias, *oout;
     Py_buffer s, b = {0}, d;
-    if (!PyArg_ParseTuple(args, "iOOnO:lowp_narrow", &kind, &osrc, &obias, &cols, &oout) ||
+    if (!PyArg_ParseTuple(args, "iOOnO|nn:lowp_narrow", &kind, &osrc, &obias, &cols, &oout,
+                          &off, &stride) ||
         lowp_kind(fn, kind, 0) < 0)
         return NULL;
+    int whole = stride < 0;
+    if (whole) stride = cols;
     if (lowp_buf(fn, "panel", osrc, &s, 4, 1) < 0) return NULL;
     if (lowp_buf(fn, "out", oout, &d, 2, 1) < 0) { PyBuffer_Release(&s); return NULL; }
     int has_bias = obias != Py_None;
@@ -104,11 +140,17 @@ PyObject *dsn_py_lowp_narrow(PyObject *self, PyObject *args)
         PyBuffer_Release(&d);
         return NULL;
     }
-    Py_ssize_t n = s.len / 4;
-    if (cols <= 0 || n % cols || d.len / 2 != n || (has_bias && b.len / 4 != cols)) {
-        PyErr_Format(PyExc_ValueError, "%s(): panel of %zd items, out of %zd, bias of %zd "
-                     "do not make rows of %zd columns", fn, n, d.len / 2,
-                     has_bias ? b.len / 4 : (Py_ssize_t)0, cols);
+    Py_ssize_t n = s.len / 4, nd = d.len / 2;
+    Py_ssize_t rows = cols > 0 ? n / cols : 0;
+    int bad = cols <= 0 || n % cols || (has_bias && b.len / 4 != cols);
+    if (!bad && whole)
+        bad = nd != n;
+    else if (!bad)
+        bad = off < 0 || stride < cols || (rows > 0 && off + (rows - 1) * stride + cols > nd);
+    if (bad) {
+        PyErr_Format(PyExc_ValueError, "%s(): panel of %zd items, out of %zd (offset %zd, "
+                     "stride %zd), bias of %zd do not make rows of %zd columns", fn, n, nd,
+                     off, stride, has_bias ? b.len / 4 : (Py_ssize_t)0, cols);
         PyBuffer_Release(&s);
         PyBuffer_Release(&d);
         if (has_bias) PyBuffer_Release(&b);
@@ -117,13 +159,13 @@ PyObject *dsn_py_lowp_narrow(PyObject *self, PyObject *args)
     const dsn_kernels *k = dsn_active_kernels();
     float *src = (float *)s.buf;
     const float *bias = has_bias ? (const float *)b.buf : NULL;
-    uint16_t *dst = (uint16_t *)d.buf;
+    uint16_t *dst = (uint16_t *)d.buf + off;
     Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t r = 0; r < n / cols; r++) {
+    for (Py_ssize_t r = 0; r < rows; r++) {
         float *row = src + r * cols;
         if (bias)
             for (Py_ssize_t j = 0; j < cols; j++) row[j] += bias[j];
-        k->convert(kind, row, dst + r * cols, (size_t)cols);
+        k->convert(kind, row, dst + r * stride, (size_t)cols);
     }
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&s);

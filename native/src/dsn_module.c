@@ -971,6 +971,7 @@ PyObject *dsn_py_wire_sym_reduce(PyObject *, PyObject *);
 /* conversion passes of the low-precision GEMM (dsn_lowp.c) */
 PyObject *dsn_py_lowp_widen(PyObject *, PyObject *);
 PyObject *dsn_py_lowp_narrow(PyObject *, PyObject *);
+PyObject *dsn_py_lowp_round(PyObject *, PyObject *);
 PyObject *dsn_py_lowp_relu(PyObject *, PyObject *);
 PyObject *dsn_py_lowp_relu_grad(PyObject *, PyObject *);
 PyObject *dsn_py_lowp_colsum(PyObject *, PyObject *);
@@ -990,6 +991,7 @@ static PyMethodDef methods[] = {
     {"wire_sym_reduce", dsn_py_wire_sym_reduce, METH_VARARGS, "(private: dsn_wire.c)"},
     {"lowp_widen", dsn_py_lowp_widen, METH_VARARGS, "(private: dsn_lowp.c)"},
     {"lowp_narrow", dsn_py_lowp_narrow, METH_VARARGS, "(private: dsn_lowp.c)"},
+    {"lowp_round", dsn_py_lowp_round, METH_VARARGS, "(private: dsn_lowp.c)"},
     {"lowp_relu", dsn_py_lowp_relu, METH_VARARGS, "(private: dsn_lowp.c)"},
     {"lowp_relu_grad", dsn_py_lowp_relu_grad, METH_VARARGS, "(private: dsn_lowp.c)"},
     {"lowp_colsum", dsn_py_lowp_colsum, METH_VARARGS, "(private: dsn_lowp.c)"},
