@@ -21,7 +21,12 @@ Configurations are measured interleaved (rounds x steps per round, medians), and
 1-rank and 2-rank jobs alternate --repeats times, because the machines are shared and
 noisy: a slow phase then hits all configurations alike.
 
-    python scripts/bench_ddp.py [--rounds 5] [--per-round 4] [--repeats 2] [--json out.json]
+The step columns are medians of wall time and, next to them, of the rank's process CPU
+time (all its threads; the slower rank's), which a shared machine disturbs far less: two
+configurations that do the same work (the no-sync steps of all four) differ in wall
+time by the load of the moment, in CPU time by little.
+
+    python scripts/bench_ddp.py [--rounds 12] [--per-round 2] [--repeats 3] [--json out.json]
 """
 import argparse
 import os
@@ -60,23 +65,37 @@ def _median(xs):
     return xs[len(xs) // 2]
 
 
+def _pair_median(pairs):
+    """(median of the first items, median of the second) of (wall, cpu) pairs."""
+    return tuple(_median([p[i] for p in pairs]) for i in (0, 1))
+
+
 def _interleaved(steps_by_name, rounds, per_round, warmup, barrier):
-    """Median step time of each named step function, measured in ``rounds`` rounds
-    that each run every function ``per_round`` times in turn: on a shared, noisy
-    machine a slow phase then hits every configuration alike."""
+    """{name: (median wall seconds, median CPU seconds of this process)} per step of each
+    named step function, measured in ``rounds`` rounds that each run every function
+    ``per_round`` times in turn: on a shared, noisy machine a slow phase then hits
+    every configuration alike. The order rotates by one function each round, so no
+    configuration always runs right after the same other one (a cold model, a
+    communication test). The process's CPU time counts this rank's own work in all its
+    threads (compute, the communication and decode threads' passes, the short spins of
+    the shared-memory waits) and not the time another process held the core, which
+    wall time does."""
     for fn in steps_by_name.values():
         for _ in range(warmup):
             fn()
-    times = {name: [] for name in steps_by_name}
-    for _ in range(rounds):
-        for name, fn in steps_by_name.items():
+    names = list(steps_by_name)
+    times = {name: ([], []) for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            fn = steps_by_name[name]
             barrier()
             for _ in range(per_round):
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 fn()
-                times[name].append(time.perf_counter() - t0)
+                times[name][1].append(time.process_time() - c0)
+                times[name][0].append(time.perf_counter() - t0)
     barrier()
-    return {name: _median(ts) for name, ts in times.items()}
+    return {name: (_median(w), _median(c)) for name, (w, c) in times.items()}
 
 
 def _comm_alone(ds, pg, n, comp):
@@ -171,9 +190,9 @@ def _free_port():
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    ap.add_argument("--rounds", type=int, default=5, help="rounds over all configurations")
-    ap.add_argument("--per-round", type=int, default=4, help="steps of each configuration per round")
-    ap.add_argument("--repeats", type=int, default=2,
+    ap.add_argument("--rounds", type=int, default=12, help="rounds over all configurations")
+    ap.add_argument("--per-round", type=int, default=2, help="steps of each configuration per round")
+    ap.add_argument("--repeats", type=int, default=3,
                     help="fresh 1-rank / 2-rank jobs, alternated; medians over them")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--json", metavar="PATH")
@@ -187,8 +206,9 @@ def main(argv=None):
     except ImportError:
         have_torch = False
     rows = []
-    hdr = (f"{'model':<12} {'system':<30} {'step ms':>8} {'samples/s':>10} {'efficiency':>10} "
-           f"{'hidden':>7} {'no-sync ms':>10} {'comm ms':>8}")
+    hdr = (f"{'model':<12} {'system':<30} {'step ms':>8} {'cpu ms':>8} {'samples/s':>10} "
+           f"{'efficiency':>10} {'hidden':>7} {'no-sync ms':>10} {'n-s cpu ms':>10} "
+           f"{'comm ms':>8}")
     print(hdr)
     timing = (args.rounds, args.per_round, args.warmup)
     for name in args.models:
@@ -197,26 +217,27 @@ def main(argv=None):
         for _ in range(args.repeats):
             ones.append(spawn_ranks(deepseek_rank, 1, timeout=900, env=env,
                                     args=(name, *timing, configs))[0])
-            # a key's time in a 2-rank job is its slower rank's
+            # a key's time in a 2-rank job is its slower rank's (wall and CPU apart)
             res = spawn_ranks(deepseek_rank, 2, timeout=1800, env=env, args=(name, *timing, configs))
-            twos.append({k: max(r[k] for r in res) for k in res[0]})
+            twos.append({k: tuple(max(r[k][i] for r in res) for i in (0, 1)) for k in res[0]})
             if have_torch:
                 t1s.append(spawn_ranks(torch_rank, 1, timeout=900, env=env, store=False,
                                        args=(name, *timing, _free_port()))[0])
-                t2s.append(max(spawn_ranks(torch_rank, 2, timeout=900, env=env, store=False,
-                                           args=(name, *timing, _free_port()))))
-        base = _median([o["local"] for o in ones])
-        two = {k: _median([t[k] for t in twos]) for k in twos[0]}
+                res = spawn_ranks(torch_rank, 2, timeout=900, env=env, store=False,
+                                  args=(name, *timing, _free_port()))
+                t2s.append(tuple(max(r[i] for r in res) for i in (0, 1)))
+        base = _pair_median([o["local"] for o in ones])
+        two = {k: _pair_median([t[k] for t in twos]) for k in twos[0]}
         lines = [("deepseek 1 rank", base, 1, None, None, None)]
         for overlap, comp in configs:
             key = f"{overlap}_{comp}"
-            step, local, comm = two[f"ddp_{key}"], two[f"local_{key}"], two[f"comm_{comp}"]
-            hidden = 1 - max(step - local, 0.0) / comm if comm > 0 else None
+            step, local, comm = two[f"ddp_{key}"], two[f"local_{key}"], two[f"comm_{comp}"][0]
+            hidden = 1 - max(step[0] - local[0], 0.0) / comm if comm > 0 else None
             label = f"deepseek 2 ranks {'overlap' if overlap else 'no-overlap'} {comp or 'fp32'}"
             lines.append((label, step, 2, max(0.0, min(1.0, hidden)) if hidden is not None else None,
                           local, comm))
         if have_torch:
-            t1, t2 = _median(t1s), _median(t2s)
+            t1, t2 = _pair_median(t1s), _pair_median(t2s)
             lines.append(("torch 1 rank", t1, 1, None, None, None))
             lines.append(("torch DDP gloo 2 ranks", t2, 2, None, None, None))
 
@@ -224,15 +245,19 @@ def main(argv=None):
             return "-" if x is None else f"{1e3 * x:.1f}"
         for label, step, world, hidden, local, comm in lines:
             ref = (t1 if label.startswith("torch") else base) if have_torch else base
-            eff = (world * b / step) / (world * b / ref) if world > 1 else 1.0
-            row = {"model": name, "system": label, "step_ms": 1e3 * step,
-                   "samples_per_s": world * b / step, "efficiency": eff, "hidden": hidden,
-                   "no_sync_ms": None if local is None else 1e3 * local,
+            eff = (world * b / step[0]) / (world * b / ref[0]) if world > 1 else 1.0
+            row = {"model": name, "system": label, "step_ms": 1e3 * step[0],
+                   "step_cpu_ms": 1e3 * step[1],
+                   "samples_per_s": world * b / step[0], "efficiency": eff, "hidden": hidden,
+                   "no_sync_ms": None if local is None else 1e3 * local[0],
+                   "no_sync_cpu_ms": None if local is None else 1e3 * local[1],
                    "comm_ms": None if comm is None else 1e3 * comm}
             rows.append(row)
-            print(f"{name:<12} {label:<30} {1e3 * step:>8.1f} {world * b / step:>10.0f} {eff:>10.2f} "
-                  f"{'-' if hidden is None else f'{hidden:.2f}':>7} {ms(local):>10} {ms(comm):>8}",
-                  flush=True)
+            print(f"{name:<12} {label:<30} {1e3 * step[0]:>8.1f} {1e3 * step[1]:>8.1f} "
+                  f"{world * b / step[0]:>10.0f} {eff:>10.2f} "
+                  f"{'-' if hidden is None else f'{hidden:.2f}':>7} "
+                  f"{ms(None if local is None else local[0]):>10} "
+                  f"{ms(None if local is None else local[1]):>10} {ms(comm):>8}", flush=True)
     write_json(args.json, rows, indent=2)
     return 0
 

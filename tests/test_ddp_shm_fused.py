@@ -49,3 +49,22 @@ def test_overflow_in_ddp_falls_back_to_fp32_and_relearns_the_scale():
         # fallback blocks are exact; any other block is fp16-rounded against the bound
         np.testing.assert_allclose(got0[name], exact, rtol=2e-3,
                                    atol=2e-3 * float(np.abs(exact).max()), err_msg=name)
+
+
+def test_the_pass_runs_when_the_collective_is_done_not_when_it_is_waited_for():
+    # soon_after queues the fused pass (and the decode of a wire buffer) on the pass
+    # thread from the collective's completion, so with overlap_comm it runs during the
+    # rest of backward; wait() gives its result, and its error
+    import threading
+    from deepseek.collectives.work import Work, completed_work
+    from deepseek.distributed.shm_fused import soon_after
+    ran = threading.Event()
+    pending = Work("a collective")
+    wait = soon_after(pending, lambda: (ran.set(), threading.current_thread().name)[1])
+    assert not ran.is_set()
+    pending._finish()
+    assert ran.wait(10)  # nobody waited for it
+    assert wait() == "deepseek-ddp-decode"
+    failing = soon_after(completed_work("done"), lambda: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        failing()

@@ -27,17 +27,14 @@ The contract of a hook, ``hook(state, bucket) -> Future | Work``:
 ``bucket.scratch`` is a dict that persists across steps for a hook's per-bucket state.
 """
 import math
-import os
-import time
 
 import ml_dtypes
 import numpy as np
 
 from .. import native
 from ..collectives import ProcessGroup, ReduceOp, get_default_group
-from ..collectives.work import Work, Worker
 from .futures import Future
-from .shm_fused import send_fused, shared_views
+from .shm_fused import send_fused, shared_views, soon_after
 
 __all__ = ["allreduce_hook", "fp16_compress_hook", "bf16_compress_hook", "compression_hook"]
 
@@ -151,20 +148,6 @@ def bf16_compress_hook(state, bucket):
     return _send(pg, bucket, payload, "bf16", 1.0)
 
 
-_decoder = (None, None)  # (pid, Worker): the decode thread of this process
-
-
-def _decode_soon(fn):
-    """Run ``fn`` on this process's decode thread; its Work. One FIFO thread (made
-    again in a forked child, which does not inherit threads)."""
-    global _decoder
-    pid, worker = _decoder
-    if pid != os.getpid():
-        worker = Worker("deepseek-ddp-decode")
-        _decoder = (os.getpid(), worker)
-    return worker.submit(fn, Work("decode of a DDP bucket"))
-
-
 def _send(pg, bucket, payload, kind, scale):
     """Start the SUM allreduce of ``payload``. When it is done, the decode thread
     decodes it into the bucket at once -- during backward, and while the comm thread
@@ -173,24 +156,10 @@ def _send(pg, bucket, payload, kind, scale):
     overflow is a collective, so it stays in the future, run in bucket order."""
     wire = [kind]
     work = pg.allreduce(payload, ReduceOp.SUM, async_op=True)
-    decoded, outcome = [], []  # the decode's Work once the allreduce is done; its answer
-
-    def decode():
-        outcome.append(_decode(pg, bucket, payload, kind, scale))
-
-    def on_done(w):
-        if w.exception() is None and not decoded:
-            decoded.append(_decode_soon(decode))
-
-    work.add_done_callback(on_done)
+    decoded = soon_after(work, lambda: _decode(pg, bucket, payload, kind, scale))
 
     def finish(_):
-        # Work._finish sets the work's event before it runs on_done, so this thread
-        # may get here first: on_done is about to queue the decode
-        while not decoded:
-            time.sleep(0.0002)
-        decoded[0].wait()  # re-raises the decode's error
-        if outcome[0] is _RESEND:
+        if decoded() is _RESEND:  # (re-raises the decode's error)
             # overflow despite the margin: every rank sees the same reduced buffer, so
             # every rank resends this bucket in fp32 (the buffer still holds the local
             # gradient: the send only read it)

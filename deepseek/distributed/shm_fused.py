@@ -13,15 +13,23 @@ gives (a block that would overflow fp16 is instead the exact fp32 average).
 Synchronisation, all through the group's ordinary collectives, so it is ordered with
 every other op on every rank: an asynchronous tiny MAX allreduce when the bucket is
 full (every rank's bucket is final once it completes; it also checks that the ranks
-passed the same piece of the same symmetric buffer), then, in the waiting thread, the
-native pass and a second tiny MAX allreduce (the bound and the fallback flag; once it
-returns every rank has written its segment into every bucket, so the buckets may be
-used).
+passed the same piece of the same symmetric buffer); as soon as it completes, the
+native pass, on a background thread of this process (``soon_after``), so with
+``overlap_comm`` it runs during the rest of backward as the fp32 allreduce does, not
+after it; then, in the waiting thread, a second tiny MAX allreduce (the bound and the
+fallback flag; once it returns every rank has written its segment into every bucket,
+so the buckets may be used). It used to run the pass in the waiting thread too: after
+backward, ~1.5 ms of the MLP's step exposed that the fp32 allreduce hides.
 """
+import os
+import threading
+import time
+
 import numpy as np
 
 from .. import native
 from ..collectives import ReduceOp
+from ..collectives.work import Work, Worker
 from .futures import Future
 
 _VIEWS, _CHECK, _STATS = "shm_views", "shm_check", "shm_stats"  # bucket.scratch keys
@@ -58,6 +66,50 @@ def shared_views(pg, bucket):
     return hit[2]
 
 
+_runner = (None, None)  # (pid, Worker): the pass thread of this process
+# switch for tests and measurements: False runs the pass in the waiting thread, when
+# DDP waits for the bucket (after backward), as before
+OVERLAP_PASS = True
+
+
+def run_soon(fn):
+    """Run ``fn`` on this process's pass thread (the hooks' decodes and fused passes,
+    one FIFO thread, made again in a forked child, which does not inherit threads);
+    its Work."""
+    global _runner
+    pid, worker = _runner
+    if pid != os.getpid():
+        worker = Worker("deepseek-ddp-decode")
+        _runner = (os.getpid(), worker)
+    return worker.submit(fn, Work("decode of a DDP bucket"))
+
+
+def soon_after(work, fn):
+    """Queue ``fn()`` on the pass thread as soon as ``work`` (a collective) is done,
+    which may be long before anyone waits for it; returns ``wait()``, which blocks
+    until ``fn`` ran and gives its result (re-raising its error, or the work's). The
+    passes release the GIL, so they overlap with the caller's backward."""
+    queued, out, lock = [], [], threading.Lock()
+
+    def on_done(w):
+        # (add_done_callback may call this twice: from Work._finish and at once, if the
+        # work finished in between; the fused pass must run once)
+        with lock:
+            if w.exception() is None and not queued:
+                queued.append(run_soon(lambda: out.append(fn())))
+    work.add_done_callback(on_done)
+
+    def wait():
+        work.wait()  # (re-raises the collective's error)
+        # Work._finish sets the work's event before it runs on_done, so this thread
+        # may get here first: on_done is about to queue the pass
+        while not queued:
+            time.sleep(0.0002)
+        queued[0].wait()
+        return out[0]
+    return wait
+
+
 def send_fused(pg, bucket, views, cast, scale):
     """Start the fused reduction of ``bucket`` (after :func:`shared_views` gave
     ``views``): cast True for the fp16 rounding (scaled by ``scale``), False for an
@@ -67,11 +119,15 @@ def send_fused(pg, bucket, views, cast, scale):
     mine, got = bucket.scratch[_CHECK]
     got[...] = mine
     work = pg.allreduce(got, ReduceOp.MAX, async_op=True)
-    return Future.from_work(work).then(
-        lambda _: _reduce(pg, bucket, views, cast, scale, mine, got))
+
+    def reduce():
+        return _reduce(pg, bucket, views, cast, scale, mine, got)
+    passed = soon_after(work, reduce) if OVERLAP_PASS else reduce
+    return Future.from_work(work).then(lambda _: _exchange(pg, bucket, *passed()))
 
 
 def _reduce(pg, bucket, views, cast, scale, mine, got):
+    """The native pass over this rank's segment of every rank's copy (pass thread)."""
     if not np.array_equal(got, mine):
         raise RuntimeError(
             "fp16_compress_hook: the ranks passed different pieces of symmetric memory "
@@ -82,6 +138,12 @@ def _reduce(pg, bucket, views, cast, scale, mine, got):
     backend = pg._backend
     # it read every rank's bucket in place: the symmetric allreduces' count (tests, stats)
     backend.sym_allreduces = getattr(backend, "sym_allreduces", 0) + 1
+    return bound, fell
+
+
+def _exchange(pg, bucket, bound, fell):
+    """The bound and the fallback flag over the group (the waiting thread, in bucket
+    order, as every collective of the hook's continuations)."""
     stats = bucket.scratch[_STATS]
     stats[0], stats[1] = bound, 1.0 if fell else 0.0
     pg.allreduce(stats, ReduceOp.MAX)
