@@ -155,6 +155,32 @@ def memory_runs(rank, world, m, d=64, seq=32, batch=16):
     return out
 
 
+def input_grad_runs(rank, world, m=4, d=16, seq=4, batch=8):
+    """The gradient of a leaf input that records it, after two 1F1B steps (it
+    accumulates), on the first stage; on one process (world 1) the same from the
+    full-batch loss of the whole MLP stack, twice."""
+    import deepseek as ds
+    import deepseek.distributed as dist
+    from deepseek.distributed.pipelining import Schedule1F1B
+
+    ds.manual_seed(1)
+    x, y = ds.randn(batch, seq, d).requires_grad_(True), ds.randn(batch, seq, d)
+    loss_fn = lambda o, t: ((o - t) ** 2).mean()  # noqa: E731
+    if world == 1:
+        ds.manual_seed(0)
+        from deepseek import nn
+        model = nn.Sequential(*[nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(),
+                                              nn.Linear(4 * d, d)) for _ in range(2)])
+        for _ in range(2):
+            loss_fn(model(x), y).backward()
+        return x.grad.numpy()
+    dist.init_process_group()
+    sched = Schedule1F1B(_mlp_stage(world, d), m, loss_fn=loss_fn)
+    for _ in range(2):
+        sched.step(x, target=y)
+    return x.grad.numpy() if rank == 0 else None
+
+
 def timing_runs(rank, world, m, steps=2, d=64, seq=16, batch=16):
     """Each schedule's logged events (absolute perf_counter seconds) for ``steps``
     steps, to compare across ranks (test_pipeline_schedules.py)."""

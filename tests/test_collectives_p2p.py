@@ -214,6 +214,46 @@ def test_async_sends_keep_their_order(shm_guard):
     assert inline[:2] == [True, True] and not any(inline[2:]), inline
 
 
+def _try_send_rank(rank, world):
+    from deepseek import collectives as C
+
+    pg = C.init_process_group()
+    if rank == 0:
+        pg.barrier()  # the receiver is not receiving yet
+        sent = [pg.try_send(_pattern(8, i, np.uint8), 1, tag=3) for i in range(3)]
+        # refused, nothing done: larger than a slot, to itself, a bad rank
+        refused = [pg.try_send(np.zeros(P + 1, np.uint8), 1, tag=3),
+                   pg.try_send(np.zeros(8, np.uint8), 0, tag=3),
+                   pg.try_send(np.zeros(8, np.uint8), 5, tag=3)]
+        w = pg.send(_pattern(8, 2, np.uint8), 1, tag=3, async_op=True)  # the third
+        blocked_behind = pg.try_send(_pattern(8, 3, np.uint8), 1, tag=3)
+        pg.barrier()
+        w.wait(30)
+        if not blocked_behind:
+            pg.send(_pattern(8, 3, np.uint8), 1, tag=3)
+        pg.barrier()
+        return sent, refused, blocked_behind
+    pg.barrier()
+    pg.barrier()
+    for i in range(4):
+        got = np.empty(8, np.uint8)
+        pg.recv(got, 0, tag=3)
+        assert np.array_equal(got, _pattern(8, i, np.uint8)), i
+    pg.barrier()
+    return None
+
+
+def test_try_send_only_when_its_slot_is_free(shm_guard):
+    """try_send sends a one-slot message when its slot is free (two slots per
+    channel), refuses (touching nothing) otherwise and behind a queued async send,
+    and keeps the channel's order."""
+    if _native_p2p() is None:
+        pytest.skip("try_send needs the C kernels")
+    sent, refused, behind = spawn_ranks(_try_send_rank, 2, timeout=60, env=SLOT_ENV)[0]
+    assert sent == [True, True, False] and refused == [False, False, False]
+    assert behind is False  # the queued third message still waits for a slot
+
+
 def _timeline_rank(rank, world):
     from deepseek import collectives as C
     from deepseek.collectives import trace

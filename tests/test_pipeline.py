@@ -84,6 +84,16 @@ def test_interleaved_needs_enough_microbatches(shm_guard):
     assert all("not a multiple" in e for e in odd), odd
 
 
+def test_a_leaf_inputs_gradient_is_the_full_batch_one(shm_guard):
+    """The first stage's input, a leaf that records its gradient, gets the full-batch
+    gradient (its microbatches are leaves of their own, gathered once per step) and
+    accumulates it over steps, as on one process."""
+    (ref,) = spawn_ranks(cases.input_grad_runs, 1, timeout=120)
+    got = spawn_ranks(cases.input_grad_runs, 2, timeout=120)[0]
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-7)
+    assert np.abs(ref).max() > 0
+
+
 def test_small_and_large_messages_give_the_same_step(shm_guard):
     """Activations of up to one transport slot are received when needed, larger ones
     through receives posted ahead (streamed through the slots in several chunks):

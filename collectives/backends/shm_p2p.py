@@ -218,16 +218,21 @@ class ShmP2P:
             self._post_word(idx, idx + 1, s)  # a sleeper: clear its flag, wake it
         return s
 
+    def slot_free(self, nbytes, dst):
+        """Whether a message of ``nbytes`` to ``dst`` would go out now without a wait:
+        it fits one slot (at most ``eager_inline_bytes``) and that slot is free. Only
+        the receiver changes the answer, and only from False to True."""
+        if nbytes > self.eager_inline_bytes:
+            return False
+        seq = self._w[self._o_sent[dst]]
+        return ((self._w[self._o_ack[dst]] - _wrap(seq - _K + 1)) & _M32) < _H32
+
     def send_nowait(self, ctx, x, dst, tag):
         """Send a small message (at most ``eager_inline_bytes``) if its slot is free
         right now; False (nothing done) when the send would have to wait. Lets an
         async send complete on the calling thread, without the worker's handoff."""
         data = x.view(np.uint8) if x.dtype.itemsize != 1 or x.dtype.kind != "u" else x
-        total = data.size
-        if total > self.eager_inline_bytes:
-            return False
-        seq = self._w[self._o_sent[dst]]
-        if ((self._w[self._o_ack[dst]] - _wrap(seq - _K + 1)) & _M32) >= _H32:
+        if not self.slot_free(data.size, dst):
             return False
         self.send(ctx, data, dst, tag)
         return True

@@ -9,7 +9,8 @@ forward and backward of each through the stages in the schedule's order, and lea
 in every parameter's ``.grad`` the gradient of the full-batch loss: each microbatch's
 loss is scaled by 1/n_microbatches (``loss_fn`` must be a mean over the microbatch,
 as the full-batch loss is over the batch). Gradients add to what ``.grad`` held
-(zero them first). On the last stage ``step`` returns the mean loss (a float) and
+(zero them first); a leaf input that records its gradient gets the full-batch one
+once per step. On the last stage ``step`` returns the mean loss (a float) and
 appends each microbatch's loss to ``losses`` when given; elsewhere it returns None.
 
 A schedule is a list of actions per rank, ("F" | "B", stage, microbatch), made by
@@ -39,6 +40,10 @@ step.
 import contextlib
 import time
 
+import numpy as np
+
+from ..._tensor import Tensor
+from ...autograd import backward as _autograd_backward
 from .stage import PipelineError, PipelineStage
 
 __all__ = ["ScheduleGPipe", "Schedule1F1B", "ScheduleInterleaved1F1B", "gpipe_order",
@@ -157,6 +162,39 @@ def _split(x, m, what):
     return [x[i * k:(i + 1) * k] for i in range(m)]
 
 
+class _LeafInput:
+    """The microbatches of a leaf input that records its gradient, as leaves of their
+    own (``chunks``); each one's gradient moves into one full-batch array right after
+    its backward (``take``), and ``finish`` adds that into ``x.grad`` in one backward
+    through ``x`` (its hooks see the full-batch gradient once). Slices of ``x`` would
+    each give back a zero-filled full-batch gradient to add: O(m x batch) work and
+    memory on the first stage's every backward, 0.7 ms of a 21 ms one at pp = 4
+    (docs/parallelism.md). Every element of the sum is the same (the others only
+    added zeros)."""
+
+    def __init__(self, x, m):
+        self.x, self.k = x, x.shape[0] // m
+        self.chunks = [c.requires_grad_(True) for c in _split(x.detach(), m, "inputs")]
+        self._full = None
+
+    def take(self, mb):
+        """Move microbatch ``mb``'s gradient into the full-batch one (after its
+        backward: at most one microbatch's gradient lives on its own)."""
+        c = self.chunks[mb]
+        if c.grad is None:
+            return
+        if self._full is None:
+            self._full = np.zeros(self.x.shape, self.x.array.dtype)
+        self._full[mb * self.k:(mb + 1) * self.k] = c.grad.array
+        c.grad = None
+
+    def finish(self):
+        """Add the step's gradient into ``x.grad`` (nothing when none came)."""
+        if self._full is not None:
+            full, self._full = self._full, None
+            _autograd_backward([self.x], [Tensor._make(full)])
+
+
 class _Schedule:
     """What the three schedules share: splitting, the action loop, timing."""
 
@@ -238,14 +276,21 @@ class _Schedule:
         needs_input = any(s.is_first for s in self.stages)
         if needs_input and x is None:
             raise PipelineError("the first stage needs the batch: step(inputs, ...)")
-        xs = _split(x, m, "inputs") if needs_input else [None] * m
+        leaf_in = None
+        if needs_input and isinstance(x, Tensor) and x.requires_grad and x.grad_fn is None:
+            leaf_in = _LeafInput(x, m)
+            xs = leaf_in.chunks
+        else:
+            xs = _split(x, m, "inputs") if needs_input else [None] * m
         has_last = any(s.is_last for s in self.stages)
         if has_last and target is None:
             raise PipelineError("the last stage needs step(..., target=...)")
         ts = _split(target, m, "target") if has_last else [None] * m
         scale = 1.0 / m if self.scale_grads else 1.0
         last_b = self._last_backward()
-        plan = self._plan
+        # no receive to post ahead (every message fits a slot, headers known): skip
+        # the plan's calls, each a few microseconds between two actions after a hold
+        plan = self._plan if any(s.may_receive_ahead() for s in self.stages) else None
         mb_losses = [None] * m
         events = []
         clock = time.perf_counter
@@ -271,13 +316,18 @@ class _Schedule:
                         contextlib.nullcontext()
                     with ctx:
                         st.backward_one(mb, scale)
+                    if leaf_in is not None and st.is_first:
+                        leaf_in.take(mb)  # the input's gradient: part of the backward
                 t1 = clock()
                 if self.log_timing:
                     events.append((kind, s, mb, t0 - t_step, t1 - t_step))
-                for post, pmb in plan[i]:
-                    post(pmb)
+                if plan is not None:
+                    for post, pmb in plan[i]:
+                        post(pmb)
             for st in self.stages:
                 st.wait_sends()
+            if leaf_in is not None:
+                leaf_in.finish()
         except BaseException:
             for st in self.stages:
                 st.clear()
