@@ -9,8 +9,9 @@ cores with the servers). Its CPU per request is measured and printed with each c
 
 Tables (markdown on stdout, medians over ``--rounds`` interleaved rounds):
 
-1. throughput, p50/p99 latency and CPU ms per request (the server process, its workers,
-   the load generator) with 1, 8 and 64 concurrent clients (``--clients``), for an MLP
+1. throughput, p50/p99 latency, CPU ms per request (the server process, its workers,
+   the load generator) and the JIT plans the workers compiled while measured (after a
+   warm-up at the heaviest load) with 1, 8 and 64 concurrent clients (``--clients``), for an MLP
    and all-MiniLM-L6-v2 (32 tokens per request), served by
    - ``ds batch``: deepseek-serve, the deepseek engine (jit graph / hub dir, the hub
      model's encoder traced by the JIT), batching on;
@@ -256,8 +257,11 @@ def _servers(m, threads, base, eager):
                 ("ds eager no-batch", m["ds"], off + ("--no-jit",), None)]
     out += [("ds-onnx batch", m["onnx"], on, None), ("ds-onnx no-batch", m["onnx"], off, None)]
     if base:
-        out += [("old ds batch", m["ds"], on, base), ("old ds no-batch", m["ds"], off, base),
-                ("old ds-onnx batch", m["onnx"], on, base),
+        out += [("old ds batch", m["ds"], on, base), ("old ds no-batch", m["ds"], off, base)]
+        if eager and m.get("hub"):
+            out += [("old ds eager batch", m["ds"], on + ("--no-jit",), base),
+                    ("old ds eager no-batch", m["ds"], off + ("--no-jit",), base)]
+        out += [("old ds-onnx batch", m["onnx"], on, base),
                 ("old ds-onnx no-batch", m["onnx"], off, base)]
     return out
 
@@ -275,29 +279,48 @@ def _cpu_seconds(pids):
     return total
 
 
+def _jit_plans(url):
+    """The JIT plans a deepseek-serve has compiled so far (its /metrics), None for a server
+    that does not count them (the baseline, an older deepseek-serve)."""
+    import re
+    import urllib.request
+    try:
+        with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
+            text = r.read().decode()
+    except OSError:
+        return None
+    m = re.search(r"^deepseek_serve_jit_plans_total (\S+)$", text, re.M)
+    return float(m.group(1)) if m else None
+
+
 def _measured_cell(url, bodies, clients, duration, server_pid):
     """One closed-loop cell: (req/s, p50 ms, p99 ms, errors, CPU ms per answered request
-    of the server process, of its workers, of this load generator)."""
+    of the server process, of its workers, of this load generator, JIT plans compiled
+    during the cell (nan: not counted))."""
     import psutil
     try:
         kids = [k.pid for k in psutil.Process(server_pid).children(recursive=True)] \
             if server_pid else []
     except psutil.Error:
         kids = []
+    p0 = _jit_plans(url)
     s0, w0, c0 = _cpu_seconds([server_pid] if server_pid else []), _cpu_seconds(kids), \
         time.process_time()
     lat, codes, lost, secs = asyncio.run(closed_loop(url, bodies, clients, duration))
     s1, w1, c1 = _cpu_seconds([server_pid] if server_pid else []), _cpu_seconds(kids), \
         time.process_time()
+    p1 = _jit_plans(url)
     n = max(1, len(lat))
     return (len(lat) / secs, _pct(lat, 50), _pct(lat, 99),
             sum(codes.values()) - codes.get(200, 0) + lost,
-            (s1 - s0) / n * 1e3, (w1 - w0) / n * 1e3, (c1 - c0) / n * 1e3)
+            (s1 - s0) / n * 1e3, (w1 - w0) / n * 1e3, (c1 - c0) / n * 1e3,
+            float("nan") if p0 is None or p1 is None else p1 - p0)
 
 
 def bench_throughput(models, duration, rounds, concurrencies, threads, base=None, eager=True):
     """Rows (model, clients, server, req/s, p50, p99, errors, CPU ms/request of the
-    server, workers, load generator), medians over interleaved rounds."""
+    server, workers, load generator, JIT plans compiled while measured), medians over
+    interleaved rounds (errors and plans: sums)."""
     from contextlib import ExitStack
     from deepseek.serve.testing import run_server
     rows = []
@@ -309,8 +332,11 @@ def bench_throughput(models, duration, rounds, concurrencies, threads, base=None
                 servers[label] = (srv.url, srv.proc.pid)
             bl = stack.enter_context(_Baseline(m["onnx"], threads))
             servers["ort baseline"] = (bl.url, bl.proc.pid)
-            for url, _ in servers.values():            # warm-up (and the JIT's first trace)
+            for url, _ in servers.values():
+                # warm-up: the JIT's first trace, then the batch sizes of the heaviest
+                # load (a JIT plan per size, built once: a server that has run a while)
                 asyncio.run(closed_loop(url, m["bodies"], 4, 1.0))
+                asyncio.run(closed_loop(url, m["bodies"], max(concurrencies), duration))
             res = {(s, c): [] for s in servers for c in concurrencies}
             for _ in range(rounds):                 # interleaved: every cell once per round
                 for c in concurrencies:
@@ -319,8 +345,8 @@ def bench_throughput(models, duration, rounds, concurrencies, threads, base=None
             for c in concurrencies:
                 for s in servers:
                     r = res[(s, c)]
-                    med = [statistics.median(x[i] for x in r) for i in range(7)]
-                    med[3] = sum(x[3] for x in r)
+                    med = [statistics.median(x[i] for x in r) for i in range(8)]
+                    med[3], med[7] = sum(x[3] for x in r), sum(x[7] for x in r)
                     rows.append((mname, c, s, *med))
     return rows
 
@@ -392,7 +418,7 @@ def _ratios(rows, models, c):
     by = {(r[0], r[1], r[2]): r[3] for r in rows}
     for mname in models:
         ort = by[(mname, c, "ort baseline")]
-        for eng in ("ds", "ds eager", "ds-onnx", "old ds", "old ds-onnx"):
+        for eng in ("ds", "ds eager", "ds-onnx", "old ds", "old ds eager", "old ds-onnx"):
             b, nb = by.get((mname, c, f"{eng} batch")), by.get((mname, c, f"{eng} no-batch"))
             if b and nb:
                 print(f"- {mname}, {c} clients, {eng}: batching on/off {b / nb:.2f}x; "
@@ -431,11 +457,12 @@ def main():
                                     base=a.base, eager=not a.no_eager)
             print(f"load average before / after: {load0[0]:.1f} / {os.getloadavg()[0]:.1f}\n")
             print("| model | clients | server | req/s | p50 ms | p99 ms | errors | CPU ms/req: "
-                  "server | workers | load gen |")
-            print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+                  "server | workers | load gen | JIT plans built |")
+            print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
             for r in rows:
+                plans = "-" if r[10] != r[10] else f"{r[10]:.0f}"
                 print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.1f} | {r[4]:.1f} | {r[5]:.1f} "
-                      f"| {r[6]} | {r[7]:.2f} | {r[8]:.2f} | {r[9]:.2f} |")
+                      f"| {r[6]} | {r[7]:.2f} | {r[8]:.2f} | {r[9]:.2f} | {plans} |")
             print()
             _ratios(rows, models, max(clients))
             print()

@@ -331,6 +331,22 @@ def test_a_bad_request_does_not_fail_the_others_in_its_batch(tmp_path):
     assert _metric(text, "deepseek_serve_batch_size_count") >= 1
 
 
+def test_jit_plans_are_counted_once_per_shape(mlp):
+    srv, model = mlp
+
+    def plans():
+        return _metric(Client(srv.url).metrics(), "deepseek_serve_jit_plans_total")
+    with Client(srv.url) as c:
+        p0 = plans()
+        # more rows than --max-batch-size: these shapes come only from this test
+        for rows, new in ((37, 1), (37, 0), (43, 1), (37, 0)):
+            x = np.random.default_rng(rows).standard_normal((rows, 16)).astype(np.float32)
+            np.testing.assert_allclose(c.predict({"input": x})["output"], _ref(model, x),
+                                       rtol=1e-5, atol=1e-6)
+            assert plans() == p0 + new, f"{rows} rows: {plans() - p0} new plans, not {new}"
+            p0 = plans()
+
+
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("engine", [(), ("--no-jit",)], ids=["jit", "eager"])
 def test_hub_minilm_directory(tmp_path, engine):
@@ -356,16 +372,21 @@ def test_hub_minilm_directory(tmp_path, engine):
             np.testing.assert_allclose(out, want, atol=1e-5)
         assert c.metadata("minilm")["outputs"][0]["shape"] == [-1, 384]
         assert "serving it eagerly" not in srv.log()
+        plans = _metric(c.metrics(), "deepseek_serve_jit_plans_total")
+        # the JIT: the whole batch on one copy, then 1-row pieces on one or both copies
+        assert (1 <= plans <= 3) if not engine else plans == 0
 
 
 def test_sliced_runner_cuts_rows_across_threads():
     import threading
     from deepseek.serve.parallel import SlicedRunner
     w = np.random.default_rng(0).standard_normal((8, 3)).astype(np.float32)
-    seen = []
+    seen, meet = [], []
 
     def model(inputs):
         seen.append((threading.get_ident(), inputs["x"].shape[0]))
+        if meet:            # every piece waits for the others: they run at once
+            meet[0].wait(timeout=60)
         return [("y", inputs["x"] @ w), ("n", inputs["x"].sum(axis=1))]
     x = np.random.default_rng(1).standard_normal((7, 8)).astype(np.float32)
     made = []
@@ -376,19 +397,32 @@ def test_sliced_runner_cuts_rows_across_threads():
         assert len(made) == 1                        # copies only once a batch is cut
         assert r.slices(7) == 3 and r.slices(2) == 2 and r.slices(1) == 1
         seen.clear()
+        meet.append(threading.Barrier(3))
         got = dict(r.run({"x": x}))
+        meet.clear()
         assert sorted(n for _, n in seen) == [2, 2, 3]       # 7 rows in 3 slices
         assert len(made) == 3
-        # the calling thread runs one slice, the pool the others (a pool thread that is
-        # done may take the next one)
-        assert threading.get_ident() in {t for t, _ in seen} and len({t for t, _ in seen}) > 1
+        # three pieces met at the barrier: the calling thread and two pool threads
+        assert threading.get_ident() in {t for t, _ in seen} and len({t for t, _ in seen}) == 3
+        # a long batch: pieces of at most piece_rows rows, taken by whichever thread is free
+        seen.clear()
+        long = np.random.default_rng(2).standard_normal((40, 8)).astype(np.float32)
+        assert r.pieces(40, 3) == [(0, 13), (13, 26), (26, 40)]
+        r.piece_rows = 8
+        assert [hi - lo for lo, hi in r.pieces(40, 3)] == [8] * 5
+        got40 = dict(r.run({"x": long}))
+        assert sorted(n for _, n in seen) == [8] * 5
+        np.testing.assert_allclose(got40["y"], long @ w, rtol=1e-6, atol=1e-6)
+        r.piece_rows = 32
         for name in ("y", "n"):
             assert got[name].shape[0] == 7
             np.testing.assert_allclose(got[name], first[name], rtol=1e-6, atol=1e-6)
 
         def bad(inputs):
             raise ValueError("rows %d" % inputs["x"].shape[0])
-        r.fns[2] = bad
+        r.fns[2:] = [bad]       # whichever thread takes a piece: its error comes out
+        r.fns[:2] = [lambda inputs: bad(inputs) if inputs["x"].shape[0] == 3
+                     else model(inputs)] * 2
         with pytest.raises(ValueError, match="rows"):
             r.run({"x": x})
     finally:
@@ -396,6 +430,11 @@ def test_sliced_runner_cuts_rows_across_threads():
     whole = SlicedRunner(lambda: model, 3, batchable=False, min_slice_seconds=0)
     whole.run({"x": x})
     assert whole.slices(7) == 1                      # dim 0 not free: never cut
+    one = SlicedRunner(lambda: model, 1, batchable=True, min_slice_seconds=0, piece_rows=4)
+    one.run({"x": x})
+    seen.clear()
+    np.testing.assert_allclose(dict(one.run({"x": x}))["y"], x @ w, rtol=1e-6, atol=1e-6)
+    assert sorted(n for _, n in seen) == [3, 4]      # one thread: pieces in turn
 
 
 def test_cli_errors(tmp_path):

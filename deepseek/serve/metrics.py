@@ -10,7 +10,7 @@ _LATENCY = (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30)
 
 class Metrics:
     """Request count and latency per endpoint and status, batch sizes, queue delay and
-    depth, workers by state, worker restarts."""
+    depth, workers by state, JIT plans compiled, worker restarts."""
 
     def __init__(self, max_batch_size=64):
         r = self.registry = CollectorRegistry()
@@ -33,6 +33,9 @@ class Metrics:
                                  registry=r)
         self.workers = Gauge("deepseek_serve_workers", "worker processes by state", ["state"],
                              registry=r)
+        self.jit_plans = Counter("deepseek_serve_jit_plans",
+                                 "JIT inference plans the workers compiled (one per input "
+                                 "shape and slice thread)", registry=r)
         self.restarts = Counter("deepseek_serve_worker_restarts",
                                 "workers replaced after dying", registry=r)
 

@@ -39,14 +39,31 @@ def model_kind(model):
 
 
 class Runner:
-    """A loaded model: ``spec`` and ``run(inputs) -> [(name, array)]``."""
+    """A loaded model: ``spec``, ``run(inputs) -> [(name, array)]`` and ``plans`` (the
+    JIT's compiled plans so far, a :class:`PlanCount`; None for a model without them)."""
 
-    def __init__(self, spec, fn):
-        self.spec, self._fn = spec, fn
+    def __init__(self, spec, fn, plans=None):
+        self.spec, self._fn, self.plans = spec, fn, plans
 
     def run(self, inputs):
         """Outputs for ``inputs`` (``{name: array}``, already checked against the spec)."""
         return self._fn(inputs)
+
+
+class PlanCount:
+    """The distinct input shapes each JIT copy has run: a dynamic-batch graph compiles
+    one inference plan per shape (per copy), so this counts the plans built (traces and
+    compiles cost tens to hundreds of ms each: a steady load should not add any)."""
+
+    def __init__(self):
+        self._seen = set()
+
+    def note(self, copy, arrays):
+        """Record that ``copy`` (any hashable id) ran ``arrays``."""
+        self._seen.add((copy, tuple(a.shape for a in arrays)))    # one set.add: thread-safe
+
+    def __len__(self):
+        return len(self._seen)
 
 
 def load_runner(model, threads=1, jit=True):
@@ -57,8 +74,11 @@ def load_runner(model, threads=1, jit=True):
     kind = model_kind(model)
     if kind == "onnx":
         return _onnx_runner(model, threads)
-    spec, make_fn = _jit_runner(model) if kind == "jit" else _hub_runner(model, jit)
-    return Runner(spec, SlicedRunner(make_fn, threads, spec["batchable"]).run)
+    plans = PlanCount() if kind == "jit" or jit else None
+    spec, make_fn = _jit_runner(model, plans) if kind == "jit" else \
+        _hub_runner(model, jit, plans)
+    return Runner(spec, SlicedRunner(make_fn, threads, spec["batchable"], plans=plans).run,
+                  plans)
 
 
 def _onnx_runner(path, threads):
@@ -96,7 +116,7 @@ def _flatten_names(out_spec):
     raise ValueError(f"jit graph output {type(out_spec).__name__} is not a tensor, tuple or dict")
 
 
-def _jit_runner(path):
+def _jit_runner(path, plans):
     import deepseek
     from ..jit.graph import Sym
     cf0 = deepseek.jit.load(path)
@@ -116,9 +136,10 @@ def _jit_runner(path):
 
     def runner(cf):
         def run(inputs):
+            arrays = [np.ascontiguousarray(inputs[n]) for n in in_names]
+            plans.note(id(cf), arrays)
             with deepseek.no_grad():
-                out = cf(*[deepseek.from_numpy(np.ascontiguousarray(inputs[n]))
-                           for n in in_names])
+                out = cf(*[deepseek.from_numpy(a) for a in arrays])
             return [(n, np.asarray(t.numpy())) for n, t in zip(out_names, flat(out))]
         return run
     # one loaded copy per slice thread: a compiled plan owns its buffers, not reentrant
@@ -126,12 +147,12 @@ def _jit_runner(path):
     return spec, lambda: runner(next(copies, None) or deepseek.jit.load(path))
 
 
-def _hub_runner(name, jit):
+def _hub_runner(name, jit, plans):
     import deepseek
     from .. import hub
     path = hub.resolve(name)
     if os.path.exists(os.path.join(path, "modules.json")):
-        return _sentence_runner(path, jit)
+        return _sentence_runner(path, jit, plans)
     model = hub.load(path)
     params = [p for p in inspect.signature(model.forward).parameters.values()
               if p.name not in ("labels", "self")]
@@ -155,7 +176,7 @@ def _hub_runner(name, jit):
     return spec, lambda: run
 
 
-def _sentence_runner(path, jit):
+def _sentence_runner(path, jit, plans):
     """A sentence-transformers directory: token ids + mask in, pooled embeddings out (what
     ``SentenceEncoder.encode`` computes after tokenizing). The encoder runs as a JIT graph
     traced with a free batch dim (one per sequence length, traced on its first batch; one
@@ -198,7 +219,7 @@ def _sentence_runner(path, jit):
     if not jit:
         return spec, lambda: runner(eager)
     # one JIT graph per slice thread (each traced on its first batch), the weights shared
-    return spec, lambda: runner(_TracedOrEager(eager))
+    return spec, lambda: runner(_TracedOrEager(eager, plans))
 
 
 _TRACE_LOCK = threading.Lock()
@@ -209,15 +230,16 @@ class _TracedOrEager:
     a new sequence length), or ``module`` itself once the JIT has failed on inputs that
     the eager module takes (logged: the model keeps serving, on the eager engine)."""
 
-    def __init__(self, module):
+    def __init__(self, module, plans):
         import deepseek
-        self.module = module
+        self.module, self.plans = module, plans
         self.compiled = deepseek.jit.compile(module, dynamic=True)
         self._traced = set()            # trailing shapes this graph has been traced for
 
     def __call__(self, *args):
         if self.compiled is None:
             return self.module(*args)
+        self.plans.note(id(self), args)
         key = tuple(tuple(a.shape[1:]) for a in args)
         try:
             if key in self._traced:

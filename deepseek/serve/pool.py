@@ -58,11 +58,12 @@ def _package_root():
 
 class _Worker:
     __slots__ = ("wid", "proc", "sock", "reader", "writer", "arena_in", "arena_out", "state",
-                 "batch", "reply", "last_active", "started", "task", "stopping")
+                 "batch", "reply", "last_active", "started", "task", "stopping", "plans")
 
     def __init__(self, wid):
         self.wid, self.state, self.batch, self.reply = wid, "starting", None, None
         self.stopping = False
+        self.plans = 0                # JIT plans the worker has compiled (its last report)
         self.started = self.last_active = time.monotonic()
 
     @property
@@ -324,6 +325,10 @@ class WorkerPool:
         w.writer.write(protocol.encode({"type": "run", "id": w.batch, "inputs": layout}))
         msg = await w.reply
         w.reply = None
+        if msg.get("plans", w.plans) != w.plans:
+            if self.metrics:
+                self.metrics.jit_plans.inc(msg["plans"] - w.plans)
+            w.plans = msg["plans"]
         if msg["type"] == "error":
             raise ModelError(msg["error"], msg.get("status", 500))
         outs = shm.unpack(w.arena_out, msg["outputs"])

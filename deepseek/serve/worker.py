@@ -74,6 +74,8 @@ def main(argv=None):
         else:
             try:
                 reply = {"type": "done", "id": msg["id"], "outputs": shm.pack(arena_out, outs)}
+                if runner.plans is not None:
+                    reply["plans"] = len(runner.plans)
             except ValueError as e:     # outputs larger than the arena
                 reply = {"type": "error", "id": msg["id"], "status": 500,
                          "error": f"the outputs: {e}"}
