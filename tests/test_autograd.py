@@ -1,7 +1,9 @@
 """Autograd engine: iterative backward, accumulation, retain_graph, grad modes, hooks,
 user Functions, the version counter, autograd.grad, gradcheck."""
+import gc
 import sys
 import threading
+import weakref
 
 import numpy as np
 import pytest
@@ -43,6 +45,42 @@ def test_leaf_used_twice_accumulates_within_one_backward():
     x = ds.tensor([2.0], requires_grad=True)
     (x * x + x).backward(ds.ones(1))
     assert x.grad.tolist() == [5.0]
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_leaf_is_freed_with_its_last_reference(fast):
+    """A leaf and its AccumulateGrad node make no reference cycle: after a backward the
+    leaf, its data and its gradient go with the last reference, with the cyclic
+    collector off (the C fast path and the Python path alike)."""
+    from deepseek.autograd import function as F
+    if fast and not F._install_fast_path():
+        pytest.skip("C fast path not built")
+    try:
+        if not fast:
+            F._install_fast_path(False)
+        gc.disable()
+        x = ds.randn(3, 3, requires_grad=True)
+        w = ds.randn(3, 3, requires_grad=True)
+        for _ in range(2):      # the second graph finds no node: the first one is gone
+            (x @ w * 2).sum().backward()
+        np.testing.assert_allclose(x.grad.numpy(), 4 * w.detach().numpy().sum(1)[None, :]
+                                   .repeat(3, 0), rtol=1e-5)
+        refs = [weakref.ref(a) for a in (x, x._data, x.grad._data, w)]
+        del x, w
+        assert [r() for r in refs] == [None] * 4
+    finally:
+        gc.enable()
+        F._install_fast_path(True)
+
+
+def test_a_dropped_leaf_still_gets_its_gradient_while_the_graph_lives():
+    x = ds.randn(4, requires_grad=True)
+    seen = []
+    x.register_post_accumulate_grad_hook(lambda t: seen.append(t.grad.numpy().copy()))
+    y = (x * 3).sum()
+    del x                                   # the graph's node holds the leaf
+    y.backward()
+    np.testing.assert_array_equal(seen[0], np.full(4, 3, np.float32))
 
 
 def test_retain_graph_and_freed_graph_error():

@@ -10,7 +10,7 @@ import heapq
 import numpy as _np
 import threading
 
-from .function import AccumulateGrad
+from .function import AccumulateGrad, acc_node
 from .grad_mode import _state
 
 
@@ -75,7 +75,7 @@ def run_backward(tensors, grad_tensors, retain_graph=False, inputs=None, accumul
             if not t.requires_grad:
                 raise RuntimeError("element 0 of tensors does not require grad and does not "
                                    "have a grad_fn: nothing to backpropagate through")
-            node, nr = (t._acc or _make_acc(t)), 0
+            node, nr = acc_node(t), 0
         else:
             node, nr = t.grad_fn, t._out_nr
         if node not in buffers:
@@ -92,7 +92,7 @@ def run_backward(tensors, grad_tensors, retain_graph=False, inputs=None, accumul
             else:
                 if not t.requires_grad:
                     raise RuntimeError(f"input {i} of autograd.grad does not require grad")
-                key = (t._acc or _make_acc(t), 0)
+                key = (acc_node(t), 0)
             capture.setdefault(key, []).append(i)
         results = [None] * len(inputs)
 
@@ -214,11 +214,6 @@ def _tensor_cls():
         from .._tensor import Tensor
         _TENSOR.append(Tensor)
     return _TENSOR[0]
-
-
-def _make_acc(t):
-    t._acc = AccumulateGrad(t)
-    return t._acc
 
 
 def _as_array(g):

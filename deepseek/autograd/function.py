@@ -15,6 +15,7 @@ table ``deepseek.ops.registry``.
 The context object ``ctx`` passed to forward/backward is also the graph node.
 """
 import itertools
+import weakref
 
 from .grad_mode import _state
 from . import dispatch_mode as _dm
@@ -300,10 +301,22 @@ def _edge(t):
     """(node, output index) that gradient for tensor ``t`` flows into."""
     if t.grad_fn is not None:
         return (t.grad_fn, t._out_nr)
-    acc = t._acc
+    return (acc_node(t), 0)
+
+
+def acc_node(t):
+    """The AccumulateGrad node of the leaf ``t``: the one a live graph holds, else a new
+    one. The graph's edges hold the node and the node holds the tensor; the tensor holds
+    its node only weakly (as PyTorch's does), so a leaf and its node make no reference
+    cycle, and a leaf that took part in a backward is freed with its last reference, not
+    by the cyclic garbage collector some time later (pipeline stages make a leaf per
+    microbatch)."""
+    r = t._acc
+    acc = r() if r is not None else None
     if acc is None:
-        acc = t._acc = AccumulateGrad(t)
-    return (acc, 0)
+        acc = AccumulateGrad(t)
+        t._acc = weakref.ref(acc)
+    return acc
 
 
 import numpy as _np  # noqa: E402

@@ -186,12 +186,16 @@ static PyObject *edge_of(PyObject *t)
 {
     PyObject *fn = SLOT(t, t_fn);
     if (fn && fn != Py_None) return PyTuple_Pack(2, fn, SLOT(t, t_nr));
-    PyObject *acc = SLOT(t, t_acc);
-    if (acc && acc != Py_None) {
-        PyObject *zero = PyLong_FromLong(0);
-        PyObject *e = PyTuple_Pack(2, acc, zero);
-        Py_DECREF(zero);
-        return e;
+    /* t._acc: a weak reference to the leaf's AccumulateGrad node (function.acc_node) */
+    PyObject *ref = SLOT(t, t_acc);
+    if (ref && ref != Py_None && PyWeakref_CheckRef(ref)) {
+        PyObject *acc = PyWeakref_GetObject(ref);     /* borrowed; None once freed */
+        if (acc && acc != Py_None) {
+            PyObject *zero = PyLong_FromLong(0);
+            PyObject *e = PyTuple_Pack(2, acc, zero);
+            Py_DECREF(zero);
+            return e;
+        }
     }
     return PyObject_CallOneArg(F_edge, t);
 }
