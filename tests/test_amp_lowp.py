@@ -240,6 +240,8 @@ def test_native_gemm_passes_refuse_bad_arguments():
         ext.lowp_narrow(native._CVT_CODES["f32_to_bf16"], f32, None, 7, src)
     with pytest.raises(ValueError, match="stride 10"):  # strided rows past the end of out
         ext.lowp_narrow(native._CVT_CODES["f32_to_bf16"], f32[:50], None, 5, src, 6, 10)
+    with pytest.raises(ValueError, match="offset 4"):  # an offset without its stride
+        ext.lowp_narrow(native._CVT_CODES["f32_to_bf16"], f32, None, 10, src, 4)
     with pytest.raises(ValueError, match="does not fit"):
         ext.lowp_round(native._CVT_CODES["f32_to_bf16"], f32, 95, 10, 1, 10, f32)
     with pytest.raises(ValueError, match="bad conversion kind"):

@@ -144,7 +144,7 @@ PyObject *dsn_py_lowp_narrow(PyObject *self, PyObject *args)
     Py_ssize_t rows = cols > 0 ? n / cols : 0;
     int bad = cols <= 0 || n % cols || (has_bias && b.len / 4 != cols);
     if (!bad && whole)
-        bad = nd != n;
+        bad = nd != n || off != 0;   /* an offset needs its stride */
     else if (!bad)
         bad = off < 0 || stride < cols || (rows > 0 && off + (rows - 1) * stride + cols > nd);
     if (bad) {
